@@ -1,0 +1,1 @@
+"""Dataset → provider-ready request files: build lines, check ids, shard, write, manifest."""

@@ -1,0 +1,115 @@
+"""`RequestSpec`: everything that turns one row into one request, and the static JSON around it.
+
+A request line is `PREFIX + json(custom_id) + MIDDLE + json(content) + SUFFIX`, where only the two
+json(...) parts vary per row. The static parts are serialized once here with orjson, so the per-row
+work is string concatenation that polars does in bulk (see `build.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from coldbatch.core import template as tpl
+from coldbatch.errors import UsageError
+from coldbatch.protocol import limits as L
+
+DEFAULT_LABEL_SYSTEM = ("Classify the user's text. Answer with JSON {{\"label\": ...}} where label is exactly one "
+                        "of: {labels}.")
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """How rows become requests. `prompt` is a template such as `"Sentiment of: {text}"`."""
+
+    model: str
+    endpoint: str = L.CHAT
+    prompt: str | None = None
+    system: str | None = None
+    input_column: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    labels: tuple[str, ...] = ()
+    body: dict[str, Any] = field(default_factory=dict)
+    id_column: str | None = None
+    on_duplicate_id: str = "error"
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in (L.CHAT, L.EMBEDDINGS):
+            raise UsageError(f"--endpoint must be {L.CHAT} or {L.EMBEDDINGS}; got {self.endpoint!r}")
+        if self.endpoint == L.EMBEDDINGS and not self.input_column:
+            raise UsageError("--endpoint /v1/embeddings needs --input-column")
+        if self.endpoint == L.CHAT and not (self.prompt or self.input_column):
+            raise UsageError("chat requests need --prompt TEMPLATE (or --input-column COLUMN)")
+        if self.labels and self.endpoint != L.CHAT:
+            raise UsageError("--labels only applies to /v1/chat/completions")
+        if self.on_duplicate_id not in ("error", "suffix"):
+            raise UsageError("--on-duplicate-id must be 'error' or 'suffix'")
+        if len(set(self.labels)) != len(self.labels) or any(not x for x in self.labels):
+            raise UsageError(f"--labels must be distinct non-empty names; got {', '.join(self.labels)!r}")
+        reserved = {"model", "messages", "input"} & set(self.body)
+        if reserved:
+            raise UsageError(f"--body-json may not set {', '.join(sorted(reserved))}: use the dedicated options")
+
+    @property
+    def template(self) -> tpl.Template:
+        if self.endpoint == L.EMBEDDINGS or not self.prompt:
+            return tpl.Template("{" + str(self.input_column) + "}", ((str(self.input_column),),))
+        return tpl.parse(self.prompt)
+
+    @property
+    def system_text(self) -> str | None:
+        if self.system is not None:
+            return self.system
+        if self.labels:
+            return DEFAULT_LABEL_SYSTEM.format(labels=", ".join(self.labels))
+        return None
+
+    def response_format(self) -> dict[str, Any] | None:
+        if not self.labels:
+            return None
+        return {"type": "json_schema", "json_schema": {
+            "name": "label", "strict": True,
+            "schema": {"type": "object", "properties": {"label": {"type": "string", "enum": list(self.labels)}},
+                       "required": ["label"], "additionalProperties": False}}}
+
+    def extra_body(self) -> dict[str, Any]:
+        """Generation parameters after the content, in a fixed order."""
+        extra: dict[str, Any] = {}
+        if self.max_tokens is not None:
+            extra["max_tokens"] = self.max_tokens
+        if self.temperature is not None:
+            extra["temperature"] = self.temperature
+        rf = self.response_format()
+        if rf is not None:
+            extra["response_format"] = rf
+        extra.update(self.body)
+        return extra
+
+    def frame(self) -> tuple[str, str, str]:
+        """(PREFIX, MIDDLE, SUFFIX) of every request line."""
+        prefix = '{"custom_id":'
+        head = '"method":"POST","url":' + _j(self.endpoint) + ',"body":{"model":' + _j(self.model)
+        extra = self.extra_body()
+        tail = ("," + _j(extra)[1:-1]) if extra else ""
+        if self.endpoint == L.EMBEDDINGS:
+            return prefix, "," + head + ',"input":', tail + "}}"
+        system = self.system_text
+        messages = '"messages":['
+        if system is not None:
+            messages += '{"role":"system","content":' + _j(system) + "},"
+        messages += '{"role":"user","content":'
+        return prefix, "," + head + "," + messages, "}]" + tail + "}}"
+
+    def describe(self) -> dict[str, Any]:
+        """The options as recorded in manifest.json."""
+        return {"model": self.model, "endpoint": self.endpoint, "prompt": self.prompt, "system": self.system,
+                "input_column": self.input_column, "max_tokens": self.max_tokens,
+                "temperature": self.temperature, "labels": list(self.labels), "body": self.body,
+                "id_column": self.id_column, "on_duplicate_id": self.on_duplicate_id}
+
+
+def _j(value: Any) -> str:
+    return orjson.dumps(value).decode()

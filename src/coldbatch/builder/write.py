@@ -1,0 +1,144 @@
+"""Write shards and `manifest.json` atomically: a failed or interrupted prepare leaves `--out` as it was.
+
+Shards are built in a sibling temp folder and swapped in at the end. Nothing time- or host-dependent
+goes into the files, so the same input and options give byte-identical shards and manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import orjson
+
+from coldbatch.builder.build import Built
+from coldbatch.core.shard import ShardPlanner
+from coldbatch.errors import InputError
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+
+
+@dataclass
+class ShardInfo:
+    path: str
+    model: str
+    requests: int = 0
+    bytes: int = 0
+    first_row: int = 0
+    last_row: int = 0
+    sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "model": self.model, "requests": self.requests, "bytes": self.bytes,
+                "sha256": self.sha256, "first_row": self.first_row, "last_row": self.last_row}
+
+
+class ShardWriter:
+    """Append built batches; cuts follow `ShardPlanner`.
+
+    File writes and hashing run on one background thread (both release the GIL), overlapping with the
+    next batch's build; at most two batches are in flight, so memory stays bounded.
+    """
+
+    def __init__(self, folder: Path, planner: ShardPlanner) -> None:
+        self.folder = folder
+        self.planner = planner
+        self.shards: list[ShardInfo] = []
+        self._fh: IO[bytes] | None = None
+        self._hash: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._inflight: deque[Future[None]] = deque()
+
+    def add(self, built: Built, model: str) -> None:
+        arr = built.lines
+        n = len(arr)
+        if n == 0:
+            return
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + arr.offset + 1)[arr.offset:]
+        data = memoryview(arr.buffers()[2])  # type: ignore[arg-type]
+        cuts = self.planner.cuts(np.diff(offsets), model)
+        starts = set(cuts)
+        ops: list[tuple[ShardInfo | None, memoryview]] = []
+        for lo, hi in pairwise(sorted({0, *cuts, n})):
+            info = None
+            if lo in starts:
+                info = ShardInfo(path=f"shard-{len(self.shards) + 1:05d}.jsonl", model=model,
+                                 first_row=int(built.rows[lo]))
+                self.shards.append(info)
+            current = self.shards[-1]
+            current.requests += hi - lo
+            current.bytes += int(offsets[hi] - offsets[lo])
+            current.last_row = int(built.rows[hi - 1])
+            ops.append((info, data[int(offsets[lo]):int(offsets[hi])]))
+        while len(self._inflight) >= 2:
+            self._inflight.popleft().result()
+        self._inflight.append(self._pool.submit(self._apply, ops, arr))
+
+    def _apply(self, ops: list[tuple[ShardInfo | None, memoryview]], _keepalive: object) -> None:
+        for info, chunk in ops:
+            if info is not None:
+                self._finish_file()
+                self._fh = (self.folder / info.path).open("wb")
+                self._hash = hashlib.sha256()
+                self._open_info = info
+            assert self._fh is not None
+            self._fh.write(chunk)
+            self._hash.update(chunk)
+
+    def _finish_file(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._open_info.sha256 = self._hash.hexdigest()
+            self._fh = None
+
+    def close(self) -> None:
+        """Wait for pending writes, close the last file; re-raises a write error."""
+        try:
+            while self._inflight:
+                self._inflight.popleft().result()
+            self._pool.submit(self._finish_file).result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def staging_folder(out: Path) -> Path:
+    """A fresh sibling folder to build in (same filesystem, so the final rename is atomic)."""
+    out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise InputError(f"{out}: folder is not empty and holds no coldbatch manifest; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Swap the finished staging folder into place."""
+    out = out.resolve()
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def write_rejects(path: Path, rejects: list[Any]) -> None:
+    with path.open("wb") as fh:
+        for r in rejects:
+            fh.write(orjson.dumps(r.to_json()) + b"\n")

@@ -1,0 +1,51 @@
+"""`coldbatch estimate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coldbatch.cli import options, render
+from coldbatch.estimate import prices as P
+from coldbatch.estimate.api import estimate as run_estimate
+
+
+@click.command()
+@click.argument("sources", nargs=-1, required=True, metavar="INPUT|DIR...",
+                type=click.Path(exists=True, path_type=Path))
+@options.request_options
+@click.option("--prices", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Price table TOML (default: the bundled, versioned one).")
+@click.option("--expected-output-tokens", type=click.IntRange(min=0),
+              help="Output tokens per request to assume (default: each request's max_tokens).")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def estimate(sources: tuple[Path, ...], prices: Path | None, expected_output_tokens: int | None, as_json: bool,
+             **opts: Any) -> None:
+    """Tokens and cost at sync vs batch prices, for request files, prepared folders, or a dataset.
+
+    With --model (and --prompt or --input-column) INPUT is read as a dataset and built on the fly;
+    without, INPUT is batch request JSONL or a folder written by `coldbatch prepare`.
+    """
+    spec = options.spec_from(opts) if opts.get("model") else None
+    est = run_estimate(list(sources), spec=spec, prices=P.load(prices), expected_output_tokens=expected_output_tokens,
+                       fmt=opts.get("fmt"))
+    data = est.to_json()
+    if as_json:
+        render.emit_json(data)
+        return
+    rows = [[m["model"], f"{m['requests']:,}", f"{m['input_tokens']:,}", f"{m['output_tokens']:,}",
+             render.usd(m["sync_cost_usd"]), render.usd(m["batch_cost_usd"])] for m in data["models"]]
+    t = data["totals"]
+    rows.append(["total", f"{t['requests']:,}", f"{t['input_tokens']:,}", f"{t['output_tokens']:,}",
+                 render.usd(t["sync_cost_usd"]), render.usd(t["batch_cost_usd"])])
+    render.table(rows, ["model", "requests", "input tok", "output tok (max)", "sync", "batch"])
+    if t["saving_pct"] is not None:
+        click.echo(f"batch saves {render.usd(t['saving_usd'])} ({t['saving_pct']}%) vs sync; "
+                   f"prices: table {data['price_table']}")
+    if data["over_context_total"]:
+        click.echo(f"{data['over_context_total']:,} request(s) exceed the model's context window, e.g. "
+                   f"{data['over_context'][0]['where']}")
+    for w in data["warnings"]:
+        click.echo(f"warning: {w}", err=True)

@@ -1,0 +1,37 @@
+"""`coldbatch prepare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coldbatch.builder.api import prepare as run_prepare
+from coldbatch.cli import options, render
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the shards and manifest.json (replaced atomically).")
+@options.request_options
+@options.limit_options
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def prepare(input_path: Path, out: Path, as_json: bool, **opts: Any) -> None:
+    """Turn a CSV/TSV/JSONL/Parquet dataset into provider-ready batch request shards."""
+    result = run_prepare(input_path, out, options.spec_from(opts), limits=options.limits_from(opts),
+                         fmt=opts.get("fmt"))
+    m = result.manifest
+    if as_json:
+        render.emit_json(m)
+        return
+    t = m["totals"]
+    click.echo(f"{t['rows']:,} rows → {t['requests']:,} requests in {t['shards']} shard(s), "
+               f"{t['bytes']:,} bytes → {result.out}")
+    if t["rejected"]:
+        click.echo(f"{t['rejected']:,} row(s) not sent: see {result.out / str(m['rejects'])}")
+    if t["renamed_ids"]:
+        click.echo(f"{t['renamed_ids']:,} repeated id(s) sent as 'ID~n'")
+    if m["repaired_cells"]:
+        click.echo(f"{len(m['repaired_cells']):,} cell(s) were not valid UTF-8 and were repaired (manifest.json)")

@@ -1,0 +1,270 @@
+"""The provider's rules for a batch input file, in one place (spec §5).
+
+`coldbatch validate`, `coldbatch prepare` (self-check) and the server's `validating` step all use this
+module, so a file that passes here is a file the server accepts and vice versa. It is pure: callers
+feed raw lines (bytes, without the trailing newline) and read a `Report`. Every broken rule becomes a
+`LineError` with OpenAI's error code where one exists (codes marked *coldbatch* are our own):
+
+| code                         | scope | param                       |
+|------------------------------|-------|-----------------------------|
+| invalid_json_line            | line  | -                           |
+| missing_required_parameter   | line  | custom_id/method/url/body   |
+| invalid_type                 | line  | the field                   |
+| invalid_request              | line  | method, body.model, body.messages, body.input, body.prompt |
+| invalid_url                  | line  | url                         |
+| model_not_found              | line  | body.model                  |
+| mismatched_model             | line  | body.model                  |
+| streaming_unsupported        | line  | body.stream                 |
+| duplicate_custom_id          | line  | custom_id                   |
+| line_too_large *coldbatch*   | line  | -                           |
+| empty_file                   | file  | -                           |
+| too_many_tasks               | file  | - (or body.input for embeddings) |
+| file_too_large *coldbatch*   | file  | -                           |
+
+Random bytes never raise: anything that is not the expected shape is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from coldbatch.errors import LineError
+from coldbatch.protocol import limits as L
+
+_REQUIRED_BODY_FIELD = {
+    L.CHAT: "messages",
+    L.EMBEDDINGS: "input",
+    L.COMPLETIONS: "prompt",
+    L.RESPONSES: "input",
+    L.MODERATIONS: "input",
+}
+_MODEL_REQUIRED = {L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES}
+_JSON_TYPE = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
+              bool: "a boolean", type(None): "null"}
+
+
+def _type_name(value: object) -> str:
+    return _JSON_TYPE.get(type(value), type(value).__name__)
+
+
+@dataclass(slots=True)
+class Report:
+    """What one file looked like, and everything wrong with it."""
+
+    file: str | None
+    errors: list[LineError] = field(default_factory=list)
+    total_errors: int = 0
+    requests: int = 0
+    bytes: int = 0
+    endpoint: str | None = None
+    model: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.total_errors == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "ok": self.ok, "requests": self.requests, "bytes": self.bytes,
+                "endpoint": self.endpoint, "model": self.model, "total_errors": self.total_errors,
+                "errors": [e.to_json() for e in self.errors]}
+
+
+class FileValidator:
+    """Feed one file's lines in order; `finish()` returns the `Report`.
+
+    endpoint: the batch's endpoint; when None (linting a loose file) the first line's `url` sets it.
+    models: the models the executor serves; None accepts any model name.
+    """
+
+    def __init__(self, *, file: str | None = None, endpoint: str | None = None,
+                 models: Collection[str] | None = None, limits: L.Limits | None = None,
+                 max_errors: int = 1000) -> None:
+        self.report = Report(file=file, endpoint=endpoint)
+        self._fixed_endpoint = endpoint is not None
+        self._models = models
+        self._limits = limits or L.Limits()
+        self._max_errors = max_errors
+        self._seen: dict[str, int] = {}
+        self._embedding_inputs = 0
+        self._line = 0
+        self._nonblank = 0
+
+    def _error(self, line: int | None, code: str, message: str, param: str | None = None) -> None:
+        self.report.total_errors += 1
+        if len(self.report.errors) < self._max_errors:
+            self.report.errors.append(LineError(line, code, message, param, self.report.file))
+
+    def feed_many(self, lines: Iterable[bytes]) -> FileValidator:
+        for raw in lines:
+            self.feed(raw)
+        return self
+
+    def feed(self, raw: bytes) -> None:
+        """Check one physical line (no trailing newline)."""
+        self._line += 1
+        self.report.bytes += len(raw) + 1
+        if not raw.strip():
+            return  # blank lines are tolerated, as by the provider
+        self._nonblank += 1
+        lineno = self._line
+        if len(raw) > self._limits.max_line_bytes:
+            self._error(lineno, "line_too_large",
+                        f"This line is {len(raw):,} bytes; the limit is {self._limits.max_line_bytes:,}.")
+            return
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            detail = "it is not valid UTF-8" if "utf-8" in str(exc).lower() else str(exc)
+            self._error(lineno, "invalid_json_line", f"This line is not parseable as valid JSON ({detail}).")
+            return
+        if not isinstance(obj, dict):
+            self._error(lineno, "invalid_json_line",
+                        f"This line must be a JSON object, not {_type_name(obj)}.")
+            return
+        self.report.requests += 1
+        self._check_request(lineno, obj)
+
+    def _check_request(self, lineno: int, obj: dict[str, Any]) -> None:
+        missing = [k for k in ("custom_id", "method", "url", "body") if k not in obj]
+        for key in missing:
+            self._error(lineno, "missing_required_parameter", f"Missing required parameter: '{key}'.", key)
+        if "custom_id" in obj:
+            self._check_custom_id(lineno, obj["custom_id"])
+        method = obj.get("method")
+        if "method" in obj and method != "POST":
+            self._error(lineno, "invalid_request",
+                        f"Invalid method {method!r}: the Batch API only accepts 'POST'.", "method")
+        url = obj.get("url")
+        if "url" in obj:
+            self._check_url(lineno, url)
+        if "body" in obj:
+            body = obj["body"]
+            if isinstance(body, dict):
+                self._check_body(lineno, url if isinstance(url, str) else self.report.endpoint, body)
+            else:
+                self._error(lineno, "invalid_type",
+                            f"Invalid type for 'body': expected an object, but got {_type_name(body)}.", "body")
+
+    def _check_custom_id(self, lineno: int, cid: object) -> None:
+        if not isinstance(cid, str) or not cid:
+            self._error(lineno, "invalid_type",
+                        f"Invalid 'custom_id': expected a non-empty string, but got {_type_name(cid)}.",
+                        "custom_id")
+            return
+        first = self._seen.setdefault(cid, lineno)
+        if first != lineno:
+            self._error(lineno, "duplicate_custom_id",
+                        f"The custom_id {cid!r} is a duplicate of the request on line {first}.", "custom_id")
+
+    def _check_url(self, lineno: int, url: object) -> None:
+        if not isinstance(url, str) or url not in L.ENDPOINTS:
+            self._error(lineno, "invalid_url",
+                        f"The URL {url!r} is not a Batch API endpoint; supported: {', '.join(L.ENDPOINTS)}.",
+                        "url")
+        elif self.report.endpoint is None:
+            self.report.endpoint = url
+        elif url != self.report.endpoint:
+            why = "the batch endpoint" if self._fixed_endpoint else f"the file's endpoint {self.report.endpoint!r}"
+            self._error(lineno, "invalid_url",
+                        f"The URL provided for this request does not match {why}.", "url")
+
+    def _check_body(self, lineno: int, url: str | None, body: dict[str, Any]) -> None:
+        self._check_model(lineno, url, body)
+        needed = _REQUIRED_BODY_FIELD.get(url or "")
+        if needed:
+            value = body.get(needed)
+            if value is None or value == [] or (value == "" and needed != "input"):
+                self._error(lineno, "invalid_request", f"{needed.capitalize()} parameter is required.",
+                            f"body.{needed}")
+            elif needed == "messages":
+                self._check_messages(lineno, value)
+            elif url == L.EMBEDDINGS:
+                self._count_embedding_inputs(lineno, value)
+        if body.get("stream") is True:
+            self._error(lineno, "streaming_unsupported", "Streaming is not supported in the Batch API.",
+                        "body.stream")
+
+    def _check_model(self, lineno: int, url: str | None, body: dict[str, Any]) -> None:
+        model = body.get("model")
+        if model is None:
+            if url in _MODEL_REQUIRED:
+                self._error(lineno, "invalid_request", "Model parameter is required.", "body.model")
+            return
+        if not isinstance(model, str) or not model:
+            self._error(lineno, "invalid_type",
+                        f"Invalid type for 'body.model': expected a string, but got {_type_name(model)}.",
+                        "body.model")
+            return
+        if self._models is not None and model not in self._models:
+            self._error(lineno, "model_not_found",
+                        f"The provided model {model!r} is not supported by the Batch API.", "body.model")
+        if self.report.model is None:
+            self.report.model = model
+        elif model != self.report.model:
+            self._error(lineno, "mismatched_model",
+                        f"The model {model!r} differs from {self.report.model!r} used earlier in this file; "
+                        "each input file can only include requests to a single model.", "body.model")
+
+    def _check_messages(self, lineno: int, messages: object) -> None:
+        if not isinstance(messages, list):
+            self._error(lineno, "invalid_type",
+                        f"Invalid type for 'body.messages': expected an array, but got {_type_name(messages)}.",
+                        "body.messages")
+            return
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+                self._error(lineno, "invalid_request",
+                            f"Each message needs a string 'role'; message {i} has none.",
+                            f"body.messages[{i}]")
+                return
+            content = msg.get("content")
+            if content is None and msg.get("role") != "assistant":
+                self._error(lineno, "invalid_request", f"Message {i} has no 'content'.",
+                            f"body.messages[{i}].content")
+                return
+            if content is not None and not isinstance(content, str | list):
+                self._error(lineno, "invalid_type",
+                            f"Invalid type for 'body.messages[{i}].content': expected a string or an array, "
+                            f"but got {_type_name(content)}.", f"body.messages[{i}].content")
+                return
+
+    def _count_embedding_inputs(self, lineno: int, value: object) -> None:
+        if isinstance(value, str):
+            self._embedding_inputs += 1
+        elif isinstance(value, list):
+            ints = value and all(isinstance(v, int) for v in value)
+            self._embedding_inputs += 1 if ints else len(value)
+        else:
+            self._error(lineno, "invalid_type",
+                        f"Invalid type for 'body.input': expected a string or an array, but got "
+                        f"{_type_name(value)}.", "body.input")
+
+    def finish(self) -> Report:
+        """Apply the whole-file rules and return the report."""
+        lim = self._limits
+        if self._nonblank == 0:
+            self._error(None, "empty_file",
+                        "The input file is empty. Please ensure that the batch contains at least one request.")
+        if self.report.requests > lim.max_requests:
+            self._error(None, "too_many_tasks",
+                        f"The file has {self.report.requests:,} requests; the limit is {lim.max_requests:,}.")
+        if self._embedding_inputs > lim.max_embedding_inputs:
+            self._error(None, "too_many_tasks",
+                        f"The file has {self._embedding_inputs:,} embedding inputs; the limit is "
+                        f"{lim.max_embedding_inputs:,}.", "body.input")
+        if self.report.bytes - 1 > lim.max_bytes:
+            self._error(None, "file_too_large",
+                        f"The file is {self.report.bytes - 1:,} bytes; the limit is {lim.max_bytes:,}.")
+        return self.report
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Split a whole file's bytes into physical lines (`\\n`, tolerating `\\r\\n`)."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]

@@ -1,0 +1,69 @@
+"""The whole exception tree of coldbatch. This module imports nothing from the package.
+
+    ColdbatchError
+    ├── UsageError          bad options or arguments (CLI exit code 2)
+    ├── InputError          a dataset or batch file that cannot be used as given (exit code 1);
+    │                       names the file, the row or line, and the field
+    ├── ValidationFailed    a batch file broke the provider's rules; carries the LineErrors
+    └── ConfigError         a missing extra, model file or price entry
+
+`LineError` is the one record of "what is wrong where" shared by `coldbatch validate`, `prepare`'s
+reject list and (later) the server's `errors.data`; it lives here so every layer can raise it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """One problem at one line of one file. `line` is 1-based; None means the whole file."""
+
+    line: int | None
+    code: str
+    message: str
+    param: str | None = None
+    file: str | None = None
+
+    def render(self) -> str:
+        """`FILE:LINE: code: message` as printed by `coldbatch validate`."""
+        where = self.file or "<input>"
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        param = f" [{self.param}]" if self.param else ""
+        return f"{where}: {self.code}: {self.message}{param}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"file": self.file, "line": self.line, "code": self.code, "param": self.param,
+                "message": self.message}
+
+
+class ColdbatchError(Exception):
+    """Something coldbatch could not do."""
+
+    exit_code = 1
+
+
+class UsageError(ColdbatchError):
+    """The options or arguments do not make sense together."""
+
+    exit_code = 2
+
+
+class InputError(ColdbatchError):
+    """An input file cannot be used as given."""
+
+
+class ConfigError(ColdbatchError):
+    """A required extra, model file or price entry is missing."""
+
+
+class ValidationFailed(ColdbatchError):
+    """A batch file broke the provider's rules."""
+
+    def __init__(self, errors: list[LineError], total: int) -> None:
+        self.errors = errors
+        self.total = total
+        first = errors[0].render() if errors else ""
+        super().__init__(f"{total} validation error(s); first: {first}")

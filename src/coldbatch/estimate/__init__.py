@@ -1,0 +1,1 @@
+"""Token counts and money: before a job (estimate) and after it (usage → cost)."""

@@ -1,0 +1,203 @@
+"""`estimate()`: tokens and cost of a batch job before it is sent.
+
+Prompt tokens are counted exactly with tiktoken for OpenAI models (see `tokens.py` for the offline
+source of the BPE files), using OpenAI's chat accounting: 3 tokens per message plus its role and
+content, plus 3 that prime the reply. Output tokens are unknown before the job runs: the estimate
+uses `--expected-output-tokens` when given, else each request's `max_tokens` as the upper bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coldbatch.builder.build import Builder
+from coldbatch.builder.spec import RequestSpec
+from coldbatch.dataset.read import open_dataset
+from coldbatch.estimate import prices as P
+from coldbatch.estimate import tokens as T
+from coldbatch.protocol import limits as L
+from coldbatch.validation import expand_paths, iter_lines
+
+CHUNK = 8192
+PER_MESSAGE = 3
+REPLY_PRIMING = 3
+
+
+@dataclass
+class ModelTotals:
+    model: str
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    unbounded_output: int = 0  # requests with no max_tokens and no --expected-output-tokens
+    sync_cost: Decimal | None = Decimal(0)
+    batch_cost: Decimal | None = Decimal(0)
+    tokenizer: str = ""
+    exact: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "requests": self.requests, "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens, "unbounded_output_requests": self.unbounded_output,
+                "sync_cost_usd": _money(self.sync_cost), "batch_cost_usd": _money(self.batch_cost),
+                "tokenizer": self.tokenizer, "exact_tokens": self.exact}
+
+
+@dataclass
+class Estimate:
+    price_table: str
+    models: dict[str, ModelTotals] = field(default_factory=dict)
+    over_context: list[dict[str, Any]] = field(default_factory=list)
+    over_context_total: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        ms = list(self.models.values())
+        priced = all(m.sync_cost is not None for m in ms)
+        sync = sum((m.sync_cost or Decimal(0) for m in ms), Decimal(0))
+        batch = sum((m.batch_cost or Decimal(0) for m in ms), Decimal(0))
+        return {
+            "requests": sum(m.requests for m in ms),
+            "input_tokens": sum(m.input_tokens for m in ms),
+            "output_tokens": sum(m.output_tokens for m in ms),
+            "sync_cost_usd": _money(sync) if priced else None,
+            "batch_cost_usd": _money(batch) if priced else None,
+            "saving_usd": _money(sync - batch) if priced else None,
+            "saving_pct": round(float((sync - batch) / sync * 100), 2) if priced and sync else None,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {"price_table": self.price_table, "totals": self.totals,
+                "models": [m.to_json() for m in self.models.values()],
+                "over_context_total": self.over_context_total, "over_context": self.over_context,
+                "warnings": self.warnings}
+
+
+def _money(value: Decimal | None) -> float | None:
+    return None if value is None else float(round(value, 6))
+
+
+def _texts_of(body: dict[str, Any], endpoint: str) -> tuple[list[str], int]:
+    """Texts to tokenize and the fixed token overhead, for one request body."""
+    if endpoint == L.EMBEDDINGS:
+        inp = body.get("input")
+        return ([inp] if isinstance(inp, str) else [x for x in inp or [] if isinstance(x, str)]), 0
+    texts: list[str] = []
+    messages = body.get("messages") or []
+    for m in messages:
+        texts.append(str(m.get("role", "")))
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+        if m.get("name"):
+            texts.append(str(m["name"]))
+    if "prompt" in body and isinstance(body["prompt"], str):
+        texts.append(body["prompt"])
+    return texts, PER_MESSAGE * len(messages) + (REPLY_PRIMING if messages else 0)
+
+
+class _Accumulator:
+    def __init__(self, table: P.PriceTable, expected_output: int | None) -> None:
+        self.table = table
+        self.expected_output = expected_output
+        self.result = Estimate(price_table=table.version)
+        self._pending: list[tuple[str, str, str, int, list[str], int, int | None]] = []
+
+    def add(self, where: str, line: bytes) -> None:
+        req = orjson.loads(line)
+        body = req.get("body") or {}
+        model = str(body.get("model", "?"))
+        texts, overhead = _texts_of(body, str(req.get("url", L.CHAT)))
+        out = self.expected_output
+        if out is None:
+            mt = body.get("max_completion_tokens", body.get("max_tokens"))
+            out = int(mt) if isinstance(mt, int) else (0 if req.get("url") == L.EMBEDDINGS else None)
+        self._pending.append((where, str(req.get("custom_id")), model, overhead, texts, 0, out))
+        if len(self._pending) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        by_enc: dict[str, list[int]] = {}
+        for i, (_, _, model, *_rest) in enumerate(self._pending):
+            price = self.table.lookup(model)
+            by_enc.setdefault(price.encoding if price else "o200k_base", []).append(i)
+        for enc, idxs in by_enc.items():
+            counter = T.counter(enc)
+            flat = [t for i in idxs for t in self._pending[i][4]]
+            counts = iter(counter.count_many(flat))
+            for i in idxs:
+                where, cid, model, overhead, texts, _, out = self._pending[i]
+                self._record(where, cid, model, overhead + sum(next(counts) for _ in texts), out, counter)
+        self._pending.clear()
+
+    def _record(self, where: str, cid: str, model: str, prompt: int, out: int | None, counter: T.Counter) -> None:
+        totals = self.result.models.get(model)
+        if totals is None:
+            totals = self.result.models[model] = ModelTotals(model, tokenizer=counter.name, exact=counter.exact)
+        price = self.table.lookup(model)
+        totals.requests += 1
+        totals.input_tokens += prompt
+        totals.output_tokens += out or 0
+        totals.unbounded_output += out is None
+        if price is None:
+            totals.sync_cost = totals.batch_cost = None
+        elif totals.sync_cost is not None and totals.batch_cost is not None:
+            totals.sync_cost += price.cost(prompt, out or 0, batch=False)
+            totals.batch_cost += price.cost(prompt, out or 0, batch=True)
+        if price and price.context_window and prompt + (out or 0) > price.context_window:
+            self.result.over_context_total += 1
+            if len(self.result.over_context) < 50:
+                self.result.over_context.append({"where": where, "custom_id": cid, "prompt_tokens": prompt,
+                                                 "max_output_tokens": out, "context_window": price.context_window})
+
+    def finish(self) -> Estimate:
+        self.flush()
+        for m in self.result.models.values():
+            if self.table.lookup(m.model) is None:
+                self.result.warnings.append(f"no price for model {m.model!r} in price table "
+                                            f"{self.table.version}; its cost is unknown (pass --prices FILE)")
+            if not m.exact:
+                self.result.warnings.append(f"tokens for {m.model!r} are approximate (4 bytes per token): "
+                                            "no offline BPE file was found for its tokenizer")
+            if m.unbounded_output:
+                self.result.warnings.append(f"{m.unbounded_output:,} request(s) to {m.model!r} set no max_tokens: "
+                                            "their output cost is not counted; pass --expected-output-tokens")
+        return self.result
+
+
+def _request_lines(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+    for p in expand_paths(list(paths)):
+        for n, line in enumerate(iter_lines(p), 1):
+            if line.strip():
+                yield f"{p.name}:{n}", line
+
+
+def _dataset_lines(path: Path, spec: RequestSpec, fmt: str | None) -> Iterator[tuple[str, bytes]]:
+    ds = open_dataset(path, fmt)
+    builder = Builder(spec, file=ds.name, max_line_bytes=L.MAX_LINE_BYTES)
+    for start, batch in ds.batches():
+        built = builder.build(start, batch)
+        for row, line in zip(built.rows, built.lines.to_pylist(), strict=True):
+            yield f"row {row}", line.encode()
+
+
+def estimate(sources: Iterable[str | Path], *, spec: RequestSpec | None = None, prices: P.PriceTable | None = None,
+             expected_output_tokens: int | None = None, fmt: str | None = None) -> Estimate:
+    """Estimate a job: request files / prepared folders, or (with `spec`) a dataset built on the fly."""
+    paths = [Path(s) for s in sources]
+    acc = _Accumulator(prices or P.load(), expected_output_tokens)
+    if spec is not None:
+        lines: Iterable[tuple[str, bytes]] = (x for p in paths for x in _dataset_lines(p, spec, fmt))
+    else:
+        lines = _request_lines(paths)
+    for where, line in lines:
+        acc.add(where, line)
+    return acc.finish()

