@@ -5,7 +5,8 @@
     ├── InputError          a dataset or batch file that cannot be used as given (exit code 1);
     │                       names the file, the row or line, and the field
     ├── ValidationFailed    a batch file broke the provider's rules; carries the LineErrors
-    └── ConfigError         a missing extra, model file or price entry
+    ├── ConfigError         a missing extra, model file or price entry
+    └── ApiError            an HTTP API error in OpenAI's envelope (server side)
 
 `LineError` is the one record of "what is wrong where" shared by `coldbatch validate`, `prepare`'s
 reject list and (later) the server's `errors.data`; it lives here so every layer can raise it.
@@ -67,3 +68,24 @@ class ValidationFailed(ColdbatchError):
         self.total = total
         first = errors[0].render() if errors else ""
         super().__init__(f"{total} validation error(s); first: {first}")
+
+
+class ApiError(ColdbatchError):
+    """An HTTP API error in OpenAI's shape: `{"error": {message, type, param, code}}` with a status.
+
+    Raised by the server's handlers and protocol checks; `server.app` is the one place that turns it
+    into a response. `should_retry=False` adds `x-should-retry: false` (the SDK otherwise retries 409s).
+    """
+
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, should_retry: bool | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.should_retry = should_retry
+
+    def envelope(self) -> dict[str, object]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def not_found(kind: str, obj_id: str) -> ApiError:
+    return ApiError(404, f"No {kind} found with id '{obj_id}'.", param="id", code=None)

@@ -19,7 +19,7 @@ import os
 import struct
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,12 +48,20 @@ class TiktokenCounter:
     name: str
     encoding: Any
     exact: bool = True
+    _memo: dict[str, int] = field(default_factory=dict)  # roles and shared system prompts repeat constantly
+
+    def _count_one(self, text: str) -> int:
+        n = self._memo.get(text)
+        if n is None:
+            n = len(self.encoding.encode_ordinary(text))
+            if len(text) <= 2000 and len(self._memo) < 4096:
+                self._memo[text] = n
+        return n
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
-        if not texts:
-            return []
-        batches = self.encoding.encode_ordinary_batch(list(texts), num_threads=2)
-        return [len(b) for b in batches]
+        if len(texts) < 2048:  # tiktoken's batch call starts a thread pool per call: only worth it for many
+            return [self._count_one(t) for t in texts]
+        return [len(b) for b in self.encoding.encode_ordinary_batch(list(texts), num_threads=2)]
 
 
 @dataclass

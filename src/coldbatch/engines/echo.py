@@ -1,0 +1,134 @@
+"""`echo`: a deterministic, instant engine — a TEST AND BENCHMARK FIXTURE, never a model.
+
+It answers every endpoint in the right shape: chat returns the last user message (or, when the
+request carries a JSON-schema `response_format` with an enum, one of the enum values chosen by a
+stable hash of the text), embeddings return a small hash-derived vector. `usage` counts prompt tokens
+with the same tokenizer and accounting as `coldbatch estimate`, so estimates can be checked against it.
+Optional `latency` (seconds per request; requests overlap up to `max_concurrency`) and `failure_rate`
+(a fraction of requests answered with HTTP 500, drawn from a seeded RNG) simulate a real backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from coldbatch.engines.base import EngineInfo, Result, error_result
+from coldbatch.estimate import tokens as T
+from coldbatch.estimate.accounting import prompt_texts
+from coldbatch.protocol import limits as L
+from coldbatch.protocol.batches import seq_id
+
+ENDPOINTS = frozenset({L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES, L.MODERATIONS})
+
+
+class EchoEngine:
+    def __init__(self, *, latency: float = 0.0, failure_rate: float = 0.0, seed: int = 0,
+                 max_concurrency: int = 256) -> None:
+        if not 0 <= failure_rate <= 1:
+            raise ValueError("failure_rate must be within [0, 1]")
+        self.latency = latency
+        self.failure_rate = failure_rate
+        self._rng = random.Random(seed)
+        self._counter = T.counter("o200k_base")
+        self.info = EngineInfo(name="echo", endpoints=ENDPOINTS, models=None, max_concurrency=max_concurrency,
+                               fixture=True)
+
+    async def complete(self, endpoint: str, body: dict[str, Any]) -> Result:
+        return (await self.complete_many(endpoint, [body]))[0]
+
+    async def complete_many(self, endpoint: str, bodies: Sequence[dict[str, Any]]) -> list[Result]:
+        """Answer several requests at once (they overlap: one `latency` for the group)."""
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        texts: list[str] = []
+        spans: list[tuple[int, int, int]] = []
+        for body in bodies:
+            t, overhead = prompt_texts(body, endpoint)
+            spans.append((len(texts), len(t), overhead))
+            texts.extend(t)
+        counts = self._counter.count_many(texts)
+        return [self._answer(endpoint, body, sum(counts[a:a + n]) + overhead)
+                for body, (a, n, overhead) in zip(bodies, spans, strict=True)]
+
+    def _answer(self, endpoint: str, body: dict[str, Any], prompt_tokens: int) -> Result:
+        if endpoint not in ENDPOINTS:
+            return error_result(400, f"The echo engine does not serve {endpoint}.", param="url")
+        if self.failure_rate and self._rng.random() < self.failure_rate:
+            return error_result(500, "echo engine: injected failure (failure_rate)", type_="server_error",
+                                code="engine_error")
+        model = str(body.get("model") or "echo")
+        if endpoint == L.EMBEDDINGS:
+            return self._embedding(body, model, prompt_tokens)
+        if endpoint == L.MODERATIONS:
+            return Result(200, {"id": seq_id("modr-"), "model": model,
+                                "results": [{"flagged": False, "categories": {}, "category_scores": {}}]})
+        text = _answer_text(body)
+        completion = self._counter.count_many([text])[0] if text else 0
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion}
+        created = int(time.time())
+        if endpoint == L.CHAT:
+            return Result(200, {"id": seq_id("chatcmpl-"), "object": "chat.completion", "created": created,
+                                "model": model, "choices": [{"index": 0, "message": {"role": "assistant",
+                                "content": text, "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
+                                "usage": usage, "system_fingerprint": "echo"}, usage)
+        if endpoint == L.COMPLETIONS:
+            return Result(200, {"id": seq_id("cmpl-"), "object": "text_completion", "created": created,
+                                "model": model, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                                             "finish_reason": "stop"}], "usage": usage}, usage)
+        resp_usage = {"input_tokens": prompt_tokens, "output_tokens": completion,
+                      "total_tokens": prompt_tokens + completion,
+                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+        return Result(200, {"id": seq_id("resp_"), "object": "response", "created_at": created, "model": model,
+                            "status": "completed", "output": [{"type": "message", "role": "assistant",
+                            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                            "usage": resp_usage}, usage)
+
+    def _embedding(self, body: dict[str, Any], model: str, prompt_tokens: int) -> Result:
+        inp = body.get("input")
+        items = [inp] if isinstance(inp, str) else list(inp or [])
+        data = []
+        for i, item in enumerate(items):
+            seed = zlib.crc32(orjson.dumps(item))
+            vec = [((seed >> (4 * k)) & 0xF) / 15.0 - 0.5 for k in range(8)]
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+        return Result(200, {"object": "list", "data": data, "model": model, "usage": usage}, usage)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for key in ("prompt", "input"):
+        if isinstance(body.get(key), str):
+            return str(body[key])
+    for m in reversed(body.get("messages") or []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str):
+                return c
+            if isinstance(c, list):
+                return " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
+    return ""
+
+
+def _answer_text(body: dict[str, Any]) -> str:
+    text = _last_user_text(body)
+    rf = body.get("response_format")
+    if isinstance(rf, dict) and rf.get("type") == "json_schema":
+        props = (((rf.get("json_schema") or {}).get("schema") or {}).get("properties") or {})
+        for name, prop in props.items():
+            if isinstance(prop, dict) and isinstance(prop.get("enum"), list) and prop["enum"]:
+                choice = prop["enum"][zlib.crc32(text.encode()) % len(prop["enum"])]
+                return orjson.dumps({name: choice}).decode()
+    if isinstance(rf, dict) and rf.get("type") == "json_object":
+        return orjson.dumps({"echo": text}).decode()
+    return text

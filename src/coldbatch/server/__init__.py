@@ -1,0 +1,1 @@
+"""`coldbatch serve`: an OpenAI-compatible Files + Batches API over pluggable engines."""

@@ -1,0 +1,110 @@
+"""`create_app()`: the Starlette application behind `coldbatch serve`.
+
+The lifespan opens the store, blob folder and engine, starts the executor, and hands them to the
+handlers as `request.state.services`. `ApiError` is turned into OpenAI's error envelope in exactly one
+place (`_api_error`); every response carries an `x-request-id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coldbatch.engines.base import Engine
+from coldbatch.errors import ApiError
+from coldbatch.server import routes
+from coldbatch.server.app_types import ServerSettings, Services
+from coldbatch.server.executor import Executor
+from coldbatch.server.scheduler import Slots
+from coldbatch.store.blobs import LocalBlobStore
+from coldbatch.store.sqlite import SqliteStore
+
+logger = logging.getLogger(__name__)
+
+
+def owner_id(key: str) -> str:
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class RequestIdMiddleware:
+    """Adds `x-request-id` to every response (pure ASGI: streaming bodies stay streaming)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = "req_" + secrets.token_hex(12)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    headers = {}
+    if exc.should_retry is not None:
+        headers["x-should-retry"] = "true" if exc.should_retry else "false"
+    return JSONResponse(exc.envelope(), status_code=exc.status, headers=headers)
+
+
+def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    msg = "Not found." if exc.status_code == 404 else str(exc.detail)
+    return _api_error(request, ApiError(exc.status_code, msg))
+
+
+def _server_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _api_error(request, ApiError(500, "The server had an error while processing your request.",
+                                        type_="server_error"))
+
+
+def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = SqliteStore(settings.data_dir / "coldbatch.sqlite3")
+        blobs = LocalBlobStore(settings.data_dir / "files")
+        blobs.clear_tmp()
+        slots = Slots(engine.info.max_concurrency)
+        executor = Executor(store, blobs, engine, slots, config=settings.executor)
+        services = Services(settings, store, blobs, engine, slots, executor,
+                            {hashlib.sha256(k.encode()).hexdigest(): owner_id(k) for k in settings.api_keys})
+        task = asyncio.create_task(executor.run_forever(), name="executor")
+        try:
+            yield {"services": services}
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await executor.aclose()
+            await engine.aclose()
+            store.close()
+
+    app = Starlette(
+        routes=[Route(path, fn, methods=methods) for path, fn, methods in routes.ROUTES],
+        lifespan=lifespan,
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
+    )
+    app.add_middleware(RequestIdMiddleware)
+    return app

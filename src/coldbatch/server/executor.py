@@ -1,0 +1,287 @@
+"""Runs batches: validate → execute on the engine → finalize, and resumes all of it after a crash.
+
+Exactly-once effect, at-least-once execution (DESIGN.md): a finished request counts only once its
+result row is committed (`SqliteStore.record_results`, in groups); after a restart the executor skips
+every `custom_id` already logged and re-runs the rest. Result files are written from the log under
+keys derived from the batch id and registered in the same transaction as the final status, so a crash
+while finalizing just rebuilds the same files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from coldbatch.core.status import BatchStatus as S
+from coldbatch.core.validate import FileValidator
+from coldbatch.engines.base import Engine, Result
+from coldbatch.estimate import tokens as T
+from coldbatch.estimate.accounting import prompt_texts
+from coldbatch.protocol.batches import FILE_TTL, seq_id
+from coldbatch.server.scheduler import COLD, Slots
+from coldbatch.store.blobs import LocalBlobStore
+from coldbatch.store.sqlite import ResultRow, SqliteStore
+from coldbatch.validation import iter_lines
+
+logger = logging.getLogger(__name__)
+
+MAX_REPORTED_ERRORS = 1000
+EXPIRED = {"code": "batch_expired",
+           "message": "This request could not be executed before the completion window expired."}
+CANCELLED = {"code": "batch_cancelled", "message": "This request was cancelled before it could be executed."}
+
+
+@dataclass
+class ExecutorConfig:
+    group_size: int = 512  #: results per durable commit
+    flush_seconds: float = 0.25  #: ...or at least this often
+    enqueued_token_limit: int | None = None  #: per model; None = unlimited
+    poll_seconds: float = 0.5
+
+
+@dataclass
+class _Run:
+    """Bookkeeping for one batch being executed."""
+
+    row: dict[str, Any]
+    pending: list[ResultRow] = field(default_factory=list)
+    usage: list[int] = field(default_factory=lambda: [0, 0, 0])
+    last_flush: float = field(default_factory=time.monotonic)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _chunk_size(engine: Engine) -> int:
+    return 32 if hasattr(engine, "complete_many") and engine.info.max_concurrency >= 32 else 1
+
+
+class Executor:
+    def __init__(self, store: SqliteStore, blobs: LocalBlobStore, engine: Engine, slots: Slots, *,
+                 config: ExecutorConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.blobs, self.engine, self.slots = store, blobs, engine, slots
+        self.config = config or ExecutorConfig()
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._runs: dict[str, _Run] = {}
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def notify(self, batch_id: str | None = None) -> None:
+        """Something changed (a new batch, a cancel): look again now."""
+        if batch_id in self._runs:
+            self._runs[batch_id].stop.set()
+        self._wake.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            for row in self.store.unfinished_batches():
+                bid = row["id"]
+                if bid not in self._tasks:
+                    self._tasks[bid] = asyncio.create_task(self._drive_safely(bid), name=f"batch {bid}")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+
+    async def aclose(self) -> None:
+        for t in self._tasks.values():
+            t.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _drive_safely(self, batch_id: str) -> None:
+        try:
+            await self.drive(batch_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("batch %s: executor error; it will be retried", batch_id)
+            await asyncio.sleep(1.0)
+        finally:
+            self._tasks.pop(batch_id, None)
+            self._runs.pop(batch_id, None)
+
+    async def drive(self, batch_id: str) -> None:
+        """Move one batch forward until it is terminal (or its task is cancelled)."""
+        while True:
+            row = self.store.get_batch(batch_id, None)
+            if row is None:
+                return
+            status = S(row["status"])
+            if status == S.VALIDATING:
+                await asyncio.to_thread(self._validate, row)
+            elif status == S.IN_PROGRESS:
+                await self._execute(row)
+            elif status == S.FINALIZING:
+                await asyncio.to_thread(self._finalize, row, S.COMPLETED)
+            elif status == S.CANCELLING:
+                await asyncio.to_thread(self._finalize, row, S.CANCELLED)
+            else:
+                return
+
+    # -- validating ---------------------------------------------------------------------------------------
+    def _fail(self, row: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+        self.store.transition(row["id"], S.FAILED, self.now(), errors={"object": "list", "data": errors})
+
+    def _validate(self, row: dict[str, Any]) -> None:
+        f = self.store.get_file(row["input_file_id"], row["owner"])
+        if f is None or not self.blobs.exists(f["id"]):
+            self._fail(row, [{"code": "invalid_request", "line": None, "param": "file_id",
+                              "message": f"Cannot find file {row['input_file_id']}, or you do not have access to it."}])
+            return
+        v = FileValidator(file=f["filename"], endpoint=row["endpoint"], models=self.engine.info.models,
+                          max_errors=MAX_REPORTED_ERRORS)
+        if row["endpoint"] not in self.engine.info.endpoints:
+            self._fail(row, [{"code": "invalid_url", "line": None, "param": "endpoint", "message":
+                              f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}."}])
+            return
+        v.feed_many(iter_lines(self.blobs.path(f["id"])))
+        report = v.finish()
+        if not report.ok:
+            self._fail(row, [{"code": e.code, "line": e.line, "param": e.param, "message": e.message}
+                             for e in report.errors])
+            return
+        limit = self.config.enqueued_token_limit
+        tokens = self._prompt_tokens(f["id"], row["endpoint"]) if limit is not None else 0
+        if limit is not None and self.store.enqueued_tokens(report.model) + tokens > limit:
+            self._fail(row, [{"code": "token_limit_exceeded", "line": None, "param": None, "message":
+                              f"Enqueued token limit reached for {report.model}. Limit: {limit:,} enqueued tokens. "
+                              "Please try again once some in_progress batches have been completed."}])
+            return
+        self.store.transition(row["id"], S.IN_PROGRESS, self.now(), total=report.requests, model=report.model,
+                              enqueued_tokens=tokens)
+
+    def _prompt_tokens(self, file_id: str, endpoint: str) -> int:
+        counter = T.counter("o200k_base")
+        total, texts = 0, []
+        for line in iter_lines(self.blobs.path(file_id)):
+            if line.strip():
+                t, overhead = prompt_texts(orjson.loads(line).get("body") or {}, endpoint)
+                total += overhead
+                texts.extend(t)
+                if len(texts) > 4096:
+                    total += sum(counter.count_many(texts))
+                    texts = []
+        return total + sum(counter.count_many(texts))
+
+    # -- in_progress --------------------------------------------------------------------------------------
+    def _requests(self, row: dict[str, Any], skip: set[str]) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        for n, line in enumerate(iter_lines(self.blobs.path(row["input_file_id"])), 1):
+            if not line.strip():
+                continue
+            req = orjson.loads(line)
+            if req["custom_id"] not in skip:
+                yield n, req["custom_id"], req["body"]
+
+    async def _execute(self, row: dict[str, Any]) -> None:
+        run = self._runs[row["id"]] = _Run(row)
+        done = await asyncio.to_thread(self.store.done_ids, row["id"])
+        size = _chunk_size(self.engine)
+        lanes = max(1, self.engine.info.max_concurrency // size)
+        queue: asyncio.Queue[list[tuple[int, str, dict[str, Any]]] | None] = asyncio.Queue(maxsize=2 * lanes)
+        workers = [asyncio.create_task(self._lane(run, queue)) for _ in range(lanes)]
+        try:
+            chunk: list[tuple[int, str, dict[str, Any]]] = []
+            for item in self._requests(row, done):
+                if run.stop.is_set() or self.now() >= row["expires_at"]:
+                    break
+                chunk.append(item)
+                if len(chunk) >= size:
+                    await queue.put(chunk)
+                    chunk = []
+            if chunk and not run.stop.is_set():
+                await queue.put(chunk)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+        self._flush(run)
+        self._after_execute(row)
+
+    def _after_execute(self, row: dict[str, Any]) -> None:
+        fresh = self.store.get_batch(row["id"], None)
+        assert fresh is not None
+        if fresh["status"] != S.IN_PROGRESS:
+            return  # cancelled meanwhile: drive() finalizes as cancelled
+        if self.now() >= fresh["expires_at"] and fresh["completed"] + fresh["failed"] < fresh["total"]:
+            self._finalize(fresh, S.EXPIRED)
+        else:
+            self.store.transition(row["id"], S.FINALIZING, self.now())
+
+    async def _lane(self, run: _Run, queue: asyncio.Queue[list[tuple[int, str, dict[str, Any]]] | None]) -> None:
+        endpoint = run.row["endpoint"]
+        while (chunk := await queue.get()) is not None:
+            if run.stop.is_set():
+                continue
+            async with self.slots.slot(COLD):
+                results = await self._call(endpoint, [body for _, _, body in chunk])
+            for (line, cid, _), res in zip(chunk, results, strict=True):
+                self._add_result(run, line, cid, res)
+            if len(run.pending) >= self.config.group_size or \
+                    time.monotonic() - run.last_flush >= self.config.flush_seconds:
+                self._flush(run)
+
+    async def _call(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Result]:
+        many = getattr(self.engine, "complete_many", None)
+        if many is not None and len(bodies) > 1:
+            return list(await many(endpoint, bodies))
+        return [await self.engine.complete(endpoint, b) for b in bodies]
+
+    def _add_result(self, run: _Run, line: int, cid: str, res: Result) -> None:
+        out = {"id": seq_id("batch_req_"), "custom_id": cid,
+               "response": {"status_code": res.status_code, "request_id": seq_id("req_"), "body": res.body},
+               "error": None}
+        run.pending.append((cid, line, res.ok, orjson.dumps(out)))
+        if res.ok:
+            run.usage[0] += res.usage.get("prompt_tokens", 0)
+            run.usage[1] += (res.usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            run.usage[2] += res.usage.get("completion_tokens", 0)
+
+    def _flush(self, run: _Run) -> None:
+        if run.pending:
+            rows, usage = run.pending, (run.usage[0], run.usage[1], run.usage[2])
+            run.pending, run.usage = [], [0, 0, 0]
+            self.store.record_results(run.row["id"], rows, usage)
+        run.last_flush = time.monotonic()
+        fresh = self.store.get_batch(run.row["id"], None)
+        if fresh is None or fresh["status"] != S.IN_PROGRESS:
+            run.stop.set()
+
+    # -- finalizing / expired / cancelled ------------------------------------------------------------------
+    def _finalize(self, row: dict[str, Any], final: S) -> None:
+        bid = row["id"]
+        out_key, err_key = f"file-{bid[6:]}o", f"file-{bid[6:]}e"
+        counts = {"ok": 0, "err": 0, "never": 0}
+        seen: set[str] = set()
+        with self.blobs.writer(out_key) as out, self.blobs.writer(err_key) as err:
+            for cid, _line, ok, data in self.store.iter_results(bid):
+                seen.add(cid)
+                (out if ok else err).write(data + b"\n")
+                counts["ok" if ok else "err"] += 1
+            if final in (S.EXPIRED, S.CANCELLED) and row["in_progress_at"] is not None:
+                reason = EXPIRED if final == S.EXPIRED else CANCELLED
+                for _, cid, _ in self._requests(row, seen):
+                    err.write(orjson.dumps({"id": seq_id("batch_req_"), "custom_id": cid, "response": None,
+                                            "error": reason}) + b"\n")
+                    counts["never"] += 1
+        now = self.now()
+        ttl = row["output_ttl"] or FILE_TTL
+        files, fields = [], {"failed": counts["err"] + counts["never"], "completed": counts["ok"]}
+        for key, kind, n in ((out_key, "output", counts["ok"]), (err_key, "error", counts["err"] + counts["never"])):
+            if n:
+                files.append({"id": key, "owner": row["owner"], "filename": f"batch_{bid[6:]}_{kind}.jsonl",
+                              "purpose": "batch_output", "bytes": self.blobs.path(key).stat().st_size,
+                              "created_at": now, "expires_at": now + ttl})
+                fields[f"{kind}_file_id"] = key
+            else:
+                self.blobs.delete(key)
+        if not self.store.transition(bid, final, now, files=files, **fields):
+            logger.warning("batch %s: could not move to %s (status changed meanwhile)", bid, final)

@@ -1,0 +1,234 @@
+"""HTTP handlers for /v1/files, /v1/batches and the synchronous endpoints. Each is a few lines: check
+the caller, check the input, call the store or the engine, render."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from coldbatch.core.status import TERMINAL
+from coldbatch.core.status import BatchStatus as S
+from coldbatch.errors import ApiError, not_found
+from coldbatch.protocol import batches as B
+from coldbatch.protocol import limits as L
+from coldbatch.server.app_types import Services
+from coldbatch.server.objects import batch_object, file_object
+from coldbatch.server.scheduler import HOT
+from coldbatch.server.upload import parse_upload
+
+PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f]|^\.\.?$")
+
+
+def services(request: Request) -> Services:
+    return request.state.services  # type: ignore[no-any-return]
+
+
+def caller(request: Request) -> str:
+    """The owner id of the calling key ("local" when the server has no keys)."""
+    svc = services(request)
+    if not svc.owners:
+        return "local"
+    auth = request.headers.get("authorization", "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    owner = svc.owners.get(hashlib.sha256(key.encode()).hexdigest()) if key else None
+    if owner is None:
+        raise ApiError(401, "Incorrect API key provided.", type_="invalid_request_error", code="invalid_api_key")
+    return owner
+
+
+async def json_body(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from exc
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise ApiError(400, f"Invalid '{name}': must be an integer between {lo} and {hi}.", param=name,
+                       code="invalid_value")
+    return value
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+async def create_file(request: Request) -> Response:
+    svc, owner = services(request), caller(request)
+    file_id = B.new_id("file-")
+    with svc.blobs.writer(file_id) as sink:
+        up = await parse_upload(request.headers.get("content-type", ""), request.stream(), sink,
+                                svc.settings.max_upload_bytes)
+        purpose = up.fields.get("purpose")
+        if not purpose:
+            raise ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
+                           code="missing_required_parameter")
+        if purpose not in PURPOSES:
+            raise ApiError(400, f"Invalid value: '{purpose}'. Supported values are: {', '.join(PURPOSES)}.",
+                           param="purpose", code="invalid_value")
+        name = up.filename or "upload"
+        if _BAD_NAME.search(name) or len(name) > 255:
+            raise ApiError(400, "Invalid filename: it must be a plain file name (no path, no control characters).",
+                           param="file")
+        if purpose == "batch" and not name.lower().endswith(".jsonl"):
+            raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
+        now = int(time.time())
+        ttl = B.FILE_TTL if purpose == "batch" else None
+        if "expires_after[seconds]" in up.fields or "expires_after[anchor]" in up.fields:
+            if up.fields.get("expires_after[anchor]") != "created_at":
+                raise ApiError(400, "Invalid 'expires_after[anchor]': must be 'created_at'.",
+                               param="expires_after.anchor", code="invalid_value")
+            ttl = B.check_ttl(up.fields.get("expires_after[seconds]"), "expires_after.seconds")
+    row = {"id": file_id, "owner": owner, "filename": name, "purpose": purpose, "bytes": up.size,
+           "created_at": now, "expires_at": now + ttl if ttl else None}
+    svc.store.create_file(row)
+    return JSONResponse(file_object({**row, "status": "processed"}))
+
+
+async def list_files(request: Request) -> Response:
+    svc, owner = services(request), caller(request)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "Invalid 'order': must be 'asc' or 'desc'.", param="order", code="invalid_value")
+    limit = _int_param(request, "limit", 10_000, 1, 10_000)
+    rows, more = svc.store.list_files(owner, purpose=request.query_params.get("purpose"),
+                                      after=request.query_params.get("after"), limit=limit, order=order)
+    return JSONResponse(B.list_page([file_object(r) for r in rows], more))
+
+
+def _file(request: Request) -> dict[str, Any]:
+    svc, owner = services(request), caller(request)
+    fid = request.path_params["file_id"]
+    row = svc.store.get_file(fid, owner)
+    if row is None:
+        raise not_found("file", fid)
+    return row
+
+
+async def retrieve_file(request: Request) -> Response:
+    return JSONResponse(file_object(_file(request)))
+
+
+async def file_content(request: Request) -> Response:
+    row = _file(request)
+    path = services(request).blobs.path(row["id"])
+    return FileResponse(path, media_type="application/octet-stream", filename=row["filename"],
+                        content_disposition_type="attachment")
+
+
+async def delete_file(request: Request) -> Response:
+    row = _file(request)
+    svc = services(request)
+    svc.store.delete_file(row["id"], row["owner"])
+    if all(b["input_file_id"] != row["id"] for b in svc.store.unfinished_batches()):
+        svc.blobs.delete(row["id"])  # else a running batch still reads it; it goes with the next restart
+    return JSONResponse({"id": row["id"], "object": "file", "deleted": True})
+
+
+# -- batches -------------------------------------------------------------------------------------------------
+async def create_batch(request: Request) -> Response:
+    svc, owner = services(request), caller(request)
+    params = B.check_create_batch(await json_body(request), allow_short_windows=svc.settings.allow_short_windows)
+    f = svc.store.get_file(params["input_file_id"], owner)
+    if f is not None and f["purpose"] != "batch":
+        raise ApiError(400, f"File {f['id']} has purpose '{f['purpose']}'; a batch needs purpose 'batch'.",
+                       param="input_file_id", code="invalid_value")
+    now = int(time.time())
+    row = {"id": B.new_id("batch_"), "owner": owner, "endpoint": params["endpoint"], "model": None,
+           "input_file_id": params["input_file_id"], "completion_window": params["completion_window"],
+           "status": S.VALIDATING.value, "created_at": now, "expires_at": now + params["window_seconds"],
+           "metadata": params["metadata"], "output_ttl": params.get("output_ttl")}
+    svc.store.create_batch(row)
+    svc.executor.notify()
+    return JSONResponse(batch_object(_stored_batch(svc, row["id"])))
+
+
+def _stored_batch(svc: Services, batch_id: str, owner: str | None = None) -> dict[str, Any]:
+    row = svc.store.get_batch(batch_id, owner)
+    if row is None:
+        raise not_found("batch", batch_id)
+    return row
+
+
+async def retrieve_batch(request: Request) -> Response:
+    svc, owner = services(request), caller(request)
+    return JSONResponse(batch_object(_stored_batch(svc, request.path_params["batch_id"], owner)))
+
+
+async def cancel_batch(request: Request) -> Response:
+    svc, owner = services(request), caller(request)
+    row = _stored_batch(svc, request.path_params["batch_id"], owner)
+    status = S(row["status"])
+    if status in (S.CANCELLING, S.CANCELLED):
+        return JSONResponse(batch_object(row))
+    if status in TERMINAL or status == S.FINALIZING:
+        raise ApiError(409, f"Cannot cancel a batch with status '{status.value}'.", should_retry=False)
+    if not svc.store.transition(row["id"], S.CANCELLING, int(time.time())):
+        raise ApiError(409, "The batch changed status meanwhile; retrieve it and try again.", should_retry=False)
+    svc.executor.notify(row["id"])
+    return JSONResponse(batch_object(_stored_batch(svc, row["id"])))
+
+
+async def list_batches(request: Request) -> Response:
+    svc, owner = services(request), caller(request)
+    limit = _int_param(request, "limit", 20, 1, 100)
+    rows, more = svc.store.list_batches(owner, after=request.query_params.get("after"), limit=limit)
+    return JSONResponse(B.list_page([batch_object(r) for r in rows], more))
+
+
+# -- synchronous endpoints (the hot path) ------------------------------------------------------------------
+async def sync_endpoint(request: Request) -> Response:
+    svc = services(request)
+    caller(request)
+    endpoint = request.url.path
+    if endpoint not in svc.engine.info.endpoints:
+        raise ApiError(404, f"This server's engine ({svc.engine.info.name}) does not serve {endpoint}.")
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    if body.get("stream"):
+        raise ApiError(400, "Streaming is not supported by this server.", param="stream", code="invalid_value")
+    async with svc.slots.slot(HOT):
+        result = await svc.engine.complete(endpoint, body)
+    return JSONResponse(result.body, status_code=result.status_code)
+
+
+async def list_models(request: Request) -> Response:
+    svc = services(request)
+    caller(request)
+    names = sorted(svc.engine.info.models or [svc.engine.info.name])
+    return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0,
+                                                     "owned_by": "coldbatch"} for n in names]})
+
+
+async def health(request: Request) -> Response:
+    info = services(request).engine.info
+    return JSONResponse({"status": "ok", "engine": info.name, "fixture": info.fixture})
+
+
+ROUTES: list[tuple[str, Any, list[str]]] = [
+    ("/v1/files", create_file, ["POST"]),
+    ("/v1/files", list_files, ["GET"]),
+    ("/v1/files/{file_id}", retrieve_file, ["GET"]),
+    ("/v1/files/{file_id}", delete_file, ["DELETE"]),
+    ("/v1/files/{file_id}/content", file_content, ["GET"]),
+    ("/v1/batches", create_batch, ["POST"]),
+    ("/v1/batches", list_batches, ["GET"]),
+    ("/v1/batches/{batch_id}", retrieve_batch, ["GET"]),
+    ("/v1/batches/{batch_id}/cancel", cancel_batch, ["POST"]),
+    *[(ep, sync_endpoint, ["POST"]) for ep in (L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES, L.MODERATIONS)],
+    ("/v1/models", list_models, ["GET"]),
+    ("/health", health, ["GET"]),
+]
