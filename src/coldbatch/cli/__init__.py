@@ -44,6 +44,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 from coldbatch.cli import estimate as _estimate  # noqa: E402
+from coldbatch.cli import jobs as _jobs  # noqa: E402
 from coldbatch.cli import prepare as _prepare  # noqa: E402
 from coldbatch.cli import serve as _serve  # noqa: E402
 from coldbatch.cli import validate as _validate  # noqa: E402
@@ -52,3 +53,5 @@ main.add_command(_prepare.prepare)
 main.add_command(_validate.validate)
 main.add_command(_estimate.estimate)
 main.add_command(_serve.serve)
+for _command in _jobs.COMMANDS:
+    main.add_command(_command)

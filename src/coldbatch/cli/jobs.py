@@ -1,0 +1,238 @@
+"""`coldbatch run | jobs | status | resume | cancel | collect`: the job runner and its ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coldbatch.cli import options, render
+from coldbatch.errors import InputError, UsageError
+from coldbatch.providers.openai_compat import OpenAIProvider
+from coldbatch.runner import home as H
+from coldbatch.runner.embedded import EmbeddedServer
+from coldbatch.runner.ledger import Ledger
+from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
+
+
+def _root() -> Path:
+    return H.home(os.environ.get("COLDBATCH_HOME"))
+
+
+def _ledger() -> Ledger:
+    return Ledger(_root() / "ledger.sqlite3")
+
+
+class _Progress:
+    """Prints one line per event; on a terminal, the progress line is redrawn in place."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.last = ""
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "progress":
+            line = self._line(data)
+            if line != self.last:
+                click.echo(("\r" + line.ljust(100)) if self.tty else line, err=True, nl=not self.tty)
+                self.last = line
+        elif kind in ("created", "collected", "failed", "retry_round", "requeued", "cancelling"):
+            if self.tty:
+                click.echo("", err=True)
+            detail = ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("errors",))
+            click.echo(f"[{self._elapsed()}] {kind}: {detail}", err=True)
+
+    def _elapsed(self) -> str:
+        s = int(time.monotonic() - self.started)
+        return f"{s // 60:02d}:{s % 60:02d}"
+
+    def _line(self, d: dict[str, Any]) -> str:
+        states = " ".join(f"{k}:{v}" for k, v in sorted(d["by_state"].items()))
+        done = d["succeeded"] + d["failed"]
+        return (f"[{self._elapsed()}] units {states} | rows ok {d['succeeded']:,} failed {d['failed']:,} "
+                f"retry {d['pending_retry']:,} (done {done:,})")
+
+
+@contextlib.contextmanager
+def _provider(opts: RunOptions, base_url: str | None, api_key: str | None, engine: str) -> Iterator[OpenAIProvider]:
+    if opts.provider == "embedded":
+        with EmbeddedServer(_root() / "server", engine=engine) as srv:
+            yield OpenAIProvider(base_url=srv.base_url, api_key="embedded")
+    else:
+        yield OpenAIProvider(base_url=base_url or opts.provider, api_key=api_key)
+
+
+def _drive(job_id: str, *, base_url: str | None, api_key: str | None, engine: str, yes: bool,
+           cancel: bool = False) -> dict[str, Any]:
+    ledger = _ledger()
+    job = ledger.job(job_id)
+    if job is None:
+        raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
+    opts = RunOptions(**job["options"])
+
+    async def go() -> dict[str, Any]:
+        with _provider(opts, base_url, api_key, engine) as provider:
+            runner = Runner(ledger, provider, job_id, _root(), on_event=_Progress())
+            try:
+                if cancel:
+                    await runner.cancel()
+                est = runner.prepare()
+                if not cancel and ledger.job(job_id)["status"] == "prepared":  # type: ignore[index]
+                    _show_estimate(est)
+                    runner.check_budget(est)
+                    if not yes and not click.confirm("Submit these batches?", default=False, err=True):
+                        raise UsageError(f"Not submitted. Resume later with: coldbatch resume {job_id}")
+                return await runner.run()
+            finally:
+                await provider.aclose()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        ledger.close()
+
+
+def _show_estimate(est: dict[str, Any]) -> None:
+    t = est.get("totals") or {}
+    click.echo(f"{t.get('requests', 0):,} requests, {t.get('input_tokens', 0):,} prompt tokens; cost at sync prices "
+               f"{render.usd(t.get('sync_cost_usd'))}, at batch prices {render.usd(t.get('batch_cost_usd'))}", err=True)
+    for w in est.get("warnings") or []:
+        click.echo(f"warning: {w}", err=True)
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    click.echo(f"{r['rows']:,} rows → {r['output']}: {r['succeeded']:,} succeeded, {r['failed']:,} failed"
+               + (f" {r['failed_by_code']}" if r["failed_by_code"] else "")
+               + f", {r['rejected_rows']:,} rejected before sending; {r['retried_rows']:,} rows retried over "
+               f"{r['rounds']} round(s)")
+    click.echo(f"tokens: {r['prompt_tokens']:,} prompt ({r['cached_tokens']:,} cached), {r['completion_tokens']:,} "
+               f"completion; cost {render.usd(r['cost_batch_usd'])} (sync-price equivalent "
+               f"{render.usd(r['cost_sync_usd'])}, estimate {render.usd(r['estimated_batch_usd'])}); "
+               f"{r['seconds']} s")
+
+
+_provider_options = [
+    click.option("--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible API (default: embedded server)."),
+    click.option("--api-key", envvar="OPENAI_API_KEY", help="API key for --base-url."),
+    click.option("--engine", default="llama-cpp", help="Engine of the embedded server (when no --base-url)."),
+]
+
+
+def provider_options(fn: Any) -> Any:
+    for opt in reversed(_provider_options):
+        fn = opt(fn)
+    return fn
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "-o", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="OUTPUT file (.csv, .tsv, .jsonl or .parquet): every input row plus the answer.")
+@options.request_options
+@options.limit_options
+@provider_options
+@click.option("--name", help="Job name (prefix of the job id).")
+@click.option("--max-cost", type=float, help="Refuse to submit when the estimated batch cost (USD) exceeds this.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--poll-interval", type=float, default=5.0, help="Seconds between status checks (backs off to 60).")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=3, help="Submissions per request at most.")
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=50, help="Batches running at once at most.")
+@click.option("--max-enqueued-tokens", type=click.IntRange(min=1), help="Per-model cap of prompt tokens in flight.")
+@click.option("--completion-window", default="24h", help="Batch completion window (OpenAI: only 24h).")
+@click.option("--keep-remote-files", is_flag=True, help="Do not delete uploaded/result files after collection.")
+def run(input_path: Path, output: Path, base_url: str | None, api_key: str | None, engine: str, name: str | None,
+        max_cost: float | None, yes: bool, poll_interval: float, max_attempts: int, max_in_flight: int,
+        max_enqueued_tokens: int | None, completion_window: str, keep_remote_files: bool, **opts: Any) -> None:
+    """Run a whole batch job: prepare, estimate, submit, poll, collect, retry, and write OUTPUT."""
+    spec = options.spec_from(opts)
+    job_id = new_job_id(name)
+    run_opts = RunOptions(spec=spec.describe(), limits=asdict(options.limits_from(opts)), fmt=opts.get("fmt"),
+                          max_cost=max_cost, max_attempts=max_attempts, max_in_flight=max_in_flight,
+                          max_enqueued_tokens=max_enqueued_tokens, completion_window=completion_window,
+                          keep_remote_files=keep_remote_files, poll_interval=poll_interval,
+                          provider=base_url or "embedded")
+    ledger = _ledger()
+    ledger.create_job(job_id, str(input_path.resolve()), str(output.resolve()), asdict(run_opts))
+    ledger.close()
+    click.echo(f"job {job_id} (resume with: coldbatch resume {job_id})", err=True)
+    _print_report(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes))
+
+
+@click.command()
+@click.argument("job_id")
+@provider_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def resume(job_id: str, base_url: str | None, api_key: str | None, engine: str, yes: bool) -> None:
+    """Continue a job after a crash or interruption: nothing paid for is sent again."""
+    _print_report(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes))
+
+
+@click.command()
+@click.argument("job_id")
+@provider_options
+def cancel(job_id: str, base_url: str | None, api_key: str | None, engine: str) -> None:
+    """Cancel a job's running batches, keep what finished, and write OUTPUT."""
+    _print_report(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=True, cancel=True))
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--out", "-o", "output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write OUTPUT here instead of the job's own path.")
+def collect(job_id: str, output: Path | None) -> None:
+    """(Re)write a job's OUTPUT from the ledger, without contacting the provider."""
+    from coldbatch.runner.output import write_output
+
+    ledger = _ledger()
+    job = ledger.job(job_id)
+    if job is None:
+        raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
+    opts = RunOptions(**job["options"])
+    out = output or Path(job["output_path"])
+    res = write_output(ledger, job_id, Path(job["input_path"]), out, opts.request_spec(), fmt=opts.fmt)
+    click.echo(f"{res['rows']:,} rows → {out}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def jobs(as_json: bool) -> None:
+    """List jobs in the ledger, newest first."""
+    ledger = _ledger()
+    rows = ledger.jobs()
+    if as_json:
+        render.emit_json(rows)
+        return
+    render.table([[r["id"], r["status"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+                   Path(r["output_path"]).name] for r in rows], ["job", "status", "created", "output"])
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job's units, batches and results so far (from the ledger; no network)."""
+    ledger = _ledger()
+    job = ledger.job(job_id)
+    if job is None:
+        raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
+    units = ledger.units(job_id)
+    summary = ledger.summary(job_id)
+    if as_json:
+        render.emit_json({"job": job, "units": units, "results": summary})
+        return
+    click.echo(f"job {job_id}: {job['status']}; input {job['input_path']} → {job['output_path']}")
+    render.table([[str(u["id"]), str(u["round"]), u["state"], u["batch_status"] or "", u["batch_id"] or "",
+                   f"{u['requests']:,}"] for u in units], ["unit", "round", "state", "batch status", "batch", "requests"])
+    click.echo(f"results: {summary}")
+
+
+COMMANDS = [run, resume, cancel, collect, jobs, status]

@@ -1,0 +1,84 @@
+"""Any OpenAI-compatible Batch API through the official `openai` SDK (AsyncOpenAI).
+
+The SDK already retries 408/409/429/5xx and connection errors with backoff (2 retries by default);
+we raise that to `max_retries` and add nothing on top. Downloads are streamed to disk. Objects are
+returned as plain dicts (`model_dump()`), so the runner does not depend on SDK model classes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from coldbatch.errors import ColdbatchError
+
+
+class ProviderError(ColdbatchError):
+    """The remote Batch API failed in a way retries did not fix."""
+
+    exit_code = 3
+
+
+class OpenAIProvider:
+    def __init__(self, *, base_url: str | None, api_key: str | None, max_retries: int = 5,
+                 timeout: float = 600.0) -> None:
+        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed",
+                                         max_retries=max_retries, timeout=timeout)
+        self.name = str(self.client.base_url)
+
+    async def upload(self, path: Path, filename: str) -> dict[str, Any]:
+        with path.open("rb") as fh:
+            f = await self.client.files.create(file=(filename, fh, "application/jsonl"), purpose="batch")
+        return f.model_dump()
+
+    async def find_file(self, filename: str, size: int, not_before: int) -> dict[str, Any] | None:
+        """An uploaded file with this name and size, created at or after `not_before` (reconciliation)."""
+        async for f in self.client.files.list(purpose="batch", order="desc"):
+            if f.created_at < not_before:
+                return None
+            if f.filename == filename and f.bytes == size:
+                return f.model_dump()
+        return None
+
+    async def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str],
+                           completion_window: str) -> dict[str, Any]:
+        b = await self.client.batches.create(input_file_id=file_id, endpoint=endpoint,  # type: ignore[arg-type]
+                                             completion_window=completion_window,  # type: ignore[arg-type]
+                                             metadata=metadata)
+        return b.model_dump()
+
+    async def batches_newest_first(self) -> AsyncIterator[dict[str, Any]]:
+        async for b in self.client.batches.list(limit=100):
+            yield b.model_dump()
+
+    async def retrieve(self, batch_id: str) -> dict[str, Any]:
+        return (await self.client.batches.retrieve(batch_id)).model_dump()
+
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        try:
+            return (await self.client.batches.cancel(batch_id)).model_dump()
+        except openai.ConflictError:
+            return await self.retrieve(batch_id)
+
+    async def download(self, file_id: str, dest: Path) -> int:
+        """Stream a file's content to `dest` (atomically); returns its size."""
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        size = 0
+        async with self.client.files.with_streaming_response.content(file_id) as resp:
+            with tmp.open("wb") as fh:
+                async for chunk in resp.iter_bytes(1 << 20):
+                    fh.write(chunk)
+                    size += len(chunk)
+        tmp.replace(dest)
+        return size
+
+    async def delete_file(self, file_id: str) -> None:
+        with contextlib.suppress(openai.NotFoundError):
+            await self.client.files.delete(file_id)
+
+    async def aclose(self) -> None:
+        await self.client.close()

@@ -1,0 +1,392 @@
+"""`Runner`: drives one job through the ledger until every row has a final answer.
+
+Each pass over the job's open units does at most one remote step per unit and commits it, so the
+job can be killed at any instant and resumed: see `ledger.py` for the intent/confirm protocol. Rows
+that failed transiently are collected into a follow-up unit (a new round) until `max_attempts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coldbatch.builder.api import prepare
+from coldbatch.builder.manifest import read_manifest
+from coldbatch.builder.spec import RequestSpec
+from coldbatch.errors import ColdbatchError, InputError
+from coldbatch.estimate import prices as P
+from coldbatch.estimate.api import estimate
+from coldbatch.protocol.limits import Limits
+from coldbatch.providers.base import BatchProvider
+from coldbatch.runner import ledger as LG
+from coldbatch.runner.outcomes import read_errors, read_output
+from coldbatch.runner.output import write_output
+from coldbatch.validation import iter_lines
+
+logger = logging.getLogger(__name__)
+TERMINAL = {"completed", "expired", "cancelled", "failed"}
+Events = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class RunOptions:
+    """Everything a job needs besides its input, stored in the ledger so `resume` needs nothing else."""
+
+    spec: dict[str, Any]
+    limits: dict[str, int] = field(default_factory=lambda: asdict(Limits()))
+    fmt: str | None = None
+    max_cost: float | None = None
+    max_attempts: int = 3
+    max_in_flight: int = 50
+    max_enqueued_tokens: int | None = None
+    completion_window: str = "24h"
+    keep_remote_files: bool = False
+    poll_interval: float = 5.0
+    max_poll_interval: float = 60.0
+    provider: str = "embedded"
+
+    def request_spec(self) -> RequestSpec:
+        d = dict(self.spec)
+        d["labels"] = tuple(d.get("labels") or ())
+        return RequestSpec(**d)
+
+
+def new_job_id(name: str | None) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{name or 'job'}-{stamp}-{secrets.token_hex(2)}"
+
+
+class BudgetExceeded(ColdbatchError):
+    """The job would cost more than --max-cost."""
+
+
+class Runner:
+    def __init__(self, ledger: LG.Ledger, provider: BatchProvider, job_id: str, root: Path, *,
+                 on_event: Events | None = None, prices: P.PriceTable | None = None,
+                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+        self.ledger, self.provider, self.job_id, self.root = ledger, provider, job_id, root
+        job = ledger.job(job_id)
+        if job is None:
+            raise InputError(f"No job {job_id!r} in the ledger {ledger.path}")
+        self.job = job
+        self.opts = RunOptions(**job["options"])
+        self.emit = on_event or (lambda kind, data: None)
+        self.prices = prices or P.load()
+        self.sleep = sleep
+        self._fresh: set[int] = set()  # units whose intent this process wrote (no reconciliation needed)
+        self.spent = Decimal(0)
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "jobs" / self.job_id
+
+    # -- preparation ----------------------------------------------------------------------------------------
+    def prepare(self) -> dict[str, Any]:
+        """Build shards and units (idempotent), and estimate the cost. Returns the estimate."""
+        job = self.ledger.job(self.job_id)
+        assert job is not None
+        if job["status"] == "preparing":
+            shards = self.folder / "shards"
+            manifest = read_manifest(shards) if shards.is_dir() else None
+            if manifest is None:
+                manifest = prepare(job["input_path"], shards, self.opts.request_spec(),
+                                   limits=Limits(**self.opts.limits), fmt=self.opts.fmt).manifest
+            if not self.ledger.units(self.job_id):
+                self.ledger.add_units(self.job_id, [
+                    {"round": 1, "shard": i, "path": str(shards / s["path"]), "requests": s["requests"],
+                     "bytes": s["bytes"], "sha256": s["sha256"], "model": s["model"]}
+                    for i, s in enumerate(manifest["shards"], 1)])
+            est = estimate([shards], prices=self.prices).to_json()
+            est["manifest_totals"] = manifest["totals"]
+            self.ledger.set_job(self.job_id, status="prepared", estimate=est)
+            self.emit("prepared", est)
+        job = self.ledger.job(self.job_id)
+        assert job is not None
+        return dict(job["estimate"] or {})
+
+    def check_budget(self, est: dict[str, Any]) -> None:
+        cap = self.opts.max_cost
+        cost = (est.get("totals") or {}).get("batch_cost_usd")
+        if cap is not None and cost is not None and cost > cap:
+            raise BudgetExceeded(f"The estimated batch cost ${cost:,.4f} exceeds --max-cost ${cap:,.4f}; nothing was "
+                                 "sent. Raise --max-cost or reduce max_tokens.")
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        """Submit, poll, collect and retry until done; then write OUTPUT. Returns the report."""
+        started = time.time()
+        self.ledger.set_job(self.job_id, status="running")
+        interval = min(self.opts.poll_interval, 1.0)
+        while True:
+            open_units = self.ledger.units(self.job_id, LG.OPEN_STATES)
+            if not open_units:
+                if self._plan_retry_round():
+                    continue
+                break
+            progressed = await self._step(open_units)
+            if progressed:
+                interval = min(self.opts.poll_interval, 1.0)
+            else:
+                await self.sleep(interval)
+                interval = min(interval * 1.5, max(self.opts.poll_interval, self.opts.max_poll_interval))
+        return self.finish(started)
+
+    async def _step(self, units: list[dict[str, Any]]) -> bool:
+        job = self.ledger.job(self.job_id)
+        if job is not None and job["status"] == "cancelling":
+            return await self._step_cancelling(units)
+        progressed = False
+        in_flight = sum(1 for u in units if u["state"] not in (LG.PLANNED,))
+        for u in units:
+            if u["state"] == LG.PLANNED:
+                if in_flight >= self.opts.max_in_flight or not self._tokens_ok(u, units):
+                    continue
+                in_flight += 1
+            progressed |= await self._advance(u)
+        self.emit("progress", self.progress())
+        return progressed
+
+    def _tokens_ok(self, unit: dict[str, Any], units: list[dict[str, Any]]) -> bool:
+        cap = self.opts.max_enqueued_tokens
+        if cap is None:
+            return True
+        queued = sum(u["tokens"] for u in units if u["model"] == unit["model"] and u["state"] != LG.PLANNED)
+        return queued == 0 or queued + unit["tokens"] <= cap
+
+    async def _step_cancelling(self, units: list[dict[str, Any]]) -> bool:
+        """While cancelling: send nothing new, cancel what runs, collect what the provider finished."""
+        for u in units:
+            if u["state"] in (LG.PLANNED, LG.UPLOADING, LG.UPLOADED):
+                self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
+            elif u["state"] == LG.CREATING:
+                found = await self._find_batch(u)
+                if found is None:
+                    self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
+                else:
+                    self.ledger.update_unit(u["id"], state=LG.CREATED, batch_id=found["id"], batch_status=found["status"])
+                    await self.provider.cancel(found["id"])
+            else:
+                await self._poll(u)
+        self.emit("progress", self.progress())
+        return False
+
+    async def _find_batch(self, u: dict[str, Any]) -> dict[str, Any] | None:
+        """The batch this unit's create call made, if it reached the provider (matched by metadata tag)."""
+        tag, not_before = self._tag(u), (u["intent_at"] or 0) - 120
+        async for b in self.provider.batches_newest_first():
+            if b["created_at"] < not_before:
+                return None
+            if (b.get("metadata") or {}) == tag:
+                return b
+        return None
+
+    async def _advance(self, u: dict[str, Any]) -> bool:
+        """At most one remote step for this unit; True if its state changed."""
+        state = u["state"]
+        if state == LG.PLANNED:
+            self.ledger.update_unit(u["id"], state=LG.UPLOADING, intent_at=int(time.time()))
+            self._fresh.add(u["id"])
+            u = {**u, "state": LG.UPLOADING, "intent_at": int(time.time())}
+            state = LG.UPLOADING
+        if state == LG.UPLOADING:
+            await self._upload(u)
+            return True
+        if state == LG.UPLOADED:
+            self.ledger.update_unit(u["id"], state=LG.CREATING, intent_at=int(time.time()))
+            self._fresh.add(u["id"])
+            await self._create({**u, "intent_at": int(time.time())})
+            return True
+        if state == LG.CREATING:
+            await self._create(u)
+            return True
+        if state == LG.CREATED:
+            return await self._poll(u)
+        return False
+
+    def _filename(self, u: dict[str, Any]) -> str:
+        return f"{self.job_id}.u{u['id']}.jsonl"
+
+    def _tag(self, u: dict[str, Any]) -> dict[str, str]:
+        return {"coldbatch_job": self.job_id, "coldbatch_unit": str(u["id"]), "coldbatch_try": str(u["try"]),
+                "coldbatch_round": str(u["round"]), "coldbatch_sha256": u["sha256"][:32]}
+
+    async def _upload(self, u: dict[str, Any]) -> None:
+        found = None
+        if u["id"] not in self._fresh:  # a crash may have happened after the upload: look before sending again
+            found = await self.provider.find_file(self._filename(u), u["bytes"], (u["intent_at"] or 0) - 120)
+        f = found or await self.provider.upload(Path(u["path"]), self._filename(u))
+        self.ledger.update_unit(u["id"], state=LG.UPLOADED, file_id=f["id"])
+        self.emit("uploaded", {"unit": u["id"], "file_id": f["id"], "adopted": found is not None})
+
+    async def _create(self, u: dict[str, Any]) -> None:
+        tag = self._tag(u)
+        found = None if u["id"] in self._fresh else await self._find_batch(u)
+        endpoint = self.opts.spec["endpoint"]
+        b = found or await self.provider.create_batch(u["file_id"], endpoint, tag, self.opts.completion_window)
+        self.ledger.update_unit(u["id"], state=LG.CREATED, batch_id=b["id"], batch_status=b["status"])
+        self.emit("created", {"unit": u["id"], "batch_id": b["id"], "adopted": found is not None})
+
+    async def _poll(self, u: dict[str, Any]) -> bool:
+        b = await self.provider.retrieve(u["batch_id"])
+        status = b["status"]
+        if status != u["batch_status"]:
+            self.ledger.update_unit(u["id"], batch_status=status)
+            self.emit("status", {"unit": u["id"], "batch_id": u["batch_id"], "status": status,
+                                 "counts": b.get("request_counts")})
+        if status not in TERMINAL:
+            return status != u["batch_status"]
+        if status == "failed":
+            await self._failed_batch(u, b)
+        else:
+            await self._collect(u, b)
+        return True
+
+    async def _failed_batch(self, u: dict[str, Any], b: dict[str, Any]) -> None:
+        errors = ((b.get("errors") or {}).get("data")) or []
+        if any(e.get("code") == "token_limit_exceeded" for e in errors):
+            # the provider's queue is full: send the same file again later, as a new try
+            self.ledger.db.execute("UPDATE units SET state = ?, try = try + 1, batch_id = NULL, batch_status = NULL "
+                                   "WHERE id = ?", (LG.UPLOADED, u["id"]))
+            self.emit("requeued", {"unit": u["id"], "reason": "token_limit_exceeded"})
+            await self.sleep(self.opts.poll_interval)
+            return
+        by_line = {e.get("line"): e for e in errors if e.get("line")}
+        first = errors[0] if errors else {"code": "batch_failed", "message": "the batch failed"}
+        outcomes = []
+        for n, line in enumerate(iter_lines(Path(u["path"])), 1):
+            if line.strip():
+                e = by_line.get(n, first)
+                outcomes.append(LG.Outcome(orjson.loads(line)["custom_id"], "failed", None, e.get("code"),
+                                           e.get("message")))
+        self.ledger.collect(u, outcomes, batch_status="failed", detail=orjson.dumps(errors[:20]).decode())
+        self.ledger.update_unit(u["id"], state=LG.FAILED)
+        self.emit("failed", {"unit": u["id"], "batch_id": u["batch_id"], "errors": errors[:3]})
+
+    async def _collect(self, u: dict[str, Any], b: dict[str, Any]) -> None:
+        folder = self.folder / "results"
+        folder.mkdir(parents=True, exist_ok=True)
+        endpoint = self.opts.spec["endpoint"]
+        cancelled_by_user = self.ledger.job(self.job_id)["status"] == "cancelling"  # type: ignore[index]
+        expected = [orjson.loads(ln)["custom_id"] for ln in iter_lines(Path(u["path"])) if ln.strip()]
+        outcomes: dict[str, LG.Outcome] = {}
+        for kind, fid in (("output", b.get("output_file_id")), ("error", b.get("error_file_id"))):
+            if not fid:
+                continue
+            dest = folder / f"u{u['id']}.{kind}.jsonl"
+            await self.provider.download(fid, dest)
+            items = read_output(dest, endpoint) if kind == "output" else read_errors(
+                dest, cancelled_by_user=cancelled_by_user)
+            for o in items:
+                outcomes[o.custom_id] = o
+        for cid in expected:
+            if cid not in outcomes:
+                outcomes[cid] = LG.Outcome(cid, "retry", None, "missing_result", "the provider returned no result")
+        wanted = set(expected)
+        counts = self.ledger.collect(u, (o for cid, o in outcomes.items() if cid in wanted),
+                                     batch_status=b["status"], output_file_id=b.get("output_file_id"),
+                                     error_file_id=b.get("error_file_id"))
+        self.emit("collected", {"unit": u["id"], "batch_id": u["batch_id"], "status": b["status"], **counts})
+        await self._clean_remote(u, b)
+
+    async def _clean_remote(self, u: dict[str, Any], b: dict[str, Any]) -> None:
+        if self.opts.keep_remote_files:
+            return
+        for fid in (u["file_id"], b.get("output_file_id"), b.get("error_file_id")):
+            if fid:
+                try:
+                    await self.provider.delete_file(fid)
+                except Exception as exc:  # housekeeping must never fail a job
+                    logger.warning("could not delete remote file %s: %s", fid, exc)
+        self.ledger.update_unit(u["id"], remote_cleaned=1)
+
+    # -- retries ------------------------------------------------------------------------------------------
+    def _plan_retry_round(self) -> bool:
+        """Put transiently failed rows into a new unit; False when there is nothing (more) to retry."""
+        ids = self.ledger.retry_ids(self.job_id)
+        if not ids:
+            return False
+        job = self.ledger.job(self.job_id)
+        assert job is not None
+        rnd = self.ledger.max_round(self.job_id) + 1
+        if rnd > self.opts.max_attempts or job["status"] == "cancelling":
+            self.ledger.give_up(self.job_id, ids)
+            return False
+        path = self.folder / "retries" / f"round-{rnd}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        units = self._write_retry_file(path, ids, rnd)
+        self.ledger.add_units(self.job_id, units)
+        self.emit("retry_round", {"round": rnd, "requests": len(ids)})
+        return True
+
+    def _write_retry_file(self, path: Path, ids: set[str], rnd: int) -> list[dict[str, Any]]:
+        import hashlib
+
+        h, n, size, model = hashlib.sha256(), 0, 0, ""
+        seen: set[str] = set()
+        with path.open("wb") as out:
+            for u in self.ledger.units(self.job_id):
+                if u["round"] != 1:  # every request line originates in a round-1 shard
+                    continue
+                for line in iter_lines(Path(u["path"])):
+                    if not line.strip():
+                        continue
+                    req = orjson.loads(line)
+                    cid = req["custom_id"]
+                    if cid in ids and cid not in seen:
+                        seen.add(cid)
+                        data = line + b"\n"
+                        out.write(data)
+                        h.update(data)
+                        n, size, model = n + 1, size + len(data), req["body"].get("model", model)
+        return [{"round": rnd, "shard": 0, "path": str(path), "requests": n, "bytes": size,
+                 "sha256": h.hexdigest(), "model": model}]
+
+    # -- reporting ------------------------------------------------------------------------------------------
+    def progress(self) -> dict[str, Any]:
+        units = self.ledger.units(self.job_id)
+        by: dict[str, int] = {}
+        for u in units:
+            key = u["batch_status"] if u["state"] == LG.CREATED and u["batch_status"] else u["state"]
+            by[key] = by.get(key, 0) + 1
+        return {"units": len(units), "by_state": by, **self.ledger.summary(self.job_id)}
+
+    def finish(self, started: float) -> dict[str, Any]:
+        job = self.ledger.job(self.job_id)
+        assert job is not None
+        written = write_output(self.ledger, self.job_id, Path(job["input_path"]), Path(job["output_path"]),
+                               self.opts.request_spec(), fmt=self.opts.fmt)
+        summary = self.ledger.summary(self.job_id)
+        price = self.prices.lookup(self.opts.spec["model"])
+        actual = sync = None
+        if price is not None:
+            actual = float(price.cost(summary["prompt_tokens"], summary["completion_tokens"], batch=True,
+                                      cached_tokens=summary["cached_tokens"]))
+            sync = float(price.cost(summary["prompt_tokens"], summary["completion_tokens"], batch=False,
+                                    cached_tokens=summary["cached_tokens"]))
+        est = (job["estimate"] or {}).get("totals") or {}
+        report = {"job": self.job_id, "output": str(job["output_path"]), "rows": written["rows"],
+                  "rejected_rows": written["rejected"], **summary,
+                  "rounds": self.ledger.max_round(self.job_id), "cost_batch_usd": actual, "cost_sync_usd": sync,
+                  "estimated_batch_usd": est.get("batch_cost_usd"), "seconds": round(time.time() - started, 2)}
+        final = "cancelled" if job["status"] == "cancelling" else "done"
+        self.ledger.set_job(self.job_id, status=final, report=report)
+        self.emit("done", report)
+        return report
+
+    async def cancel(self) -> None:
+        """Cancel every running batch of the job; the next `run` collects what finished."""
+        self.ledger.set_job(self.job_id, status="cancelling")
+        for u in self.ledger.units(self.job_id, [LG.CREATED]):
+            await self.provider.cancel(u["batch_id"])
+        for u in self.ledger.units(self.job_id, [LG.PLANNED, LG.UPLOADED]):
+            self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
+        self.emit("cancelling", {})

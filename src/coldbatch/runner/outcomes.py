@@ -1,0 +1,80 @@
+"""Read a batch's output and error files into per-request `Outcome`s, classifying each failure.
+
+Transient (retried in a follow-up batch): HTTP 408, 409, 429 and 5xx, `batch_expired`, engine errors,
+and a request that appears in neither file. Permanent (reported with its message): every other 4xx
+(invalid request, content filter, ...), and `batch_cancelled` when the user cancelled the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coldbatch.protocol import limits as L
+from coldbatch.runner.ledger import Outcome
+from coldbatch.validation import iter_lines
+
+TRANSIENT_CODES = frozenset({"batch_expired", "engine_error", "server_error", "rate_limit_exceeded", "timeout",
+                             "missing_result"})
+
+
+def transient_status(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def content_of(endpoint: str, body: dict[str, Any]) -> str:
+    """The answer as text: the message for chat, the text for completions/responses, JSON for vectors."""
+    if endpoint == L.CHAT:
+        return str((body.get("choices") or [{}])[0].get("message", {}).get("content") or "")
+    if endpoint == L.COMPLETIONS:
+        return str((body.get("choices") or [{}])[0].get("text") or "")
+    if endpoint == L.EMBEDDINGS:
+        vecs = [d.get("embedding") for d in body.get("data") or []]
+        return orjson.dumps(vecs[0] if len(vecs) == 1 else vecs).decode()
+    if endpoint == L.RESPONSES:
+        parts = [c.get("text", "") for o in body.get("output") or [] for c in o.get("content") or []
+                 if isinstance(c, dict)]
+        return "".join(parts)
+    return orjson.dumps(body).decode()
+
+
+def _usage(body: dict[str, Any]) -> tuple[int, int, int]:
+    u = body.get("usage") or {}
+    prompt = u.get("prompt_tokens", u.get("input_tokens", 0)) or 0
+    completion = u.get("completion_tokens", u.get("output_tokens", 0)) or 0
+    details = u.get("prompt_tokens_details") or u.get("input_tokens_details") or {}
+    return int(prompt), int(completion), int(details.get("cached_tokens", 0) or 0)
+
+
+def read_output(path: Path, endpoint: str) -> Iterator[Outcome]:
+    for line in iter_lines(path):
+        if not line.strip():
+            continue
+        rec = orjson.loads(line)
+        resp = rec.get("response") or {}
+        body = resp.get("body") or {}
+        p, c, cached = _usage(body)
+        yield Outcome(rec["custom_id"], "ok", content_of(endpoint, body), prompt_tokens=p, completion_tokens=c,
+                      cached_tokens=cached)
+
+
+def read_errors(path: Path, *, cancelled_by_user: bool) -> Iterator[Outcome]:
+    for line in iter_lines(path):
+        if not line.strip():
+            continue
+        rec = orjson.loads(line)
+        resp = rec.get("response")
+        if resp is None:
+            err = rec.get("error") or {}
+            code = str(err.get("code") or "unknown_error")
+            transient = code in TRANSIENT_CODES or (code == "batch_cancelled" and not cancelled_by_user)
+            yield Outcome(rec["custom_id"], "retry" if transient else "failed", None, code, err.get("message"))
+            continue
+        status = int(resp.get("status_code") or 0)
+        err = (resp.get("body") or {}).get("error") or {}
+        code = str(err.get("code") or f"http_{status}")
+        yield Outcome(rec["custom_id"], "retry" if transient_status(status) else "failed", None, code,
+                      err.get("message") or f"HTTP {status}")

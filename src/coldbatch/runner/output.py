@@ -1,0 +1,137 @@
+"""Join results back to the input rows and write OUTPUT (CSV, JSONL or Parquet), streaming.
+
+The custom_id of each row is recomputed by running the very same `Builder` over the input again
+(ids, renamed repeats and rejected rows come out identical), so the join needs no id map in memory:
+each input batch looks up its own results in the ledger. Rows keep their input order and columns;
+coldbatch adds `custom_id`, `response`, `label` (with --labels), `error`, `attempts`,
+`prompt_tokens` and `completion_tokens`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from coldbatch.builder.build import Builder
+from coldbatch.builder.spec import RequestSpec
+from coldbatch.dataset.read import detect_format, open_dataset
+from coldbatch.errors import UsageError
+from coldbatch.protocol import limits as L
+from coldbatch.runner.ledger import Ledger
+
+ADDED = ("custom_id", "response", "label", "error", "attempts", "prompt_tokens", "completion_tokens")
+
+
+def _label(content: str | None, labels: tuple[str, ...]) -> str | None:
+    if not content or not labels:
+        return None
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        value = content.strip()
+    if isinstance(value, dict):
+        value = value.get("label")
+    return value if isinstance(value, str) and value in labels else None
+
+
+class _Writer:
+    def __init__(self, path: Path, kind: str) -> None:
+        self.path, self.kind = path, kind
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        self._w: Any = None
+        self._fh: Any = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.kind == "csv" or self.kind == "tsv":
+            if self._w is None:
+                opts = pacsv.WriteOptions(delimiter="\t" if self.kind == "tsv" else ",")
+                self._w = pacsv.CSVWriter(self.tmp, table.schema, write_options=opts)
+            self._w.write_table(table)
+        elif self.kind == "parquet":
+            if self._w is None:
+                self._w = pq.ParquetWriter(self.tmp, table.schema)
+            self._w.write_table(table)
+        else:
+            if self._fh is None:
+                self._fh = self.tmp.open("wb")
+            for row in table.to_pylist():
+                self._fh.write(orjson.dumps(row) + b"\n")
+
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
+        if self._fh is not None:
+            self._fh.close()
+        if not self.tmp.exists():
+            self.tmp.touch()
+        self.tmp.replace(self.path)
+
+
+def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
+                 *, fmt: str | None = None) -> dict[str, int]:
+    """Write OUTPUT atomically; returns row counts."""
+    kind = detect_format(out)
+    if kind not in ("csv", "tsv", "jsonl", "parquet"):
+        raise UsageError(f"--out {out}: use a .csv, .tsv, .jsonl or .parquet name")
+    ds = open_dataset(input_path, fmt)
+    clash = [c for c in ADDED if c in ds.columns]
+    prefix = "cb_" if clash else ""
+    builder = Builder(spec, file=ds.name, max_line_bytes=L.MAX_LINE_BYTES)
+    writer = _Writer(out, kind)
+    rows = rejected = 0
+    try:
+        for start, batch in ds.batches():
+            n_before = len(builder.rejects)
+            built = builder.build(start, batch, keep_ids=True)
+            rejects = {r.line: r for r in builder.rejects[n_before:]}
+            rejected += len(rejects)
+            ids = built.ids or []
+            results = ledger.results_for(job_id, ids)
+            by_row = dict(zip(built.rows.tolist(), ids, strict=True))
+            cols: dict[str, list[Any]] = {c: [] for c in ADDED}
+            for i in range(batch.num_rows):
+                row = start + i + 1
+                cid = by_row.get(row)
+                res = results.get(cid) if cid else None
+                _fill(cols, cid, res, rejects.get(row), spec.labels)
+            table = pa.Table.from_batches([batch])
+            for c in ADDED:
+                if c == "label" and not spec.labels:
+                    continue
+                table = table.append_column(prefix + c, pa.array(cols[c], _TYPES[c]))
+            writer.write(table)
+            rows += batch.num_rows
+    finally:
+        writer.close()
+    return {"rows": rows, "rejected": rejected}
+
+
+_TYPES = {"custom_id": pa.string(), "response": pa.string(), "label": pa.string(), "error": pa.string(),
+          "attempts": pa.int32(), "prompt_tokens": pa.int64(), "completion_tokens": pa.int64()}
+
+
+def _fill(cols: dict[str, list[Any]], cid: str | None, res: dict[str, Any] | None, reject: Any,
+          labels: tuple[str, ...]) -> None:
+    cols["custom_id"].append(cid)
+    if res is None:
+        err = f"{reject.code}: {reject.message}" if reject is not None else "not_run: no result (job cancelled?)"
+        cols["response"].append(None)
+        cols["label"].append(None)
+        cols["error"].append(err)
+        cols["attempts"].append(0)
+        cols["prompt_tokens"].append(0)
+        cols["completion_tokens"].append(0)
+        return
+    ok = res["state"] == "ok"
+    cols["response"].append(res["content"] if ok else None)
+    cols["label"].append(_label(res["content"], labels) if ok else None)
+    cols["error"].append(None if ok else f"{res['error_code']}: {res['error_message']}")
+    cols["attempts"].append(res["attempts"])
+    cols["prompt_tokens"].append(res["prompt_tokens"])
+    cols["completion_tokens"].append(res["completion_tokens"])
