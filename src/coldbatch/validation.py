@@ -11,12 +11,16 @@ from coldbatch.protocol.limits import Limits
 
 
 def iter_lines(path: Path) -> Iterator[bytes]:
-    """Physical lines of a file as bytes, without `\\n` (or `\\r\\n`), in O(longest line) memory."""
+    """Physical lines of a file as bytes, without `\\n` (or `\\r\\n`), in O(longest line) memory.
+
+    The same lines as `core.validate.split_lines` gives for the whole file's bytes (a final `\\r` with
+    no `\\n` after it is dropped too), so a file validates alike from disk and from memory.
+    """
     with path.open("rb") as fh:
         for raw in fh:
             if raw.endswith(b"\n"):
-                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-            yield raw
+                raw = raw[:-1]
+            yield raw[:-1] if raw.endswith(b"\r") else raw
 
 
 def validate_file(path: str | Path, *, endpoint: str | None = None, models: Collection[str] | None = None,
@@ -34,9 +38,7 @@ def validate_file(path: str | Path, *, endpoint: str | None = None, models: Coll
         v.feed_many(iter_lines(p))
     except OSError as exc:
         raise InputError(f"{p}: cannot read: {exc}") from exc
-    report = v.finish()
-    report.bytes = p.stat().st_size
-    return report
+    return v.finish(size=p.stat().st_size)
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:

@@ -39,7 +39,8 @@ def _dataset(source: Any, fmt: str | None) -> Dataset:
     return from_table(source)
 
 
-def _check_columns(ds: Dataset, spec: RequestSpec) -> None:
+def check_columns(ds: Dataset, spec: RequestSpec) -> None:
+    """Raise a UsageError naming a template or id column that `ds` lacks, and the columns it has."""
     option = "--input-column" if spec.input_column and not spec.prompt else "--prompt"
     tpl.check_columns(spec.template, ds.columns, file=ds.name, option=option)
     if spec.id_column and spec.id_column not in ds.columns:
@@ -57,7 +58,7 @@ def prepare(source: Any, out: str | Path, spec: RequestSpec, *, limits: Limits |
     """
     lim = limits or Limits()
     ds = _dataset(source, fmt)
-    _check_columns(ds, spec)
+    check_columns(ds, spec)
     out = Path(out)
     tmp = write.staging_folder(out)
     try:
@@ -95,7 +96,7 @@ def _repeats_message(ds: Dataset, spec: RequestSpec, repeats: list[tuple[int, st
     """Name each repeating row and the row it repeats (found by a second pass over the id column)."""
     wanted = {cid for _, cid in repeats[:20]}
     first: dict[str, int] = {}
-    again = open_dataset(ds.name) if Path(ds.name).is_file() else None
+    again = open_dataset(ds.name, ds.format) if ds.format is not None else None
     if again is not None and spec.id_column:
         for start, batch in again.batches():
             for i, cid in enumerate(batch.column(spec.id_column).to_pylist()):
@@ -112,7 +113,7 @@ def _manifest(ds: Dataset, spec: RequestSpec, lim: Limits, shards: list[write.Sh
               builder: Builder) -> dict[str, Any]:
     repeats = builder.ids.total_repeats if builder.ids else 0
     return {
-        "format": "coldbatch.manifest/1",
+        "format": write.MANIFEST_FORMAT,
         "created_by": f"coldbatch {__version__}",
         "input": {"name": Path(ds.name).name, "rows": rows, "columns": ds.columns},
         "request": spec.describe(),

@@ -78,6 +78,8 @@ class _SeenHashes:
 
     def add(self, keys: npt.NDArray[np.uint64]) -> None:
         """Add sorted keys that are not in the set yet."""
+        if not len(keys):
+            return  # an empty level would break `contains` (it indexes each level's last key)
         self.buckets[keys >> np.uint64(64 - self.BUCKET_BITS)] = 1
         self.levels.append(keys)
         while len(self.levels) > 1 and len(self.levels[-2]) <= 2 * len(self.levels[-1]):
@@ -90,8 +92,9 @@ class IdTracker:
     """Finds repeated custom_ids across the whole stream in O(unique ids) memory: 8 bytes per id.
 
     Ids are kept as 64-bit hashes (a false "repeat" needs a 64-bit collision: about 1 in 10^7 for
-    2.4 M ids). `policy="suffix"` renames the n-th occurrence to `id~n`; `policy="error"` records the
-    repeating rows (the rows they repeat are looked up afterwards, see `prepare.api`).
+    2.4 M ids). `policy="suffix"` renames the n-th occurrence to `id~n` (or the next free number when
+    the data already holds `id~n`); `policy="error"` records the repeating rows (the rows they repeat are
+    looked up afterwards, see `builder.api`). `total_repeats` counts the rows that repeat an earlier id.
     """
 
     policy: str
@@ -116,23 +119,45 @@ class IdTracker:
 
     def _handle_repeats(self, ids: pl.Series, h: npt.NDArray[np.uint64], rows: npt.NDArray[np.int64],
                         where: npt.NDArray[np.intp]) -> pl.Series:
+        self.total_repeats += len(where)
         values = ids.to_list()
-        for i in where:
-            hv = int(h[i])
-            n = self.repeats.get(hv, 1) + 1
-            self.repeats[hv] = n
-            self.total_repeats += 1
-            if self.policy == "suffix":
-                values[i] = f"{values[i]}~{n}"
-            elif len(self.errors) < 50:
-                self.errors.append((int(rows[i]), values[i]))
         if self.policy != "suffix":
+            for i in where[:max(0, 50 - len(self.errors))]:
+                self.errors.append((int(rows[i]), values[i]))
             return ids
-        # The new names must be unique too ("a~2" may exist already): check them like any other id.
-        fixed = self.check(pl.Series(ids.name, [values[i] for i in where], pl.String), rows[where])
-        for k, name in zip(where, fixed.to_list(), strict=True):
-            values[k] = name
+        names = self._rename([int(h[i]) for i in where], [values[i] for i in where])
+        for i, name in zip(where, names, strict=True):
+            values[i] = name
         return pl.Series(ids.name, values, pl.String)
+
+    def _rename(self, hashes: list[int], bases: list[str]) -> list[str]:
+        """`base~n` for each repeat, n counting on per id; the new names are claimed in the seen set."""
+        counters = {hv: self.repeats.get(hv, 1) for hv in hashes}
+        names = []
+        for hv, base in zip(hashes, bases, strict=True):
+            counters[hv] += 1
+            names.append(f"{base}~{counters[hv]}")
+        keys = _hashes(names)
+        if not self.seen.contains(keys).any():
+            self.repeats.update(counters)
+            self.seen.add(np.unique(keys))
+            return names
+        # Rare: a new name is taken already ('a~2' is an id of the data). Number row by row, skipping taken names.
+        for j, (hv, base) in enumerate(zip(hashes, bases, strict=True)):
+            n = self.repeats.get(hv, 1)
+            while True:
+                n += 1
+                key = _hashes([f"{base}~{n}"])
+                if not self.seen.contains(key)[0]:
+                    break
+            self.repeats[hv] = n
+            self.seen.add(key)
+            names[j] = f"{base}~{n}"
+        return names
+
+
+def _hashes(values: list[str]) -> npt.NDArray[np.uint64]:
+    return pl.Series(values, dtype=pl.String).hash(seed=7).to_numpy()
 
 
 class Builder:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,7 +25,9 @@ from coldbatch.core.shard import ShardPlanner
 from coldbatch.errors import InputError
 
 MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "coldbatch.manifest/1"
 REJECTS = "rejects.jsonl"
+_OWN_FILES = re.compile(r"manifest\.json|rejects\.jsonl|shard-\d{5,}\.jsonl|\.DS_Store")  # what a re-run may replace
 
 
 @dataclass
@@ -110,13 +113,37 @@ class ShardWriter:
             self._pool.shutdown(wait=True)
 
 
+def _is_ours(manifest: Path) -> bool:
+    try:
+        data = orjson.loads(manifest.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and str(data.get("format", "")).startswith("coldbatch.manifest/")
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse an `--out` that holds anything but an earlier prepare's output: replacing it would delete it.
+
+    Raises:
+        InputError: `out` is a file, or a folder with other files in it.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not _is_ours(out / MANIFEST):
+        raise InputError(f"{out}: folder is not empty and holds no coldbatch manifest; choose another --out")
+    foreign = sorted(p.name for p in out.iterdir() if not _OWN_FILES.fullmatch(p.name))
+    if foreign:
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise InputError(f"{out}: holds files that prepare did not write ({', '.join(foreign[:5])}{more}), and "
+                         "re-preparing replaces the whole folder; move them or choose another --out")
+
+
 def staging_folder(out: Path) -> Path:
     """A fresh sibling folder to build in (same filesystem, so the final rename is atomic)."""
     out = out.resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise InputError(f"{out}: folder is not empty and holds no coldbatch manifest; choose another --out")
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -139,6 +166,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_rejects(path: Path, rejects: list[Any]) -> None:
+    """One JSON line per rejected row, in row order."""
     with path.open("wb") as fh:
-        for r in rejects:
+        for r in sorted(rejects, key=lambda r: r.line):
             fh.write(orjson.dumps(r.to_json()) + b"\n")

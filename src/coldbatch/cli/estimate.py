@@ -28,7 +28,8 @@ def estimate(sources: tuple[Path, ...], prices: Path | None, expected_output_tok
     With --model (and --prompt or --input-column) INPUT is read as a dataset and built on the fly;
     without, INPUT is batch request JSONL or a folder written by `coldbatch prepare`.
     """
-    spec = options.spec_from(opts) if opts.get("model") else None
+    builds = any(opts.get(k) for k in ("model", "prompt", "input_column"))
+    spec = options.spec_from(opts) if builds else None  # --prompt without --model: a UsageError, not a JSON one
     est = run_estimate(list(sources), spec=spec, prices=P.load(prices), expected_output_tokens=expected_output_tokens,
                        fmt=opts.get("fmt"))
     data = est.to_json()

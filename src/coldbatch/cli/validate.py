@@ -17,7 +17,8 @@ from coldbatch.validation import expand_paths, validate_file
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--endpoint", type=click.Choice(L.ENDPOINTS), help="The batch's endpoint (default: first line's url).")
 @click.option("--models", help="Comma-separated models the provider serves (default: any).")
-@click.option("--max-errors", type=click.IntRange(min=1), default=50, help="Errors listed per file; the rest are counted.")
+@click.option("--max-errors", type=click.IntRange(min=1), default=50,
+              help="Errors listed per file; the rest are counted.")
 @options.limit_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def validate(files: tuple[Path, ...], endpoint: str | None, models: str | None, max_errors: int, as_json: bool,

@@ -177,7 +177,7 @@ class FileValidator:
         needed = _REQUIRED_BODY_FIELD.get(url or "")
         if needed:
             value = body.get(needed)
-            if value is None or value == [] or (value == "" and needed != "input"):
+            if value is None or value == [] or value == "":  # an empty string is as good as missing
                 self._error(lineno, "invalid_request", f"{needed.capitalize()} parameter is required.",
                             f"body.{needed}")
             elif needed == "messages":
@@ -243,9 +243,15 @@ class FileValidator:
                         f"Invalid type for 'body.input': expected a string or an array, but got "
                         f"{_type_name(value)}.", "body.input")
 
-    def finish(self) -> Report:
-        """Apply the whole-file rules and return the report."""
+    def finish(self, size: int | None = None) -> Report:
+        """Apply the whole-file rules and return the report.
+
+        size: the file's exact size in bytes, when the caller knows it (a file on disk, an upload).
+        Without it the size is counted from the lines fed, each with one `\\n`, as prepare writes them.
+        """
         lim = self._limits
+        if size is not None:
+            self.report.bytes = size
         if self._nonblank == 0:
             self._error(None, "empty_file",
                         "The input file is empty. Please ensure that the batch contains at least one request.")
@@ -256,9 +262,9 @@ class FileValidator:
             self._error(None, "too_many_tasks",
                         f"The file has {self._embedding_inputs:,} embedding inputs; the limit is "
                         f"{lim.max_embedding_inputs:,}.", "body.input")
-        if self.report.bytes - 1 > lim.max_bytes:
+        if self.report.bytes > lim.max_bytes:
             self._error(None, "file_too_large",
-                        f"The file is {self.report.bytes - 1:,} bytes; the limit is {lim.max_bytes:,}.")
+                        f"The file is {self.report.bytes:,} bytes; the limit is {lim.max_bytes:,}.")
         return self.report
 
 

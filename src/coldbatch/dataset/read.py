@@ -48,6 +48,7 @@ class Dataset:
     columns: list[str]
     _source: Any
     problems: list[Problem] = field(default_factory=list)
+    format: Format | None = None  #: the file format it was read as; None for an in-memory table
 
     def batches(self) -> Iterator[tuple[int, pa.RecordBatch]]:
         """Yield (first row index, 0-based; batch of string columns)."""
@@ -124,13 +125,16 @@ def open_dataset(path: str | Path, fmt: str | None = None) -> Dataset:
     kind = detect_format(p, fmt)
     try:
         if kind in ("csv", "tsv"):
-            return _open_csv(p, "\t" if kind == "tsv" else ",")
-        if kind == "parquet":
+            ds = _open_csv(p, "\t" if kind == "tsv" else ",")
+        elif kind == "parquet":
             pf = pq.ParquetFile(p)
-            return Dataset(str(p), list(pf.schema_arrow.names), pf.iter_batches(batch_size=65_536))
-        return _open_jsonl(p)
+            ds = Dataset(str(p), list(pf.schema_arrow.names), pf.iter_batches(batch_size=65_536))
+        else:
+            ds = _open_jsonl(p)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{p}: cannot read as {kind}: {exc}") from exc
+    ds.format = kind
+    return ds
 
 
 def from_table(table: Any, name: str = "<table>") -> Dataset:
@@ -170,39 +174,62 @@ def _csv_batches(reader: pacsv.CSVStreamingReader, p: Path) -> Iterator[pa.Recor
 def _open_jsonl(p: Path) -> Dataset:
     columns: list[str] = []
     with p.open("rb") as f:
-        for raw in f:
+        for lineno, raw in enumerate(f, 1):
             if raw.strip():
-                columns = list(_parse_json_row(raw, p, 1).keys())
+                columns = list(_parse_json_row(raw, p, lineno)[0].keys())
                 break
-    return Dataset(str(p), columns, _jsonl_batches(p, columns))
+    ds = Dataset(str(p), columns, None)
+    ds._source = _jsonl_batches(p, columns, ds.problems)
+    return ds
 
 
-def _parse_json_row(raw: bytes, p: Path, lineno: int) -> dict[str, Any]:
+def _parse_json_row(raw: bytes, p: Path, lineno: int) -> tuple[dict[str, Any], str | None]:
+    """The row's object, and a note when its bytes were not UTF-8 and had to be repaired."""
+    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # a UTF-8 byte order mark, as some editors write
+    note = None
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        note = f"not valid UTF-8 at byte {exc.start} of line {lineno}; replaced with U+FFFD"
+        raw = raw.decode("utf-8", errors="replace").encode()
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"{p}:{lineno}: not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise InputError(f"{p}:{lineno}: each line must be a JSON object")
-    return obj
+    return obj, note
 
 
-def _jsonl_batches(p: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    cols: dict[str, list[str | None]] = {c: [] for c in columns}
+def _jsonl_batches(p: Path, columns: list[str], problems: list[Problem]) -> Iterator[pa.RecordBatch]:
+    cols: list[list[str | None]] = [[] for _ in columns]
+    rows = pending = 0
     with p.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
-            obj = _parse_json_row(raw, p, lineno)
-            for k in obj:
-                if k not in cols:
-                    raise InputError(f"{p}:{lineno}: field {k!r} is not in the first row's fields "
-                                     f"({', '.join(columns)})")
-            for c, values in cols.items():
-                v = obj.get(c)
-                values.append(v if v is None or isinstance(v, str) else orjson.dumps(v).decode())
-            if len(cols[columns[0]]) >= JSONL_ROWS:
-                yield pa.RecordBatch.from_pydict({c: pa.array(v, pa.string()) for c, v in cols.items()})
-                cols = {c: [] for c in columns}
-    if columns and cols[columns[0]]:
-        yield pa.RecordBatch.from_pydict({c: pa.array(v, pa.string()) for c, v in cols.items()})
+            obj, note = _parse_json_row(raw, p, lineno)
+            rows += 1
+            for name, values, cell in zip(columns, cols, _cells(obj, columns, p, lineno), strict=True):
+                values.append(cell)
+                if note is not None and cell is not None and "\ufffd" in cell:
+                    problems.append(Problem(rows, name, note))
+            pending += 1
+            if pending >= JSONL_ROWS and columns:
+                yield _jsonl_batch(columns, cols)
+                cols, pending = [[] for _ in columns], 0
+    if pending and columns:  # rows that are all `{}` have nothing to hand on
+        yield _jsonl_batch(columns, cols)
+
+
+def _cells(obj: dict[str, Any], columns: list[str], p: Path, lineno: int) -> list[str | None]:
+    """One row's values in column order, as text (nested values as JSON); raises on an unknown field."""
+    for k in obj:
+        if k not in columns:
+            raise InputError(f"{p}:{lineno}: field {k!r} is not in the first row's fields ({', '.join(columns)})")
+    return [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in map(obj.get, columns)]
+
+
+def _jsonl_batch(columns: list[str], cols: list[list[str | None]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array(v, pa.string()) for v in cols], names=columns)

@@ -2,8 +2,9 @@
 
 Prompt tokens are counted exactly with tiktoken for OpenAI models (see `tokens.py` for the offline
 source of the BPE files), using OpenAI's chat accounting: 3 tokens per message plus its role and
-content, plus 3 that prime the reply. Output tokens are unknown before the job runs: the estimate
-uses `--expected-output-tokens` when given, else each request's `max_tokens` as the upper bound.
+content (and 1 more for a `name`), plus 3 that prime the reply. Output tokens are unknown before the
+job runs: the estimate uses `--expected-output-tokens` when given, else each request's `max_tokens` as
+the upper bound.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 import orjson
 
+from coldbatch.builder.api import check_columns
 from coldbatch.builder.build import Builder
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.dataset.read import open_dataset
+from coldbatch.errors import InputError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate import tokens as T
 from coldbatch.protocol import limits as L
@@ -26,6 +29,7 @@ from coldbatch.validation import expand_paths, iter_lines
 
 CHUNK = 8192
 PER_MESSAGE = 3
+PER_NAME = 1
 REPLY_PRIMING = 3
 
 
@@ -83,25 +87,37 @@ def _money(value: Decimal | None) -> float | None:
     return None if value is None else float(round(value, 6))
 
 
+def _embedding_texts(inp: Any) -> tuple[list[str], int]:
+    """Embedding inputs: strings to tokenize, and inputs that are token arrays already (counted as is)."""
+    if isinstance(inp, str):
+        return [inp], 0
+    if not isinstance(inp, list):
+        return [], 0
+    if inp and all(isinstance(x, int) for x in inp):
+        return [], len(inp)
+    return [x for x in inp if isinstance(x, str)], sum(len(x) for x in inp if isinstance(x, list))
+
+
 def _texts_of(body: dict[str, Any], endpoint: str) -> tuple[list[str], int]:
     """Texts to tokenize and the fixed token overhead, for one request body."""
     if endpoint == L.EMBEDDINGS:
-        inp = body.get("input")
-        return ([inp] if isinstance(inp, str) else [x for x in inp or [] if isinstance(x, str)]), 0
+        return _embedding_texts(body.get("input"))
     texts: list[str] = []
-    messages = body.get("messages") or []
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    names = 0
     for m in messages:
         texts.append(str(m.get("role", "")))
         content = m.get("content")
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
-            texts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+            texts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
         if m.get("name"):
             texts.append(str(m["name"]))
+            names += 1
     if "prompt" in body and isinstance(body["prompt"], str):
         texts.append(body["prompt"])
-    return texts, PER_MESSAGE * len(messages) + (REPLY_PRIMING if messages else 0)
+    return texts, PER_MESSAGE * len(messages) + PER_NAME * names + (REPLY_PRIMING if messages else 0)
 
 
 class _Accumulator:
@@ -112,8 +128,14 @@ class _Accumulator:
         self._pending: list[tuple[str, str, str, int, list[str], int, int | None]] = []
 
     def add(self, where: str, line: bytes) -> None:
-        req = orjson.loads(line)
-        body = req.get("body") or {}
+        try:
+            req = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            req = None
+        body = req.get("body") if isinstance(req, dict) else None
+        if not isinstance(req, dict) or not isinstance(body, dict):
+            raise InputError(f"{where}: not a batch request line; run `coldbatch validate` on it, or pass "
+                             "--model and --prompt/--input-column to estimate a dataset")
         model = str(body.get("model", "?"))
         texts, overhead = _texts_of(body, str(req.get("url", L.CHAT)))
         out = self.expected_output
@@ -182,6 +204,7 @@ def _request_lines(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
 
 def _dataset_lines(path: Path, spec: RequestSpec, fmt: str | None) -> Iterator[tuple[str, bytes]]:
     ds = open_dataset(path, fmt)
+    check_columns(ds, spec)
     builder = Builder(spec, file=ds.name, max_line_bytes=L.MAX_LINE_BYTES)
     for start, batch in ds.batches():
         built = builder.build(start, batch)
