@@ -17,6 +17,7 @@ from coldbatch.protocol.limits import Limits
 
 __all__ = [
     "ColdbatchError",
+    "Estimate",
     "InputError",
     "Limits",
     "LineError",
@@ -25,5 +26,7 @@ __all__ = [
     "UsageError",
     "ValidationFailed",
     "__version__",
+    "estimate",
     "prepare",
+    "validate_file",
 ]

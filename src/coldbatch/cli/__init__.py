@@ -6,6 +6,7 @@ This package is the only code that prints. Exit codes: 0 success, 1 invalid inpu
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
@@ -16,7 +17,33 @@ from coldbatch import __version__
 from coldbatch.errors import ColdbatchError
 
 
+#: command name -> "module:attribute"; modules are imported only when their command runs (a `prepare`
+#: does not pay for importing the server, the runner or the openai SDK).
+COMMANDS: dict[str, str] = {
+    "prepare": "coldbatch.cli.prepare:prepare",
+    "validate": "coldbatch.cli.validate:validate",
+    "estimate": "coldbatch.cli.estimate:estimate",
+    "run": "coldbatch.cli.jobs:run",
+    "jobs": "coldbatch.cli.jobs:jobs",
+    "status": "coldbatch.cli.jobs:status",
+    "resume": "coldbatch.cli.jobs:resume",
+    "cancel": "coldbatch.cli.jobs:cancel",
+    "collect": "coldbatch.cli.jobs:collect",
+    "serve": "coldbatch.cli.serve:serve",
+}
+
+
 class _Group(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -41,17 +68,3 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-from coldbatch.cli import estimate as _estimate  # noqa: E402
-from coldbatch.cli import jobs as _jobs  # noqa: E402
-from coldbatch.cli import prepare as _prepare  # noqa: E402
-from coldbatch.cli import serve as _serve  # noqa: E402
-from coldbatch.cli import validate as _validate  # noqa: E402
-
-main.add_command(_prepare.prepare)
-main.add_command(_validate.validate)
-main.add_command(_estimate.estimate)
-main.add_command(_serve.serve)
-for _command in _jobs.COMMANDS:
-    main.add_command(_command)

@@ -1,0 +1,81 @@
+"""Benchmark: `coldbatch prepare` vs the naive baseline on the 2.4 M-row customer-feedback CSV.
+
+Both run in this one invocation, on the same file, as subprocesses; peak RSS is each child's
+ru_maxrss (from wait4). Also checks that both produce the same requests (parsed JSON equality on a
+sample of lines from every shard), the shard count and limits, and times `coldbatch validate` on all
+shards. Usage: python bench/prepare_2m4.py [ROWS]  (default 2,400,000; data is generated once under
+bench/data/, which git ignores). Prints a markdown block for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def run(cmd: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, stdout) of a child process."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t
+    out = proc.stdout.read() if proc.stdout else ""
+    err = proc.stderr.read() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{cmd[:3]} failed:\n{err}")
+    return elapsed, usage.ru_maxrss / 1024, out
+
+
+def main() -> None:
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 2_400_000
+    data = ROOT / "bench" / "data" / f"feedback-{rows}.csv"
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(SHARED / "bench" / "gen_feedback.py"), str(rows), str(data)], check=True)
+    out = ROOT / "bench" / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    naive_dir, cb_dir = out / "naive", out / "coldbatch"
+    naive_t, naive_rss, _ = run([sys.executable, str(SHARED / "bench" / "naive_prepare.py"), str(data), str(naive_dir)])
+    cb_cmd = [sys.executable, "-m", "coldbatch", "prepare", str(data), "--out", str(cb_dir), "--model", "gpt-4o-mini",
+              "--system", "Categorize sentiment as positive, negative or neutral.", "--prompt", "{text}",
+              "--id-column", "id", "--max-tokens", "5", "--json"]
+    cb_t, cb_rss, cb_out = run(cb_cmd)
+    manifest = json.loads(cb_out)
+    val_t, val_rss, _ = run([sys.executable, "-m", "coldbatch", "validate", str(cb_dir)])
+    shards = manifest["shards"]
+    naive_files = sorted(naive_dir.glob("*.jsonl"))
+    same = len(naive_files) == len(shards)
+    for nf, s in zip(naive_files, shards, strict=False):
+        with nf.open() as a, (cb_dir / s["path"]).open() as b:
+            for k, (la, lb) in enumerate(zip(a, b, strict=True)):
+                if k % 997 == 0:
+                    same &= json.loads(la) == json.loads(lb)
+    biggest = max(s["requests"] for s in shards)
+    print(f"""### prepare: {rows:,} rows (`python bench/prepare_2m4.py {rows}`)
+
+- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}
+- input: `gen_feedback.py {rows}` ({data.stat().st_size / 1e6:,.0f} MB)
+
+| | wall time | peak RSS |
+|---|---:|---:|
+| naive_prepare.py (baseline) | {naive_t:.2f} s | {naive_rss:,.0f} MB |
+| coldbatch prepare | {cb_t:.2f} s | {cb_rss:,.0f} MB |
+| coldbatch validate (all shards) | {val_t:.2f} s | {val_rss:,.0f} MB |
+
+- speed-up: **{naive_t / cb_t:.1f}×** (goal ≥ 10×); coldbatch peak RSS {cb_rss:,.0f} MB (goal ≤ 300 MB)
+- shards: {len(shards)} (largest {biggest:,} requests; goal 48 of ≤ 50,000); same requests as the baseline \
+(JSON-equal on sampled lines of every shard): {"yes" if same else "NO"}
+""")
+
+
+if __name__ == "__main__":
+    main()
