@@ -169,7 +169,8 @@ def test_suffix_policy_skips_names_the_data_already_uses() -> None:
 def test_error_policy_lists_repeating_rows_and_keeps_ids() -> None:
     tracker, out = track("error", ["a", "b"], ["a"], ["a", "c"], ["b"])  # batches wholly made of repeats too
     assert out == [["a", "b"], ["a"], ["a", "c"], ["b"]]
-    assert tracker.errors == [(3, "a"), (4, "a"), (6, "b")]
+    tracker.finish()
+    assert tracker.errors == [(3, 1), (4, 1), (6, 2)]  # (repeating row, the row it repeats)
     assert tracker.total_repeats == 3
 
 

@@ -83,6 +83,8 @@ def _build_all(ds: Dataset, spec: RequestSpec, lim: Limits, tmp: Path) -> dict[s
         raise InputError(str(exc)) from exc
     finally:
         writer.close()
+    if builder.ids is not None:
+        builder.ids.finish()
     if builder.ids is not None and builder.ids.total_repeats and spec.on_duplicate_id == "error":
         raise InputError(_repeats_message(ds, spec, builder.ids.errors, builder.ids.total_repeats))
     if builder.rejects:
@@ -92,17 +94,21 @@ def _build_all(ds: Dataset, spec: RequestSpec, lim: Limits, tmp: Path) -> dict[s
     return manifest
 
 
-def _repeats_message(ds: Dataset, spec: RequestSpec, repeats: list[tuple[int, str]], total: int) -> str:
-    """Name each repeating row and the row it repeats (found by a second pass over the id column)."""
-    wanted = {cid for _, cid in repeats[:20]}
-    first: dict[str, int] = {}
+def _repeats_message(ds: Dataset, spec: RequestSpec, repeats: list[tuple[int, int]], total: int) -> str:
+    """Name each repeating row, its id, and the row it repeats (ids read back from the id column)."""
+    wanted = {row for row, _ in repeats[:20]}
+    ids: dict[int, str] = {}
     again = open_dataset(ds.name, ds.format) if ds.format is not None else None
     if again is not None and spec.id_column:
         for start, batch in again.batches():
+            if start + batch.num_rows < min(wanted):
+                continue
             for i, cid in enumerate(batch.column(spec.id_column).to_pylist()):
-                if cid in wanted and cid not in first:
-                    first[cid] = start + i + 1
-    lines = [f"  {ds.name}: row {row}: id {cid!r} repeats row {first.get(cid, '?')}" for row, cid in repeats[:20]]
+                if start + i + 1 in wanted:
+                    ids[start + i + 1] = cid
+            if start + batch.num_rows >= max(wanted):
+                break
+    lines = [f"  {ds.name}: row {row}: id {ids.get(row, '?')!r} repeats row {first}" for row, first in repeats[:20]]
     more = f"\n  … and {total - 20} more" if total > 20 else ""
     return (f"{ds.name}: {total} row(s) repeat an earlier id in column {spec.id_column!r}, so their results "
             f"could not be told apart:\n" + "\n".join(lines) + more +
