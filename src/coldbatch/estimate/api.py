@@ -24,13 +24,11 @@ from coldbatch.dataset.read import open_dataset
 from coldbatch.errors import InputError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate import tokens as T
+from coldbatch.estimate.accounting import prompt_texts
 from coldbatch.protocol import limits as L
 from coldbatch.validation import expand_paths, iter_lines
 
 CHUNK = 8192
-PER_MESSAGE = 3
-PER_NAME = 1
-REPLY_PRIMING = 3
 
 
 @dataclass
@@ -87,45 +85,13 @@ def _money(value: Decimal | None) -> float | None:
     return None if value is None else float(round(value, 6))
 
 
-def _embedding_texts(inp: Any) -> tuple[list[str], int]:
-    """Embedding inputs: strings to tokenize, and inputs that are token arrays already (counted as is)."""
-    if isinstance(inp, str):
-        return [inp], 0
-    if not isinstance(inp, list):
-        return [], 0
-    if inp and all(isinstance(x, int) for x in inp):
-        return [], len(inp)
-    return [x for x in inp if isinstance(x, str)], sum(len(x) for x in inp if isinstance(x, list))
-
-
-def _texts_of(body: dict[str, Any], endpoint: str) -> tuple[list[str], int]:
-    """Texts to tokenize and the fixed token overhead, for one request body."""
-    if endpoint == L.EMBEDDINGS:
-        return _embedding_texts(body.get("input"))
-    texts: list[str] = []
-    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    names = 0
-    for m in messages:
-        texts.append(str(m.get("role", "")))
-        content = m.get("content")
-        if isinstance(content, str):
-            texts.append(content)
-        elif isinstance(content, list):
-            texts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-        if m.get("name"):
-            texts.append(str(m["name"]))
-            names += 1
-    if "prompt" in body and isinstance(body["prompt"], str):
-        texts.append(body["prompt"])
-    return texts, PER_MESSAGE * len(messages) + PER_NAME * names + (REPLY_PRIMING if messages else 0)
-
-
 class _Accumulator:
     def __init__(self, table: P.PriceTable, expected_output: int | None) -> None:
         self.table = table
         self.expected_output = expected_output
         self.result = Estimate(price_table=table.version)
         self._pending: list[tuple[str, str, str, int, list[str], int, int | None]] = []
+        self._windows: dict[str, int] = {}
 
     def add(self, where: str, line: bytes) -> None:
         try:
@@ -137,7 +103,7 @@ class _Accumulator:
             raise InputError(f"{where}: not a batch request line; run `coldbatch validate` on it, or pass "
                              "--model and --prompt/--input-column to estimate a dataset")
         model = str(body.get("model", "?"))
-        texts, overhead = _texts_of(body, str(req.get("url", L.CHAT)))
+        texts, overhead = prompt_texts(body, str(req.get("url", L.CHAT)))
         out = self.expected_output
         if out is None:
             mt = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -161,28 +127,33 @@ class _Accumulator:
         self._pending.clear()
 
     def _record(self, where: str, cid: str, model: str, prompt: int, out: int | None, counter: T.Counter) -> None:
+        """Add one request's integers; money is computed once, in `finish` (cost is linear in tokens)."""
         totals = self.result.models.get(model)
         if totals is None:
             totals = self.result.models[model] = ModelTotals(model, tokenizer=counter.name, exact=counter.exact)
-        price = self.table.lookup(model)
+            self._windows[model] = (p.context_window if (p := self.table.lookup(model)) else None) or 0
         totals.requests += 1
         totals.input_tokens += prompt
-        totals.output_tokens += out or 0
-        totals.unbounded_output += out is None
-        if price is None:
-            totals.sync_cost = totals.batch_cost = None
-        elif totals.sync_cost is not None and totals.batch_cost is not None:
-            totals.sync_cost += price.cost(prompt, out or 0, batch=False)
-            totals.batch_cost += price.cost(prompt, out or 0, batch=True)
-        if price and price.context_window and prompt + (out or 0) > price.context_window:
+        if out is None:
+            totals.unbounded_output += 1
+            out = 0
+        totals.output_tokens += out
+        window = self._windows[model]
+        if window and prompt + out > window:
             self.result.over_context_total += 1
             if len(self.result.over_context) < 50:
                 self.result.over_context.append({"where": where, "custom_id": cid, "prompt_tokens": prompt,
-                                                 "max_output_tokens": out, "context_window": price.context_window})
+                                                 "max_output_tokens": out, "context_window": window})
 
     def finish(self) -> Estimate:
         self.flush()
         for m in self.result.models.values():
+            price = self.table.lookup(m.model)
+            if price is None:
+                m.sync_cost = m.batch_cost = None
+            else:
+                m.sync_cost = price.cost(m.input_tokens, m.output_tokens, batch=False)
+                m.batch_cost = price.cost(m.input_tokens, m.output_tokens, batch=True)
             if self.table.lookup(m.model) is None:
                 self.result.warnings.append(f"no price for model {m.model!r} in price table "
                                             f"{self.table.version}; its cost is unknown (pass --prices FILE)")

@@ -33,6 +33,7 @@ _SHA256 = {  # as pinned by tiktoken_ext.openai_public
     "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
     "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
 }
+MEMO_SIZE = 65_536
 _QUICKTOK_FILE = {"o200k_base": "o200k.vocab", "cl100k_base": "cl100k.vocab"}
 
 
@@ -50,18 +51,26 @@ class TiktokenCounter:
     exact: bool = True
     _memo: dict[str, int] = field(default_factory=dict)  # roles and shared system prompts repeat constantly
 
-    def _count_one(self, text: str) -> int:
-        n = self._memo.get(text)
-        if n is None:
-            n = len(self.encoding.encode_ordinary(text))
-            if len(text) <= 2000 and len(self._memo) < 4096:
-                self._memo[text] = n
-        return n
-
     def count_many(self, texts: Sequence[str]) -> list[int]:
-        if len(texts) < 2048:  # tiktoken's batch call starts a thread pool per call: only worth it for many
-            return [self._count_one(t) for t in texts]
-        return [len(b) for b in self.encoding.encode_ordinary_batch(list(texts), num_threads=2)]
+        """Token counts; repeated texts (roles, a shared system prompt, "Great product!") come from a memo,
+        and only the misses are encoded."""
+        memo = self._memo
+        out = [memo.get(t, -1) for t in texts]
+        miss = [i for i, n in enumerate(out) if n < 0]
+        if not miss:
+            return out
+        todo = [texts[i] for i in miss]
+        # A plain loop: tiktoken's encode_ordinary_batch submits one future per text, which costs more
+        # than encoding a short text (measured: 6.5 µs per text either way with 2 threads, plus the futures).
+        encode = self.encoding.encode_ordinary
+        counts = [len(encode(t)) for t in todo]
+        room = MEMO_SIZE - len(memo)
+        for i, t, n in zip(miss, todo, counts, strict=True):
+            out[i] = n
+            if room > 0 and len(t) <= 2000:
+                memo[t] = n
+                room -= 1
+        return out
 
 
 @dataclass

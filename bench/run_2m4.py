@@ -1,0 +1,122 @@
+"""Benchmark: the 2.4 M-row customer-feedback job end to end against `coldbatch serve --engine echo`.
+
+Starts the server (echo engine: a test fixture, not a model) and `coldbatch run` as subprocesses on
+this machine, samples the job's ledger every 0.25 s to time each phase, and reports wall time per
+phase plus the peak RSS of client (wait4) and server (VmHWM). Usage:
+    python bench/run_2m4.py [ROWS]        (default 2,400,000; data generated once under bench/data/)
+Prints a markdown block for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def phase(ledger: Path) -> str:
+    if not ledger.exists():
+        return "starting"
+    try:
+        db = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=1)
+        job = db.execute("SELECT status FROM jobs").fetchone()
+        states = dict(db.execute("SELECT state, COUNT(*) FROM units GROUP BY state").fetchall())
+        db.close()
+    except sqlite3.Error:
+        return "starting"
+    if job is None:
+        return "starting"
+    if job[0] != "running":
+        return str(job[0])
+    if states.get("planned") or states.get("uploading") or states.get("uploaded") or states.get("creating"):
+        return "submitting"
+    if states.get("created"):
+        return "running batches"
+    return "writing OUTPUT"
+
+
+def main() -> None:
+    rows = int(sys.argv[1]) if len(sys.argv) > 1 else 2_400_000
+    data = ROOT / "bench" / "data" / f"feedback-{rows}.csv"
+    if not data.exists():
+        data.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(SHARED / "bench" / "gen_feedback.py"), str(rows), str(data)], check=True)
+    work = ROOT / "bench" / "out" / "run"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--port", str(port),
+                               "--data-dir", str(work / "server")], stderr=subprocess.DEVNULL)
+    env = {**os.environ, "COLDBATCH_HOME": str(work / "home")}
+    env.pop("OPENAI_BASE_URL", None)
+    try:
+        time.sleep(2.0)
+        cmd = [sys.executable, "-m", "coldbatch", "run", str(data), "--out", str(work / "output.parquet"),
+               "--model", "gpt-4o-mini", "--system", "Categorize sentiment as positive, negative or neutral.",
+               "--prompt", "{text}", "--labels", "negative,neutral,positive", "--max-tokens", "5",
+               "--id-column", "id", "--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "bench", "--yes",
+               "--poll-interval", "1"]
+        t0 = time.perf_counter()
+        with (work / "client.out").open("w") as fo, (work / "client.err").open("w") as fe:
+            client = subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, text=True)
+            marks: dict[str, float] = {}
+            ledger = work / "home" / "ledger.sqlite3"
+            while True:
+                pid, status, usage = os.wait4(client.pid, os.WNOHANG)
+                if pid:
+                    break
+                marks.setdefault(phase(ledger), time.perf_counter() - t0)
+                time.sleep(0.25)
+        total = time.perf_counter() - t0
+        rc = os.waitstatus_to_exitcode(status)
+        out, err = (work / "client.out").read_text(), (work / "client.err").read_text()
+        server_rss = vm_hwm_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    if rc != 0:
+        sys.exit(f"run failed ({rc}):\n{err[-3000:]}")
+    client_rss = usage.ru_maxrss / 1024
+    order = ["starting", "preparing", "prepared", "submitting", "running batches", "writing OUTPUT", "done"]
+    seen = [(p, marks[p]) for p in order if p in marks]
+    phases = [(p, (seen[i + 1][1] if i + 1 < len(seen) else total) - t) for i, (p, t) in enumerate(seen)]
+    report = out.strip().splitlines()
+    print(f"""### run: {rows:,} rows end to end against `coldbatch serve --engine echo` (`python bench/run_2m4.py {rows}`)
+
+- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}
+- echo is a test fixture (instant answers); this measures coldbatch's own overhead, client and server.
+
+| phase (sampled from the ledger every 0.25 s) | wall time |
+|---|---:|
+""" + "\n".join(f"| {p} | {d:.1f} s |" for p, d in phases) + f"""
+| **total** | **{total:.1f} s** (goal ≤ 300 s) |
+
+- peak RSS: client {client_rss:,.0f} MB (goal ≤ 500 MB), server {server_rss:,.0f} MB
+- client report: {' / '.join(report)}
+""")
+
+
+if __name__ == "__main__":
+    main()
