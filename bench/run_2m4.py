@@ -103,9 +103,11 @@ def main() -> None:
     seen = [(p, marks[p]) for p in order if p in marks]
     phases = [(p, (seen[i + 1][1] if i + 1 < len(seen) else total) - t) for i, (p, t) in enumerate(seen)]
     report = out.strip().splitlines()
-    print(f"""### run: {rows:,} rows end to end against `coldbatch serve --engine echo` (`python bench/run_2m4.py {rows}`)
+    machine = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
+    print(f"""### run: {rows:,} rows end to end against `coldbatch serve --engine echo` \
+(`python bench/run_2m4.py {rows}`)
 
-- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}
+- machine: {machine}; date {time.strftime('%Y-%m-%d')}
 - echo is a test fixture (instant answers); this measures coldbatch's own overhead, client and server.
 
 | phase (sampled from the ledger every 0.25 s) | wall time |
