@@ -6,6 +6,14 @@ stable hash of the text), embeddings return a small hash-derived vector. `usage`
 with the same tokenizer and accounting as `coldbatch estimate`, so estimates can be checked against it.
 Optional `latency` (seconds per request; requests overlap up to `max_concurrency`) and `failure_rate`
 (a fraction of requests answered with HTTP 500, drawn from a seeded RNG) simulate a real backend.
+
+Fixture features for tests (never in a real engine):
+
+- `"echo_fail": <status>` in a request body (an integer 400-599) makes the engine answer that HTTP
+  status with an OpenAI error body (`{"error": {"message", "type", "param", "code": "echo_fail"}}`)
+  instead of a result: a deterministic per-line failure, e.g. for mixed or all-failing batches.
+- `models=` restricts the model names the engine claims to serve (default None: any name), so the
+  server's validation reports `model_not_found` for the others.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import asyncio
 import random
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -30,15 +38,16 @@ ENDPOINTS = frozenset({L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES, L.MODER
 
 class EchoEngine:
     def __init__(self, *, latency: float = 0.0, failure_rate: float = 0.0, seed: int = 0,
-                 max_concurrency: int = 256) -> None:
+                 max_concurrency: int = 256, models: Collection[str] | None = None) -> None:
         if not 0 <= failure_rate <= 1:
             raise ValueError("failure_rate must be within [0, 1]")
         self.latency = latency
         self.failure_rate = failure_rate
         self._rng = random.Random(seed)
         self._counter = T.counter("o200k_base")
-        self.info = EngineInfo(name="echo", endpoints=ENDPOINTS, models=None, max_concurrency=max_concurrency,
-                               fixture=True)
+        self.info = EngineInfo(name="echo", endpoints=ENDPOINTS,
+                               models=frozenset(models) if models is not None else None,
+                               max_concurrency=max_concurrency, fixture=True)
 
     async def complete(self, endpoint: str, body: dict[str, Any]) -> Result:
         return (await self.complete_many(endpoint, [body]))[0]
@@ -60,6 +69,11 @@ class EchoEngine:
     def _answer(self, endpoint: str, body: dict[str, Any], prompt_tokens: int) -> Result:
         if endpoint not in ENDPOINTS:
             return error_result(400, f"The echo engine does not serve {endpoint}.", param="url")
+        fail = body.get("echo_fail")
+        if isinstance(fail, int) and not isinstance(fail, bool) and 400 <= fail <= 599:
+            return error_result(fail, f"echo engine: failure requested by the request body (echo_fail={fail})",
+                                type_="server_error" if fail >= 500 else "invalid_request_error",
+                                param="echo_fail", code="echo_fail")
         if self.failure_rate and self._rng.random() < self.failure_rate:
             return error_result(500, "echo engine: injected failure (failure_rate)", type_="server_error",
                                 code="engine_error")

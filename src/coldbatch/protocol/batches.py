@@ -106,10 +106,14 @@ def _expires_after(value: object, param: str) -> int:
 
 
 def check_ttl(seconds: object, param: str) -> int:
-    try:
-        n = int(seconds)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        n = -1
+    """Seconds in 3600..2592000: a JSON integer, or the decimal digits of a multipart form field."""
+    n = -1
+    if isinstance(seconds, str) and seconds.isascii() and seconds.isdigit():
+        n = int(seconds)
+    elif isinstance(seconds, int) and not isinstance(seconds, bool):
+        n = seconds
+    elif isinstance(seconds, float) and seconds.is_integer():
+        n = int(seconds)
     if not 3600 <= n <= FILE_TTL:
         raise ApiError(400, f"Invalid '{param}': must be an integer between 3600 and {FILE_TTL}.", param=param,
                        code="invalid_value")

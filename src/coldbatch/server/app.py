@@ -39,7 +39,12 @@ def owner_id(key: str) -> str:
 
 
 class RequestIdMiddleware:
-    """Adds `x-request-id` to every response (pure ASGI: streaming bodies stay streaming)."""
+    """Adds `x-request-id` to every response (pure ASGI: streaming bodies stay streaming).
+
+    It is also where an unexpected exception becomes OpenAI's 500 envelope: Starlette's own
+    `ServerErrorMiddleware` sits outside every user middleware, so a 500 rendered there would go out
+    without the request id (and uvicorn would log the exception a second time).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -49,14 +54,23 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         rid = "req_" + secrets.token_hex(12)
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if started:
+                raise  # too late for an error response; the server closes the connection
+            logger.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), rid)
+            await _server_error_response()(scope, receive, send_with_id)
 
 
 def _api_error(request: Request, exc: Exception) -> Response:
@@ -70,13 +84,19 @@ def _api_error(request: Request, exc: Exception) -> Response:
 def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     msg = "Not found." if exc.status_code == 404 else str(exc.detail)
-    return _api_error(request, ApiError(exc.status_code, msg))
+    response = _api_error(request, ApiError(exc.status_code, msg))
+    response.headers.update(exc.headers or {})  # e.g. `Allow` on a 405
+    return response
+
+
+def _server_error_response() -> Response:
+    exc = ApiError(500, "The server had an error while processing your request.", type_="server_error")
+    return JSONResponse(exc.envelope(), status_code=exc.status)
 
 
 def _server_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _api_error(request, ApiError(500, "The server had an error while processing your request.",
-                                        type_="server_error"))
+    return _server_error_response()
 
 
 def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
