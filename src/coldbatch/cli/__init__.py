@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "cancel": "coldbatch.cli.jobs:cancel",
     "collect": "coldbatch.cli.jobs:collect",
     "serve": "coldbatch.cli.serve:serve",
+    "cache": "coldbatch.cli.cache:cache",
 }
 
 
