@@ -403,8 +403,6 @@ def test_10_validation_failures(client: openai.OpenAI, case: str) -> None:
     assert_failed(run_batch(client, lines), expected)
 
 
-@pytest.mark.xfail(reason="core/validate.py also checks the body against the line's own url, so this line gets a "
-                   "second error (invalid_request, body.input); OpenAI reports only invalid_url", strict=True)
 def test_10_endpoint_mismatch_recorded_openai_case(client: openai.OpenAI) -> None:
     """The exact line llama-stack recorded from OpenAI (Aug 2025): url /v1/embeddings with a chat body in a
     chat batch. OpenAI answers with one error, `invalid_url` on line 1, param `url`."""

@@ -144,7 +144,10 @@ class FileValidator:
         if "body" in obj:
             body = obj["body"]
             if isinstance(body, dict):
-                self._check_body(lineno, url if isinstance(url, str) else self.report.endpoint, body)
+                # A line whose url is not the batch's endpoint is reported once, as invalid_url (as OpenAI
+                # does); its body is not checked against either shape.
+                if not (self._fixed_endpoint and url != self.report.endpoint):
+                    self._check_body(lineno, url if isinstance(url, str) else self.report.endpoint, body)
             else:
                 self._error(lineno, "invalid_type",
                             f"Invalid type for 'body': expected an object, but got {_type_name(body)}.", "body")
