@@ -1,9 +1,12 @@
 """File bytes in a local folder. Keys are ids the server minted, never user-supplied names, so no
-request can reach a path outside the folder. Writes go to `tmp/` and are renamed into place when
-complete: a crash leaves either the whole file or nothing."""
+request can reach a path outside the folder. Writes go to `tmp/` under a name no other writer uses,
+are fsynced, and are renamed into place when complete (then the folder is fsynced, so the rename
+itself is durable): a crash leaves either the whole file or nothing under the key, plus perhaps a
+`tmp/*.part` that `clear_tmp` removes at the next start."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -12,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 _KEY = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
+_WRITER = itertools.count()
 
 
 class LocalBlobStore:
@@ -28,18 +32,33 @@ class LocalBlobStore:
     def writer(self, key: str) -> Iterator[IO[bytes]]:
         """Write a blob; it appears under `key` only if the block finishes without error."""
         final = self.path(key)
-        tmp = self.root / "tmp" / f"{key}.{os.getpid()}.part"
-        fh = tmp.open("wb")
+        tmp = self.root / "tmp" / f"{key}.{os.getpid()}.{next(_WRITER)}.part"
+        fh = tmp.open("xb")
         try:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
             tmp.replace(final)
+            self._sync_dir()
         except BaseException:
             fh.close()
             tmp.unlink(missing_ok=True)
             raise
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def stored_keys(self) -> list[str]:
+        """Every stored key (in-progress writes under `tmp/` excluded)."""
+        return [p.name for p in self.root.iterdir() if p.is_file() and _KEY.match(p.name)]
+
+    def mtime(self, key: str) -> float:
+        return self.path(key).stat().st_mtime
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -51,5 +70,6 @@ class LocalBlobStore:
         self.path(key).unlink(missing_ok=True)
 
     def clear_tmp(self) -> None:
+        """Remove writes a crash interrupted. Call only while no writer is active (at start)."""
         for p in (self.root / "tmp").glob("*.part"):
             p.unlink(missing_ok=True)

@@ -3,13 +3,17 @@
 Status changes are compare-and-set (`UPDATE … WHERE status IN allowed_from(to)`) with an event row in
 the same transaction (procrastinate's pattern), so two actors (a cancel request and the executor,
 say) can never both win. Results are the executor's durable log: one row per `custom_id`, inserted
-with the request counts in one transaction, so `request_counts` never runs ahead of what a restart
-would find. WAL with synchronous=NORMAL survives a killed process (only an OS crash can lose the
-last transactions).
+with the request counts and token usage in one transaction, so `request_counts` never runs ahead of
+what a restart would find, and a row logged twice is counted once. The log is only written while its
+batch is `in_progress` or `cancelling`, and only read before the batch is terminal; once terminal it
+is garbage, deleted in small transactions after the final transition (`purge_results`) rather than in
+it, so one big batch never holds the single SQLite write lock for long. WAL with synchronous=NORMAL
+survives a killed process (only an OS crash can lose the last transactions).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -21,7 +25,18 @@ import orjson
 
 from coldbatch.core.status import TIMESTAMP_FIELD, BatchStatus, allowed_from
 
-ResultRow = tuple[str, int, bool, bytes]  # custom_id, line, ok, JSON line
+logger = logging.getLogger(__name__)
+
+#: one finished request for `record_results`:
+#: custom_id, line, ok, JSON output line, input tokens, cached input tokens, output tokens
+ResultRow = tuple[str, int, bool, bytes, int, int, int]
+#: one logged request as `iter_results` gives it back: custom_id, line, ok, JSON output line
+LoggedRow = tuple[str, int, bool, bytes]
+
+_TERMINAL = tuple(s.value for s in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED,
+                                    BatchStatus.CANCELLED))
+#: statuses in which finished requests may still be logged (in-flight requests finish after a cancel)
+_LOGGING = (BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value)
 
 _BATCH_COLUMNS = (
     "id", "owner", "endpoint", "model", "input_file_id", "completion_window", "status", "output_file_id",
@@ -31,10 +46,28 @@ _BATCH_COLUMNS = (
 )
 
 
+#: log this many bytes of results, then wake the background checkpointer
+CHECKPOINT_EVERY_BYTES = 4 << 20
+#: commit-time auto-checkpoint (pages), a backstop in case the background one falls behind
+AUTOCHECKPOINT_PAGES = 16384
+
+
 class SqliteStore:
+    """One SQLite file; one connection per thread (made on first use).
+
+    WAL checkpoints (copying the log into the database file, with fsyncs) would otherwise run inside
+    whichever COMMIT crosses SQLite's 1,000-page threshold, and that is usually the event loop's, logging
+    results (measured: the commits of a 50,000-request batch took 0.4 s with those checkpoints, 0.1 s
+    without). So commits only checkpoint past a large backstop, and a background thread runs a PASSIVE
+    checkpoint (it waits for no reader or writer, and blocks none) every `CHECKPOINT_EVERY_BYTES` of
+    logged results."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
+        self._logged_bytes = 0
+        self._checkpointer: _Checkpointer | None = None
+        self._lock = threading.Lock()
         self.migrate()
 
     @property
@@ -46,14 +79,36 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
             self._local.conn = conn
         return conn
 
     def close(self) -> None:
+        """Close this thread's connection (and stop the background checkpointer)."""
+        with self._lock:
+            cp, self._checkpointer = self._checkpointer, None
+        if cp is not None:
+            cp.stop()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """PASSIVE WAL checkpoint: (busy, frames in the log, frames copied to the database)."""
+        row = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def _logged(self, n: int) -> None:
+        self._logged_bytes += n
+        if self._logged_bytes < CHECKPOINT_EVERY_BYTES:
+            return
+        self._logged_bytes = 0
+        with self._lock:
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self)
+                self._checkpointer.start()
+            self._checkpointer.wake.set()
 
     # -- schema -----------------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
@@ -151,17 +206,16 @@ class SqliteStore:
         return rows[:limit], len(rows) > limit
 
     def unfinished_batches(self) -> list[dict[str, Any]]:
-        done = tuple(s.value for s in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED,
-                                       BatchStatus.CANCELLED))
         return [dict(r) for r in self.db.execute(
-            f"SELECT * FROM batches WHERE status NOT IN ({', '.join('?' * len(done))}) ORDER BY seq", done)]
+            f"SELECT * FROM batches WHERE status NOT IN ({', '.join('?' * len(_TERMINAL))}) ORDER BY seq",
+            _TERMINAL)]
 
     def transition(self, batch_id: str, to: BatchStatus, now: int, *, files: Sequence[dict[str, Any]] = (),
                    **fields: Any) -> bool:
         """Compare-and-set `status` to `to` (and set its `*_at` plus `fields`); False if not allowed now.
 
         `files` (result files) are registered in the same transaction, so they become visible exactly when
-        the batch that owns them moves to its final status.
+        the batch that owns them moves to its final status, and only if it does.
         """
         frm = sorted(s.value for s in allowed_from(to))
         sets = {"status": to.value, **fields}
@@ -181,8 +235,6 @@ class SqliteStore:
                     db.execute("INSERT OR REPLACE INTO files (id, owner, filename, purpose, bytes, created_at, "
                                "expires_at, status) VALUES (:id, :owner, :filename, :purpose, :bytes, :created_at, "
                                ":expires_at, 'processed')", f)
-                if to in (BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED, BatchStatus.FAILED):
-                    db.execute("DELETE FROM results WHERE batch_id = ?", (batch_id,))
                 self._event(batch_id, row[0] if row else None, to.value, now, None)
             db.execute("COMMIT")
         except BaseException:
@@ -198,25 +250,31 @@ class SqliteStore:
             "SELECT from_status, to_status FROM batch_events WHERE batch_id = ? ORDER BY rowid", (batch_id,))]
 
     # -- results ----------------------------------------------------------------------------------------
-    def record_results(self, batch_id: str, rows: Sequence[ResultRow], usage: tuple[int, int, int]) -> int:
-        """Log finished requests and advance the counts, atomically. Rows already logged are ignored."""
+    def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
+        """Log finished requests and advance the counts and token usage, atomically; returns how many rows
+        were new. A `custom_id` already logged (or repeated within `rows`: the first wins) is ignored and
+        counts nothing. Nothing is written unless the batch is `in_progress` or `cancelling`."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            counts = [0, 0]
-            for ok in (True, False):
-                before = db.total_changes
-                db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?)",
-                               [(batch_id, cid, line, int(ok), data) for cid, line, r_ok, data in rows if r_ok == ok])
-                counts[0 if ok else 1] = db.total_changes - before
+            row = db.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
+            if row is None or row[0] not in _LOGGING or not rows:
+                db.execute("COMMIT")
+                return 0
+            fresh = _not_logged(db, batch_id, rows)
+            db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?)",
+                           [(batch_id, cid, line, ok, data) for cid, line, ok, data, *_ in fresh])
+            ok_n = sum(1 for r in fresh if r[2])
             db.execute("UPDATE batches SET completed = completed + ?, failed = failed + ?, input_tokens = input_tokens"
                        " + ?, cached_tokens = cached_tokens + ?, output_tokens = output_tokens + ? WHERE id = ?",
-                       (counts[0], counts[1], *usage, batch_id))
+                       (ok_n, len(fresh) - ok_n, sum(r[4] for r in fresh), sum(r[5] for r in fresh),
+                        sum(r[6] for r in fresh), batch_id))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return counts[0] + counts[1]
+        self._logged(sum(len(r[3]) for r in fresh))
+        return len(fresh)
 
     def enqueued_tokens(self, model: str | None) -> int:
         """Prompt tokens of this model's batches that are queued or running (the enqueued-token quota)."""
@@ -227,11 +285,97 @@ class SqliteStore:
     def done_ids(self, batch_id: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT custom_id FROM results WHERE batch_id = ?", (batch_id,))}
 
-    def iter_results(self, batch_id: str) -> Iterator[tuple[str, int, bool, bytes]]:
+    def iter_results(self, batch_id: str) -> Iterator[LoggedRow]:
+        """The log in input order (the order of the output and error files)."""
         cur = self.db.execute("SELECT custom_id, line, ok, data FROM results WHERE batch_id = ? ORDER BY line",
                               (batch_id,))
         for r in cur:
             yield r[0], r[1], bool(r[2]), r[3]
+
+    def purge_results(self, batch_id: str, chunk: int = 2048) -> int:
+        """Delete the log of a terminal batch, `chunk` rows per transaction (other writers get the lock in
+        between); returns the rows deleted. The log of a batch that is not terminal is never touched."""
+        total = 0
+        while True:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
+                n = 0
+                if row is None or row[0] in _TERMINAL:
+                    n = db.execute("DELETE FROM results WHERE batch_id = ? AND custom_id IN (SELECT custom_id FROM "
+                                   "results WHERE batch_id = ? LIMIT ?)", (batch_id, batch_id, chunk)).rowcount
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            total += n
+            if n < chunk:
+                return total
+
+    def finished_logs(self) -> list[str]:
+        """Batches that are terminal (or gone) but still have logged results: a crash came between the final
+        transition and `purge_results`."""
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT r.batch_id FROM results r LEFT JOIN batches b ON b.id = r.batch_id "
+            f"WHERE b.id IS NULL OR b.status IN ({', '.join('?' * len(_TERMINAL))})", _TERMINAL)]
+
+    # -- blob bookkeeping -------------------------------------------------------------------------------
+    def blob_owners(self) -> tuple[set[str], set[str]]:
+        """(ids of live files, ids of deleted files that an unfinished batch still reads) — every blob
+        outside both sets is garbage."""
+        live = {r[0] for r in self.db.execute("SELECT id FROM files WHERE deleted = 0")}
+        in_use = {r[0] for r in self.db.execute(
+            f"SELECT input_file_id FROM batches WHERE status NOT IN ({', '.join('?' * len(_TERMINAL))})", _TERMINAL)}
+        return live, in_use
+
+
+class _Checkpointer(threading.Thread):
+    """Runs `store.checkpoint()` in the background whenever woken; a daemon, so it never holds up exit
+    (a checkpoint cut short by the process ending is harmless: the WAL still holds every frame)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        super().__init__(name="sqlite-checkpoint", daemon=True)
+        self.store = store
+        self.wake = threading.Event()
+        self._stopping = False
+
+    def run(self) -> None:
+        try:
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self._stopping:
+                    return
+                try:
+                    self.store.checkpoint()
+                except sqlite3.Error as exc:  # e.g. busy for 30 s: the commit-time backstop still applies
+                    logger.warning("background WAL checkpoint failed: %s", exc)
+        finally:
+            conn = getattr(self.store._local, "conn", None)
+            if conn is not None:
+                conn.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.wake.set()
+        self.join(10)
+
+
+def _not_logged(db: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> Sequence[ResultRow]:
+    """The rows whose custom_id is not logged yet (the first of each, if one repeats within `rows`). The usual
+    case, all new and no repeats, costs one index probe per row inside SQLite and no per-row Python."""
+    logged = {r[0] for r in db.execute(
+        "SELECT custom_id FROM results WHERE batch_id = ? AND custom_id IN (SELECT value FROM json_each(?))",
+        (batch_id, orjson.dumps([r[0] for r in rows])))}
+    if not logged and len({r[0] for r in rows}) == len(rows):
+        return rows
+    fresh = []
+    for r in rows:
+        if r[0] not in logged:
+            logged.add(r[0])
+            fresh.append(r)
+    return fresh
 
 
 def _db_value(v: Any) -> Any:
