@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import sys
 import time
@@ -13,14 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import click
+import openai
 
 from coldbatch.cli import options, render
 from coldbatch.errors import InputError, UsageError
-from coldbatch.providers.openai_compat import OpenAIProvider
+from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError, Retryable
 from coldbatch.runner import home as H
 from coldbatch.runner.embedded import EmbeddedServer
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
+from coldbatch.runner.output import output_kind
 
 
 def _root() -> Path:
@@ -71,13 +74,61 @@ def _provider(opts: RunOptions, base_url: str | None, api_key: str | None, engin
         yield OpenAIProvider(base_url=base_url or opts.provider, api_key=api_key)
 
 
+class _JobLock:
+    """One process drives a job at a time (two would both submit its planned units): an advisory lock on
+    jobs/<id>/lock, released by the OS when the process ends, however it ends (kill -9 included)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "lock"
+        self.fh = self.path.open("a+")
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return True
+
+    def holder(self) -> str:
+        self.fh.seek(0)
+        return self.fh.read().strip() or "?"
+
+    def release(self) -> None:
+        self.fh.close()
+
+
 def _drive(job_id: str, *, base_url: str | None, api_key: str | None, engine: str, yes: bool,
-           cancel: bool = False) -> dict[str, Any]:
+           cancel: bool = False) -> dict[str, Any] | None:
+    """Run (or cancel) a job to its end; None when another process drives it and was asked to cancel."""
     ledger = _ledger()
     job = ledger.job(job_id)
     if job is None:
+        ledger.close()
         raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
     opts = RunOptions(**job["options"])
+    lock = _JobLock(H.job_dir(_root(), job_id))
+    if not lock.acquire():
+        holder = lock.holder()
+        lock.release()
+        try:
+            if not cancel:
+                raise UsageError(f"Job {job_id} is being run by another process (pid {holder}); wait for it, or "
+                                 f"stop it and run `coldbatch resume {job_id}`.")
+            ledger.set_job(job_id, status="cancelling")
+        finally:
+            ledger.close()
+        click.echo(f"job {job_id} is running in process {holder}: asked it to cancel its batches and finish.",
+                   err=True)
+        return None
+    if cancel and job["status"] in ("done", "cancelled"):
+        lock.release()
+        ledger.close()
+        raise UsageError(f"Job {job_id} has already finished ({job['status']}); nothing to cancel.")
 
     async def go() -> dict[str, Any]:
         with _provider(opts, base_url, api_key, engine) as provider:
@@ -92,6 +143,9 @@ def _drive(job_id: str, *, base_url: str | None, api_key: str | None, engine: st
                     if not yes and not click.confirm("Submit these batches?", default=False, err=True):
                         raise UsageError(f"Not submitted. Resume later with: coldbatch resume {job_id}")
                 return await runner.run()
+            except (openai.APIError, Retryable) as exc:
+                raise ProviderError(f"the Batch API at {provider.name} failed: {type(exc).__name__}: {exc}. "
+                                    f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job.") from exc
             finally:
                 await provider.aclose()
 
@@ -99,6 +153,7 @@ def _drive(job_id: str, *, base_url: str | None, api_key: str | None, engine: st
         return asyncio.run(go())
     finally:
         ledger.close()
+        lock.release()
 
 
 def _show_estimate(est: dict[str, Any]) -> None:
@@ -109,7 +164,9 @@ def _show_estimate(est: dict[str, Any]) -> None:
         click.echo(f"warning: {w}", err=True)
 
 
-def _print_report(r: dict[str, Any]) -> None:
+def _print_report(r: dict[str, Any] | None) -> None:
+    if r is None:
+        return
     click.echo(f"{r['rows']:,} rows → {r['output']}: {r['succeeded']:,} succeeded, {r['failed']:,} failed"
                + (f" {r['failed_by_code']}" if r["failed_by_code"] else "")
                + f", {r['rejected_rows']:,} rejected before sending; {r['retried_rows']:,} rows retried over "
@@ -153,6 +210,7 @@ def run(input_path: Path, output: Path, base_url: str | None, api_key: str | Non
         max_cost: float | None, yes: bool, poll_interval: float, max_attempts: int, max_in_flight: int,
         max_enqueued_tokens: int | None, completion_window: str, keep_remote_files: bool, **opts: Any) -> None:
     """Run a whole batch job: prepare, estimate, submit, poll, collect, retry, and write OUTPUT."""
+    output_kind(output)
     spec = options.spec_from(opts)
     job_id = new_job_id(name)
     run_opts = RunOptions(spec=spec.describe(), limits=asdict(options.limits_from(opts)), fmt=opts.get("fmt"),
@@ -231,7 +289,8 @@ def status(job_id: str, as_json: bool) -> None:
         return
     click.echo(f"job {job_id}: {job['status']}; input {job['input_path']} → {job['output_path']}")
     render.table([[str(u["id"]), str(u["round"]), u["state"], u["batch_status"] or "", u["batch_id"] or "",
-                   f"{u['requests']:,}"] for u in units], ["unit", "round", "state", "batch status", "batch", "requests"])
+                   f"{u['requests']:,}"] for u in units],
+                 ["unit", "round", "state", "batch status", "batch", "requests"])
     click.echo(f"results: {summary}")
 
 

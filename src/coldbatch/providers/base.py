@@ -6,6 +6,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from coldbatch.errors import ColdbatchError
+
+
+class ProviderError(ColdbatchError):
+    """The remote Batch API failed in a way retries did not fix."""
+
+    exit_code = 3
+
+
+class Retryable(ProviderError):
+    """A non-idempotent call (upload, batch create) failed in a way that may or may not have reached the provider.
+
+    The provider does NOT retry these calls itself: a retried POST can create a second file or batch (and a second
+    bill). The runner first looks for the object by its tag, and only sends the call again when it is not there.
+    """
+
 
 class BatchProvider(Protocol):
     name: str

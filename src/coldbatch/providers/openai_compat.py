@@ -1,26 +1,36 @@
 """Any OpenAI-compatible Batch API through the official `openai` SDK (AsyncOpenAI).
 
-The SDK already retries 408/409/429/5xx and connection errors with backoff (2 retries by default);
-we raise that to `max_retries` and add nothing on top. Downloads are streamed to disk. Objects are
-returned as plain dicts (`model_dump()`), so the runner does not depend on SDK model classes.
+The SDK retries 408/409/429/5xx and connection errors with backoff; we raise that to `max_retries` for
+the idempotent calls (GET, DELETE, cancel). The two calls that create a billable object, the upload
+and `batches.create`, are sent with `max_retries=0`: the SDK has no idempotency key for them, so its
+retry after a timeout can create a second file or batch. Their transient failures are raised as
+`Retryable`, and the runner reconciles (looks for the object by its tag) before it sends again.
+Downloads are streamed to disk. Objects are returned as plain dicts (`model_dump()`), so the runner
+does not depend on SDK model classes.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
 import openai
 
-from coldbatch.errors import ColdbatchError
+from coldbatch.providers.base import ProviderError, Retryable
+
+__all__ = ["OpenAIProvider", "ProviderError", "Retryable"]
+
+#: failures after which a POST may or may not have taken effect (or surely did not, and may succeed later)
+_TRANSIENT = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError, openai.ConflictError)
 
 
-class ProviderError(ColdbatchError):
-    """The remote Batch API failed in a way retries did not fix."""
-
-    exit_code = 3
+async def _once(call: Awaitable[Any], what: str) -> Any:
+    try:
+        return await call
+    except _TRANSIENT as exc:
+        raise Retryable(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
 class OpenAIProvider:
@@ -28,12 +38,14 @@ class OpenAIProvider:
                  timeout: float = 600.0) -> None:
         self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed",
                                          max_retries=max_retries, timeout=timeout)
+        self._post = self.client.with_options(max_retries=0)  # non-idempotent calls: see the module docstring
         self.name = str(self.client.base_url)
 
     async def upload(self, path: Path, filename: str) -> dict[str, Any]:
         with path.open("rb") as fh:
-            f = await self.client.files.create(file=(filename, fh, "application/jsonl"), purpose="batch")
-        return f.model_dump()
+            f = await _once(self._post.files.create(file=(filename, fh, "application/jsonl"), purpose="batch"),
+                            f"upload of {filename}")
+        return dict(f.model_dump())
 
     async def find_file(self, filename: str, size: int, not_before: int) -> dict[str, Any] | None:
         """An uploaded file with this name and size, created at or after `not_before` (reconciliation)."""
@@ -46,10 +58,10 @@ class OpenAIProvider:
 
     async def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str],
                            completion_window: str) -> dict[str, Any]:
-        b = await self.client.batches.create(input_file_id=file_id, endpoint=endpoint,  # type: ignore[arg-type]
-                                             completion_window=completion_window,  # type: ignore[arg-type]
-                                             metadata=metadata)
-        return b.model_dump()
+        b = await _once(self._post.batches.create(input_file_id=file_id, endpoint=endpoint,  # type: ignore[arg-type]
+                                                  completion_window=completion_window,  # type: ignore[arg-type]
+                                                  metadata=metadata), f"batch create for {file_id}")
+        return dict(b.model_dump())
 
     async def batches_newest_first(self) -> AsyncIterator[dict[str, Any]]:
         async for b in self.client.batches.list(limit=100):

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS units (
     updated_at     INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS units_job ON units (job_id, state);
+CREATE UNIQUE INDEX IF NOT EXISTS units_key ON units (job_id, round, shard);
 CREATE TABLE IF NOT EXISTS results (
     job_id            TEXT NOT NULL,
     custom_id         TEXT NOT NULL,
@@ -75,6 +76,15 @@ CREATE TABLE IF NOT EXISTS results (
 PLANNED, UPLOADING, UPLOADED, CREATING, CREATED, COLLECTED, FAILED = (
     "planned", "uploading", "uploaded", "creating", "created", "collected", "failed")
 OPEN_STATES = (PLANNED, UPLOADING, UPLOADED, CREATING, CREATED)
+
+#: a row's latest outcome replaces the earlier one unless that was a success; tokens add up over attempts
+_UPSERT_RESULT = (
+    "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (job_id, custom_id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts, "
+    "content = excluded.content, error_code = excluded.error_code, error_message = excluded.error_message, "
+    "prompt_tokens = results.prompt_tokens + excluded.prompt_tokens, "
+    "completion_tokens = results.completion_tokens + excluded.completion_tokens, "
+    "cached_tokens = results.cached_tokens + excluded.cached_tokens WHERE results.state != 'ok'")
 
 
 @dataclass
@@ -133,11 +143,12 @@ class Ledger:
 
     # -- units --------------------------------------------------------------------------------------------
     def add_units(self, job_id: str, units: Iterable[dict[str, Any]]) -> None:
+        """Plan units, all or none; a (round, shard) the job already has is left as it is (idempotent)."""
         now = int(time.time())
         with self._tx():
             for u in units:
-                self.db.execute("INSERT INTO units (job_id, round, shard, path, requests, bytes, sha256, model, tokens,"
-                                " state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
+                self.db.execute("INSERT OR IGNORE INTO units (job_id, round, shard, path, requests, bytes, sha256, "
+                                "model, tokens, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?)",
                                 (job_id, u["round"], u["shard"], u["path"], u["requests"], u["bytes"], u["sha256"],
                                  u["model"], u.get("tokens", 0), now))
 
@@ -154,25 +165,28 @@ class Ledger:
                         [*fields.values(), unit_id])
 
     def max_round(self, job_id: str) -> int:
-        return int(self.db.execute("SELECT COALESCE(MAX(round), 0) FROM units WHERE job_id = ?", (job_id,)).fetchone()[0])
+        row = self.db.execute("SELECT COALESCE(MAX(round), 0) FROM units WHERE job_id = ?", (job_id,)).fetchone()
+        return int(row[0])
 
     # -- results ------------------------------------------------------------------------------------------
-    def collect(self, unit: dict[str, Any], outcomes: Iterable[Outcome], **unit_fields: Any) -> dict[str, int]:
-        """Upsert a unit's outcomes and mark it collected, atomically. A success is never overwritten."""
+    def collect(self, unit: dict[str, Any], outcomes: Iterable[Outcome], *, state: str = COLLECTED,
+                **unit_fields: Any) -> dict[str, int]:
+        """Upsert a unit's outcomes and mark it `state` (collected, or failed), atomically.
+
+        A success is never overwritten, and a unit already collected is not collected twice (its tokens would
+        count twice): that returns all-zero counts and changes nothing.
+        """
         counts = {"ok": 0, "retry": 0, "failed": 0}
         with self._tx():
+            row = self.db.execute("SELECT state FROM units WHERE id = ?", (unit["id"],)).fetchone()
+            if row is not None and row[0] in (COLLECTED, FAILED):
+                return counts
             for o in outcomes:
                 counts[o.state] += 1
-                self.db.execute(
-                    "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (job_id, custom_id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,"
-                    " content = excluded.content, error_code = excluded.error_code, error_message = "
-                    "excluded.error_message, prompt_tokens = results.prompt_tokens + excluded.prompt_tokens, "
-                    "completion_tokens = results.completion_tokens + excluded.completion_tokens, cached_tokens = "
-                    "results.cached_tokens + excluded.cached_tokens WHERE results.state != 'ok'",
-                    (unit["job_id"], o.custom_id, o.state, unit["round"], o.content, o.error_code, o.error_message,
-                     o.prompt_tokens, o.completion_tokens, o.cached_tokens))
-            self.update_unit(unit["id"], state=COLLECTED, **unit_fields)
+                self.db.execute(_UPSERT_RESULT, (
+                    unit["job_id"], o.custom_id, o.state, unit["round"], o.content, o.error_code, o.error_message,
+                    o.prompt_tokens, o.completion_tokens, o.cached_tokens))
+            self.update_unit(unit["id"], state=state, **unit_fields)
         return counts
 
     def retry_ids(self, job_id: str) -> set[str]:

@@ -3,17 +3,21 @@
 Each pass over the job's open units does at most one remote step per unit and commits it, so the
 job can be killed at any instant and resumed: see `ledger.py` for the intent/confirm protocol. Rows
 that failed transiently are collected into a follow-up unit (a new round) until `max_attempts`.
+
+The two calls that create billable objects (upload, batch create) are never retried blindly: when
+one fails in a way that may have reached the provider (`Retryable`), the runner looks for the object
+by its tag first, exactly as after a crash, and only then sends the call again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ from coldbatch.errors import ColdbatchError, InputError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate
 from coldbatch.protocol.limits import Limits
-from coldbatch.providers.base import BatchProvider
+from coldbatch.providers.base import BatchProvider, Retryable
 from coldbatch.runner import ledger as LG
 from coldbatch.runner.outcomes import read_errors, read_output
 from coldbatch.runner.output import write_output
@@ -34,6 +38,12 @@ from coldbatch.validation import iter_lines
 
 logger = logging.getLogger(__name__)
 TERMINAL = {"completed", "expired", "cancelled", "failed"}
+#: job statuses after a user's cancel: nothing new is sent, whatever runs is cancelled, the rest is reported
+CANCELLED = ("cancelling", "cancelled")
+#: sends of one upload / create call after a `Retryable` failure (each preceded by a reconciliation)
+POST_ATTEMPTS = 5
+#: a batch refused for the provider's enqueued-token quota is sent again at most this often, then reported
+MAX_REQUEUES = 20
 Events = Callable[[str, dict[str, Any]], None]
 
 
@@ -83,7 +93,8 @@ class Runner:
         self.prices = prices or P.load()
         self.sleep = sleep
         self._fresh: set[int] = set()  # units whose intent this process wrote (no reconciliation needed)
-        self.spent = Decimal(0)
+        self._not_before: dict[int, float] = {}  # requeued units wait until then (token quota)
+        self._cancel_sent: set[int] = set()  # units whose batch this process asked the provider to cancel
 
     @property
     def folder(self) -> Path:
@@ -103,7 +114,8 @@ class Runner:
             if not self.ledger.units(self.job_id):
                 self.ledger.add_units(self.job_id, [
                     {"round": 1, "shard": i, "path": str(shards / s["path"]), "requests": s["requests"],
-                     "bytes": s["bytes"], "sha256": s["sha256"], "model": s["model"]}
+                     "bytes": s["bytes"], "sha256": s["sha256"], "model": s["model"],
+                     "tokens": self._tokens_of(shards / s["path"])}
                     for i, s in enumerate(manifest["shards"], 1)])
             est = estimate([shards], prices=self.prices).to_json()
             est["manifest_totals"] = manifest["totals"]
@@ -113,9 +125,19 @@ class Runner:
         assert job is not None
         return dict(job["estimate"] or {})
 
+    def _tokens_of(self, path: Path) -> int:
+        """Prompt tokens of one request file, for --max-enqueued-tokens (0, and no work, without that cap)."""
+        if self.opts.max_enqueued_tokens is None:
+            return 0
+        return int(estimate([path], prices=self.prices).to_json()["totals"].get("input_tokens") or 0)
+
     def check_budget(self, est: dict[str, Any]) -> None:
         cap = self.opts.max_cost
         cost = (est.get("totals") or {}).get("batch_cost_usd")
+        if cap is not None and cost is None:
+            raise BudgetExceeded(f"--max-cost ${cap:,.4f} was given but the price of {self.opts.spec['model']!r} "
+                                 "is unknown, so the cost cannot be checked; nothing was sent. Add the model to the "
+                                 "price table or drop --max-cost.")
         if cap is not None and cost is not None and cost > cap:
             raise BudgetExceeded(f"The estimated batch cost ${cost:,.4f} exceeds --max-cost ${cap:,.4f}; nothing was "
                                  "sent. Raise --max-cost or reduce max_tokens.")
@@ -124,7 +146,9 @@ class Runner:
     async def run(self) -> dict[str, Any]:
         """Submit, poll, collect and retry until done; then write OUTPUT. Returns the report."""
         started = time.time()
-        self.ledger.set_job(self.job_id, status="running")
+        job = self.ledger.job(self.job_id)
+        if job is not None and job["status"] not in CANCELLED:  # a cancel survives a crash and a resume
+            self.ledger.set_job(self.job_id, status="running")
         interval = min(self.opts.poll_interval, 1.0)
         while True:
             open_units = self.ledger.units(self.job_id, LG.OPEN_STATES)
@@ -138,43 +162,62 @@ class Runner:
             else:
                 await self.sleep(interval)
                 interval = min(interval * 1.5, max(self.opts.poll_interval, self.opts.max_poll_interval))
-        return self.finish(started)
+        return await self.finish(started)
 
     async def _step(self, units: list[dict[str, Any]]) -> bool:
         job = self.ledger.job(self.job_id)
-        if job is not None and job["status"] == "cancelling":
+        if job is not None and job["status"] in CANCELLED:
             return await self._step_cancelling(units)
         progressed = False
-        in_flight = sum(1 for u in units if u["state"] not in (LG.PLANNED,))
+        in_flight = sum(1 for u in units if u["state"] != LG.PLANNED)
+        queued: dict[str, int] = {}  # prompt tokens in flight per model, counting units started in this pass
+        for u in units:
+            if u["state"] != LG.PLANNED:
+                queued[u["model"]] = queued.get(u["model"], 0) + u["tokens"]
         for u in units:
             if u["state"] == LG.PLANNED:
-                if in_flight >= self.opts.max_in_flight or not self._tokens_ok(u, units):
+                if in_flight >= self.opts.max_in_flight or not self._tokens_ok(u, queued):
                     continue
                 in_flight += 1
+                queued[u["model"]] = queued.get(u["model"], 0) + u["tokens"]
             progressed |= await self._advance(u)
         self.emit("progress", self.progress())
         return progressed
 
-    def _tokens_ok(self, unit: dict[str, Any], units: list[dict[str, Any]]) -> bool:
+    def _tokens_ok(self, unit: dict[str, Any], queued: dict[str, int]) -> bool:
         cap = self.opts.max_enqueued_tokens
         if cap is None:
             return True
-        queued = sum(u["tokens"] for u in units if u["model"] == unit["model"] and u["state"] != LG.PLANNED)
-        return queued == 0 or queued + unit["tokens"] <= cap
+        q = queued.get(unit["model"], 0)
+        return q == 0 or q + unit["tokens"] <= cap
 
     async def _step_cancelling(self, units: list[dict[str, Any]]) -> bool:
-        """While cancelling: send nothing new, cancel what runs, collect what the provider finished."""
+        """While cancelling: send nothing new, cancel what runs, collect what the provider finished.
+
+        The cancel may have been asked by another process (`coldbatch cancel` while `run` holds the job), so
+        every running batch is cancelled here too, once per process (cancelling twice is harmless).
+        """
         for u in units:
-            if u["state"] in (LG.PLANNED, LG.UPLOADING, LG.UPLOADED):
+            if u["state"] == LG.UPLOADING:  # the upload may have reached the provider: find it, to delete it
+                found = None if u["id"] in self._fresh else await self.provider.find_file(
+                    self._filename(u), u["bytes"], (u["intent_at"] or 0) - 120)
+                self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission",
+                                        file_id=found["id"] if found else None)
+            elif u["state"] in (LG.PLANNED, LG.UPLOADED):
                 self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
             elif u["state"] == LG.CREATING:
                 found = await self._find_batch(u)
                 if found is None:
                     self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
                 else:
-                    self.ledger.update_unit(u["id"], state=LG.CREATED, batch_id=found["id"], batch_status=found["status"])
+                    self.ledger.update_unit(u["id"], state=LG.CREATED, batch_id=found["id"],
+                                            batch_status=found["status"])
                     await self.provider.cancel(found["id"])
+                    self._cancel_sent.add(u["id"])
             else:
+                if u["id"] not in self._cancel_sent and u["batch_status"] not in TERMINAL | {"cancelling"}:
+                    await self.provider.cancel(u["batch_id"])
+                    self._cancel_sent.add(u["id"])
                 await self._poll(u)
         self.emit("progress", self.progress())
         return False
@@ -201,6 +244,8 @@ class Runner:
             await self._upload(u)
             return True
         if state == LG.UPLOADED:
+            if time.monotonic() < self._not_before.get(u["id"], 0.0):
+                return False
             self.ledger.update_unit(u["id"], state=LG.CREATING, intent_at=int(time.time()))
             self._fresh.add(u["id"])
             await self._create({**u, "intent_at": int(time.time())})
@@ -220,10 +265,23 @@ class Runner:
                 "coldbatch_round": str(u["round"]), "coldbatch_sha256": u["sha256"][:32]}
 
     async def _upload(self, u: dict[str, Any]) -> None:
+        name, not_before = self._filename(u), (u["intent_at"] or 0) - 120
         found = None
         if u["id"] not in self._fresh:  # a crash may have happened after the upload: look before sending again
-            found = await self.provider.find_file(self._filename(u), u["bytes"], (u["intent_at"] or 0) - 120)
-        f = found or await self.provider.upload(Path(u["path"]), self._filename(u))
+            found = await self.provider.find_file(name, u["bytes"], not_before)
+        f = found
+        for attempt in range(1, POST_ATTEMPTS + 1):
+            if f is not None:
+                break
+            try:
+                f = await self.provider.upload(Path(u["path"]), name)
+            except Retryable as exc:
+                if attempt == POST_ATTEMPTS:
+                    raise
+                logger.warning("unit %s: %s; looking for the file before sending it again", u["id"], exc)
+                await self.sleep(min(2.0 ** attempt, 30.0))
+                f = found = await self.provider.find_file(name, u["bytes"], not_before)
+        assert f is not None
         self.ledger.update_unit(u["id"], state=LG.UPLOADED, file_id=f["id"])
         self.emit("uploaded", {"unit": u["id"], "file_id": f["id"], "adopted": found is not None})
 
@@ -231,7 +289,19 @@ class Runner:
         tag = self._tag(u)
         found = None if u["id"] in self._fresh else await self._find_batch(u)
         endpoint = self.opts.spec["endpoint"]
-        b = found or await self.provider.create_batch(u["file_id"], endpoint, tag, self.opts.completion_window)
+        b = found
+        for attempt in range(1, POST_ATTEMPTS + 1):
+            if b is not None:
+                break
+            try:
+                b = await self.provider.create_batch(u["file_id"], endpoint, tag, self.opts.completion_window)
+            except Retryable as exc:
+                if attempt == POST_ATTEMPTS:
+                    raise
+                logger.warning("unit %s: %s; looking for the batch before creating it again", u["id"], exc)
+                await self.sleep(min(2.0 ** attempt, 30.0))
+                b = found = await self._find_batch(u)
+        assert b is not None
         self.ledger.update_unit(u["id"], state=LG.CREATED, batch_id=b["id"], batch_status=b["status"])
         self.emit("created", {"unit": u["id"], "batch_id": b["id"], "adopted": found is not None})
 
@@ -252,12 +322,14 @@ class Runner:
 
     async def _failed_batch(self, u: dict[str, Any], b: dict[str, Any]) -> None:
         errors = ((b.get("errors") or {}).get("data")) or []
-        if any(e.get("code") == "token_limit_exceeded" for e in errors):
-            # the provider's queue is full: send the same file again later, as a new try
-            self.ledger.db.execute("UPDATE units SET state = ?, try = try + 1, batch_id = NULL, batch_status = NULL "
-                                   "WHERE id = ?", (LG.UPLOADED, u["id"]))
-            self.emit("requeued", {"unit": u["id"], "reason": "token_limit_exceeded"})
-            await self.sleep(self.opts.poll_interval)
+        if any(e.get("code") == "token_limit_exceeded" for e in errors) and u["try"] < MAX_REQUEUES:
+            # the provider's queue is full: send the same file again later, as a new try (a new tag); the
+            # failed batch stays on the provider's list under the old try's tag, so reconciliation never adopts it
+            self.ledger.update_unit(u["id"], state=LG.UPLOADED, batch_id=None, batch_status=None,
+                                    **{"try": u["try"] + 1})
+            wait = min(self.opts.poll_interval * 2 ** min(u["try"], 6), max(self.opts.max_poll_interval, 1.0))
+            self._not_before[u["id"]] = time.monotonic() + wait
+            self.emit("requeued", {"unit": u["id"], "reason": "token_limit_exceeded", "try": u["try"] + 1})
             return
         by_line = {e.get("line"): e for e in errors if e.get("line")}
         first = errors[0] if errors else {"code": "batch_failed", "message": "the batch failed"}
@@ -267,15 +339,17 @@ class Runner:
                 e = by_line.get(n, first)
                 outcomes.append(LG.Outcome(orjson.loads(line)["custom_id"], "failed", None, e.get("code"),
                                            e.get("message")))
-        self.ledger.collect(u, outcomes, batch_status="failed", detail=orjson.dumps(errors[:20]).decode())
-        self.ledger.update_unit(u["id"], state=LG.FAILED)
+        self.ledger.collect(u, outcomes, state=LG.FAILED, batch_status="failed",
+                            output_file_id=b.get("output_file_id"), error_file_id=b.get("error_file_id"),
+                            detail=orjson.dumps(errors[:20]).decode())
         self.emit("failed", {"unit": u["id"], "batch_id": u["batch_id"], "errors": errors[:3]})
+        await self._clean_remote(u, b)
 
     async def _collect(self, u: dict[str, Any], b: dict[str, Any]) -> None:
         folder = self.folder / "results"
         folder.mkdir(parents=True, exist_ok=True)
         endpoint = self.opts.spec["endpoint"]
-        cancelled_by_user = self.ledger.job(self.job_id)["status"] == "cancelling"  # type: ignore[index]
+        cancelled_by_user = self.ledger.job(self.job_id)["status"] in CANCELLED  # type: ignore[index]
         expected = [orjson.loads(ln)["custom_id"] for ln in iter_lines(Path(u["path"])) if ln.strip()]
         outcomes: dict[str, LG.Outcome] = {}
         for kind, fid in (("output", b.get("output_file_id")), ("error", b.get("error_file_id"))):
@@ -283,13 +357,15 @@ class Runner:
                 continue
             dest = folder / f"u{u['id']}.{kind}.jsonl"
             await self.provider.download(fid, dest)
-            items = read_output(dest, endpoint) if kind == "output" else read_errors(
-                dest, cancelled_by_user=cancelled_by_user)
+            items = (read_output(dest, endpoint, cancelled_by_user=cancelled_by_user) if kind == "output"
+                     else read_errors(dest, cancelled_by_user=cancelled_by_user))
             for o in items:
                 outcomes[o.custom_id] = o
         for cid in expected:
             if cid not in outcomes:
-                outcomes[cid] = LG.Outcome(cid, "retry", None, "missing_result", "the provider returned no result")
+                outcomes[cid] = (LG.Outcome(cid, "failed", None, "batch_cancelled", "cancelled by the user")
+                                 if cancelled_by_user and b["status"] == "cancelled" else
+                                 LG.Outcome(cid, "retry", None, "missing_result", "the provider returned no result"))
         wanted = set(expected)
         counts = self.ledger.collect(u, (o for cid, o in outcomes.items() if cid in wanted),
                                      batch_status=b["status"], output_file_id=b.get("output_file_id"),
@@ -300,39 +376,69 @@ class Runner:
     async def _clean_remote(self, u: dict[str, Any], b: dict[str, Any]) -> None:
         if self.opts.keep_remote_files:
             return
-        for fid in (u["file_id"], b.get("output_file_id"), b.get("error_file_id")):
+        ok = True
+        for fid in dict.fromkeys((u["file_id"], b.get("output_file_id"), b.get("error_file_id"))):
             if fid:
                 try:
                     await self.provider.delete_file(fid)
                 except Exception as exc:  # housekeeping must never fail a job
                     logger.warning("could not delete remote file %s: %s", fid, exc)
-        self.ledger.update_unit(u["id"], remote_cleaned=1)
+                    ok = False
+        if ok:
+            self.ledger.update_unit(u["id"], remote_cleaned=1)
+
+    async def _sweep_remote(self) -> None:
+        """Delete what a crash (between collection and cleanup) or a cancel left on the provider."""
+        if self.opts.keep_remote_files:
+            return
+        for u in self.ledger.units(self.job_id, [LG.COLLECTED, LG.FAILED]):
+            if not u["remote_cleaned"]:
+                await self._clean_remote(u, {"output_file_id": u["output_file_id"],
+                                             "error_file_id": u["error_file_id"]})
 
     # -- retries ------------------------------------------------------------------------------------------
     def _plan_retry_round(self) -> bool:
-        """Put transiently failed rows into a new unit; False when there is nothing (more) to retry."""
+        """Put transiently failed rows into new units (a new round); False when there is nothing (more) to retry."""
         ids = self.ledger.retry_ids(self.job_id)
         if not ids:
             return False
         job = self.ledger.job(self.job_id)
         assert job is not None
         rnd = self.ledger.max_round(self.job_id) + 1
-        if rnd > self.opts.max_attempts or job["status"] == "cancelling":
+        if rnd > self.opts.max_attempts or job["status"] in CANCELLED:
             self.ledger.give_up(self.job_id, ids)
             return False
-        path = self.folder / "retries" / f"round-{rnd}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        units = self._write_retry_file(path, ids, rnd)
+        # idempotent: a crash after writing the files but before add_units commits just writes them again (same
+        # rows in the same order, same bytes); add_units ignores a (round, shard) the ledger already holds
+        folder = self.folder / "retries"
+        folder.mkdir(parents=True, exist_ok=True)
+        left = set(ids)
+        units = self._write_retry_files(folder, left, rnd)
+        if left:  # not in any shard (cannot happen unless the job folder was altered): report, never loop
+            logger.warning("%d row(s) to retry are in no shard of job %s", len(left), self.job_id)
+            self.ledger.give_up(self.job_id, left)
+        if not units:
+            return False
+        for unit in units:
+            unit["tokens"] = self._tokens_of(Path(unit["path"]))
         self.ledger.add_units(self.job_id, units)
-        self.emit("retry_round", {"round": rnd, "requests": len(ids)})
+        self.emit("retry_round", {"round": rnd, "requests": len(ids), "units": len(units)})
         return True
 
-    def _write_retry_file(self, path: Path, ids: set[str], rnd: int) -> list[dict[str, Any]]:
-        import hashlib
+    def _write_retry_files(self, folder: Path, ids: set[str], rnd: int) -> list[dict[str, Any]]:
+        """The rows to retry, in input order, cut into files within the job's limits (requests, bytes, one model)."""
+        lim = Limits(**self.opts.limits)
+        units: list[dict[str, Any]] = []
+        out: Any = None
+        cur: dict[str, Any] = {}
+        h: Any = None
 
-        h, n, size, model = hashlib.sha256(), 0, 0, ""
-        seen: set[str] = set()
-        with path.open("wb") as out:
+        def close() -> None:
+            if out is not None:
+                out.close()
+                units.append({**cur, "sha256": h.hexdigest()})
+
+        try:
             for u in self.ledger.units(self.job_id):
                 if u["round"] != 1:  # every request line originates in a round-1 shard
                     continue
@@ -340,15 +446,25 @@ class Runner:
                     if not line.strip():
                         continue
                     req = orjson.loads(line)
-                    cid = req["custom_id"]
-                    if cid in ids and cid not in seen:
-                        seen.add(cid)
-                        data = line + b"\n"
-                        out.write(data)
-                        h.update(data)
-                        n, size, model = n + 1, size + len(data), req["body"].get("model", model)
-        return [{"round": rnd, "shard": 0, "path": str(path), "requests": n, "bytes": size,
-                 "sha256": h.hexdigest(), "model": model}]
+                    if req["custom_id"] not in ids:
+                        continue
+                    data = line + b"\n"
+                    model = str(req["body"].get("model", ""))
+                    if out is None or cur["requests"] >= lim.max_requests or \
+                            cur["bytes"] + len(data) > lim.max_bytes or model != cur["model"]:
+                        close()
+                        path = folder / f"round-{rnd}-{len(units) + 1:05d}.jsonl"
+                        out, h = path.open("wb"), hashlib.sha256()
+                        cur = {"round": rnd, "shard": len(units) + 1, "path": str(path), "requests": 0, "bytes": 0,
+                               "model": model}
+                    out.write(data)
+                    h.update(data)
+                    cur["requests"] += 1
+                    cur["bytes"] += len(data)
+                    ids.discard(req["custom_id"])  # a row is retried once per round, even if its id repeats
+        finally:
+            close()
+        return units
 
     # -- reporting ------------------------------------------------------------------------------------------
     def progress(self) -> dict[str, Any]:
@@ -359,7 +475,8 @@ class Runner:
             by[key] = by.get(key, 0) + 1
         return {"units": len(units), "by_state": by, **self.ledger.summary(self.job_id)}
 
-    def finish(self, started: float) -> dict[str, Any]:
+    async def finish(self, started: float) -> dict[str, Any]:
+        await self._sweep_remote()
         job = self.ledger.job(self.job_id)
         assert job is not None
         written = write_output(self.ledger, self.job_id, Path(job["input_path"]), Path(job["output_path"]),
@@ -377,7 +494,7 @@ class Runner:
                   "rejected_rows": written["rejected"], **summary,
                   "rounds": self.ledger.max_round(self.job_id), "cost_batch_usd": actual, "cost_sync_usd": sync,
                   "estimated_batch_usd": est.get("batch_cost_usd"), "seconds": round(time.time() - started, 2)}
-        final = "cancelled" if job["status"] == "cancelling" else "done"
+        final = "cancelled" if job["status"] in CANCELLED else "done"
         self.ledger.set_job(self.job_id, status=final, report=report)
         self.emit("done", report)
         return report
@@ -387,6 +504,7 @@ class Runner:
         self.ledger.set_job(self.job_id, status="cancelling")
         for u in self.ledger.units(self.job_id, [LG.CREATED]):
             await self.provider.cancel(u["batch_id"])
+            self._cancel_sent.add(u["id"])
         for u in self.ledger.units(self.job_id, [LG.PLANNED, LG.UPLOADED]):
             self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
         self.emit("cancelling", {})

@@ -49,12 +49,18 @@ def _usage(body: dict[str, Any]) -> tuple[int, int, int]:
     return int(prompt), int(completion), int(details.get("cached_tokens", 0) or 0)
 
 
-def read_output(path: Path, endpoint: str) -> Iterator[Outcome]:
+def read_output(path: Path, endpoint: str, *, cancelled_by_user: bool = False) -> Iterator[Outcome]:
+    """The output file's lines. A line that is not a 2xx answer (some providers put those here too) is
+    classified like an error-file line, never taken for a success."""
     for line in iter_lines(path):
         if not line.strip():
             continue
         rec = orjson.loads(line)
         resp = rec.get("response") or {}
+        status = resp.get("status_code")
+        if not resp or (status is not None and not 200 <= int(status) < 300):
+            yield classify(rec, cancelled_by_user=cancelled_by_user)
+            continue
         body = resp.get("body") or {}
         p, c, cached = _usage(body)
         yield Outcome(rec["custom_id"], "ok", content_of(endpoint, body), prompt_tokens=p, completion_tokens=c,
@@ -63,18 +69,24 @@ def read_output(path: Path, endpoint: str) -> Iterator[Outcome]:
 
 def read_errors(path: Path, *, cancelled_by_user: bool) -> Iterator[Outcome]:
     for line in iter_lines(path):
-        if not line.strip():
-            continue
-        rec = orjson.loads(line)
-        resp = rec.get("response")
-        if resp is None:
-            err = rec.get("error") or {}
-            code = str(err.get("code") or "unknown_error")
-            transient = code in TRANSIENT_CODES or (code == "batch_cancelled" and not cancelled_by_user)
-            yield Outcome(rec["custom_id"], "retry" if transient else "failed", None, code, err.get("message"))
-            continue
-        status = int(resp.get("status_code") or 0)
-        err = (resp.get("body") or {}).get("error") or {}
-        code = str(err.get("code") or f"http_{status}")
-        yield Outcome(rec["custom_id"], "retry" if transient_status(status) else "failed", None, code,
-                      err.get("message") or f"HTTP {status}")
+        if line.strip():
+            yield classify(orjson.loads(line), cancelled_by_user=cancelled_by_user)
+
+
+def classify(rec: dict[str, Any], *, cancelled_by_user: bool) -> Outcome:
+    """One failed request: `retry` (transient) or `failed` (permanent, reported with its message)."""
+    resp = rec.get("response")
+    if not resp:
+        err = rec.get("error") or {}
+        code = str(err.get("code") or "unknown_error")
+        transient = code in TRANSIENT_CODES or (code == "batch_cancelled" and not cancelled_by_user)
+        return Outcome(rec["custom_id"], "retry" if transient else "failed", None, code, err.get("message"))
+    status = int(resp.get("status_code") or 0)
+    body = resp.get("body")
+    err = (body.get("error") if isinstance(body, dict) else None) or {}
+    if not isinstance(err, dict):
+        err = {"message": str(err)}
+    code = str(err.get("code") or f"http_{status}")
+    transient = transient_status(status) or code in TRANSIENT_CODES
+    return Outcome(rec["custom_id"], "retry" if transient else "failed", None, code,
+                   err.get("message") or f"HTTP {status}")

@@ -40,9 +40,31 @@ def _label(content: str | None, labels: tuple[str, ...]) -> str | None:
     return value if isinstance(value, str) and value in labels else None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep_parts(path: Path) -> None:
+    """Remove the temporary files of earlier writers of `path` that died (a crash while writing OUTPUT)."""
+    prefix = f".{path.name}."
+    for p in path.parent.iterdir():
+        if p.name.startswith(prefix) and p.name.endswith(".part"):
+            pid = p.name[len(prefix):-len(".part")]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                p.unlink(missing_ok=True)
+
+
 class _Writer:
     def __init__(self, path: Path, kind: str) -> None:
         self.path, self.kind = path, kind
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep_parts(path)
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
         self._w: Any = None
         self._fh: Any = None
@@ -63,28 +85,42 @@ class _Writer:
             for row in table.to_pylist():
                 self._fh.write(orjson.dumps(row) + b"\n")
 
-    def close(self) -> None:
+    def close(self, publish: bool = True) -> None:
+        """Finish the file; `publish` swaps it into place (atomically), else it is removed (OUTPUT untouched)."""
         if self._w is not None:
             self._w.close()
         if self._fh is not None:
             self._fh.close()
+        if not publish:
+            self.tmp.unlink(missing_ok=True)
+            return
         if not self.tmp.exists():
             self.tmp.touch()
         self.tmp.replace(self.path)
 
 
+def output_kind(out: Path) -> str:
+    """OUTPUT's format, from its extension (checked before a job starts: not after it was paid for)."""
+    try:
+        kind = detect_format(out)
+    except UsageError:
+        kind = ""
+    if kind not in ("csv", "tsv", "jsonl", "parquet"):
+        raise UsageError(f"--out {out}: use a .csv, .tsv, .jsonl or .parquet name")
+    return kind
+
+
 def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
                  *, fmt: str | None = None) -> dict[str, int]:
     """Write OUTPUT atomically; returns row counts."""
-    kind = detect_format(out)
-    if kind not in ("csv", "tsv", "jsonl", "parquet"):
-        raise UsageError(f"--out {out}: use a .csv, .tsv, .jsonl or .parquet name")
+    kind = output_kind(out)
     ds = open_dataset(input_path, fmt)
     clash = [c for c in ADDED if c in ds.columns]
     prefix = "cb_" if clash else ""
     builder = Builder(spec, file=ds.name, max_line_bytes=L.MAX_LINE_BYTES)
     writer = _Writer(out, kind)
     rows = rejected = 0
+    done = False
     try:
         for start, batch in ds.batches():
             n_before = len(builder.rejects)
@@ -107,8 +143,9 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
                 table = table.append_column(prefix + c, pa.array(cols[c], _TYPES[c]))
             writer.write(table)
             rows += batch.num_rows
+        done = True
     finally:
-        writer.close()
+        writer.close(publish=done)
     return {"rows": rows, "rejected": rejected}
 
 
