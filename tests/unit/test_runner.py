@@ -39,7 +39,7 @@ def _sleep_limit(n: int) -> Any:
 
 class Job:
     def __init__(self, tmp: Path, rows: int = 25, *, max_requests: int = 10, texts: list[str] | None = None,
-                 **opts: Any) -> None:
+                 max_line_bytes: int = Limits().max_line_bytes, **opts: Any) -> None:
         self.root = tmp / "home"
         self.input = tmp / "in.csv"
         self.out = tmp / "out.csv"
@@ -50,8 +50,9 @@ class Job:
                 w.writerow([f"k{i}", texts[i - 1] if texts else f"text {i}"])
         self.ledger = LG.Ledger(self.root / "ledger.sqlite3")
         spec = RequestSpec(model="gpt-4o-mini", prompt="Say {text}", id_column="id")
-        ro = RunOptions(spec=spec.describe(), limits=asdict(Limits(max_requests=max_requests)), poll_interval=0.0,
-                        **opts)
+        ro = RunOptions(spec=spec.describe(), limits=asdict(Limits(max_requests=max_requests,
+                                                                   max_line_bytes=max_line_bytes)),
+                        poll_interval=0.0, **opts)
         self.id = "job-test"
         self.ledger.create_job(self.id, str(self.input), str(self.out), asdict(ro))
 
@@ -396,3 +397,48 @@ def test_resume_refuses_a_job_another_process_drives_and_cancel_asks_it_to_stop(
     finally:
         held.release()
         lg.close()
+
+
+# -- OUTPUT of a job ------------------------------------------------------------------------------------------
+def test_output_refuses_an_input_edited_since_the_job_prepared_it(tmp_path: Path) -> None:
+    """Answers are joined by recomputing each row's custom_id; an edited input would shift them."""
+    from coldbatch.errors import InputError
+    from coldbatch.runner.orchestrator import write_job_output
+
+    job, p = Job(tmp_path, rows=6), FakeProvider()
+    job.run(p)
+    before = job.out.read_bytes()
+    original = job.input.read_bytes()
+    job.input.write_bytes(original.replace(b"text 3", b"text three"))
+    with pytest.raises(InputError, match="changed since the job prepared it"):
+        write_job_output(job.ledger, job.ledger.job(job.id), job.root)  # type: ignore[arg-type]
+    assert job.out.read_bytes() == before
+    job.input.write_bytes(original + b"k7,text 7\n")
+    with pytest.raises(InputError, match="more requests"):
+        write_job_output(job.ledger, job.ledger.job(job.id), job.root)  # type: ignore[arg-type]
+    job.input.write_bytes(original)
+    assert write_job_output(job.ledger, job.ledger.job(job.id), job.root)["rows"] == 6  # type: ignore[arg-type]
+    assert job.out.read_bytes() == before
+
+
+def test_output_shows_rows_rejected_by_the_jobs_own_limits_with_their_reason(tmp_path: Path) -> None:
+    job = Job(tmp_path, rows=3, texts=["short", "x" * 400, "short too"], max_line_bytes=300)
+    job.run(FakeProvider())
+    rows = job.output()
+    assert [r["error"][:16] for r in rows] == ["", "line_too_large: ", ""]
+    assert rows[1]["custom_id"] == "" and rows[2]["response"] == "answer to k3"
+
+
+def test_collect_rewrites_output_from_the_ledger_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from coldbatch.cli import main
+
+    job = Job(tmp_path, rows=6)
+    job.run(FakeProvider())
+    monkeypatch.setenv("COLDBATCH_HOME", str(job.root))
+    res = CliRunner().invoke(main, ["collect", job.id, "--out", str(tmp_path / "again.csv")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "again.csv").read_bytes() == job.out.read_bytes()
+    res = CliRunner().invoke(main, ["collect", job.id, "--out", str(tmp_path / "again.xlsx")])
+    assert res.exit_code == 2

@@ -248,15 +248,18 @@ def cancel(job_id: str, base_url: str | None, api_key: str | None, engine: str) 
               help="Write OUTPUT here instead of the job's own path.")
 def collect(job_id: str, output: Path | None) -> None:
     """(Re)write a job's OUTPUT from the ledger, without contacting the provider."""
-    from coldbatch.runner.output import write_output
+    from coldbatch.runner.orchestrator import write_job_output
 
     ledger = _ledger()
-    job = ledger.job(job_id)
-    if job is None:
-        raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
-    opts = RunOptions(**job["options"])
-    out = output or Path(job["output_path"])
-    res = write_output(ledger, job_id, Path(job["input_path"]), out, opts.request_spec(), fmt=opts.fmt)
+    try:
+        job = ledger.job(job_id)
+        if job is None:
+            raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
+        out = output or Path(job["output_path"])
+        output_kind(out)
+        res = write_job_output(ledger, job, _root(), out)
+    finally:
+        ledger.close()
     click.echo(f"{res['rows']:,} rows → {out}")
 
 

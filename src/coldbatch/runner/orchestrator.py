@@ -75,6 +75,17 @@ def new_job_id(name: str | None) -> str:
     return f"{name or 'job'}-{stamp}-{secrets.token_hex(2)}"
 
 
+def write_job_output(ledger: LG.Ledger, job: dict[str, Any], root: Path, out: Path | None = None) -> dict[str, int]:
+    """(Re)write a job's OUTPUT from the ledger: joined with the same request options and limits the job
+    prepared with, after checking that the input still builds exactly the requests that were sent."""
+    opts = RunOptions(**job["options"])
+    lim = Limits(**opts.limits)
+    manifest = read_manifest(root / "jobs" / job["id"] / "shards")
+    return write_output(ledger, job["id"], Path(job["input_path"]), out or Path(job["output_path"]),
+                        opts.request_spec(), fmt=opts.fmt, max_line_bytes=min(lim.max_line_bytes, lim.max_bytes - 1),
+                        shards=manifest["shards"] if manifest else None)
+
+
 class BudgetExceeded(ColdbatchError):
     """The job would cost more than --max-cost."""
 
@@ -479,8 +490,7 @@ class Runner:
         await self._sweep_remote()
         job = self.ledger.job(self.job_id)
         assert job is not None
-        written = write_output(self.ledger, self.job_id, Path(job["input_path"]), Path(job["output_path"]),
-                               self.opts.request_spec(), fmt=self.opts.fmt)
+        written = write_job_output(self.ledger, job, self.root)
         summary = self.ledger.summary(self.job_id)
         price = self.prices.lookup(self.opts.spec["model"])
         actual = sync = None

@@ -9,10 +9,12 @@ coldbatch adds `custom_id`, `response`, `label` (with --labels), `error`, `attem
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -21,7 +23,7 @@ import pyarrow.parquet as pq
 from coldbatch.builder.build import Builder
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.dataset.read import detect_format, open_dataset
-from coldbatch.errors import UsageError
+from coldbatch.errors import InputError, UsageError
 from coldbatch.protocol import limits as L
 from coldbatch.runner.ledger import Ledger
 
@@ -110,14 +112,63 @@ def output_kind(out: Path) -> str:
     return kind
 
 
+class _SameRequests:
+    """Checks that the input still builds, byte for byte, the requests the job prepared (the manifest's
+    per-shard sha256): OUTPUT joins answers to rows by recomputing each row's custom_id, and an input edited
+    since (a row inserted, a text changed) would join answers to the wrong rows."""
+
+    def __init__(self, input_path: Path, shards: list[dict[str, Any]]) -> None:
+        self.input_path = input_path
+        self.want = [(int(s["requests"]), str(s["sha256"])) for s in shards]
+        self.i = 0
+        self.left = self.want[0][0] if self.want else 0
+        self.h = hashlib.sha256()
+
+    def _changed(self, detail: str) -> InputError:
+        return InputError(f"{self.input_path}: changed since the job prepared it ({detail}), so its answers could "
+                          "be joined to the wrong rows; OUTPUT was not written. Restore the input file as it was, "
+                          "then run `coldbatch collect JOB` (the answers are kept in the ledger).")
+
+    def feed(self, lines: pa.LargeStringArray) -> None:
+        n = len(lines)
+        if n == 0:
+            return
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=n + lines.offset + 1)[lines.offset:]
+        data = memoryview(lines.buffers()[2])  # type: ignore[arg-type]
+        pos = 0
+        while pos < n:
+            if self.i >= len(self.want):
+                raise self._changed("it now makes more requests")
+            take = min(self.left, n - pos)
+            self.h.update(data[int(offsets[pos]):int(offsets[pos + take])])
+            pos += take
+            self.left -= take
+            if self.left == 0:
+                if self.h.hexdigest() != self.want[self.i][1]:
+                    raise self._changed(f"the requests of shard {self.i + 1} differ")
+                self.i += 1
+                self.h = hashlib.sha256()
+                self.left = self.want[self.i][0] if self.i < len(self.want) else 0
+
+    def finish(self) -> None:
+        if self.i < len(self.want):
+            raise self._changed("it now makes fewer requests")
+
+
 def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
-                 *, fmt: str | None = None) -> dict[str, int]:
-    """Write OUTPUT atomically; returns row counts."""
+                 *, fmt: str | None = None, max_line_bytes: int = L.MAX_LINE_BYTES,
+                 shards: list[dict[str, Any]] | None = None) -> dict[str, int]:
+    """Write OUTPUT atomically; returns row counts.
+
+    `max_line_bytes` must be what the job's prepare used (rows over it were rejected there, so they are
+    here too), and `shards` (the manifest's) makes it check first that the input did not change.
+    """
     kind = output_kind(out)
     ds = open_dataset(input_path, fmt)
     clash = [c for c in ADDED if c in ds.columns]
     prefix = "cb_" if clash else ""
-    builder = Builder(spec, file=ds.name, max_line_bytes=L.MAX_LINE_BYTES)
+    builder = Builder(spec, file=ds.name, max_line_bytes=max_line_bytes)
+    check = _SameRequests(input_path, shards) if shards is not None else None
     writer = _Writer(out, kind)
     rows = rejected = 0
     done = False
@@ -125,6 +176,8 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
         for start, batch in ds.batches():
             n_before = len(builder.rejects)
             built = builder.build(start, batch, keep_ids=True)
+            if check is not None:
+                check.feed(built.lines)
             rejects = {r.line: r for r in builder.rejects[n_before:]}
             rejected += len(rejects)
             ids = built.ids or []
@@ -143,6 +196,8 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
                 table = table.append_column(prefix + c, pa.array(cols[c], _TYPES[c]))
             writer.write(table)
             rows += batch.num_rows
+        if check is not None:
+            check.finish()
         done = True
     finally:
         writer.close(publish=done)
