@@ -5,7 +5,8 @@ Acceptance criteria covered here:
 - the whole of Tweets.csv (14,640 rows) with injected per-request failures: every row in OUTPUT, in input
   order, joined to the right response; failures retried, and finally succeeded or reported;
 - retry by error class: permanent 4xx are reported with their message and never retried; a job whose
-  requests all fail transiently ends at --max-attempts with every error reported;
+  requests all fail transiently ends at --max-attempts with every error reported; an expired batch keeps
+  its finished results and only its unfinished requests are sent again;
 - --max-cost refuses when the estimate exceeds it, and nothing reaches the server;
 - housekeeping deletes the uploaded input and the result files after collection, unless --keep-remote-files.
 """
@@ -218,3 +219,38 @@ def test_requests_that_always_fail_transiently_end_at_max_attempts_with_their_er
     assert [(u["round"], u["requests"]) for u in units] == [(1, 40), (2, 40), (3, 40)]
     _one_batch_per_unit(batches, units)
     assert "40 rows retried over 3 round(s)" in res.stdout
+
+
+# -- (f) expired batches ---------------------------------------------------------------------------------------
+def test_an_expired_batch_keeps_its_finished_results_and_only_the_rest_is_sent_again(tmp_path: Path) -> None:
+    """A 1-second completion window (a coldbatch serve extension) on ~3 s of work: the batch expires part done."""
+    data = _small_csv(tmp_path / "rows.csv", 1600)
+    home = tmp_path / "home"
+    with echo_server(tmp_path / "srv", latency=0.5, extra=["--allow-short-windows"]) as srv:
+        res = coldbatch(home, "run", data, "--out", tmp_path / "out.csv", "-m", "gpt-4o-mini", "-p", "Say {text}",
+                        "--completion-window", "1s", "--max-attempts", "8", "--keep-remote-files", "--yes",
+                        "--poll-interval", "0.2", "--base-url", srv.base_url)
+        assert res.returncode == 0, res.stderr[-3000:]
+        job = job_id_from(res.stderr)
+        batches = {b["id"]: b for b in srv.batches(job)}
+        units = _units(home, job)
+
+        def ids(file_id: str | None) -> list[str]:
+            lines = srv.content(file_id).splitlines() if file_id else []
+            return [orjson.loads(x)["custom_id"] for x in lines if x.strip()]
+
+        first = batches[units[0]["batch_id"]]
+        assert first["status"] == "expired"
+        done_first = ids(first["output_file_id"])
+        assert 0 < len(done_first) < 1600
+        previous_errors = ids(first["error_file_id"])
+        assert sorted(previous_errors + done_first) == sorted(f"row-{i}" for i in range(1, 1601))
+        for u in units[1:]:  # each later round sends exactly what the previous one left unfinished
+            b = batches[u["batch_id"]]
+            assert sorted(ids(b["input_file_id"])) == sorted(previous_errors)
+            previous_errors = ids(b["error_file_id"])
+        assert previous_errors == []
+    rows = read_csv(tmp_path / "out.csv")
+    assert all(r["error"] == "" and r["response"] == f"Say {r['text']}" for r in rows)
+    finished = set(done_first)  # answered in round 1: kept, never sent again
+    assert all((r["attempts"] == "1") == (r["custom_id"] in finished) for r in rows)
