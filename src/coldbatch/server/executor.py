@@ -256,8 +256,8 @@ class Executor:
     async def _lane(self, run: _Run, queue: asyncio.Queue[list[_Item] | None]) -> None:
         endpoint = run.row["endpoint"]
         while (chunk := await queue.get()) is not None:
-            if run.stop.is_set():
-                continue
+            if run.stop.is_set() or self.now() >= run.row["expires_at"]:
+                continue  # queued work past the completion window is left for the expired error file
             async with self.slots.slot(COLD):
                 results = await self._call(endpoint, [body for _, _, body in chunk])
             add = run.pending.append
