@@ -113,7 +113,10 @@ def test_tweets_end_to_end_every_row_in_order_joined_to_its_answer_with_failures
     assert f"{by_code['engine_error']:,} failed" in res.stdout
 
     units = _units(home, job)
-    assert sum(u["requests"] for u in units if u["round"] == 1) == 14_640
+    # each distinct question is sent once (213 tweets repeat another's text): dedup, not loss
+    distinct = len({r["text"] for r in inp})
+    assert distinct < 14_640
+    assert sum(u["requests"] for u in units if u["round"] == 1) == distinct
     assert max(u["round"] for u in units) == 3
     _one_batch_per_unit(batches, units)
     assert files == [], "housekeeping: every uploaded and result file is deleted after collection"
@@ -194,8 +197,8 @@ def test_permanent_4xx_errors_are_reported_with_their_message_and_not_retried(tm
     units = _units(home, job)
     assert [u["round"] for u in units] == [1, 1, 1], "a permanent error is never sent again"
     _one_batch_per_unit(batches, units)
-    assert "0 succeeded, 60 failed {'echo_fail': 60}" in res.stdout
-    assert "0 rows retried over 1 round(s)" in res.stdout
+    assert "0 succeeded, 60 failed (by distinct request: {'echo_fail': 60})" in res.stdout
+    assert "0 requests retried over 1 round(s)" in res.stdout
 
 
 # -- (e) transient errors until the last attempt ---------------------------------------------------------------
@@ -218,7 +221,7 @@ def test_requests_that_always_fail_transiently_end_at_max_attempts_with_their_er
     units = _units(home, job)
     assert [(u["round"], u["requests"]) for u in units] == [(1, 40), (2, 40), (3, 40)]
     _one_batch_per_unit(batches, units)
-    assert "40 rows retried over 3 round(s)" in res.stdout
+    assert "40 requests retried over 3 round(s)" in res.stdout
 
 
 # -- (f) expired batches ---------------------------------------------------------------------------------------
@@ -228,7 +231,7 @@ def test_an_expired_batch_keeps_its_finished_results_and_only_the_rest_is_sent_a
     home = tmp_path / "home"
     with echo_server(tmp_path / "srv", latency=0.5, extra=["--allow-short-windows"]) as srv:
         res = coldbatch(home, "run", data, "--out", tmp_path / "out.csv", "-m", "gpt-4o-mini", "-p", "Say {text}",
-                        "--completion-window", "1s", "--max-attempts", "8", "--keep-remote-files", "--yes",
+                        "--completion-window", "1s", "--max-attempts", "8", "--keep-remote-files", "--yes", "--no-dedup",
                         "--poll-interval", "0.2", "--base-url", srv.base_url)
         assert res.returncode == 0, res.stderr[-3000:]
         job = job_id_from(res.stderr)

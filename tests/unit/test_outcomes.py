@@ -140,7 +140,7 @@ def test_output_keeps_input_order_and_columns_and_joins_each_result(tmp_path: Pa
                                                                     joined: tuple[Ledger, Path, RequestSpec]) -> None:
     lg, inp, spec = joined
     out = tmp_path / "out.csv"
-    assert write_output(lg, "j", inp, out, spec) == {"rows": 6, "rejected": 1}
+    assert write_output(lg, "j", inp, out, spec) == {"rows": 6, "rejected": 1, "succeeded": 2, "failed": 2, "from_cache": 0}
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["id", "text", "error", "cb_custom_id", "cb_response", "cb_label", "cb_error",
@@ -178,7 +178,7 @@ def test_output_writing_is_atomic_and_sweeps_dead_writers_leftovers(tmp_path: Pa
     alive = tmp_path / f".out.csv.{os.getppid()}.part"  # another live process: not ours to remove
     alive.write_bytes(b"busy")
 
-    def broken(self: Ledger, job_id: str, ids: Any) -> Any:
+    def broken(self: Ledger, job_id: str, ids: Any, **kw: Any) -> Any:
         raise OSError("disk full")
 
     monkeypatch.setattr(Ledger, "results_for", broken)

@@ -50,6 +50,7 @@ class Job:
                 w.writerow([f"k{i}", texts[i - 1] if texts else f"text {i}"])
         self.ledger = LG.Ledger(self.root / "ledger.sqlite3")
         spec = RequestSpec(model="gpt-4o-mini", prompt="Say {text}", id_column="id")
+        opts.setdefault("dedup", False)  # these tests exercise the unit mechanics with row-level custom_ids
         ro = RunOptions(spec=spec.describe(), limits=asdict(Limits(max_requests=max_requests,
                                                                    max_line_bytes=max_line_bytes)),
                         poll_interval=0.0, **opts)
@@ -297,7 +298,7 @@ def test_a_crash_while_writing_output_keeps_the_previous_output(tmp_path: Path,
     before = job.out.read_bytes()
     real = LG.Ledger.results_for
 
-    def results_for(self: LG.Ledger, job_id: str, ids: Any) -> Any:
+    def results_for(self: LG.Ledger, job_id: str, ids: Any, **kw: Any) -> Any:
         raise Crash("died while writing OUTPUT")
 
     monkeypatch.setattr(LG.Ledger, "results_for", results_for)
@@ -442,3 +443,36 @@ def test_collect_rewrites_output_from_the_ledger_alone(tmp_path: Path, monkeypat
     assert (tmp_path / "again.csv").read_bytes() == job.out.read_bytes()
     res = CliRunner().invoke(main, ["collect", job.id, "--out", str(tmp_path / "again.xlsx")])
     assert res.exit_code == 2
+
+
+def test_dedup_sends_each_question_once_and_fans_answers_out(tmp_path: Path) -> None:
+    texts = ["same", "other", "same", "same", "third", "other"]
+    job, p = Job(tmp_path, rows=6, texts=texts, dedup=True, cache=False), FakeProvider()
+    report = job.run(p)
+    assert report["succeeded"] == 6 and report["requests_sent"] == 3 and report["distinct_requests"] == 3
+    out = job.output()
+    by_text: dict[str, set[str]] = {}
+    for row, text in zip(out, texts, strict=True):
+        by_text.setdefault(text, set()).add(row["response"])
+        assert row["response"].startswith("answer to k-")  # sent under the question's key
+    assert all(len(v) == 1 for v in by_text.values())  # rows asking the same question share one answer
+    assert len({next(iter(v)) for v in by_text.values()}) == 3
+
+
+def test_cache_answers_a_rerun_without_sending(tmp_path: Path) -> None:
+    first = Job(tmp_path, rows=5, dedup=True)
+    r1 = first.run(FakeProvider())
+    assert r1["requests_sent"] == 5
+    first.ledger.create_job("job-2", str(first.input), str(tmp_path / "out2.csv"), first.ledger.job(first.id)["options"])
+    p2 = FakeProvider()
+    r2 = asyncio.run(_run(Runner(first.ledger, p2, "job-2", first.root, sleep=_no_sleep)))
+    assert r2["requests_sent"] == 0 and r2["answered_from_cache"] == 5
+    with (tmp_path / "out2.csv").open() as fh:
+        again = list(csv.DictReader(fh))
+    assert [r["response"] for r in again] == [r["response"] for r in first.output()]
+    assert {r["attempts"] for r in again} == {"0"}
+
+
+async def _run(runner: Runner) -> dict[str, Any]:
+    runner.prepare()
+    return await runner.run()

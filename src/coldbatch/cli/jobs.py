@@ -61,8 +61,10 @@ class _Progress:
     def _line(self, d: dict[str, Any]) -> str:
         states = " ".join(f"{k}:{v}" for k, v in sorted(d["by_state"].items()))
         done = d["succeeded"] + d["failed"]
-        return (f"[{self._elapsed()}] units {states} | rows ok {d['succeeded']:,} failed {d['failed']:,} "
-                f"retry {d['pending_retry']:,} (done {done:,})")
+        return (
+            f"[{self._elapsed()}] units {states} | rows ok {d['succeeded']:,} failed {d['failed']:,} "
+            f"retry {d['pending_retry']:,} (done {done:,})"
+        )
 
 
 @contextlib.contextmanager
@@ -102,8 +104,9 @@ class _JobLock:
         self.fh.close()
 
 
-def _drive(job_id: str, *, base_url: str | None, api_key: str | None, engine: str, yes: bool,
-           cancel: bool = False) -> dict[str, Any] | None:
+def _drive(
+    job_id: str, *, base_url: str | None, api_key: str | None, engine: str, yes: bool, cancel: bool = False
+) -> dict[str, Any] | None:
     """Run (or cancel) a job to its end; None when another process drives it and was asked to cancel."""
     ledger = _ledger()
     job = ledger.job(job_id)
@@ -117,13 +120,14 @@ def _drive(job_id: str, *, base_url: str | None, api_key: str | None, engine: st
         lock.release()
         try:
             if not cancel:
-                raise UsageError(f"Job {job_id} is being run by another process (pid {holder}); wait for it, or "
-                                 f"stop it and run `coldbatch resume {job_id}`.")
+                raise UsageError(
+                    f"Job {job_id} is being run by another process (pid {holder}); wait for it, or "
+                    f"stop it and run `coldbatch resume {job_id}`."
+                )
             ledger.set_job(job_id, status="cancelling")
         finally:
             ledger.close()
-        click.echo(f"job {job_id} is running in process {holder}: asked it to cancel its batches and finish.",
-                   err=True)
+        click.echo(f"job {job_id} is running in process {holder}: asked it to cancel its batches and finish.", err=True)
         return None
     if cancel and job["status"] in ("done", "cancelled"):
         lock.release()
@@ -144,8 +148,10 @@ def _drive(job_id: str, *, base_url: str | None, api_key: str | None, engine: st
                         raise UsageError(f"Not submitted. Resume later with: coldbatch resume {job_id}")
                 return await runner.run()
             except (openai.APIError, Retryable) as exc:
-                raise ProviderError(f"the Batch API at {provider.name} failed: {type(exc).__name__}: {exc}. "
-                                    f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job.") from exc
+                raise ProviderError(
+                    f"the Batch API at {provider.name} failed: {type(exc).__name__}: {exc}. "
+                    f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job."
+                ) from exc
             finally:
                 await provider.aclose()
 
@@ -158,8 +164,19 @@ def _drive(job_id: str, *, base_url: str | None, api_key: str | None, engine: st
 
 def _show_estimate(est: dict[str, Any]) -> None:
     t = est.get("totals") or {}
-    click.echo(f"{t.get('requests', 0):,} requests, {t.get('input_tokens', 0):,} prompt tokens; cost at sync prices "
-               f"{render.usd(t.get('sync_cost_usd'))}, at batch prices {render.usd(t.get('batch_cost_usd'))}", err=True)
+    plan = est.get("plan") or {}
+    click.echo(
+        f"{t.get('requests', 0):,} requests ({plan.get('distinct_requests', t.get('requests', 0)):,} distinct, "
+        f"{plan.get('cache_hits', 0):,} answered from the cache, {plan.get('requests_to_send', t.get('requests', 0)):,}"
+        f" to send), {t.get('input_tokens_to_send', t.get('input_tokens', 0)):,} prompt tokens to send",
+        err=True,
+    )
+    click.echo(
+        f"cost: every row at sync prices {render.usd(t.get('sync_cost_usd'))}, at batch prices "
+        f"{render.usd(t.get('batch_cost_usd'))}, after dedup and cache {render.usd(t.get('final_cost_usd'))}"
+        + (f" (saving {t['saving_pct']}%)" if t.get("saving_pct") is not None else ""),
+        err=True,
+    )
     for w in est.get("warnings") or []:
         click.echo(f"warning: {w}", err=True)
 
@@ -167,14 +184,24 @@ def _show_estimate(est: dict[str, Any]) -> None:
 def _print_report(r: dict[str, Any] | None) -> None:
     if r is None:
         return
-    click.echo(f"{r['rows']:,} rows → {r['output']}: {r['succeeded']:,} succeeded, {r['failed']:,} failed"
-               + (f" {r['failed_by_code']}" if r["failed_by_code"] else "")
-               + f", {r['rejected_rows']:,} rejected before sending; {r['retried_rows']:,} rows retried over "
-               f"{r['rounds']} round(s)")
-    click.echo(f"tokens: {r['prompt_tokens']:,} prompt ({r['cached_tokens']:,} cached), {r['completion_tokens']:,} "
-               f"completion; cost {render.usd(r['cost_batch_usd'])} (sync-price equivalent "
-               f"{render.usd(r['cost_sync_usd'])}, estimate {render.usd(r['estimated_batch_usd'])}); "
-               f"{r['seconds']} s")
+    click.echo(
+        f"{r['rows']:,} rows → {r['output']}: {r['succeeded']:,} succeeded, {r['failed']:,} failed"
+        + (f" (by distinct request: {r['failed_by_code']})" if r["failed_by_code"] else "")
+        + f", {r['rejected_rows']:,} rejected before sending; {r['retried_rows']:,} requests retried over "
+        f"{r['rounds']} round(s)"
+    )
+    if r.get("distinct_requests") is not None:
+        click.echo(
+            f"distinct requests {r['distinct_requests']:,}, answered from the cache {r['cache_hits']:,}, "
+            f"sent {r['requests_sent']:,}"
+        )
+    click.echo(
+        f"tokens: {r['prompt_tokens']:,} prompt ({r['cached_tokens']:,} cached), {r['completion_tokens']:,} "
+        f"completion; cost {render.usd(r['cost_batch_usd'])} (the same at sync prices "
+        f"{render.usd(r['cost_sync_usd'])}; every row at sync prices {render.usd(r.get('cost_sync_all_rows_usd'))}"
+        + (f", saving {r['saving_pct']}%" if r.get("saving_pct") is not None else "")
+        + f"; estimate {render.usd(r['estimated_batch_usd'])}); {r['seconds']} s"
+    )
 
 
 _provider_options = [
@@ -192,8 +219,14 @@ def provider_options(fn: Any) -> Any:
 
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "-o", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="OUTPUT file (.csv, .tsv, .jsonl or .parquet): every input row plus the answer.")
+@click.option(
+    "--out",
+    "-o",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="OUTPUT file (.csv, .tsv, .jsonl or .parquet): every input row plus the answer.",
+)
 @options.request_options
 @options.limit_options
 @provider_options
@@ -206,18 +239,66 @@ def provider_options(fn: Any) -> Any:
 @click.option("--max-enqueued-tokens", type=click.IntRange(min=1), help="Per-model cap of prompt tokens in flight.")
 @click.option("--completion-window", default="24h", help="Batch completion window (OpenAI: only 24h).")
 @click.option("--keep-remote-files", is_flag=True, help="Do not delete uploaded/result files after collection.")
-def run(input_path: Path, output: Path, base_url: str | None, api_key: str | None, engine: str, name: str | None,
-        max_cost: float | None, yes: bool, poll_interval: float, max_attempts: int, max_in_flight: int,
-        max_enqueued_tokens: int | None, completion_window: str, keep_remote_files: bool, **opts: Any) -> None:
+@click.option(
+    "--dedup/--no-dedup",
+    default=None,
+    help="Send each distinct request once and fan the answer out "
+    "(default: on, off for sampling requests with temperature/top_p > 0 or n > 1).",
+)
+@click.option(
+    "--cache/--no-cache",
+    "use_cache",
+    default=None,
+    help="Reuse answers cached by earlier jobs and cache "
+    "this job's (default: on with dedup, off for sampling requests).",
+)
+@click.option("--cache-only", is_flag=True, help="Answer only from the cache; send nothing (spend nothing).")
+@click.option("--cache-max-entries", type=click.IntRange(min=0), help="Keep at most this many cached answers.")
+@click.option("--cache-max-age-days", type=float, help="Ignore and drop cached answers older than this.")
+def run(
+    input_path: Path,
+    output: Path,
+    base_url: str | None,
+    api_key: str | None,
+    engine: str,
+    name: str | None,
+    max_cost: float | None,
+    yes: bool,
+    poll_interval: float,
+    max_attempts: int,
+    max_in_flight: int,
+    max_enqueued_tokens: int | None,
+    completion_window: str,
+    keep_remote_files: bool,
+    dedup: bool | None,
+    use_cache: bool | None,
+    cache_only: bool,
+    cache_max_entries: int | None,
+    cache_max_age_days: float | None,
+    **opts: Any,
+) -> None:
     """Run a whole batch job: prepare, estimate, submit, poll, collect, retry, and write OUTPUT."""
     output_kind(output)
     spec = options.spec_from(opts)
     job_id = new_job_id(name)
-    run_opts = RunOptions(spec=spec.describe(), limits=asdict(options.limits_from(opts)), fmt=opts.get("fmt"),
-                          max_cost=max_cost, max_attempts=max_attempts, max_in_flight=max_in_flight,
-                          max_enqueued_tokens=max_enqueued_tokens, completion_window=completion_window,
-                          keep_remote_files=keep_remote_files, poll_interval=poll_interval,
-                          provider=base_url or "embedded")
+    run_opts = RunOptions(
+        spec=spec.describe(),
+        limits=asdict(options.limits_from(opts)),
+        fmt=opts.get("fmt"),
+        max_cost=max_cost,
+        max_attempts=max_attempts,
+        max_in_flight=max_in_flight,
+        max_enqueued_tokens=max_enqueued_tokens,
+        completion_window=completion_window,
+        keep_remote_files=keep_remote_files,
+        poll_interval=poll_interval,
+        provider=base_url or "embedded",
+        dedup=dedup,
+        cache=use_cache,
+        cache_only=cache_only,
+        cache_max_entries=cache_max_entries,
+        cache_max_age_days=cache_max_age_days,
+    )
     ledger = _ledger()
     ledger.create_job(job_id, str(input_path.resolve()), str(output.resolve()), asdict(run_opts))
     ledger.close()
@@ -244,8 +325,13 @@ def cancel(job_id: str, base_url: str | None, api_key: str | None, engine: str) 
 
 @click.command()
 @click.argument("job_id")
-@click.option("--out", "-o", "output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write OUTPUT here instead of the job's own path.")
+@click.option(
+    "--out",
+    "-o",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write OUTPUT here instead of the job's own path.",
+)
 def collect(job_id: str, output: Path | None) -> None:
     """(Re)write a job's OUTPUT from the ledger, without contacting the provider."""
     from coldbatch.runner.orchestrator import write_job_output
@@ -272,8 +358,18 @@ def jobs(as_json: bool) -> None:
     if as_json:
         render.emit_json(rows)
         return
-    render.table([[r["id"], r["status"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
-                   Path(r["output_path"]).name] for r in rows], ["job", "status", "created", "output"])
+    render.table(
+        [
+            [
+                r["id"],
+                r["status"],
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+                Path(r["output_path"]).name,
+            ]
+            for r in rows
+        ],
+        ["job", "status", "created", "output"],
+    )
 
 
 @click.command()
@@ -291,9 +387,20 @@ def status(job_id: str, as_json: bool) -> None:
         render.emit_json({"job": job, "units": units, "results": summary})
         return
     click.echo(f"job {job_id}: {job['status']}; input {job['input_path']} → {job['output_path']}")
-    render.table([[str(u["id"]), str(u["round"]), u["state"], u["batch_status"] or "", u["batch_id"] or "",
-                   f"{u['requests']:,}"] for u in units],
-                 ["unit", "round", "state", "batch status", "batch", "requests"])
+    render.table(
+        [
+            [
+                str(u["id"]),
+                str(u["round"]),
+                u["state"],
+                u["batch_status"] or "",
+                u["batch_id"] or "",
+                f"{u['requests']:,}",
+            ]
+            for u in units
+        ],
+        ["unit", "round", "state", "batch status", "batch", "requests"],
+    )
     click.echo(f"results: {summary}")
 
 

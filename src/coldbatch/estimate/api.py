@@ -15,11 +15,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from coldbatch.builder.api import check_columns
-from coldbatch.builder.build import Builder
+from coldbatch.builder.build import Builder, _SeenHashes
 from coldbatch.builder.spec import RequestSpec
+from coldbatch.core.canonical import request_key
 from coldbatch.dataset.read import open_dataset
 from coldbatch.errors import InputError
 from coldbatch.estimate import prices as P
@@ -42,12 +44,21 @@ class ModelTotals:
     batch_cost: Decimal | None = Decimal(0)
     tokenizer: str = ""
     exact: bool = True
+    distinct: int = 0  #: distinct questions (= requests without dedup)
+    cache_hits: int = 0
+    send_requests: int = 0
+    send_input_tokens: int = 0
+    send_output_tokens: int = 0
+    final_cost: Decimal | None = Decimal(0)  #: batch price of what will actually be sent
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "requests": self.requests, "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens, "unbounded_output_requests": self.unbounded_output,
+        return {"model": self.model, "requests": self.requests, "distinct_requests": self.distinct,
+                "cache_hits": self.cache_hits, "requests_to_send": self.send_requests,
+                "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "input_tokens_to_send": self.send_input_tokens, "output_tokens_to_send": self.send_output_tokens,
+                "unbounded_output_requests": self.unbounded_output,
                 "sync_cost_usd": _money(self.sync_cost), "batch_cost_usd": _money(self.batch_cost),
-                "tokenizer": self.tokenizer, "exact_tokens": self.exact}
+                "final_cost_usd": _money(self.final_cost), "tokenizer": self.tokenizer, "exact_tokens": self.exact}
 
 
 @dataclass
@@ -64,14 +75,22 @@ class Estimate:
         priced = all(m.sync_cost is not None for m in ms)
         sync = sum((m.sync_cost or Decimal(0) for m in ms), Decimal(0))
         batch = sum((m.batch_cost or Decimal(0) for m in ms), Decimal(0))
+        final = sum((m.final_cost or Decimal(0) for m in ms), Decimal(0))
         return {
             "requests": sum(m.requests for m in ms),
+            "distinct_requests": sum(m.distinct for m in ms),
+            "cache_hits": sum(m.cache_hits for m in ms),
+            "requests_to_send": sum(m.send_requests for m in ms),
             "input_tokens": sum(m.input_tokens for m in ms),
             "output_tokens": sum(m.output_tokens for m in ms),
+            "input_tokens_to_send": sum(m.send_input_tokens for m in ms),
+            "output_tokens_to_send": sum(m.send_output_tokens for m in ms),
             "sync_cost_usd": _money(sync) if priced else None,
             "batch_cost_usd": _money(batch) if priced else None,
-            "saving_usd": _money(sync - batch) if priced else None,
-            "saving_pct": round(float((sync - batch) / sync * 100), 2) if priced and sync else None,
+            "final_cost_usd": _money(final) if priced else None,
+            "saving_usd": _money(sync - final) if priced else None,
+            "saving_pct": round(float((sync - final) / sync * 100), 2) if priced and sync else None,
+            "batch_only_saving_pct": round(float((sync - batch) / sync * 100), 2) if priced and sync else None,
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -86,9 +105,13 @@ def _money(value: Decimal | None) -> float | None:
 
 
 class _Accumulator:
-    def __init__(self, table: P.PriceTable, expected_output: int | None) -> None:
+    def __init__(self, table: P.PriceTable, expected_output: int | None, *, dedup: bool = False,
+                 cache: Any = None) -> None:
         self.table = table
         self.expected_output = expected_output
+        self.dedup = dedup
+        self.cache = cache
+        self._seen = _SeenHashes()
         self.result = Estimate(price_table=table.version)
         self._pending: list[tuple[str, str, str, int, list[str], int, int | None]] = []
         self._windows: dict[str, int] = {}
@@ -108,11 +131,35 @@ class _Accumulator:
         if out is None:
             mt = body.get("max_completion_tokens", body.get("max_tokens"))
             out = int(mt) if isinstance(mt, int) else (0 if req.get("url") == L.EMBEDDINGS else None)
-        self._pending.append((where, str(req.get("custom_id")), model, overhead, texts, 0, out))
+        key = request_key(str(req.get("url", L.CHAT)), body) if self.dedup or self.cache is not None else ""
+        self._pending.append((where, str(req.get("custom_id")), model, overhead, texts, key, out))
         if len(self._pending) >= CHUNK:
             self.flush()
 
+    def _sends(self) -> list[int]:
+        """Per pending request: 1 = sent, 0 = a repeat of an earlier question, 2 = answered from the cache."""
+        keys = [p[5] for p in self._pending]
+        if not self.dedup:
+            fate = [1] * len(keys)
+            first = list(range(len(keys)))
+        else:
+            k64 = np.array([int(k[2:18], 16) for k in keys], dtype=np.uint64)
+            uniq, idx = np.unique(k64, return_index=True)
+            new = ~self._seen.contains(uniq)
+            self._seen.add(uniq[new])
+            first = sorted(idx[new].tolist())
+            fate = [0] * len(keys)
+            for i in first:
+                fate[i] = 1
+        if self.cache is not None:
+            hits = self.cache.get_many([keys[i] for i in first])
+            for i in first:
+                if keys[i] in hits:
+                    fate[i] = 2
+        return fate
+
     def flush(self) -> None:
+        fate = self._sends() if self._pending else []
         by_enc: dict[str, list[int]] = {}
         for i, (_, _, model, *_rest) in enumerate(self._pending):
             price = self.table.lookup(model)
@@ -123,10 +170,11 @@ class _Accumulator:
             counts = iter(counter.count_many(flat))
             for i in idxs:
                 where, cid, model, overhead, texts, _, out = self._pending[i]
-                self._record(where, cid, model, overhead + sum(next(counts) for _ in texts), out, counter)
+                self._record(where, cid, model, overhead + sum(next(counts) for _ in texts), out, counter, fate[i])
         self._pending.clear()
 
-    def _record(self, where: str, cid: str, model: str, prompt: int, out: int | None, counter: T.Counter) -> None:
+    def _record(self, where: str, cid: str, model: str, prompt: int, out: int | None, counter: T.Counter,
+                fate: int = 1) -> None:
         """Add one request's integers; money is computed once, in `finish` (cost is linear in tokens)."""
         totals = self.result.models.get(model)
         if totals is None:
@@ -138,6 +186,12 @@ class _Accumulator:
             totals.unbounded_output += 1
             out = 0
         totals.output_tokens += out
+        totals.distinct += fate > 0
+        totals.cache_hits += fate == 2
+        if fate == 1:
+            totals.send_requests += 1
+            totals.send_input_tokens += prompt
+            totals.send_output_tokens += out
         window = self._windows[model]
         if window and prompt + out > window:
             self.result.over_context_total += 1
@@ -150,10 +204,11 @@ class _Accumulator:
         for m in self.result.models.values():
             price = self.table.lookup(m.model)
             if price is None:
-                m.sync_cost = m.batch_cost = None
+                m.sync_cost = m.batch_cost = m.final_cost = None
             else:
                 m.sync_cost = price.cost(m.input_tokens, m.output_tokens, batch=False)
                 m.batch_cost = price.cost(m.input_tokens, m.output_tokens, batch=True)
+                m.final_cost = price.cost(m.send_input_tokens, m.send_output_tokens, batch=True)
             if self.table.lookup(m.model) is None:
                 self.result.warnings.append(f"no price for model {m.model!r} in price table "
                                             f"{self.table.version}; its cost is unknown (pass --prices FILE)")
@@ -184,10 +239,16 @@ def _dataset_lines(path: Path, spec: RequestSpec, fmt: str | None) -> Iterator[t
 
 
 def estimate(sources: Iterable[str | Path], *, spec: RequestSpec | None = None, prices: P.PriceTable | None = None,
-             expected_output_tokens: int | None = None, fmt: str | None = None) -> Estimate:
-    """Estimate a job: request files / prepared folders, or (with `spec`) a dataset built on the fly."""
+             expected_output_tokens: int | None = None, fmt: str | None = None, dedup: bool = False,
+             cache: Any = None) -> Estimate:
+    """Estimate a job: request files / prepared folders, or (with `spec`) a dataset built on the fly.
+
+    `dedup`: count each distinct question once in what will be sent (`requests_to_send`,
+    `final_cost_usd`); `cache` (a `runner.cache.ResultCache`): questions it already answers are not sent.
+    The sync and batch costs always cover every request, so `saving_pct` is the whole saving.
+    """
     paths = [Path(s) for s in sources]
-    acc = _Accumulator(prices or P.load(), expected_output_tokens)
+    acc = _Accumulator(prices or P.load(), expected_output_tokens, dedup=dedup, cache=cache)
     if spec is not None:
         lines: Iterable[tuple[str, bytes]] = (x for p in paths for x in _dataset_lines(p, spec, fmt))
     else:

@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS units (
 );
 CREATE INDEX IF NOT EXISTS units_job ON units (job_id, state);
 CREATE UNIQUE INDEX IF NOT EXISTS units_key ON units (job_id, round, shard);
+-- Deduplicated jobs: which question (request key, the custom_id it was sent under) each row asked.
+CREATE TABLE IF NOT EXISTS row_keys (
+    job_id     TEXT NOT NULL,
+    custom_id  TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    PRIMARY KEY (job_id, custom_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS results (
     job_id            TEXT NOT NULL,
     custom_id         TEXT NOT NULL,
@@ -198,14 +205,42 @@ class Ledger:
             self.db.executemany("UPDATE results SET state = 'failed' WHERE job_id = ? AND custom_id = ?",
                                 [(job_id, i) for i in ids])
 
-    def results_for(self, job_id: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    def add_row_keys(self, job_id: str, pairs: Sequence[tuple[str, str]]) -> None:
+        """Record which question each row asked (idempotent)."""
+        with self._tx():
+            self.db.executemany("INSERT OR IGNORE INTO row_keys VALUES (?, ?, ?)",
+                                [(job_id, cid, key) for cid, key in pairs])
+
+    def keyed(self, job_id: str) -> bool:
+        return self.db.execute("SELECT 1 FROM row_keys WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None
+
+    def record_cached(self, job_id: str, outcomes: Iterable[Outcome]) -> None:
+        """Results answered without sending (cache hits; --cache-only misses): attempts 0, no tokens billed."""
+        with self._tx():
+            self.db.executemany(
+                "INSERT INTO results VALUES (?, ?, ?, 0, ?, ?, ?, 0, 0, 0) ON CONFLICT (job_id, custom_id) DO NOTHING",
+                [(job_id, o.custom_id, o.state, o.content, o.error_code, o.error_message) for o in outcomes])
+
+    def results_for(self, job_id: str, ids: Sequence[str], *, keyed: bool = False) -> dict[str, dict[str, Any]]:
+        """Results by row custom_id; for a deduplicated job, through the row's question key."""
         out: dict[str, dict[str, Any]] = {}
         for i in range(0, len(ids), 500):
             part = ids[i:i + 500]
-            for r in self.db.execute(f"SELECT * FROM results WHERE job_id = ? AND custom_id IN "
-                                     f"({', '.join('?' * len(part))})", [job_id, *part]):
-                out[r["custom_id"]] = dict(r)
+            marks = ", ".join("?" * len(part))
+            if keyed:
+                sql = (f"SELECT k.custom_id AS row_id, r.* FROM row_keys k JOIN results r ON r.job_id = k.job_id AND "
+                       f"r.custom_id = k.key WHERE k.job_id = ? AND k.custom_id IN ({marks})")
+            else:
+                sql = f"SELECT custom_id AS row_id, * FROM results WHERE job_id = ? AND custom_id IN ({marks})"
+            for r in self.db.execute(sql, [job_id, *part]):
+                out[r["row_id"]] = dict(r)
         return out
+
+    def row_counts(self, job_id: str) -> dict[str, int]:
+        """Rows per final state for a deduplicated job (each question's state counted once per row)."""
+        rows = self.db.execute("SELECT r.state, COUNT(*) FROM row_keys k JOIN results r ON r.job_id = k.job_id AND "
+                               "r.custom_id = k.key WHERE k.job_id = ? GROUP BY r.state", (job_id,)).fetchall()
+        return {state: n for state, n in rows}
 
     def summary(self, job_id: str) -> dict[str, Any]:
         row = self.db.execute(

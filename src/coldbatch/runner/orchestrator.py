@@ -16,7 +16,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,17 @@ import orjson
 from coldbatch.builder.api import prepare
 from coldbatch.builder.manifest import read_manifest
 from coldbatch.builder.spec import RequestSpec
+from coldbatch.core.canonical import KEY_PREFIX, is_sampling
 from coldbatch.errors import ColdbatchError, InputError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate
 from coldbatch.protocol.limits import Limits
 from coldbatch.providers.base import BatchProvider, Retryable
 from coldbatch.runner import ledger as LG
+from coldbatch.runner.cache import Entry, ResultCache
 from coldbatch.runner.outcomes import read_errors, read_output
-from coldbatch.runner.output import write_output
+from coldbatch.runner.output import parse_label, write_output
+from coldbatch.runner.plan import plan_sends
 from coldbatch.validation import iter_lines
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,11 @@ class RunOptions:
     poll_interval: float = 5.0
     max_poll_interval: float = 60.0
     provider: str = "embedded"
+    dedup: bool | None = None  #: None = on, except for sampling requests (temperature/top_p > 0, n > 1)
+    cache: bool | None = None  #: None = on, except for sampling requests
+    cache_only: bool = False  #: answer only from the cache; never send (never spend)
+    cache_max_entries: int | None = None
+    cache_max_age_days: float | None = None
 
     def request_spec(self) -> RequestSpec:
         d = dict(self.spec)
@@ -122,19 +130,42 @@ class Runner:
             if manifest is None:
                 manifest = prepare(job["input_path"], shards, self.opts.request_spec(),
                                    limits=Limits(**self.opts.limits), fmt=self.opts.fmt).manifest
+            shard_paths = [shards / s["path"] for s in manifest["shards"]]
+            dedup, use_cache = self._dedup_and_cache()
+            cache = self._cache() if use_cache else None
+            est = estimate(shard_paths, prices=self.prices, dedup=dedup, cache=cache).to_json()
             if not self.ledger.units(self.job_id):
-                self.ledger.add_units(self.job_id, [
-                    {"round": 1, "shard": i, "path": str(shards / s["path"]), "requests": s["requests"],
-                     "bytes": s["bytes"], "sha256": s["sha256"], "model": s["model"],
-                     "tokens": self._tokens_of(shards / s["path"])}
-                    for i, s in enumerate(manifest["shards"], 1)])
-            est = estimate([shards], prices=self.prices).to_json()
+                if dedup:
+                    units, stats = plan_sends(shard_paths, self.folder / "send", self.ledger, self.job_id,
+                                              limits=Limits(**self.opts.limits), cache=cache,
+                                              cache_only=self.opts.cache_only)
+                    est["plan"] = stats.to_json()
+                else:
+                    units = [{"round": 1, "shard": i, "path": str(p), "requests": s["requests"], "bytes": s["bytes"],
+                              "sha256": s["sha256"], "model": s["model"]}
+                             for i, (p, s) in enumerate(zip(shard_paths, manifest["shards"], strict=True), 1)]
+                for u in units:
+                    u["tokens"] = self._tokens_of(Path(u["path"]))
+                self.ledger.add_units(self.job_id, units)
+            est["dedup"], est["cache"] = dedup, use_cache
             est["manifest_totals"] = manifest["totals"]
             self.ledger.set_job(self.job_id, status="prepared", estimate=est)
             self.emit("prepared", est)
         job = self.ledger.job(self.job_id)
         assert job is not None
         return dict(job["estimate"] or {})
+
+    def _dedup_and_cache(self) -> tuple[bool, bool]:
+        """Dedup and cache default to on, and to off for sampling requests (independent answers wanted)."""
+        spec = self.opts.request_spec()
+        sampling = is_sampling({"temperature": spec.temperature, **spec.body})
+        dedup = self.opts.dedup if self.opts.dedup is not None else not sampling
+        use_cache = dedup and (self.opts.cache if self.opts.cache is not None else not sampling)
+        return dedup, use_cache or self.opts.cache_only
+
+    def _cache(self) -> ResultCache:
+        return ResultCache(self.root / "cache.sqlite3", max_entries=self.opts.cache_max_entries,
+                           max_age_days=self.opts.cache_max_age_days)
 
     def _tokens_of(self, path: Path) -> int:
         """Prompt tokens of one request file, for --max-enqueued-tokens (0, and no work, without that cap)."""
@@ -144,7 +175,8 @@ class Runner:
 
     def check_budget(self, est: dict[str, Any]) -> None:
         cap = self.opts.max_cost
-        cost = (est.get("totals") or {}).get("batch_cost_usd")
+        totals = est.get("totals") or {}
+        cost = totals.get("final_cost_usd", totals.get("batch_cost_usd"))  # what will actually be sent
         if cap is not None and cost is None:
             raise BudgetExceeded(f"--max-cost ${cap:,.4f} was given but the price of {self.opts.spec['model']!r} "
                                  "is unknown, so the cost cannot be checked; nothing was sent. Add the model to the "
@@ -381,8 +413,26 @@ class Runner:
         counts = self.ledger.collect(u, (o for cid, o in outcomes.items() if cid in wanted),
                                      batch_status=b["status"], output_file_id=b.get("output_file_id"),
                                      error_file_id=b.get("error_file_id"))
+        self._remember(o for cid, o in outcomes.items() if cid in wanted)
         self.emit("collected", {"unit": u["id"], "batch_id": u["batch_id"], "status": b["status"], **counts})
         await self._clean_remote(u, b)
+
+    def _remember(self, outcomes: Iterable[LG.Outcome]) -> None:
+        """Cache answers that were collected and are valid (a label when --labels was used), by question key."""
+        dedup, use_cache = self._dedup_and_cache()
+        if not (dedup and use_cache) or self.opts.cache_only:
+            return
+        labels = tuple(self.opts.spec.get("labels") or ())
+        entries = [Entry(o.custom_id, o.content, o.prompt_tokens, o.completion_tokens) for o in outcomes
+                   if o.state == "ok" and o.content is not None and o.custom_id.startswith(KEY_PREFIX)
+                   and (not labels or parse_label(o.content, labels) is not None)]
+        if entries:
+            cache = self._cache()
+            try:
+                cache.put_many(entries)
+                cache.prune()
+            finally:
+                cache.close()
 
     async def _clean_remote(self, u: dict[str, Any], b: dict[str, Any]) -> None:
         if self.opts.keep_remote_files:
@@ -499,11 +549,21 @@ class Runner:
                                       cached_tokens=summary["cached_tokens"]))
             sync = float(price.cost(summary["prompt_tokens"], summary["completion_tokens"], batch=False,
                                     cached_tokens=summary["cached_tokens"]))
-        est = (job["estimate"] or {}).get("totals") or {}
+        full = job["estimate"] or {}
+        est = full.get("totals") or {}
+        sync_all = est.get("sync_cost_usd")  # every row sent one by one at sync prices: the baseline
+        plan = full.get("plan") or {}
         report = {"job": self.job_id, "output": str(job["output_path"]), "rows": written["rows"],
                   "rejected_rows": written["rejected"], **summary,
+                  "succeeded": written["succeeded"], "failed": written["failed"],
+                  "answered_from_cache": written["from_cache"], "distinct_requests": plan.get("distinct_requests"),
+                  "cache_hits": plan.get("cache_hits"), "requests_sent": plan.get("requests_to_send"),
                   "rounds": self.ledger.max_round(self.job_id), "cost_batch_usd": actual, "cost_sync_usd": sync,
-                  "estimated_batch_usd": est.get("batch_cost_usd"), "seconds": round(time.time() - started, 2)}
+                  "cost_sync_all_rows_usd": sync_all,
+                  "saving_pct": round((1 - actual / sync_all) * 100, 2) if actual is not None and sync_all else None,
+                  "estimated_batch_usd": est.get("final_cost_usd", est.get("batch_cost_usd")),
+                  "estimated_input_tokens": est.get("input_tokens_to_send", est.get("input_tokens")),
+                  "seconds": round(time.time() - started, 2)}
         final = "cancelled" if job["status"] in CANCELLED else "done"
         self.ledger.set_job(self.job_id, status=final, report=report)
         self.emit("done", report)

@@ -30,7 +30,7 @@ from coldbatch.runner.ledger import Ledger
 ADDED = ("custom_id", "response", "label", "error", "attempts", "prompt_tokens", "completion_tokens")
 
 
-def _label(content: str | None, labels: tuple[str, ...]) -> str | None:
+def parse_label(content: str | None, labels: tuple[str, ...]) -> str | None:
     if not content or not labels:
         return None
     try:
@@ -171,6 +171,8 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
     check = _SameRequests(input_path, shards) if shards is not None else None
     writer = _Writer(out, kind)
     rows = rejected = 0
+    by_state = {"ok": 0, "failed": 0, "from_cache": 0}
+    keyed = ledger.keyed(job_id)
     done = False
     try:
         for start, batch in ds.batches():
@@ -181,7 +183,7 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
             rejects = {r.line: r for r in builder.rejects[n_before:]}
             rejected += len(rejects)
             ids = built.ids or []
-            results = ledger.results_for(job_id, ids)
+            results = ledger.results_for(job_id, ids, keyed=keyed)
             by_row = dict(zip(built.rows.tolist(), ids, strict=True))
             cols: dict[str, list[Any]] = {c: [] for c in ADDED}
             for i in range(batch.num_rows):
@@ -189,6 +191,9 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
                 cid = by_row.get(row)
                 res = results.get(cid) if cid else None
                 _fill(cols, cid, res, rejects.get(row), spec.labels)
+                if res is not None:
+                    by_state["ok" if res["state"] == "ok" else "failed"] += 1
+                    by_state["from_cache"] += res["attempts"] == 0 and res["state"] == "ok"
             table = pa.Table.from_batches([batch])
             for c in ADDED:
                 if c == "label" and not spec.labels:
@@ -201,7 +206,8 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
         done = True
     finally:
         writer.close(publish=done)
-    return {"rows": rows, "rejected": rejected}
+    return {"rows": rows, "rejected": rejected, "succeeded": by_state["ok"], "failed": by_state["failed"],
+            "from_cache": by_state["from_cache"]}
 
 
 _TYPES = {"custom_id": pa.string(), "response": pa.string(), "label": pa.string(), "error": pa.string(),
@@ -222,7 +228,7 @@ def _fill(cols: dict[str, list[Any]], cid: str | None, res: dict[str, Any] | Non
         return
     ok = res["state"] == "ok"
     cols["response"].append(res["content"] if ok else None)
-    cols["label"].append(_label(res["content"], labels) if ok else None)
+    cols["label"].append(parse_label(res["content"], labels) if ok else None)
     cols["error"].append(None if ok else f"{res['error_code']}: {res['error_message']}")
     cols["attempts"].append(res["attempts"])
     cols["prompt_tokens"].append(res["prompt_tokens"])
