@@ -45,9 +45,26 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     naive_dir, cb_dir = out / "naive", out / "coldbatch"
     naive_t, naive_rss, _ = run([sys.executable, str(SHARED / "bench" / "naive_prepare.py"), str(data), str(naive_dir)])
-    cb_cmd = [sys.executable, "-m", "coldbatch", "prepare", str(data), "--out", str(cb_dir), "--model", "gpt-4o-mini",
-              "--system", "Categorize sentiment as positive, negative or neutral.", "--prompt", "{text}",
-              "--id-column", "id", "--max-tokens", "5", "--json"]
+    cb_cmd = [
+        sys.executable,
+        "-m",
+        "coldbatch",
+        "prepare",
+        str(data),
+        "--out",
+        str(cb_dir),
+        "--model",
+        "gpt-4o-mini",
+        "--system",
+        "Categorize sentiment as positive, negative or neutral.",
+        "--prompt",
+        "{text}",
+        "--id-column",
+        "id",
+        "--max-tokens",
+        "5",
+        "--json",
+    ]
     cb_t, cb_rss, cb_out = run(cb_cmd)
     manifest = json.loads(cb_out)
     val_t, val_rss, _ = run([sys.executable, "-m", "coldbatch", "validate", str(cb_dir)])
@@ -60,9 +77,10 @@ def main() -> None:
                 if k % 997 == 0:
                     same &= json.loads(la) == json.loads(lb)
     biggest = max(s["requests"] for s in shards)
+    machine = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
     print(f"""### prepare: {rows:,} rows (`python bench/prepare_2m4.py {rows}`)
 
-- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}
+- machine: {machine}; date {time.strftime("%Y-%m-%d")}
 - input: `gen_feedback.py {rows}` ({data.stat().st_size / 1e6:,.0f} MB)
 
 | | wall time | peak RSS |

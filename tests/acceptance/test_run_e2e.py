@@ -35,7 +35,7 @@ def _small_csv(path: Path, rows: int) -> Path:
         w = csv.writer(fh)
         w.writerow(["id", "text"])
         for i in range(1, rows + 1):
-            w.writerow([f"k{i}", f"row {i}: the flight was {['late', 'fine', 'great'][i % 3]}, \"ok\""])
+            w.writerow([f"k{i}", f'row {i}: the flight was {["late", "fine", "great"][i % 3]}, "ok"'])
     return path
 
 
@@ -69,10 +69,33 @@ def _one_batch_per_unit(batches: list[dict[str, Any]], units: list[dict[str, Any
 def test_tweets_end_to_end_every_row_in_order_joined_to_its_answer_with_failures_retried(tmp_path: Path) -> None:
     home, out = tmp_path / "home", tmp_path / "tweets-out.csv"
     with echo_server(tmp_path / "srv", failure_rate=0.1) as srv:
-        res = coldbatch(home, "run", TWEETS, "--out", out, "-m", "gpt-4o-mini", "-p", "Sentiment of this tweet: {text}",
-                        "--id-column", "tweet_id", "--on-duplicate-id", "suffix", "--labels", LABELS,
-                        "--max-requests", "5000", "--base-url", srv.base_url, "--yes", "--poll-interval", "0.2",
-                        "--max-attempts", "3", timeout=240)
+        res = coldbatch(
+            home,
+            "run",
+            TWEETS,
+            "--out",
+            out,
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Sentiment of this tweet: {text}",
+            "--id-column",
+            "tweet_id",
+            "--on-duplicate-id",
+            "suffix",
+            "--labels",
+            LABELS,
+            "--max-requests",
+            "5000",
+            "--base-url",
+            srv.base_url,
+            "--yes",
+            "--poll-interval",
+            "0.2",
+            "--max-attempts",
+            "3",
+            timeout=240,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         job = job_id_from(res.stderr)
         batches = srv.batches(job)
@@ -86,7 +109,7 @@ def test_tweets_end_to_end_every_row_in_order_joined_to_its_answer_with_failures
     # every row, in input order, with its input columns untouched
     assert [r["tweet_id"] for r in rows] == [r["tweet_id"] for r in inp]
     assert [r["text"] for r in rows] == [r["text"] for r in inp]
-    assert list(rows[0])[:len(inp[0])] == list(inp[0])
+    assert list(rows[0])[: len(inp[0])] == list(inp[0])
 
     reqs = _requests(home, job)
     by_code: collections.Counter[str] = collections.Counter()
@@ -126,8 +149,22 @@ def test_tweets_end_to_end_every_row_in_order_joined_to_its_answer_with_failures
 def test_max_cost_refuses_before_anything_is_sent(tmp_path: Path) -> None:
     data = _small_csv(tmp_path / "rows.csv", 50)
     with echo_server(tmp_path / "srv") as srv:
-        res = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "out.csv", "-m", "gpt-4o-mini", "-p",
-                        "Say {text}", "--max-cost", "0.0000001", "--base-url", srv.base_url, "--yes")
+        res = coldbatch(
+            tmp_path / "home",
+            "run",
+            data,
+            "--out",
+            tmp_path / "out.csv",
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Say {text}",
+            "--max-cost",
+            "0.0000001",
+            "--base-url",
+            srv.base_url,
+            "--yes",
+        )
         assert res.returncode != 0
         assert "exceeds --max-cost" in res.stderr and "nothing was sent" in res.stderr
         assert srv.batches() == [] and srv.files() == []
@@ -141,8 +178,22 @@ def test_max_cost_refuses_before_anything_is_sent(tmp_path: Path) -> None:
 def test_max_cost_with_an_unpriced_model_refuses_rather_than_guessing(tmp_path: Path) -> None:
     data = _small_csv(tmp_path / "rows.csv", 5)
     with echo_server(tmp_path / "srv") as srv:
-        res = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "out.csv", "-m", "no-such-model-xyz",
-                        "-p", "Say {text}", "--max-cost", "100", "--base-url", srv.base_url, "--yes")
+        res = coldbatch(
+            tmp_path / "home",
+            "run",
+            data,
+            "--out",
+            tmp_path / "out.csv",
+            "-m",
+            "no-such-model-xyz",
+            "-p",
+            "Say {text}",
+            "--max-cost",
+            "100",
+            "--base-url",
+            srv.base_url,
+            "--yes",
+        )
         assert res.returncode != 0 and "price" in res.stderr, res.stderr
         assert srv.batches() == [] and srv.files() == []
 
@@ -152,14 +203,24 @@ def test_housekeeping_deletes_remote_files_unless_keep_remote_files(tmp_path: Pa
     data = _small_csv(tmp_path / "rows.csv", 120)
     common = ["-m", "gpt-4o-mini", "-p", "Say {text}", "--max-requests", "50", "--yes", "--poll-interval", "0.2"]
     with echo_server(tmp_path / "srv", failure_rate=0.2) as srv:
-        res = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "a.csv", "--base-url", srv.base_url,
-                        *common)
+        res = coldbatch(
+            tmp_path / "home", "run", data, "--out", tmp_path / "a.csv", "--base-url", srv.base_url, *common
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         assert srv.files() == []
         assert len(srv.batches(job_id_from(res.stderr))) >= 3
 
-        res = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "b.csv", "--base-url", srv.base_url,
-                        "--keep-remote-files", *common)
+        res = coldbatch(
+            tmp_path / "home",
+            "run",
+            data,
+            "--out",
+            tmp_path / "b.csv",
+            "--base-url",
+            srv.base_url,
+            "--keep-remote-files",
+            *common,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         job = job_id_from(res.stderr)
         files = {f["id"]: f for f in srv.files()}
@@ -169,7 +230,8 @@ def test_housekeeping_deletes_remote_files_unless_keep_remote_files(tmp_path: Pa
     kept = {fid for b in batches for fid in (b["input_file_id"], b["output_file_id"], b["error_file_id"]) if fid}
     assert kept == set(files), "every input and result file stays, and nothing else is there"
     assert sorted(f["filename"] for f in files.values() if f["purpose"] == "batch") == sorted(
-        f"{job}.u{u['id']}.jsonl" for u in units)
+        f"{job}.u{u['id']}.jsonl" for u in units
+    )
     assert read_csv(tmp_path / "a.csv")[0].keys() == read_csv(tmp_path / "b.csv")[0].keys()
 
 
@@ -183,9 +245,28 @@ def test_permanent_4xx_errors_are_reported_with_their_message_and_not_retried(tm
     data = _small_csv(tmp_path / "rows.csv", 60)
     home = tmp_path / "home"
     with echo_server(tmp_path / "srv") as srv:
-        res = coldbatch(home, "run", data, "--out", tmp_path / "out.csv", "-m", "gpt-4o-mini", "-p", "Say {text}",
-                        "--body-json", '{"echo_fail": 400}', "--max-requests", "25", "--max-attempts", "3", "--yes",
-                        "--poll-interval", "0.2", "--base-url", srv.base_url)
+        res = coldbatch(
+            home,
+            "run",
+            data,
+            "--out",
+            tmp_path / "out.csv",
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Say {text}",
+            "--body-json",
+            '{"echo_fail": 400}',
+            "--max-requests",
+            "25",
+            "--max-attempts",
+            "3",
+            "--yes",
+            "--poll-interval",
+            "0.2",
+            "--base-url",
+            srv.base_url,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         job = job_id_from(res.stderr)
         batches = srv.batches(job)
@@ -206,9 +287,26 @@ def test_requests_that_always_fail_transiently_end_at_max_attempts_with_their_er
     data = _small_csv(tmp_path / "rows.csv", 40)
     home = tmp_path / "home"
     with echo_server(tmp_path / "srv") as srv:
-        res = coldbatch(home, "run", data, "--out", tmp_path / "out.jsonl", "-m", "gpt-4o-mini", "-p", "Say {text}",
-                        "--body-json", '{"echo_fail": 503}', "--max-attempts", "3", "--yes", "--poll-interval", "0.2",
-                        "--base-url", srv.base_url)
+        res = coldbatch(
+            home,
+            "run",
+            data,
+            "--out",
+            tmp_path / "out.jsonl",
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Say {text}",
+            "--body-json",
+            '{"echo_fail": 503}',
+            "--max-attempts",
+            "3",
+            "--yes",
+            "--poll-interval",
+            "0.2",
+            "--base-url",
+            srv.base_url,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         job = job_id_from(res.stderr)
         batches = srv.batches(job)
@@ -230,9 +328,28 @@ def test_an_expired_batch_keeps_its_finished_results_and_only_the_rest_is_sent_a
     data = _small_csv(tmp_path / "rows.csv", 1600)
     home = tmp_path / "home"
     with echo_server(tmp_path / "srv", latency=0.5, extra=["--allow-short-windows"]) as srv:
-        res = coldbatch(home, "run", data, "--out", tmp_path / "out.csv", "-m", "gpt-4o-mini", "-p", "Say {text}",
-                        "--completion-window", "1s", "--max-attempts", "8", "--keep-remote-files", "--yes", "--no-dedup",
-                        "--poll-interval", "0.2", "--base-url", srv.base_url)
+        res = coldbatch(
+            home,
+            "run",
+            data,
+            "--out",
+            tmp_path / "out.csv",
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Say {text}",
+            "--completion-window",
+            "1s",
+            "--max-attempts",
+            "8",
+            "--keep-remote-files",
+            "--yes",
+            "--no-dedup",
+            "--poll-interval",
+            "0.2",
+            "--base-url",
+            srv.base_url,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         job = job_id_from(res.stderr)
         batches = {b["id"]: b for b in srv.batches(job)}

@@ -50,16 +50,19 @@ def test_an_error_without_code_or_message_is_named_by_its_status() -> None:
     assert (o.state, o.error_code) == ("retry", "http_500")
 
 
-@pytest.mark.parametrize(("code", "by_user", "state"), [
-    ("batch_expired", False, "retry"),
-    ("batch_expired", True, "retry"),
-    ("batch_cancelled", False, "retry"),  # the provider cancelled it: send again
-    ("batch_cancelled", True, "failed"),  # the user did: report it
-    ("engine_error", False, "retry"),
-    ("server_error", False, "retry"),
-    ("invalid_request", False, "failed"),
-    (None, False, "failed"),
-])
+@pytest.mark.parametrize(
+    ("code", "by_user", "state"),
+    [
+        ("batch_expired", False, "retry"),
+        ("batch_expired", True, "retry"),
+        ("batch_cancelled", False, "retry"),  # the provider cancelled it: send again
+        ("batch_cancelled", True, "failed"),  # the user did: report it
+        ("engine_error", False, "retry"),
+        ("server_error", False, "retry"),
+        ("invalid_request", False, "failed"),
+        (None, False, "failed"),
+    ],
+)
 def test_batch_level_errors(code: str | None, by_user: bool, state: str) -> None:
     rec = {"custom_id": "a", "response": None, "error": {"code": code, "message": "m"} if code else None}
     o = classify(rec, cancelled_by_user=by_user)
@@ -71,28 +74,47 @@ def test_an_engine_error_code_is_transient_whatever_the_status() -> None:
 
 
 def test_read_errors_reads_every_line(tmp_path: Path) -> None:
-    path = _jsonl(tmp_path / "e.jsonl", [_err_line("a", 500, "engine_error", "boom"),
-                                         _err_line("b", 400, "echo_fail", "no"),
-                                         {"custom_id": "c", "response": None,
-                                          "error": {"code": "batch_expired", "message": "late"}}])
+    path = _jsonl(
+        tmp_path / "e.jsonl",
+        [
+            _err_line("a", 500, "engine_error", "boom"),
+            _err_line("b", 400, "echo_fail", "no"),
+            {"custom_id": "c", "response": None, "error": {"code": "batch_expired", "message": "late"}},
+        ],
+    )
     got = [(o.custom_id, o.state, o.error_code) for o in read_errors(path, cancelled_by_user=False)]
     assert got == [("a", "retry", "engine_error"), ("b", "failed", "echo_fail"), ("c", "retry", "batch_expired")]
 
 
 def test_read_output_takes_only_2xx_lines_for_successes(tmp_path: Path) -> None:
     """Some providers put failed requests in the output file too: those must not count as answers."""
-    ok = {"custom_id": "a", "response": {"status_code": 200, "body": {
-        "choices": [{"message": {"content": "positive"}}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 8}}}},
-        "error": None}
-    path = _jsonl(tmp_path / "o.jsonl", [ok, _err_line("b", 500, "server_error", "later"),
-                                         _err_line("c", 400, "content_filter", "blocked"),
-                                         {"custom_id": "d", "response": None,
-                                          "error": {"code": "batch_expired", "message": "late"}}])
+    ok = {
+        "custom_id": "a",
+        "response": {
+            "status_code": 200,
+            "body": {
+                "choices": [{"message": {"content": "positive"}}],
+                "usage": {"prompt_tokens": 12, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 8}},
+            },
+        },
+        "error": None,
+    }
+    path = _jsonl(
+        tmp_path / "o.jsonl",
+        [
+            ok,
+            _err_line("b", 500, "server_error", "later"),
+            _err_line("c", 400, "content_filter", "blocked"),
+            {"custom_id": "d", "response": None, "error": {"code": "batch_expired", "message": "late"}},
+        ],
+    )
     got = list(read_output(path, L.CHAT))
     assert got[0] == Outcome("a", "ok", "positive", prompt_tokens=12, completion_tokens=3, cached_tokens=8)
     assert [(o.custom_id, o.state, o.error_code) for o in got[1:]] == [
-        ("b", "retry", "server_error"), ("c", "failed", "content_filter"), ("d", "retry", "batch_expired")]
+        ("b", "retry", "server_error"),
+        ("c", "failed", "content_filter"),
+        ("d", "retry", "batch_expired"),
+    ]
 
 
 def test_content_of_each_endpoint() -> None:
@@ -106,9 +128,16 @@ def test_content_of_each_endpoint() -> None:
 
 
 def test_responses_api_usage_is_read(tmp_path: Path) -> None:
-    line = {"custom_id": "a", "response": {"status_code": 200, "body": {
-        "output": [{"content": [{"text": "x"}]}],
-        "usage": {"input_tokens": 7, "output_tokens": 2, "input_tokens_details": {"cached_tokens": 5}}}}}
+    line = {
+        "custom_id": "a",
+        "response": {
+            "status_code": 200,
+            "body": {
+                "output": [{"content": [{"text": "x"}]}],
+                "usage": {"input_tokens": 7, "output_tokens": 2, "input_tokens_details": {"cached_tokens": 5}},
+            },
+        },
+    }
     (o,) = read_output(_jsonl(tmp_path / "o.jsonl", [line]), L.RESPONSES)
     assert (o.content, o.prompt_tokens, o.completion_tokens, o.cached_tokens) == ("x", 7, 2, 5)
 
@@ -124,31 +153,57 @@ def joined(tmp_path: Path) -> tuple[Ledger, Path, RequestSpec]:
             w.writerow([f"k{i}", t, f"orig{i}"])
     lg = Ledger(tmp_path / "ledger.sqlite3")
     lg.create_job("j", str(inp), str(tmp_path / "out.csv"), {})
-    lg.add_units("j", [{"round": 1, "shard": 1, "path": "/x", "requests": 4, "bytes": 1, "sha256": "0" * 64,
-                        "model": "m"}])
-    lg.collect(lg.units("j")[0], [
-        Outcome("k1", "ok", '{"label": "positive"}', prompt_tokens=9, completion_tokens=4),
-        Outcome("k3", "failed", None, "invalid_request", "no"),
-        Outcome("k4", "retry", None, "engine_error", "boom"),
-        Outcome("k5", "ok", "not json: neutral"),
-    ])
+    lg.add_units(
+        "j", [{"round": 1, "shard": 1, "path": "/x", "requests": 4, "bytes": 1, "sha256": "0" * 64, "model": "m"}]
+    )
+    lg.collect(
+        lg.units("j")[0],
+        [
+            Outcome("k1", "ok", '{"label": "positive"}', prompt_tokens=9, completion_tokens=4),
+            Outcome("k3", "failed", None, "invalid_request", "no"),
+            Outcome("k4", "retry", None, "engine_error", "boom"),
+            Outcome("k5", "ok", "not json: neutral"),
+        ],
+    )
     spec = RequestSpec(model="m", prompt="Say {text}", id_column="id", labels=("positive", "neutral", "negative"))
     return lg, inp, spec
 
 
-def test_output_keeps_input_order_and_columns_and_joins_each_result(tmp_path: Path,
-                                                                    joined: tuple[Ledger, Path, RequestSpec]) -> None:
+def test_output_keeps_input_order_and_columns_and_joins_each_result(
+    tmp_path: Path, joined: tuple[Ledger, Path, RequestSpec]
+) -> None:
     lg, inp, spec = joined
     out = tmp_path / "out.csv"
-    assert write_output(lg, "j", inp, out, spec) == {"rows": 6, "rejected": 1, "succeeded": 2, "failed": 2, "from_cache": 0}
+    assert write_output(lg, "j", inp, out, spec) == {
+        "rows": 6,
+        "rejected": 1,
+        "succeeded": 2,
+        "failed": 2,
+        "from_cache": 0,
+    }
     with out.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["id", "text", "error", "cb_custom_id", "cb_response", "cb_label", "cb_error",
-                             "cb_attempts", "cb_prompt_tokens", "cb_completion_tokens"]
+    assert list(rows[0]) == [
+        "id",
+        "text",
+        "error",
+        "cb_custom_id",
+        "cb_response",
+        "cb_label",
+        "cb_error",
+        "cb_attempts",
+        "cb_prompt_tokens",
+        "cb_completion_tokens",
+    ]
     assert [r["id"] for r in rows] == [f"k{i}" for i in range(1, 7)] and rows[0]["error"] == "orig1"
     r1, r2, r3, r4, r5, r6 = rows
     assert (r1["cb_response"], r1["cb_label"], r1["cb_error"], r1["cb_attempts"], r1["cb_prompt_tokens"]) == (
-        '{"label": "positive"}', "positive", "", "1", "9")
+        '{"label": "positive"}',
+        "positive",
+        "",
+        "1",
+        "9",
+    )
     assert r2["cb_custom_id"] == "" and r2["cb_error"].startswith("empty_input: nothing to send")  # rejected + why
     assert (r3["cb_response"], r3["cb_error"]) == ("", "invalid_request: no")
     assert r4["cb_error"] == "engine_error: boom"
@@ -166,9 +221,9 @@ def test_output_in_jsonl_and_parquet(tmp_path: Path, joined: tuple[Ledger, Path,
     assert table.num_rows == 6 and table.column("cb_label").to_pylist()[0] == "positive"
 
 
-def test_output_writing_is_atomic_and_sweeps_dead_writers_leftovers(tmp_path: Path,
-                                                                    joined: tuple[Ledger, Path, RequestSpec],
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_output_writing_is_atomic_and_sweeps_dead_writers_leftovers(
+    tmp_path: Path, joined: tuple[Ledger, Path, RequestSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
     lg, inp, spec = joined
     out = tmp_path / "out.csv"
     write_output(lg, "j", inp, out, spec)

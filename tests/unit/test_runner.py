@@ -38,8 +38,16 @@ def _sleep_limit(n: int) -> Any:
 
 
 class Job:
-    def __init__(self, tmp: Path, rows: int = 25, *, max_requests: int = 10, texts: list[str] | None = None,
-                 max_line_bytes: int = Limits().max_line_bytes, **opts: Any) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        rows: int = 25,
+        *,
+        max_requests: int = 10,
+        texts: list[str] | None = None,
+        max_line_bytes: int = Limits().max_line_bytes,
+        **opts: Any,
+    ) -> None:
         self.root = tmp / "home"
         self.input = tmp / "in.csv"
         self.out = tmp / "out.csv"
@@ -51,9 +59,12 @@ class Job:
         self.ledger = LG.Ledger(self.root / "ledger.sqlite3")
         spec = RequestSpec(model="gpt-4o-mini", prompt="Say {text}", id_column="id")
         opts.setdefault("dedup", False)  # these tests exercise the unit mechanics with row-level custom_ids
-        ro = RunOptions(spec=spec.describe(), limits=asdict(Limits(max_requests=max_requests,
-                                                                   max_line_bytes=max_line_bytes)),
-                        poll_interval=0.0, **opts)
+        ro = RunOptions(
+            spec=spec.describe(),
+            limits=asdict(Limits(max_requests=max_requests, max_line_bytes=max_line_bytes)),
+            poll_interval=0.0,
+            **opts,
+        )
         self.id = "job-test"
         self.ledger.create_job(self.id, str(self.input), str(self.out), asdict(ro))
 
@@ -206,8 +217,13 @@ def test_max_enqueued_tokens_holds_back_units_over_the_quota(tmp_path: Path) -> 
     assert all(u["tokens"] > 0 for u in units), "each unit knows its prompt tokens"
     asyncio.run(runner._step(units))
     assert [u["state"] for u in job.units()] == ["uploaded", "planned", "planned"]  # one at a time
-    job.ledger.set_job(job.id, options={**job.ledger.job(job.id)["options"],  # type: ignore[index]
-                                        "max_enqueued_tokens": units[0]["tokens"] + units[1]["tokens"]})
+    job.ledger.set_job(
+        job.id,
+        options={
+            **job.ledger.job(job.id)["options"],  # type: ignore[index]
+            "max_enqueued_tokens": units[0]["tokens"] + units[1]["tokens"],
+        },
+    )
     runner = job.runner(p)
     asyncio.run(runner._step(job.ledger.units(job.id, LG.OPEN_STATES)))
     assert [u["state"] for u in job.units()] == ["created", "uploaded", "planned"]
@@ -233,8 +249,7 @@ def test_a_crash_around_a_paid_call_never_sends_it_twice(tmp_path: Path, method:
 
 @pytest.mark.parametrize("method", ["upload", "create_batch"])
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_a_timed_out_paid_call_is_reconciled_before_it_is_sent_again(tmp_path: Path, method: str,
-                                                                      when: str) -> None:
+def test_a_timed_out_paid_call_is_reconciled_before_it_is_sent_again(tmp_path: Path, method: str, when: str) -> None:
     """What the SDK's own retry would get wrong: a POST that timed out may have taken effect."""
     job, p = Job(tmp_path), FakeProvider()
     p.hooks[method] = [f"retry-{when}"]
@@ -244,8 +259,9 @@ def test_a_timed_out_paid_call_is_reconciled_before_it_is_sent_again(tmp_path: P
     assert len(job.results()) == 25
 
 
-def test_a_crash_between_collection_and_cleanup_leaves_nothing_behind(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_between_collection_and_cleanup_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job, p = Job(tmp_path), FakeProvider()
     real = Runner._clean_remote
     calls = [0]
@@ -267,8 +283,9 @@ def test_a_crash_between_collection_and_cleanup_leaves_nothing_behind(tmp_path: 
     assert summary_before["succeeded"] == 20
 
 
-def test_a_crash_after_writing_the_retry_files_plans_the_round_once(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_after_writing_the_retry_files_plans_the_round_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job = Job(tmp_path)
     p = FakeProvider(lambda cid, body, n: (500, "engine_error", "x") if n == 1 else ("ok", "fine"))
     real = LG.Ledger.add_units
@@ -291,8 +308,9 @@ def test_a_crash_after_writing_the_retry_files_plans_the_round_once(tmp_path: Pa
     assert all(p.executed[c] == 2 for c in job.results())
 
 
-def test_a_crash_while_writing_output_keeps_the_previous_output(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_while_writing_output_keeps_the_previous_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     job, p = Job(tmp_path), FakeProvider()
     job.run(p)
     before = job.out.read_bytes()
@@ -370,8 +388,22 @@ def test_run_refuses_an_output_format_it_could_not_write_before_anything_starts(
     from coldbatch.cli import main
 
     job = Job(tmp_path)  # just for its input file
-    res = CliRunner().invoke(main, ["run", str(job.input), "--out", str(tmp_path / "o.xlsx"), "-m", "gpt-4o-mini",
-                                    "-p", "Say {text}", "--base-url", "http://127.0.0.1:9/v1", "--yes"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            str(job.input),
+            "--out",
+            str(tmp_path / "o.xlsx"),
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Say {text}",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--yes",
+        ],
+    )
     assert res.exit_code == 2 and "--out" in res.stderr and ".csv" in res.stderr
     assert not (tmp_path / "coldbatch-home" / "ledger.sqlite3").exists(), "no job was created"
 
@@ -383,8 +415,12 @@ def test_resume_refuses_a_job_another_process_drives_and_cancel_asks_it_to_stop(
 
     home = tmp_path / "coldbatch-home"  # COLDBATCH_HOME (tests/conftest.py)
     lg = LG.Ledger(home / "ledger.sqlite3")
-    lg.create_job("busy", str(tmp_path / "in.csv"), str(tmp_path / "out.csv"),
-                  asdict(RunOptions(spec=RequestSpec(model="m", prompt="{x}").describe(), provider="http://x/v1")))
+    lg.create_job(
+        "busy",
+        str(tmp_path / "in.csv"),
+        str(tmp_path / "out.csv"),
+        asdict(RunOptions(spec=RequestSpec(model="m", prompt="{x}").describe(), provider="http://x/v1")),
+    )
     lg.set_job("busy", status="running")
     held = _JobLock(home / "jobs" / "busy")
     assert held.acquire()
@@ -463,7 +499,9 @@ def test_cache_answers_a_rerun_without_sending(tmp_path: Path) -> None:
     first = Job(tmp_path, rows=5, dedup=True)
     r1 = first.run(FakeProvider())
     assert r1["requests_sent"] == 5
-    first.ledger.create_job("job-2", str(first.input), str(tmp_path / "out2.csv"), first.ledger.job(first.id)["options"])
+    first.ledger.create_job(
+        "job-2", str(first.input), str(tmp_path / "out2.csv"), first.ledger.job(first.id)["options"]
+    )
     p2 = FakeProvider()
     r2 = asyncio.run(_run(Runner(first.ledger, p2, "job-2", first.root, sleep=_no_sleep)))
     assert r2["requests_sent"] == 0 and r2["answered_from_cache"] == 5

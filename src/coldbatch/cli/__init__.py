@@ -16,7 +16,6 @@ import click
 from coldbatch import __version__
 from coldbatch.errors import ColdbatchError
 
-
 #: command name -> "module:attribute"; modules are imported only when their command runs (a `prepare`
 #: does not pay for importing the server, the runner or the openai SDK).
 COMMANDS: dict[str, str] = {
