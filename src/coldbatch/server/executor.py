@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from coldbatch import hotpath
 from coldbatch.core.status import BatchStatus as S
 from coldbatch.core.validate import FileValidator
 from coldbatch.engines.base import Engine, Result
@@ -254,6 +255,7 @@ class Executor:
         # else: this pass stopped early; drive() starts another one for the requests not yet logged
 
     async def _lane(self, run: _Run, queue: asyncio.Queue[list[_Item] | None]) -> None:
+        hotpath.PRIORITY.set(hotpath.COLD)  # engines that pace upstream calls (relay) let hot requests go first
         endpoint = run.row["endpoint"]
         while (chunk := await queue.get()) is not None:
             if run.stop.is_set() or self.now() >= run.row["expires_at"]:
