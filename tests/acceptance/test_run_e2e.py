@@ -374,3 +374,26 @@ def test_an_expired_batch_keeps_its_finished_results_and_only_the_rest_is_sent_a
     assert all(r["error"] == "" and r["response"] == f"Say {r['text']}" for r in rows)
     finished = set(done_first)  # answered in round 1: kept, never sent again
     assert all((r["attempts"] == "1") == (r["custom_id"] in finished) for r in rows)
+
+
+# -- structured outputs (--schema) ----------------------------------------------------------------------------
+def test_schema_answers_become_columns_and_invalid_ones_are_reported_with_their_text(tmp_path: Path) -> None:
+    data = _small_csv(tmp_path / "rows.csv", 30)
+    good = tmp_path / "sentiment.json"
+    good.write_text('{"type": "object", "properties": {"sentiment": {"type": "string", "enum": '
+                    '["late", "fine", "great"]}}, "required": ["sentiment"], "additionalProperties": false}')
+    strict = tmp_path / "strict.json"  # the echo fixture answers only the enum field: "reason" is always missing
+    strict.write_text('{"type": "object", "properties": {"sentiment": {"type": "string", "enum": ["late", "fine"]},'
+                      ' "reason": {"type": "string"}}, "required": ["sentiment", "reason"]}')
+    with echo_server(tmp_path / "srv") as srv:
+        ok = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "ok.csv", "-m", "gpt-4o-mini", "-p",
+                       "Say {text}", "--schema", good, "--yes", "--poll-interval", "0.2", "--base-url", srv.base_url)
+        bad = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "bad.csv", "-m", "gpt-4o-mini", "-p",
+                        "Say {text}", "--schema", strict, "--yes", "--poll-interval", "0.2", "--base-url",
+                        srv.base_url)
+    assert ok.returncode == 0 and bad.returncode == 0, (ok.stderr[-2000:], bad.stderr[-2000:])
+    rows = read_csv(tmp_path / "ok.csv")
+    assert len(rows) == 30 and all(r["sentiment"] in ("late", "fine", "great") and r["error"] == "" for r in rows)
+    rows = read_csv(tmp_path / "bad.csv")
+    assert all(r["error"].startswith("invalid_output: ") and r["response"].startswith('{"sentiment"') for r in rows)
+    assert all(r["attempts"] == "2" and r["sentiment"] == "" for r in rows)  # asked again once, then reported

@@ -35,8 +35,16 @@ class RequestSpec:
     body: dict[str, Any] = field(default_factory=dict)
     id_column: str | None = None
     on_duplicate_id: str = "error"
+    schema: dict[str, Any] | None = None  #: a JSON schema the answer must match (structured outputs)
+    schema_name: str = "response"
 
     def __post_init__(self) -> None:
+        if self.schema is not None and not isinstance(self.schema, dict):  # a pydantic model class
+            object.__setattr__(self, "schema", _schema_of(self.schema))
+        if self.schema is not None and self.labels:
+            raise UsageError("--labels and --schema cannot be combined: labels are a one-field schema already")
+        if self.schema is not None and self.endpoint != L.CHAT:
+            raise UsageError("--schema only applies to /v1/chat/completions")
         if self.endpoint not in (L.CHAT, L.EMBEDDINGS):
             raise UsageError(f"--endpoint must be {L.CHAT} or {L.EMBEDDINGS}; got {self.endpoint!r}")
         if self.endpoint == L.EMBEDDINGS and not self.input_column:
@@ -67,7 +75,20 @@ class RequestSpec:
             return DEFAULT_LABEL_SYSTEM.format(labels=", ".join(self.labels))
         return None
 
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON schema an answer must match (labels are the one-field schema {"label": enum})."""
+        if self.schema is not None:
+            return self.schema
+        if self.labels:
+            return {"type": "object", "properties": {"label": {"type": "string", "enum": list(self.labels)}},
+                    "required": ["label"], "additionalProperties": False}
+        return None
+
     def response_format(self) -> dict[str, Any] | None:
+        if self.schema is not None:
+            return {"type": "json_schema", "json_schema": {"name": self.schema_name, "strict": True,
+                                                           "schema": self.schema}}
         if not self.labels:
             return None
         return {"type": "json_schema", "json_schema": {
@@ -108,7 +129,18 @@ class RequestSpec:
         return {"model": self.model, "endpoint": self.endpoint, "prompt": self.prompt, "system": self.system,
                 "input_column": self.input_column, "max_tokens": self.max_tokens,
                 "temperature": self.temperature, "labels": list(self.labels), "body": self.body,
-                "id_column": self.id_column, "on_duplicate_id": self.on_duplicate_id}
+                "id_column": self.id_column, "on_duplicate_id": self.on_duplicate_id,
+                **({"schema": self.schema, "schema_name": self.schema_name} if self.schema is not None else {})}
+
+
+def _schema_of(model: Any) -> dict[str, Any]:
+    """A pydantic model class → its JSON schema, closed (no extra keys), as strict structured outputs need."""
+    if not hasattr(model, "model_json_schema"):
+        raise UsageError("schema must be a JSON schema dict or a pydantic model class")
+    schema: dict[str, Any] = model.model_json_schema()
+    schema.setdefault("additionalProperties", False)
+    schema.setdefault("required", list(schema.get("properties", {})))
+    return schema
 
 
 def _j(value: Any) -> str:

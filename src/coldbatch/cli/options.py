@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,6 +25,9 @@ _REQUEST_OPTIONS: list[Callable[[F], F]] = [
     click.option("--temperature", type=click.FloatRange(0, 2), help="temperature for each request."),
     click.option("--labels", help="Comma-separated labels: adds a JSON-schema response_format whose answer "
                  "must be one of them."),
+    click.option("--schema", "schema_file", type=click.Path(exists=True, dir_okay=False),
+                 help="JSON schema file the answer must match (structured outputs); its properties become "
+                 "OUTPUT columns."),
     click.option("--body-json", help="Extra JSON object merged into every request body, e.g. '{\"seed\": 1}'."),
     click.option("--id-column", help="Column holding each row's custom_id (default: 'row-N', N = 1-based row)."),
     click.option("--on-duplicate-id", type=click.Choice(["error", "suffix"]), default="error",
@@ -52,10 +56,21 @@ def spec_from(opts: dict[str, Any]) -> RequestSpec:
         if not isinstance(body, dict):
             raise UsageError("--body-json must be a JSON object")
     labels = tuple(x.strip() for x in opts["labels"].split(",")) if opts.get("labels") else ()
+    schema, schema_name = None, "response"
+    if opts.get("schema_file"):
+        path = Path(opts["schema_file"])
+        try:
+            schema = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise UsageError(f"--schema {path}: not valid JSON: {exc}") from exc
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            raise UsageError(f"--schema {path}: must be a JSON schema of type 'object'")
+        schema_name = "".join(c if c.isalnum() or c in "_-" else "_" for c in path.stem)[:64] or "response"
     return RequestSpec(model=opts["model"], endpoint=opts["endpoint"], prompt=opts.get("prompt"),
                        system=opts.get("system"), input_column=opts.get("input_column"),
                        max_tokens=opts.get("max_tokens"), temperature=opts.get("temperature"), labels=labels,
-                       body=body, id_column=opts.get("id_column"), on_duplicate_id=opts["on_duplicate_id"])
+                       body=body, id_column=opts.get("id_column"), on_duplicate_id=opts["on_duplicate_id"],
+                       schema=schema, schema_name=schema_name)
 
 
 def limit_options(fn: F) -> F:

@@ -33,9 +33,10 @@ from coldbatch.estimate.api import estimate
 from coldbatch.protocol.limits import Limits
 from coldbatch.providers.base import BatchProvider, Retryable
 from coldbatch.runner import ledger as LG
+from coldbatch.runner import structured
 from coldbatch.runner.cache import Entry, ResultCache
 from coldbatch.runner.outcomes import read_errors, read_output
-from coldbatch.runner.output import parse_label, write_output
+from coldbatch.runner.output import write_output
 from coldbatch.runner.plan import plan_sends
 from coldbatch.validation import iter_lines
 
@@ -71,6 +72,14 @@ class RunOptions:
     cache_only: bool = False  #: answer only from the cache; never send (never spend)
     cache_max_entries: int | None = None
     cache_max_age_days: float | None = None
+    mode: str = "batch"  #: batch | sync | auto (auto is resolved to batch or sync after prepare; see router.py)
+    rpm: float | None = None  #: sync mode: requests per `rate_window` (None: learn from x-ratelimit-* headers)
+    tpm: float | None = None  #: sync mode: tokens per `rate_window`
+    rate_window: float = 60.0  #: sync mode: the budgets' window in seconds (a minute; tests scale it down)
+    request_timeout: float = 600.0  #: sync mode: seconds per attempt
+    concurrency: int = 64  #: sync mode: requests in flight at most
+    sync_threshold: int = 1000  #: auto mode: sync when at most this many requests are to be sent
+    invalid_output_retries: int = 1  #: an answer that misses the labels/schema is asked again this often
 
     def request_spec(self) -> RequestSpec:
         d = dict(self.spec)
@@ -177,6 +186,9 @@ class Runner:
         cap = self.opts.max_cost
         totals = est.get("totals") or {}
         cost = totals.get("final_cost_usd", totals.get("batch_cost_usd"))  # what will actually be sent
+        s, b = totals.get("sync_cost_usd"), totals.get("batch_cost_usd")
+        if self.opts.mode == "sync" and cost is not None and s and b:  # sync prices: scale by their ratio
+            cost = cost * s / b
         if cap is not None and cost is None:
             raise BudgetExceeded(f"--max-cost ${cap:,.4f} was given but the price of {self.opts.spec['model']!r} "
                                  "is unknown, so the cost cannot be checked; nothing was sent. Add the model to the "
@@ -402,8 +414,10 @@ class Runner:
             await self.provider.download(fid, dest)
             items = (read_output(dest, endpoint, cancelled_by_user=cancelled_by_user) if kind == "output"
                      else read_errors(dest, cancelled_by_user=cancelled_by_user))
+            schema = self.opts.request_spec().answer_schema
             for o in items:
-                outcomes[o.custom_id] = o
+                outcomes[o.custom_id] = structured.check(o, schema, attempt=u["round"],
+                                                         retries=self.opts.invalid_output_retries)
         for cid in expected:
             if cid not in outcomes:
                 outcomes[cid] = (LG.Outcome(cid, "failed", None, "batch_cancelled", "cancelled by the user")
@@ -422,10 +436,9 @@ class Runner:
         dedup, use_cache = self._dedup_and_cache()
         if not (dedup and use_cache) or self.opts.cache_only:
             return
-        labels = tuple(self.opts.spec.get("labels") or ())
         entries = [Entry(o.custom_id, o.content, o.prompt_tokens, o.completion_tokens) for o in outcomes
-                   if o.state == "ok" and o.content is not None and o.custom_id.startswith(KEY_PREFIX)
-                   and (not labels or parse_label(o.content, labels) is not None)]
+                   if o.state == "ok" and o.content is not None and o.custom_id.startswith(KEY_PREFIX)]
+        # (answers that miss the labels/schema were turned into invalid_output by structured.check already)
         if entries:
             cache = self._cache()
             try:
@@ -549,6 +562,7 @@ class Runner:
                                       cached_tokens=summary["cached_tokens"]))
             sync = float(price.cost(summary["prompt_tokens"], summary["completion_tokens"], batch=False,
                                     cached_tokens=summary["cached_tokens"]))
+        paid = sync if self.opts.mode == "sync" else actual  # sync mode pays sync prices
         full = job["estimate"] or {}
         est = full.get("totals") or {}
         sync_all = est.get("sync_cost_usd")  # every row sent one by one at sync prices: the baseline
@@ -560,7 +574,8 @@ class Runner:
                   "cache_hits": plan.get("cache_hits"), "requests_sent": plan.get("requests_to_send"),
                   "rounds": self.ledger.max_round(self.job_id), "cost_batch_usd": actual, "cost_sync_usd": sync,
                   "cost_sync_all_rows_usd": sync_all,
-                  "saving_pct": round((1 - actual / sync_all) * 100, 2) if actual is not None and sync_all else None,
+                  "cost_usd": paid, "mode": self.opts.mode, "route": full.get("route"),
+                  "saving_pct": round((1 - paid / sync_all) * 100, 2) if paid is not None and sync_all else None,
                   "estimated_batch_usd": est.get("final_cost_usd", est.get("batch_cost_usd")),
                   "estimated_input_tokens": est.get("input_tokens_to_send", est.get("input_tokens")),
                   "seconds": round(time.time() - started, 2)}

@@ -25,6 +25,7 @@ from coldbatch.builder.spec import RequestSpec
 from coldbatch.dataset.read import detect_format, open_dataset
 from coldbatch.errors import InputError, UsageError
 from coldbatch.protocol import limits as L
+from coldbatch.runner import structured
 from coldbatch.runner.ledger import Ledger
 
 ADDED = ("custom_id", "response", "label", "error", "attempts", "prompt_tokens", "completion_tokens")
@@ -199,6 +200,8 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
                 if c == "label" and not spec.labels:
                     continue
                 table = table.append_column(prefix + c, pa.array(cols[c], _TYPES[c]))
+            if spec.schema is not None:
+                table = _append_schema_columns(table, spec.schema, cols["response"], cols["error"])
             writer.write(table)
             rows += batch.num_rows
         if check is not None:
@@ -227,9 +230,20 @@ def _fill(cols: dict[str, list[Any]], cid: str | None, res: dict[str, Any] | Non
         cols["completion_tokens"].append(0)
         return
     ok = res["state"] == "ok"
-    cols["response"].append(res["content"] if ok else None)
+    cols["response"].append(res["content"])  # also the raw text of an invalid_output answer
     cols["label"].append(parse_label(res["content"], labels) if ok else None)
     cols["error"].append(None if ok else f"{res['error_code']}: {res['error_message']}")
     cols["attempts"].append(res["attempts"])
     cols["prompt_tokens"].append(res["prompt_tokens"])
     cols["completion_tokens"].append(res["completion_tokens"])
+
+
+def _append_schema_columns(table: pa.Table, schema: dict[str, Any], responses: list[Any],
+                           errors: list[Any]) -> pa.Table:
+    """One column per top-level schema property, filled from valid answers (a clash gets an `answer_` prefix)."""
+    parsed = [structured.columns(r, schema) if r is not None and e is None else {} for r, e in
+              zip(responses, errors, strict=True)]
+    for name in schema.get("properties", {}):
+        col = name if name not in table.column_names else f"answer_{name}"
+        table = table.append_column(col, pa.array([p.get(name) for p in parsed], pa.string()))
+    return table

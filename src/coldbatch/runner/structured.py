@@ -1,0 +1,61 @@
+"""Structured outputs: check each answer against the job's labels or JSON schema before it counts.
+
+An answer that does not parse or does not match is retried (`invalid_output_retries` times, default 1)
+and otherwise reported per row as `invalid_output`, with the raw text kept in `response`. Only answers
+that pass are cached. Schema checks use the `jsonschema` library (Draft 2020-12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+import orjson
+
+from coldbatch.runner.ledger import Outcome
+
+
+@lru_cache(maxsize=8)
+def _validator(schema_json: str) -> Any:
+    schema = orjson.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema)
+
+
+def problem(content: str | None, schema: dict[str, Any]) -> str | None:
+    """Why `content` is not a valid answer, or None when it is."""
+    if content is None:
+        return "no answer text"
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        return f"the answer is not JSON ({exc})"
+    error = jsonschema.exceptions.best_match(_validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode())
+                                             .iter_errors(value))
+    return None if error is None else f"the answer does not match the schema: {error.message}"
+
+
+def check(outcome: Outcome, schema: dict[str, Any] | None, *, attempt: int, retries: int) -> Outcome:
+    """The outcome itself, or an `invalid_output` retry/failure that keeps the raw text."""
+    if schema is None or outcome.state != "ok":
+        return outcome
+    why = problem(outcome.content, schema)
+    if why is None:
+        return outcome
+    return replace(outcome, state="retry" if attempt <= retries else "failed", error_code="invalid_output",
+                   error_message=why)
+
+
+def columns(content: str | None, schema: dict[str, Any]) -> dict[str, Any]:
+    """The answer's top-level properties as OUTPUT cells (non-scalars as JSON text)."""
+    try:
+        value = orjson.loads(content) if content else None
+    except orjson.JSONDecodeError:
+        value = None
+    out: dict[str, Any] = {}
+    for name in schema.get("properties", {}):
+        v = value.get(name) if isinstance(value, dict) else None
+        out[name] = v if v is None or isinstance(v, str) else orjson.dumps(v).decode()
+    return out
