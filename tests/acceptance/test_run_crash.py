@@ -65,7 +65,7 @@ def _dataset(path: Path) -> Path:
 def _job_args(data: Path, out: Path, base_url: str, *more: str) -> list[str]:
     return [str(data), "--out", str(out), "-m", "gpt-4o-mini", "-p", "Sentiment of: {text}", "--id-column", "id",
             "--labels", LABELS, "--max-requests", str(MAX_REQUESTS), "--base-url", base_url, "--yes",
-            "--poll-interval", "0.2", "--max-attempts", str(MAX_ATTEMPTS), *more]
+            "--poll-interval", "0.2", "--max-attempts", str(MAX_ATTEMPTS), "--mode", "batch", *more]
 
 
 # -- the ledger, read directly ------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ def test_tweets_end_to_end_every_row_in_order_joined_to_its_answer_with_failures
         res = coldbatch(
             home,
             "run",
+            "--mode",
+            "batch",
             TWEETS,
             "--out",
             out,
@@ -152,6 +154,8 @@ def test_max_cost_refuses_before_anything_is_sent(tmp_path: Path) -> None:
         res = coldbatch(
             tmp_path / "home",
             "run",
+            "--mode",
+            "batch",
             data,
             "--out",
             tmp_path / "out.csv",
@@ -181,6 +185,8 @@ def test_max_cost_with_an_unpriced_model_refuses_rather_than_guessing(tmp_path: 
         res = coldbatch(
             tmp_path / "home",
             "run",
+            "--mode",
+            "batch",
             data,
             "--out",
             tmp_path / "out.csv",
@@ -201,7 +207,8 @@ def test_max_cost_with_an_unpriced_model_refuses_rather_than_guessing(tmp_path: 
 # -- (c) housekeeping ---------------------------------------------------------------------------------------
 def test_housekeeping_deletes_remote_files_unless_keep_remote_files(tmp_path: Path) -> None:
     data = _small_csv(tmp_path / "rows.csv", 120)
-    common = ["-m", "gpt-4o-mini", "-p", "Say {text}", "--max-requests", "50", "--yes", "--poll-interval", "0.2"]
+    common = ["-m", "gpt-4o-mini", "-p", "Say {text}", "--max-requests", "50", "--yes", "--poll-interval", "0.2",
+              "--mode", "batch"]
     with echo_server(tmp_path / "srv", failure_rate=0.2) as srv:
         res = coldbatch(
             tmp_path / "home", "run", data, "--out", tmp_path / "a.csv", "--base-url", srv.base_url, *common
@@ -213,6 +220,8 @@ def test_housekeeping_deletes_remote_files_unless_keep_remote_files(tmp_path: Pa
         res = coldbatch(
             tmp_path / "home",
             "run",
+            "--mode",
+            "batch",
             data,
             "--out",
             tmp_path / "b.csv",
@@ -248,6 +257,8 @@ def test_permanent_4xx_errors_are_reported_with_their_message_and_not_retried(tm
         res = coldbatch(
             home,
             "run",
+            "--mode",
+            "batch",
             data,
             "--out",
             tmp_path / "out.csv",
@@ -290,6 +301,8 @@ def test_requests_that_always_fail_transiently_end_at_max_attempts_with_their_er
         res = coldbatch(
             home,
             "run",
+            "--mode",
+            "batch",
             data,
             "--out",
             tmp_path / "out.jsonl",
@@ -331,6 +344,8 @@ def test_an_expired_batch_keeps_its_finished_results_and_only_the_rest_is_sent_a
         res = coldbatch(
             home,
             "run",
+            "--mode",
+            "batch",
             data,
             "--out",
             tmp_path / "out.csv",
@@ -387,10 +402,11 @@ def test_schema_answers_become_columns_and_invalid_ones_are_reported_with_their_
                       ' "reason": {"type": "string"}}, "required": ["sentiment", "reason"]}')
     with echo_server(tmp_path / "srv") as srv:
         ok = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "ok.csv", "-m", "gpt-4o-mini", "-p",
-                       "Say {text}", "--schema", good, "--yes", "--poll-interval", "0.2", "--base-url", srv.base_url)
+                       "Say {text}", "--schema", good, "--yes", "--poll-interval", "0.2", "--base-url", srv.base_url,
+                       "--mode", "batch")
         bad = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "bad.csv", "-m", "gpt-4o-mini", "-p",
                         "Say {text}", "--schema", strict, "--yes", "--poll-interval", "0.2", "--base-url",
-                        srv.base_url)
+                        srv.base_url, "--mode", "batch")
     assert ok.returncode == 0 and bad.returncode == 0, (ok.stderr[-2000:], bad.stderr[-2000:])
     rows = read_csv(tmp_path / "ok.csv")
     assert len(rows) == 30 and all(r["sentiment"] in ("late", "fine", "great") and r["error"] == "" for r in rows)

@@ -18,12 +18,14 @@ import openai
 
 from coldbatch.cli import options, render
 from coldbatch.errors import InputError, UsageError
+from coldbatch.hotpath.client import SyncClient
 from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError, Retryable
 from coldbatch.runner import home as H
 from coldbatch.runner.embedded import EmbeddedServer
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
 from coldbatch.runner.output import output_kind
+from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD, SyncRunner, route
 
 
 def _root() -> Path:
@@ -141,11 +143,13 @@ def _drive(
                 if cancel:
                     await runner.cancel()
                 est = runner.prepare()
-                if not cancel and ledger.job(job_id)["status"] == "prepared":  # type: ignore[index]
-                    _show_estimate(est)
-                    runner.check_budget(est)
-                    if not yes and not click.confirm("Submit these batches?", default=False, err=True):
-                        raise UsageError(f"Not submitted. Resume later with: coldbatch resume {job_id}")
+                fresh = not cancel and ledger.job(job_id)["status"] == "prepared"  # type: ignore[index]
+                if fresh and runner.opts.mode == "auto":
+                    runner, est = _route(ledger, runner, est)
+                if runner.opts.mode == "sync":
+                    runner = _sync_runner(runner, api_key)
+                if fresh:
+                    _confirm(runner, est, yes)
                 return await runner.run()
             except (openai.APIError, Retryable) as exc:
                 raise ProviderError(
@@ -153,6 +157,8 @@ def _drive(
                     f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job."
                 ) from exc
             finally:
+                if isinstance(runner, SyncRunner):
+                    await runner.client.aclose()
                 await provider.aclose()
 
     try:
@@ -160,6 +166,35 @@ def _drive(
     finally:
         ledger.close()
         lock.release()
+
+
+def _confirm(runner: Runner, est: dict[str, Any], yes: bool) -> None:
+    _show_estimate(est)
+    runner.check_budget(est)
+    ask = "Send these requests now (sync)?" if runner.opts.mode == "sync" else "Submit these batches?"
+    if not yes and not click.confirm(ask, default=False, err=True):
+        raise UsageError(f"Not submitted. Resume later with: coldbatch resume {runner.job_id}")
+
+
+def _sync_runner(runner: Runner, api_key: str | None) -> SyncRunner:
+    """Sync mode sends to the provider's own /v1/<endpoint> (the embedded server's hot path by default)."""
+    o, provider = runner.opts, runner.provider
+    assert isinstance(provider, OpenAIProvider)
+    client = SyncClient(str(provider.client.base_url), "embedded" if o.provider == "embedded" else api_key,
+                        rpm=o.rpm, tpm=o.tpm, window=o.rate_window, max_attempts=o.max_attempts,
+                        timeout=o.request_timeout, concurrency=o.concurrency)
+    return SyncRunner(runner.ledger, provider, runner.job_id, runner.root, on_event=runner.emit, client=client)
+
+
+def _route(ledger: Ledger, runner: Runner, est: dict[str, Any]) -> tuple[Runner, dict[str, Any]]:
+    """`--mode auto`: pick sync or batch from the requests to send, say why, and store the choice (so `resume`
+    continues in that mode); returns a runner that sees it, and the estimate with the choice."""
+    choice = route(est, runner.opts.sync_threshold)
+    click.echo(f"mode: {choice['mode']} ({choice['reason']})", err=True)
+    opts = RunOptions(**{**asdict(runner.opts), "mode": choice["mode"]})
+    est = {**est, "route": choice}
+    ledger.set_job(runner.job_id, options=asdict(opts), estimate=est)
+    return Runner(ledger, runner.provider, runner.job_id, runner.root, on_event=runner.emit), est
 
 
 def _show_estimate(est: dict[str, Any]) -> None:
@@ -197,7 +232,8 @@ def _print_report(r: dict[str, Any] | None) -> None:
         )
     click.echo(
         f"tokens: {r['prompt_tokens']:,} prompt ({r['cached_tokens']:,} cached), {r['completion_tokens']:,} "
-        f"completion; cost {render.usd(r['cost_batch_usd'])} (the same at sync prices "
+        f"completion; {r.get('mode', 'batch')} mode, cost {render.usd(r.get('cost_usd', r['cost_batch_usd']))} "
+        f"(at batch prices {render.usd(r['cost_batch_usd'])}, at sync prices "
         f"{render.usd(r['cost_sync_usd'])}; every row at sync prices {render.usd(r.get('cost_sync_all_rows_usd'))}"
         + (f", saving {r['saving_pct']}%" if r.get("saving_pct") is not None else "")
         + f"; estimate {render.usd(r['estimated_batch_usd'])}); {r['seconds']} s"
@@ -255,6 +291,30 @@ def provider_options(fn: Any) -> Any:
 @click.option("--cache-only", is_flag=True, help="Answer only from the cache; send nothing (spend nothing).")
 @click.option("--cache-max-entries", type=click.IntRange(min=0), help="Keep at most this many cached answers.")
 @click.option("--cache-max-age-days", type=float, help="Ignore and drop cached answers older than this.")
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="auto",
+    show_default=True,
+    help="batch: the Batch API (half price, minutes to hours); sync: request by request within --rpm/--tpm "
+    "(sync prices, seconds to minutes); auto: sync when at most --sync-threshold requests are to be sent.",
+)
+@click.option(
+    "--sync-threshold",
+    type=click.IntRange(min=0),
+    default=SYNC_THRESHOLD,
+    show_default=True,
+    help="--mode auto: the most requests to send (after dedup and cache) that go sync.",
+)
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Sync mode: requests per minute at most "
+              "(default: learned from the provider's x-ratelimit-* headers).")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Sync mode: tokens per minute at most "
+              "(default: learned from the provider's headers).")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              help="Sync mode: seconds per attempt.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=64, help="Sync mode: requests in flight at most.")
+@click.option("--rate-window", type=click.FloatRange(min=0, min_open=True), default=60.0, hidden=True,
+              help="Sync mode: the seconds --rpm/--tpm are counted over (tests scale the minute down).")
 def run(
     input_path: Path,
     output: Path,
@@ -275,9 +335,17 @@ def run(
     cache_only: bool,
     cache_max_entries: int | None,
     cache_max_age_days: float | None,
+    mode: str,
+    sync_threshold: int,
+    rpm: float | None,
+    tpm: float | None,
+    request_timeout: float,
+    concurrency: int,
+    rate_window: float,
     **opts: Any,
 ) -> None:
-    """Run a whole batch job: prepare, estimate, submit, poll, collect, retry, and write OUTPUT."""
+    """Run a whole job: prepare, estimate, then send it as batches (submit, poll, collect, retry) or request by
+    request (--mode sync; auto picks), and write OUTPUT."""
     output_kind(output)
     spec = options.spec_from(opts)
     job_id = new_job_id(name)
@@ -298,6 +366,13 @@ def run(
         cache_only=cache_only,
         cache_max_entries=cache_max_entries,
         cache_max_age_days=cache_max_age_days,
+        mode=mode,
+        rpm=rpm,
+        tpm=tpm,
+        rate_window=rate_window,
+        request_timeout=request_timeout,
+        concurrency=concurrency,
+        sync_threshold=sync_threshold,
     )
     ledger = _ledger()
     ledger.create_job(job_id, str(input_path.resolve()), str(output.resolve()), asdict(run_opts))

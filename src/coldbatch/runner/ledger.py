@@ -196,6 +196,18 @@ class Ledger:
             self.update_unit(unit["id"], state=state, **unit_fields)
         return counts
 
+    def record_results(self, job_id: str, outcomes: Sequence[Outcome], *, attempts: int = 1) -> None:
+        """Upsert results that arrived one by one (sync mode), in one transaction; a success is never overwritten."""
+        with self._tx():
+            self.db.executemany(_UPSERT_RESULT, [
+                (job_id, o.custom_id, o.state, attempts, o.content, o.error_code, o.error_message, o.prompt_tokens,
+                 o.completion_tokens, o.cached_tokens) for o in outcomes])
+
+    def answered_ids(self, job_id: str) -> set[str]:
+        """custom_ids with a final result (ok or failed): what a resumed sync job must not send again."""
+        return {r[0] for r in self.db.execute(
+            "SELECT custom_id FROM results WHERE job_id = ? AND state IN ('ok', 'failed')", (job_id,))}
+
     def retry_ids(self, job_id: str) -> set[str]:
         return {r[0] for r in self.db.execute(
             "SELECT custom_id FROM results WHERE job_id = ? AND state = 'retry'", (job_id,))}

@@ -72,7 +72,7 @@ class RunOptions:
     cache_only: bool = False  #: answer only from the cache; never send (never spend)
     cache_max_entries: int | None = None
     cache_max_age_days: float | None = None
-    mode: str = "batch"  #: batch | sync | auto (auto is resolved to batch or sync after prepare; see router.py)
+    mode: str = "batch"  #: batch | sync | auto (auto is resolved to batch or sync after prepare; see sync_mode.route)
     rpm: float | None = None  #: sync mode: requests per `rate_window` (None: learn from x-ratelimit-* headers)
     tpm: float | None = None  #: sync mode: tokens per `rate_window`
     rate_window: float = 60.0  #: sync mode: the budgets' window in seconds (a minute; tests scale it down)

@@ -1,0 +1,145 @@
+"""Sync mode (`coldbatch run --mode sync`) and the router that picks a job's mode (`--mode auto`).
+
+`SyncRunner` sends the job's prepared request lines (the round-1 units `Runner.prepare` planned: the
+deduplicated `send/` files, or the shards) one by one to the provider's synchronous endpoint through
+`hotpath.SyncClient` (RPM/TPM pacing, learned limits, Retry-After, backoff with jitter, bounded
+attempts), instead of uploading them as batches.
+
+Durability is the ledger's, as in batch mode: every answer is upserted into the `results` table as it
+arrives, in group commits (every `flush_every` seconds or `flush_size` results). A kill loses at most
+the answers not yet committed; `resume` skips every custom_id that already has a final result (ok or
+failed) and sends only the rest. Answers are classified like batch results (`outcomes.classify`);
+a failure still transient after the client's own retries is final (`failed`, with its code). When
+every line has been sent, the units are marked collected (batch mode never sends them) and OUTPUT and
+the report are written by `Runner.finish`, exactly as for a batch job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coldbatch.engines.base import Result
+from coldbatch.hotpath.client import Item, SyncClient
+from coldbatch.runner import ledger as LG
+from coldbatch.runner.orchestrator import CANCELLED, Runner
+from coldbatch.runner.outcomes import _usage, classify, content_of
+from coldbatch.validation import iter_lines
+
+#: `--mode auto` sends at most this many requests (after dedup and cache) synchronously, more as batches.
+#: Below it, a batch's latency (minutes to hours) buys little: its 50 % discount on a job this small is cents,
+#: while sync mode answers within the rate limits in seconds to minutes.
+SYNC_THRESHOLD = 1000
+MODES = ("auto", "sync", "batch")
+
+
+def route(est: dict[str, Any], threshold: int = SYNC_THRESHOLD) -> dict[str, Any]:
+    """Sync or batch for a prepared job, and why (stored in the job's estimate and report)."""
+    totals = est.get("totals") or {}
+    plan = est.get("plan") or {}
+    n = int(plan.get("requests_to_send", totals.get("requests_to_send", totals.get("requests", 0))) or 0)
+    if n <= threshold:
+        mode = "sync"
+        reason = (f"{n:,} request(s) to send <= --sync-threshold {threshold:,}: sync answers in seconds to minutes; "
+                  "a batch's minutes-to-hours latency is not worth its 50% discount on a job this small")
+    else:
+        mode = "batch"
+        reason = (f"{n:,} requests to send > --sync-threshold {threshold:,}: batch halves the cost of a job this "
+                  "large and needs no rate-limit budget")
+    return {"mode": mode, "reason": reason, "requests_to_send": n, "threshold": threshold}
+
+
+def outcome_of(custom_id: str, endpoint: str, res: Result) -> LG.Outcome:
+    """One sync answer as a ledger Outcome, classified like a batch result line; transient failures are final
+    here (the client already retried them)."""
+    if 200 <= res.status_code < 300:
+        p, c, cached = _usage(res.body)
+        return LG.Outcome(custom_id, "ok", content_of(endpoint, res.body), prompt_tokens=p, completion_tokens=c,
+                          cached_tokens=cached)
+    o = classify({"custom_id": custom_id, "response": {"status_code": res.status_code, "body": res.body}},
+                 cancelled_by_user=False)
+    if o.state == "retry":
+        o.state = "failed"
+    return o
+
+
+class SyncRunner(Runner):
+    """A `Runner` whose round 1 goes through a `SyncClient`; see the module docstring."""
+
+    def __init__(self, *args: Any, client: SyncClient, flush_every: float = 0.2, flush_size: int = 200,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client = client
+        self.flush_every, self.flush_size = flush_every, flush_size
+        self._pending: list[LG.Outcome] = []
+        self._stop = False
+        self.sent = 0
+
+    async def run(self) -> dict[str, Any]:
+        started = time.time()
+        job = self.ledger.job(self.job_id)
+        if job is not None and job["status"] not in CANCELLED:
+            self.ledger.set_job(self.job_id, status="running")
+        else:
+            self._stop = True
+        units = [u for u in self.ledger.units(self.job_id, [LG.PLANNED]) if u["round"] == 1]
+        endpoint = self.opts.spec["endpoint"]
+        ticker = asyncio.create_task(self._tick())
+        try:
+            await self.client.run_many(self._items(units, endpoint),
+                                       lambda cid, res: self._arrived(outcome_of(cid, endpoint, res)))
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            self._flush()
+        for u in units:  # everything is answered (or the job was cancelled): batch mode must never send these
+            if self._stop:
+                self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission",
+                                        remote_cleaned=1)
+            else:
+                self.ledger.update_unit(u["id"], state=LG.COLLECTED, remote_cleaned=1, detail="sent in sync mode")
+        return await self.finish(started)
+
+    def _items(self, units: list[dict[str, Any]], endpoint: str) -> Iterator[Item]:
+        seen = self.ledger.answered_ids(self.job_id)
+        for u in units:
+            for line in iter_lines(Path(u["path"])):
+                if self._stop:
+                    return
+                if not line.strip():
+                    continue
+                req = orjson.loads(line)
+                cid = req["custom_id"]
+                if cid in seen:  # answered before a crash, or a repeated id (sent once, like a batch retry)
+                    continue
+                seen.add(cid)
+                self.sent += 1
+                yield cid, req.get("url") or endpoint, req["body"]
+
+    def _arrived(self, outcome: LG.Outcome) -> None:
+        self._pending.append(outcome)
+        if len(self._pending) >= self.flush_size:
+            self._flush()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_every)
+            self._flush()
+
+    def _flush(self) -> None:
+        """Commit the answers that arrived (one transaction), cache them, and notice a cancel."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self.ledger.record_results(self.job_id, batch)
+            self._remember(batch)
+            self.emit("progress", self.progress())
+        job = self.ledger.job(self.job_id)
+        if job is not None and job["status"] in CANCELLED:
+            self._stop = True
