@@ -23,7 +23,9 @@ SHARED = ROOT.parent / "shared"
 
 
 def run(cmd: list[str]) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, stdout) of a child process."""
+    """(seconds, peak RSS in MB, stdout) of a child process. Dirty pages of the previous run are flushed
+    first (`sync`), so no run pays for another's writeback."""
+    os.sync()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
