@@ -188,11 +188,12 @@ class Ledger:
             row = self.db.execute("SELECT state FROM units WHERE id = ?", (unit["id"],)).fetchone()
             if row is not None and row[0] in (COLLECTED, FAILED):
                 return counts
+            rows = []
             for o in outcomes:
                 counts[o.state] += 1
-                self.db.execute(_UPSERT_RESULT, (
-                    unit["job_id"], o.custom_id, o.state, unit["round"], o.content, o.error_code, o.error_message,
-                    o.prompt_tokens, o.completion_tokens, o.cached_tokens))
+                rows.append((unit["job_id"], o.custom_id, o.state, unit["round"], o.content, o.error_code,
+                             o.error_message, o.prompt_tokens, o.completion_tokens, o.cached_tokens))
+            self.db.executemany(_UPSERT_RESULT, rows)
             self.update_unit(unit["id"], state=state, **unit_fields)
         return counts
 

@@ -24,6 +24,18 @@ def _validator(schema_json: str) -> Any:
     return cls(schema)
 
 
+def _label_enum(schema: dict[str, Any]) -> tuple[str, frozenset[str]] | None:
+    """(field, allowed values) when the schema is the one-field enum that --labels builds."""
+    props = schema.get("properties") or {}
+    if len(props) != 1 or schema.get("additionalProperties") is not False:
+        return None
+    name, prop = next(iter(props.items()))
+    enum = prop.get("enum") if isinstance(prop, dict) else None
+    if prop.get("type") != "string" or not isinstance(enum, list) or schema.get("required") != [name]:
+        return None
+    return name, frozenset(enum)
+
+
 def problem(content: str | None, schema: dict[str, Any]) -> str | None:
     """Why `content` is not a valid answer, or None when it is."""
     if content is None:
@@ -32,6 +44,9 @@ def problem(content: str | None, schema: dict[str, Any]) -> str | None:
         value = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         return f"the answer is not JSON ({exc})"
+    labels = _label_enum(schema)
+    if labels is not None and isinstance(value, dict) and len(value) == 1 and value.get(labels[0]) in labels[1]:
+        return None  # the common --labels case, checked without the (much slower) general validator
     error = jsonschema.exceptions.best_match(_validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode())
                                              .iter_errors(value))
     return None if error is None else f"the answer does not match the schema: {error.message}"
