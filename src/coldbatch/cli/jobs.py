@@ -21,6 +21,7 @@ from coldbatch.errors import InputError, UsageError
 from coldbatch.hotpath.client import SyncClient
 from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError, Retryable
 from coldbatch.runner import home as H
+from coldbatch.runner.deadline import parse_deadline
 from coldbatch.runner.embedded import EmbeddedServer
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
@@ -50,7 +51,7 @@ class _Progress:
             if line != self.last:
                 click.echo(("\r" + line.ljust(100)) if self.tty else line, err=True, nl=not self.tty)
                 self.last = line
-        elif kind in ("created", "collected", "failed", "retry_round", "requeued", "cancelling"):
+        elif kind in ("created", "collected", "failed", "retry_round", "requeued", "cancelling", "rescue", "rescued"):
             if self.tty:
                 click.echo("", err=True)
             detail = ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("errors",))
@@ -144,10 +145,7 @@ def _drive(
                     await runner.cancel()
                 est = runner.prepare()
                 fresh = not cancel and ledger.job(job_id)["status"] == "prepared"  # type: ignore[index]
-                if fresh and runner.opts.mode == "auto":
-                    runner, est = _route(ledger, runner, est)
-                if runner.opts.mode == "sync":
-                    runner = _sync_runner(runner, api_key)
+                runner, est = _pick_runner(ledger, runner, est, fresh, api_key)
                 if fresh:
                     _confirm(runner, est, yes)
                 return await runner.run()
@@ -176,14 +174,35 @@ def _confirm(runner: Runner, est: dict[str, Any], yes: bool) -> None:
         raise UsageError(f"Not submitted. Resume later with: coldbatch resume {runner.job_id}")
 
 
-def _sync_runner(runner: Runner, api_key: str | None) -> SyncRunner:
-    """Sync mode sends to the provider's own /v1/<endpoint> (the embedded server's hot path by default)."""
+def _pick_runner(ledger: Ledger, runner: Runner, est: dict[str, Any], fresh: bool,
+                 api_key: str | None) -> tuple[Runner, dict[str, Any]]:
+    """Resolve --mode auto on a fresh job; sync mode gets a SyncRunner; --deadline arms the sync rescue."""
+    if fresh and runner.opts.mode == "auto":
+        runner, est = _route(ledger, runner, est)
+    if runner.opts.mode == "sync":
+        return _sync_runner(runner, api_key), est
+    if runner.opts.deadline is not None:
+        batch_runner = runner
+        runner.make_sync_client = lambda: _sync_client(batch_runner, api_key)
+    return runner, est
+
+
+def _sync_client(runner: Runner, api_key: str | None) -> SyncClient:
+    """Sync calls go to --sync-base-url, else the provider's own /v1/<endpoint> (the embedded server's hot path)."""
     o, provider = runner.opts, runner.provider
     assert isinstance(provider, OpenAIProvider)
-    client = SyncClient(str(provider.client.base_url), "embedded" if o.provider == "embedded" else api_key,
-                        rpm=o.rpm, tpm=o.tpm, window=o.rate_window, max_attempts=o.max_attempts,
-                        timeout=o.request_timeout, concurrency=o.concurrency)
-    return SyncRunner(runner.ledger, provider, runner.job_id, runner.root, on_event=runner.emit, client=client)
+    if o.sync_base_url:
+        base, key = o.sync_base_url, os.environ.get("COLDBATCH_SYNC_API_KEY") or api_key
+    else:
+        base, key = str(provider.client.base_url), "embedded" if o.provider == "embedded" else api_key
+    return SyncClient(base, key, rpm=o.rpm, tpm=o.tpm, window=o.rate_window, max_attempts=o.max_attempts,
+                      timeout=o.request_timeout, concurrency=o.concurrency)
+
+
+def _sync_runner(runner: Runner, api_key: str | None) -> SyncRunner:
+    """Sync mode: the job's requests one by one through `_sync_client`."""
+    return SyncRunner(runner.ledger, runner.provider, runner.job_id, runner.root, on_event=runner.emit,
+                      client=_sync_client(runner, api_key))
 
 
 def _route(ledger: Ledger, runner: Runner, est: dict[str, Any]) -> tuple[Runner, dict[str, Any]]:
@@ -238,6 +257,11 @@ def _print_report(r: dict[str, Any] | None) -> None:
         + (f", saving {r['saving_pct']}%" if r.get("saving_pct") is not None else "")
         + f"; estimate {render.usd(r['estimated_batch_usd'])}); {r['seconds']} s"
     )
+    rescue = r.get("deadline_rescue")
+    if rescue:
+        click.echo(f"deadline rescue: {rescue['requests']:,} requests ({rescue['rows']:,} rows) sent through the sync "
+                   f"API, {rescue['rows_via_batch_or_cache']:,} rows answered by batch or cache; extra cost at sync "
+                   f"prices {render.usd(rescue['extra_cost_usd'])}")
 
 
 _provider_options = [
@@ -315,6 +339,12 @@ def provider_options(fn: Any) -> Any:
 @click.option("--concurrency", type=click.IntRange(min=1), default=64, help="Sync mode: requests in flight at most.")
 @click.option("--rate-window", type=click.FloatRange(min=0, min_open=True), default=60.0, hidden=True,
               help="Sync mode: the seconds --rpm/--tpm are counted over (tests scale the minute down).")
+@click.option("--deadline", help="Batch mode: finish by then (90s, 30m, 2h, or an ISO 8601 time); when the "
+              "batches will be late at the observed pace, they are cancelled (keeping what finished) and the "
+              "rest is sent through the sync API.")
+@click.option("--sync-base-url", envvar="COLDBATCH_SYNC_BASE_URL",
+              help="Where sync mode and a deadline rescue send (default: the batch provider's own API).")
+@click.option("--sync-api-key", envvar="COLDBATCH_SYNC_API_KEY", help="API key for --sync-base-url.")
 def run(
     input_path: Path,
     output: Path,
@@ -342,6 +372,9 @@ def run(
     request_timeout: float,
     concurrency: int,
     rate_window: float,
+    deadline: str | None,
+    sync_base_url: str | None,
+    sync_api_key: str | None,
     **opts: Any,
 ) -> None:
     """Run a whole job: prepare, estimate, then send it as batches (submit, poll, collect, retry) or request by
@@ -373,7 +406,11 @@ def run(
         request_timeout=request_timeout,
         concurrency=concurrency,
         sync_threshold=sync_threshold,
+        deadline=parse_deadline(deadline) if deadline else None,
+        sync_base_url=sync_base_url,
     )
+    if sync_api_key:
+        os.environ["COLDBATCH_SYNC_API_KEY"] = sync_api_key  # not stored in the ledger; resume reads it again
     ledger = _ledger()
     ledger.create_job(job_id, str(input_path.resolve()), str(output.resolve()), asdict(run_opts))
     ledger.close()

@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS row_keys (
     key        TEXT NOT NULL,
     PRIMARY KEY (job_id, custom_id)
 ) WITHOUT ROWID;
+-- Requests a deadline rescue sent through the synchronous API (custom_id as sent: a row id or a key).
+CREATE TABLE IF NOT EXISTS rescued (
+    job_id     TEXT NOT NULL,
+    custom_id  TEXT NOT NULL,
+    PRIMARY KEY (job_id, custom_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS results (
     job_id            TEXT NOT NULL,
     custom_id         TEXT NOT NULL,
@@ -203,6 +209,21 @@ class Ledger:
             self.db.executemany(_UPSERT_RESULT, [
                 (job_id, o.custom_id, o.state, attempts, o.content, o.error_code, o.error_message, o.prompt_tokens,
                  o.completion_tokens, o.cached_tokens) for o in outcomes])
+
+    def add_rescued(self, job_id: str, ids: Sequence[str]) -> None:
+        with self._tx():
+            self.db.executemany("INSERT OR IGNORE INTO rescued VALUES (?, ?)", [(job_id, i) for i in ids])
+
+    def rescued_summary(self, job_id: str) -> dict[str, int]:
+        """Requests a deadline rescue sent sync, the rows they answered, and their tokens."""
+        n, ok, p, c = self.db.execute(
+            "SELECT COUNT(*), SUM(r.state = 'ok'), SUM(r.prompt_tokens), SUM(r.completion_tokens) FROM rescued x "
+            "JOIN results r ON r.job_id = x.job_id AND r.custom_id = x.custom_id WHERE x.job_id = ?",
+            (job_id,)).fetchone()
+        rows = self.db.execute("SELECT COUNT(*) FROM row_keys k JOIN rescued x ON x.job_id = k.job_id AND "
+                               "x.custom_id = k.key WHERE k.job_id = ?", (job_id,)).fetchone()[0]
+        return {"requests": n or 0, "succeeded": ok or 0, "rows": rows or n or 0, "prompt_tokens": p or 0,
+                "completion_tokens": c or 0}
 
     def answered_ids(self, job_id: str) -> set[str]:
         """custom_ids with a final result (ok or failed): what a resumed sync job must not send again."""

@@ -32,8 +32,8 @@ from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate
 from coldbatch.protocol.limits import Limits
 from coldbatch.providers.base import BatchProvider, Retryable
+from coldbatch.runner import deadline, structured
 from coldbatch.runner import ledger as LG
-from coldbatch.runner import structured
 from coldbatch.runner.cache import Entry, ResultCache
 from coldbatch.runner.outcomes import read_errors, read_output
 from coldbatch.runner.output import write_output
@@ -80,6 +80,8 @@ class RunOptions:
     concurrency: int = 64  #: sync mode: requests in flight at most
     sync_threshold: int = 1000  #: auto mode: sync when at most this many requests are to be sent
     invalid_output_retries: int = 1  #: an answer that misses the labels/schema is asked again this often
+    deadline: float | None = None  #: unix time; late batches are cancelled and the rest sent sync (deadline.py)
+    sync_base_url: str | None = None  #: where sync mode and a deadline rescue send (default: the provider)
 
     def request_spec(self) -> RequestSpec:
         d = dict(self.spec)
@@ -123,6 +125,8 @@ class Runner:
         self._fresh: set[int] = set()  # units whose intent this process wrote (no reconciliation needed)
         self._not_before: dict[int, float] = {}  # requeued units wait until then (token quota)
         self._cancel_sent: set[int] = set()  # units whose batch this process asked the provider to cancel
+        self.make_sync_client: Callable[[], Any] | None = None  # set by the CLI: enables a deadline rescue
+        self._counts: dict[int, int] = {}  # requests finished per running unit, as last polled
 
     @property
     def folder(self) -> Path:
@@ -202,7 +206,7 @@ class Runner:
         """Submit, poll, collect and retry until done; then write OUTPUT. Returns the report."""
         started = time.time()
         job = self.ledger.job(self.job_id)
-        if job is not None and job["status"] not in CANCELLED:  # a cancel survives a crash and a resume
+        if job is not None and job["status"] not in (*CANCELLED, "rescued"):  # these survive a crash and a resume
             self.ledger.set_job(self.job_id, status="running")
         interval = min(self.opts.poll_interval, 1.0)
         while True:
@@ -211,6 +215,10 @@ class Runner:
                 if self._plan_retry_round():
                     continue
                 break
+            if await self._maybe_rescue(open_units):
+                continue
+            if self._past_deadline_after_rescue():
+                break  # rescued: what the cancelled batches still finish is collected by a later `resume`
             progressed = await self._step(open_units)
             if progressed:
                 interval = min(self.opts.poll_interval, 1.0)
@@ -219,9 +227,44 @@ class Runner:
                 interval = min(interval * 1.5, max(self.opts.poll_interval, self.opts.max_poll_interval))
         return await self.finish(started)
 
+    async def _maybe_rescue(self, units: list[dict[str, Any]]) -> bool:
+        """With --deadline: start the sync rescue when the batches will be late (see deadline.py)."""
+        job = self.ledger.job(self.job_id)
+        if self.opts.deadline is None or self.make_sync_client is None or job is None or job["status"] != "running":
+            return False
+        started = min((u["intent_at"] or time.time() for u in self.ledger.units(self.job_id)), default=time.time())
+        remaining = sum(u["requests"] - self._counts.get(u["id"], 0) for u in units)
+        done = sum(self._counts.values()) + sum(
+            u["requests"] for u in self.ledger.units(self.job_id, [LG.COLLECTED]))
+        if not deadline.late(now=time.time(), deadline=self.opts.deadline, started=started, done=done,
+                             remaining=remaining):
+            return False
+        self.ledger.set_job(self.job_id, status="rescued")
+        self.emit("rescue", {"remaining": remaining, "done": done,
+                             "seconds_left": round(self.opts.deadline - time.time(), 1)})
+        client = self.make_sync_client()
+        try:
+            sent = await deadline.rescue(self.ledger, self.job_id, client,
+                                         attempt=self.ledger.max_round(self.job_id) + 1)
+        finally:
+            await client.aclose()
+        self.emit("rescued", {"requests": sent})
+        await self._step_cancelling(self.ledger.units(self.job_id, LG.OPEN_STATES))  # cancel what still runs
+        return True
+
+    def _past_deadline_after_rescue(self) -> bool:
+        """After a rescue, stop waiting for the cancelled batches at the deadline, or as soon as every request
+        has its final answer (they could only add duplicates)."""
+        job = self.ledger.job(self.job_id)
+        if not (job and job["status"] == "rescued" and self.opts.deadline):
+            return False
+        s = self.ledger.summary(self.job_id)
+        total = sum(u["requests"] for u in self.ledger.units(self.job_id) if u["round"] == 1)
+        return time.time() >= self.opts.deadline or s["succeeded"] + s["failed"] >= total
+
     async def _step(self, units: list[dict[str, Any]]) -> bool:
         job = self.ledger.job(self.job_id)
-        if job is not None and job["status"] in CANCELLED:
+        if job is not None and job["status"] in (*CANCELLED, "rescued"):
             return await self._step_cancelling(units)
         progressed = False
         in_flight = sum(1 for u in units if u["state"] != LG.PLANNED)
@@ -363,6 +406,8 @@ class Runner:
     async def _poll(self, u: dict[str, Any]) -> bool:
         b = await self.provider.retrieve(u["batch_id"])
         status = b["status"]
+        counts = b.get("request_counts") or {}
+        self._counts[u["id"]] = int(counts.get("completed", 0) or 0) + int(counts.get("failed", 0) or 0)
         if status != u["batch_status"]:
             self.ledger.update_unit(u["id"], batch_status=status)
             self.emit("status", {"unit": u["id"], "batch_id": u["batch_id"], "status": status,
@@ -479,7 +524,7 @@ class Runner:
         job = self.ledger.job(self.job_id)
         assert job is not None
         rnd = self.ledger.max_round(self.job_id) + 1
-        if rnd > self.opts.max_attempts or job["status"] in CANCELLED:
+        if rnd > self.opts.max_attempts or job["status"] in (*CANCELLED, "rescued"):
             self.ledger.give_up(self.job_id, ids)
             return False
         # idempotent: a crash after writing the files but before add_units commits just writes them again (same
@@ -579,6 +624,14 @@ class Runner:
                   "estimated_batch_usd": est.get("final_cost_usd", est.get("batch_cost_usd")),
                   "estimated_input_tokens": est.get("input_tokens_to_send", est.get("input_tokens")),
                   "seconds": round(time.time() - started, 2)}
+        rescued = self.ledger.rescued_summary(self.job_id)
+        if rescued["requests"]:
+            extra = None
+            if price is not None:  # what the rescued requests cost at sync prices over what batch would have
+                extra = float(price.cost(rescued["prompt_tokens"], rescued["completion_tokens"], batch=False)
+                              - price.cost(rescued["prompt_tokens"], rescued["completion_tokens"], batch=True))
+            report["deadline_rescue"] = {**rescued, "rows_via_batch_or_cache": written["rows"] - rescued["rows"],
+                                         "extra_cost_usd": extra}
         final = "cancelled" if job["status"] in CANCELLED else "done"
         self.ledger.set_job(self.job_id, status=final, report=report)
         self.emit("done", report)
