@@ -42,7 +42,7 @@ from openai import OpenAI
 
 GOAL_RPS = 20_000
 GOAL_RSS_BYTES = 1 << 30
-GEN_FEEDBACK = Path("/work/shared/bench/gen_feedback.py")
+GEN_FEEDBACK = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "gen_feedback.py"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
