@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
+from coldbatch.builder.manifest import shard_paths
 from coldbatch.core.validate import FileValidator, Report
 from coldbatch.errors import InputError
 from coldbatch.protocol.limits import Limits
@@ -47,8 +48,6 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            from coldbatch.builder.manifest import shard_paths
-
             out.extend(shard_paths(p))
         else:
             out.append(p)
