@@ -16,10 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from _common import ROOT, SHARED, feedback_csv
 
 
 def run(cmd: list[str]) -> tuple[float, float, str]:
@@ -39,10 +37,7 @@ def run(cmd: list[str]) -> tuple[float, float, str]:
 
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 2_400_000
-    data = ROOT / "bench" / "data" / f"feedback-{rows}.csv"
-    if not data.exists():
-        data.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(SHARED / "bench" / "gen_feedback.py"), str(rows), str(data)], check=True)
+    data = feedback_csv(rows)
     out = ROOT / "bench" / "out"
     shutil.rmtree(out, ignore_errors=True)
     naive_dir, cb_dir = out / "naive", out / "coldbatch"

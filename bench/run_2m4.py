@@ -12,28 +12,13 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from _common import ROOT, feedback_csv, free_port, vm_hwm
 
 
 def phase(ledger: Path) -> str:
@@ -59,10 +44,7 @@ def phase(ledger: Path) -> str:
 
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 2_400_000
-    data = ROOT / "bench" / "data" / f"feedback-{rows}.csv"
-    if not data.exists():
-        data.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, str(SHARED / "bench" / "gen_feedback.py"), str(rows), str(data)], check=True)
+    data = feedback_csv(rows)
     work = ROOT / "bench" / "out" / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -92,7 +74,7 @@ def main() -> None:
         total = time.perf_counter() - t0
         rc = os.waitstatus_to_exitcode(status)
         out, err = (work / "client.out").read_text(), (work / "client.err").read_text()
-        server_rss = vm_hwm_mb(server.pid)
+        server_rss = (vm_hwm(server.pid) or 0) / 2**20
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,11 +37,11 @@ from pathlib import Path
 
 import httpx
 import psutil
+from _common import GEN_FEEDBACK, free_port, vm_hwm
 from openai import OpenAI
 
 GOAL_RPS = 20_000
 GOAL_RSS_BYTES = 1 << 30
-GEN_FEEDBACK = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "gen_feedback.py"
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
@@ -68,12 +67,6 @@ class Figures:
         return self.requests / self.run_s if self.run_s else 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def build_input(n: int, workdir: Path) -> Path:
     """gen_feedback.py → CSV → `coldbatch prepare` → one shard of n chat requests."""
     csv_path, out = workdir / "feedback.csv", workdir / "prepared"
@@ -85,15 +78,6 @@ def build_input(n: int, workdir: Path) -> Path:
     if len(shards) != 1:
         raise SystemExit(f"expected one shard in {out}, got {len(shards)}")
     return shards[0]
-
-
-def vm_hwm(pid: int) -> int | None:
-    """Peak resident set size of `pid` (VmHWM, exact), in bytes."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return None
 
 
 class RssSampler(threading.Thread):

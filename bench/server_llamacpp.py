@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port
 from llamacpp_engine import RESPONSE_FORMAT, SCHEMA, label_of, load_rows, messages
 
 from coldbatch.engines.llamacpp import default_model_path
@@ -44,9 +44,7 @@ def raw_rate(rows: list[dict[str, str]], flash: bool) -> tuple[float, int]:
 
 
 def server_rate(rows: list[dict[str, str]], work: Path) -> tuple[float, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "coldbatch", "serve", "--engine", "llama-cpp", "--port", str(port),
                              "--data-dir", str(work / "srv")], stderr=subprocess.DEVNULL)
     try:
