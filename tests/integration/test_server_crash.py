@@ -450,6 +450,6 @@ def test_recover_sweeps_what_a_crash_left_behind(tmp_path: Path) -> None:
     blob("file-fresh", mtime=None)  # written after the executor started: maybe an upload in flight
     ex.recover()
     assert sorted(blobs.stored_keys()) == ["file-fresh", "file-in"]
-    assert store.finished_logs() == [] and store.done_ids("batch_done") == set()
+    assert store.finished_logs() == [] and store.done_lines("batch_done") == set()
     b = store.get_batch("batch_done", None)
     assert b is not None and b["completed"] == 1

@@ -156,7 +156,7 @@ def test_record_results_ignores_duplicates_and_counts_only_inserted_rows(store: 
     assert b is not None
     assert (b["completed"], b["failed"]) == (2, 2)
     assert (b["input_tokens"], b["cached_tokens"], b["output_tokens"]) == (17, 2, 4)
-    assert store.done_ids(bid) == {"a", "b", "c", "d"}
+    assert store.done_lines(bid) == {1, 2, 3, 4}
     logged = list(store.iter_results(bid))
     assert [(cid, line, ok) for cid, line, ok, _ in logged] == [("a", 1, True), ("b", 2, False), ("c", 3, True),
                                                                  ("d", 4, False)]
@@ -169,7 +169,7 @@ def test_record_results_writes_nothing_outside_in_progress_and_cancelling(store:
     assert store.record_results(bid, [_row("a", 1)]) == 0
     b = store.get_batch(bid, None)
     assert b is not None and (b["completed"], b["input_tokens"]) == (0, 0)
-    assert store.done_ids(bid) == set()
+    assert store.done_lines(bid) == set()
 
 
 def test_in_flight_results_are_still_logged_while_cancelling(store: SqliteStore) -> None:
@@ -203,7 +203,7 @@ def test_purge_results_only_once_terminal(store: SqliteStore) -> None:
     assert store.purge_results(bid, chunk=3) == 0
     assert store.finished_logs() == []
     assert store.transition(bid, S.FINALIZING, NOW) and store.transition(bid, S.COMPLETED, NOW)
-    assert len(store.done_ids(bid)) == 10, "the final transition itself leaves the log alone"
+    assert len(store.done_lines(bid)) == 10, "the final transition itself leaves the log alone"
     assert store.finished_logs() == [bid]
     assert store.purge_results(bid, chunk=3) == 10
     assert store.finished_logs() == []
@@ -265,11 +265,11 @@ def test_a_fresh_file_gets_every_migration_once(tmp_path: Path, monkeypatch: pyt
 
 def test_a_failed_migration_rolls_back_with_its_bookkeeping(store: SqliteStore) -> None:
     names = [r[0] for r in store.db.execute("SELECT name FROM schema_migrations ORDER BY name")]
-    store.db.execute("DELETE FROM schema_migrations WHERE name = ?", (names[-1],))
+    store.db.execute("DELETE FROM schema_migrations WHERE name = ?", (names[0],))
     with pytest.raises(sqlite3.OperationalError, match="already exists"):
         store.migrate()  # re-running a migration whose tables exist fails loudly ...
     # ... and leaves neither half a schema change nor a bookkeeping row behind
-    assert [r[0] for r in store.db.execute("SELECT name FROM schema_migrations ORDER BY name")] == names[:-1]
+    assert [r[0] for r in store.db.execute("SELECT name FROM schema_migrations ORDER BY name")] == names[1:]
     assert store.db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
 
 
@@ -295,3 +295,22 @@ def test_clear_tmp_removes_interrupted_writes(tmp_path: Path) -> None:
     assert not blobs.exists("file-b")
     with pytest.raises(ValueError):
         blobs.path("../etc/passwd")
+
+
+def test_results_logged_before_the_by_line_migration_survive_it(tmp_path: Path) -> None:
+    """A server upgraded mid-batch keeps its results log: 0002 rekeys it by line without losing a row."""
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    init = resources.files("coldbatch.store.migrations").joinpath("0001_init.sql").read_text()
+    db.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at INTEGER)")
+    for statement in init.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("INSERT INTO schema_migrations VALUES ('0001_init.sql', 0)")
+    db.executemany("INSERT INTO results VALUES ('batch_x', ?, ?, 1, ?)",
+                   [(f"id-{n}", n, f'{{"n":{n}}}'.encode()) for n in (3, 1, 2)])
+    db.close()
+    store = SqliteStore(path)
+    assert store.done_lines("batch_x") == {1, 2, 3}
+    assert [(cid, line) for cid, line, _, _ in store.iter_results("batch_x")] == [("id-1", 1), ("id-2", 2),
+                                                                                    ("id-3", 3)]

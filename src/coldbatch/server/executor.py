@@ -198,17 +198,16 @@ class Executor:
         return total + sum(counter.count_many(texts))
 
     # -- in_progress --------------------------------------------------------------------------------------
-    def _requests(self, row: dict[str, Any], skip: set[str]) -> Iterator[_Item]:
-        """(line number, custom_id, body) of each request not in `skip`, in input order."""
+    def _requests(self, row: dict[str, Any], skip: set[int]) -> Iterator[_Item]:
+        """(line number, custom_id, body) of each request whose line is not in `skip`, in input order."""
         loads = orjson.loads
         for n, line in enumerate(iter_lines(self.blobs.path(row["input_file_id"])), 1):
-            if not line or line.isspace():
+            if n in skip or not line or line.isspace():
                 continue
             req = loads(line)
-            if req["custom_id"] not in skip:
-                yield n, req["custom_id"], req["body"]
+            yield n, req["custom_id"], req["body"]
 
-    def _chunks(self, row: dict[str, Any], skip: set[str], size: int) -> Iterator[list[_Item]]:
+    def _chunks(self, row: dict[str, Any], skip: set[int], size: int) -> Iterator[list[_Item]]:
         chunk: list[_Item] = []
         for item in self._requests(row, skip):
             chunk.append(item)
@@ -220,7 +219,7 @@ class Executor:
 
     async def _execute(self, row: dict[str, Any]) -> None:
         run = self._runs[row["id"]] = _Run(row)
-        done = await asyncio.to_thread(self.store.done_ids, row["id"])
+        done = await asyncio.to_thread(self.store.done_lines, row["id"])
         size = _chunk_size(self.engine)
         lanes = max(1, self.engine.info.max_concurrency // size)
         queue: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2 * lanes)
@@ -295,10 +294,10 @@ class Executor:
         bid = row["id"]
         out_key, err_key = f"file-{bid[6:]}o", f"file-{bid[6:]}e"
         counts = {"ok": 0, "err": 0, "never": 0}
-        seen: set[str] = set()
+        seen: set[int] = set()
         with self.blobs.writer(out_key) as out, self.blobs.writer(err_key) as err:
-            for cid, _line, ok, data in self.store.iter_results(bid):
-                seen.add(cid)
+            for _cid, line, ok, data in self.store.iter_results(bid):
+                seen.add(line)
                 (out if ok else err).write(data + b"\n")
                 counts["ok" if ok else "err"] += 1
             if final in (S.EXPIRED, S.CANCELLED) and row["in_progress_at"] is not None:

@@ -2,7 +2,8 @@
 
 Status changes are compare-and-set (`UPDATE … WHERE status IN allowed_from(to)`) with an event row in
 the same transaction (procrastinate's pattern), so two actors (a cancel request and the executor,
-say) can never both win. Results are the executor's durable log: one row per `custom_id`, inserted
+say) can never both win. Results are the executor's durable log: one row per input line (a validated
+file has one `custom_id` per line; keyed by line, inserts append in input order), inserted
 with the request counts and token usage in one transaction, so `request_counts` never runs ahead of
 what a restart would find, and a row logged twice is counted once. The log is only written while its
 batch is `in_progress` or `cancelling`, and only read before the batch is terminal; once terminal it
@@ -252,8 +253,8 @@ class SqliteStore:
     # -- results ----------------------------------------------------------------------------------------
     def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         """Log finished requests and advance the counts and token usage, atomically; returns how many rows
-        were new. A `custom_id` already logged (or repeated within `rows`: the first wins) is ignored and
-        counts nothing. Nothing is written unless the batch is `in_progress` or `cancelling`."""
+        were new. A line already logged (or repeated within `rows`: the first wins) is ignored and counts
+        nothing. Nothing is written unless the batch is `in_progress` or `cancelling`."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -282,8 +283,9 @@ class SqliteStore:
                               "('in_progress', 'finalizing')", (model,)).fetchone()
         return int(row[0])
 
-    def done_ids(self, batch_id: str) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT custom_id FROM results WHERE batch_id = ?", (batch_id,))}
+    def done_lines(self, batch_id: str) -> set[int]:
+        """Input lines of the batch whose result is logged."""
+        return {r[0] for r in self.db.execute("SELECT line FROM results WHERE batch_id = ?", (batch_id,))}
 
     def iter_results(self, batch_id: str) -> Iterator[LoggedRow]:
         """The log in input order (the order of the output and error files)."""
@@ -303,7 +305,7 @@ class SqliteStore:
                 row = db.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
                 n = 0
                 if row is None or row[0] in _TERMINAL:
-                    n = db.execute("DELETE FROM results WHERE batch_id = ? AND custom_id IN (SELECT custom_id FROM "
+                    n = db.execute("DELETE FROM results WHERE batch_id = ? AND line IN (SELECT line FROM "
                                    "results WHERE batch_id = ? LIMIT ?)", (batch_id, batch_id, chunk)).rowcount
                 db.execute("COMMIT")
             except BaseException:
@@ -363,17 +365,17 @@ class _Checkpointer(threading.Thread):
 
 
 def _not_logged(db: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> Sequence[ResultRow]:
-    """The rows whose custom_id is not logged yet (the first of each, if one repeats within `rows`). The usual
+    """The rows whose line is not logged yet (the first of each, if one repeats within `rows`). The usual
     case, all new and no repeats, costs one index probe per row inside SQLite and no per-row Python."""
     logged = {r[0] for r in db.execute(
-        "SELECT custom_id FROM results WHERE batch_id = ? AND custom_id IN (SELECT value FROM json_each(?))",
-        (batch_id, orjson.dumps([r[0] for r in rows])))}
-    if not logged and len({r[0] for r in rows}) == len(rows):
+        "SELECT line FROM results WHERE batch_id = ? AND line IN (SELECT value FROM json_each(?))",
+        (batch_id, orjson.dumps([r[1] for r in rows])))}
+    if not logged and len({r[1] for r in rows}) == len(rows):
         return rows
     fresh = []
     for r in rows:
-        if r[0] not in logged:
-            logged.add(r[0])
+        if r[1] not in logged:
+            logged.add(r[1])
             fresh.append(r)
     return fresh
 
