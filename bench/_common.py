@@ -28,6 +28,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def vm_rss(pid: int) -> int | None:
+    """Current resident set size of `pid` (VmRSS), in bytes."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def vm_hwm(pid: int) -> int | None:
     """Peak resident set size of `pid` (VmHWM, exact), in bytes."""
     with contextlib.suppress(OSError):

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, feedback_csv, free_port, vm_hwm
+from _common import ROOT, feedback_csv, free_port, vm_hwm, vm_rss
 
 
 def phase(ledger: Path) -> str:
@@ -64,12 +64,15 @@ def main() -> None:
         with (work / "client.out").open("w") as fo, (work / "client.err").open("w") as fe:
             client = subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, text=True)
             marks: dict[str, float] = {}
+            peak: dict[str, int] = {}  # client's highest sampled RSS per phase
             ledger = work / "home" / "ledger.sqlite3"
             while True:
                 pid, status, usage = os.wait4(client.pid, os.WNOHANG)
                 if pid:
                     break
-                marks.setdefault(phase(ledger), time.perf_counter() - t0)
+                now = phase(ledger)
+                marks.setdefault(now, time.perf_counter() - t0)
+                peak[now] = max(peak.get(now, 0), vm_rss(client.pid) or 0)
                 time.sleep(0.25)
         total = time.perf_counter() - t0
         rc = os.waitstatus_to_exitcode(status)
@@ -92,10 +95,10 @@ def main() -> None:
 - machine: {machine}; date {time.strftime('%Y-%m-%d')}
 - echo is a test fixture (instant answers); this measures coldbatch's own overhead, client and server.
 
-| phase (sampled from the ledger every 0.25 s) | wall time |
-|---|---:|
-""" + "\n".join(f"| {p} | {d:.1f} s |" for p, d in phases) + f"""
-| **total** | **{total:.1f} s** (goal ≤ 300 s) |
+| phase (sampled from the ledger every 0.25 s) | wall time | client RSS (sampled peak) |
+|---|---:|---:|
+""" + "\n".join(f"| {p} | {d:.1f} s | {peak.get(p, 0) / 2**20:,.0f} MB |" for p, d in phases) + f"""
+| **total** | **{total:.1f} s** (goal ≤ 300 s) | |
 
 - peak RSS: client {client_rss:,.0f} MB (goal ≤ 500 MB), server {server_rss:,.0f} MB
 - client report: {' / '.join(report)}

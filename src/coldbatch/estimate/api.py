@@ -9,7 +9,7 @@ the upper bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from coldbatch import _gc
 from coldbatch.builder.api import check_columns
 from coldbatch.builder.build import Builder, _SeenHashes
 from coldbatch.builder.spec import RequestSpec
@@ -31,6 +32,9 @@ from coldbatch.protocol import limits as L
 from coldbatch.validation import expand_paths, iter_lines
 
 CHUNK = 8192
+#: one request waiting in a chunk: where, custom_id, model, token overhead, texts, request key, output
+#: tokens (None: unbounded), the parsed request
+Pending = tuple[str, str, str, int, list[str], str, int | None, dict[str, Any]]
 
 
 @dataclass
@@ -104,7 +108,7 @@ def _money(value: Decimal | None) -> float | None:
     return None if value is None else float(round(value, 6))
 
 
-class _Accumulator:
+class Accumulator:
     def __init__(self, table: P.PriceTable, expected_output: int | None, *, dedup: bool = False,
                  cache: Any = None) -> None:
         self.table = table
@@ -113,8 +117,11 @@ class _Accumulator:
         self.cache = cache
         self._seen = _SeenHashes()
         self.result = Estimate(price_table=table.version)
-        self._pending: list[tuple[str, str, str, int, list[str], int, int | None]] = []
+        self._pending: list[Pending] = []
         self._windows: dict[str, int] = {}
+        #: called once per flushed chunk with (pending, fate, prompt tokens, cache hits): the send plan
+        #: (`runner.plan`) rides on this pass instead of parsing and hashing every line a second time
+        self.sink: Callable[[list[Pending], list[int], list[int], dict[str, Any]], None] | None = None
 
     def add(self, where: str, line: bytes) -> None:
         try:
@@ -132,12 +139,13 @@ class _Accumulator:
             mt = body.get("max_completion_tokens", body.get("max_tokens"))
             out = int(mt) if isinstance(mt, int) else (0 if req.get("url") == L.EMBEDDINGS else None)
         key = request_key(str(req.get("url", L.CHAT)), body) if self.dedup or self.cache is not None else ""
-        self._pending.append((where, str(req.get("custom_id")), model, overhead, texts, key, out))
+        self._pending.append((where, str(req.get("custom_id")), model, overhead, texts, key, out, req))
         if len(self._pending) >= CHUNK:
             self.flush()
 
-    def _sends(self) -> list[int]:
-        """Per pending request: 1 = sent, 0 = a repeat of an earlier question, 2 = answered from the cache."""
+    def _sends(self) -> tuple[list[int], dict[str, Any]]:
+        """Per pending request: 1 = sent, 0 = a repeat of an earlier question, 2 = answered from the cache;
+        and the cache entries of the hits by key."""
         keys = [p[5] for p in self._pending]
         if not self.dedup:
             fate = [1] * len(keys)
@@ -151,15 +159,17 @@ class _Accumulator:
             fate = [0] * len(keys)
             for i in first:
                 fate[i] = 1
+        hits: dict[str, Any] = {}
         if self.cache is not None:
             hits = self.cache.get_many([keys[i] for i in first])
             for i in first:
                 if keys[i] in hits:
                     fate[i] = 2
-        return fate
+        return fate, hits
 
     def flush(self) -> None:
-        fate = self._sends() if self._pending else []
+        fate, hits = self._sends() if self._pending else ([], {})
+        prompts = [0] * len(self._pending)
         by_enc: dict[str, list[int]] = {}
         for i, (_, _, model, *_rest) in enumerate(self._pending):
             price = self.table.lookup(model)
@@ -169,8 +179,11 @@ class _Accumulator:
             flat = [t for i in idxs for t in self._pending[i][4]]
             counts = iter(counter.count_many(flat))
             for i in idxs:
-                where, cid, model, overhead, texts, _, out = self._pending[i]
-                self._record(where, cid, model, overhead + sum(next(counts) for _ in texts), out, counter, fate[i])
+                where, cid, model, overhead, texts, _, out, _ = self._pending[i]
+                prompts[i] = overhead + sum(next(counts) for _ in texts)
+                self._record(where, cid, model, prompts[i], out, counter, fate[i])
+        if self.sink is not None and self._pending:
+            self.sink(self._pending, fate, prompts, hits)
         self._pending.clear()
 
     def _record(self, where: str, cid: str, model: str, prompt: int, out: int | None, counter: T.Counter,
@@ -221,7 +234,7 @@ class _Accumulator:
         return self.result
 
 
-def _request_lines(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
+def request_lines(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
     for p in expand_paths(list(paths)):
         for n, line in enumerate(iter_lines(p), 1):
             if line.strip():
@@ -248,11 +261,17 @@ def estimate(sources: Iterable[str | Path], *, spec: RequestSpec | None = None, 
     The sync and batch costs always cover every request, so `saving_pct` is the whole saving.
     """
     paths = [Path(s) for s in sources]
-    acc = _Accumulator(prices or P.load(), expected_output_tokens, dedup=dedup, cache=cache)
+    acc = Accumulator(prices or P.load(), expected_output_tokens, dedup=dedup, cache=cache)
     if spec is not None:
         lines: Iterable[tuple[str, bytes]] = (x for p in paths for x in _dataset_lines(p, spec, fmt))
     else:
-        lines = _request_lines(paths)
-    for where, line in lines:
-        acc.add(where, line)
-    return acc.finish()
+        lines = request_lines(paths)
+    return accumulate(acc, lines)
+
+
+def accumulate(acc: Accumulator, lines: Iterable[tuple[str, bytes]]) -> Estimate:
+    add = acc.add
+    with _gc.paused():
+        for where, line in lines:
+            add(where, line)
+        return acc.finish()

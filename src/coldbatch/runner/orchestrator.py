@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from coldbatch import _gc
 from coldbatch.builder.api import prepare
 from coldbatch.builder.manifest import read_manifest
 from coldbatch.builder.spec import RequestSpec
@@ -146,17 +147,20 @@ class Runner:
             shard_paths = [shards / s["path"] for s in manifest["shards"]]
             dedup, use_cache = self._dedup_and_cache()
             cache = self._cache() if use_cache else None
-            est = estimate(shard_paths, prices=self.prices, dedup=dedup, cache=cache).to_json()
-            if not self.ledger.units(self.job_id):
-                if dedup:
-                    units, stats = plan_sends(shard_paths, self.folder / "send", self.ledger, self.job_id,
-                                              limits=Limits(**self.opts.limits), cache=cache,
-                                              cache_only=self.opts.cache_only)
-                    est["plan"] = stats.to_json()
-                else:
-                    units = [{"round": 1, "shard": i, "path": str(p), "requests": s["requests"], "bytes": s["bytes"],
-                              "sha256": s["sha256"], "model": s["model"]}
-                             for i, (p, s) in enumerate(zip(shard_paths, manifest["shards"], strict=True), 1)]
+            planned = bool(self.ledger.units(self.job_id))
+            if dedup and not planned:  # one pass estimates and writes the send plan
+                units, stats, found = plan_sends(shard_paths, self.folder / "send", self.ledger, self.job_id,
+                                                 limits=Limits(**self.opts.limits), cache=cache,
+                                                 cache_only=self.opts.cache_only, prices=self.prices)
+                est = found.to_json()
+                est["plan"] = stats.to_json()
+                self.ledger.add_units(self.job_id, units)
+            else:
+                est = estimate(shard_paths, prices=self.prices, dedup=dedup, cache=cache).to_json()
+            if not dedup and not planned:
+                units = [{"round": 1, "shard": i, "path": str(p), "requests": s["requests"], "bytes": s["bytes"],
+                          "sha256": s["sha256"], "model": s["model"]}
+                         for i, (p, s) in enumerate(zip(shard_paths, manifest["shards"], strict=True), 1)]
                 for u in units:
                     u["tokens"] = self._tokens_of(Path(u["path"]))
                 self.ledger.add_units(self.job_id, units)
@@ -448,18 +452,26 @@ class Runner:
     async def _collect(self, u: dict[str, Any], b: dict[str, Any]) -> None:
         folder = self.folder / "results"
         folder.mkdir(parents=True, exist_ok=True)
+        files = []
+        for kind, fid in (("output", b.get("output_file_id")), ("error", b.get("error_file_id"))):
+            if fid:
+                dest = folder / f"u{u['id']}.{kind}.jsonl"
+                await self.provider.download(fid, dest)
+                files.append((kind, dest))
+        with _gc.paused():  # one pass over up to 50,000 results: millions of short-lived objects, no cycles
+            counts = self._record_collected(u, b, files)
+        self.emit("collected", {"unit": u["id"], "batch_id": u["batch_id"], "status": b["status"], **counts})
+        await self._clean_remote(u, b)
+
+    def _record_collected(self, u: dict[str, Any], b: dict[str, Any], files: list[tuple[str, Path]]) -> dict[str, int]:
         endpoint = self.opts.spec["endpoint"]
         cancelled_by_user = self.ledger.job(self.job_id)["status"] in CANCELLED  # type: ignore[index]
         expected = [orjson.loads(ln)["custom_id"] for ln in iter_lines(Path(u["path"])) if ln.strip()]
         outcomes: dict[str, LG.Outcome] = {}
-        for kind, fid in (("output", b.get("output_file_id")), ("error", b.get("error_file_id"))):
-            if not fid:
-                continue
-            dest = folder / f"u{u['id']}.{kind}.jsonl"
-            await self.provider.download(fid, dest)
+        schema = self.opts.request_spec().answer_schema
+        for kind, dest in files:
             items = (read_output(dest, endpoint, cancelled_by_user=cancelled_by_user) if kind == "output"
                      else read_errors(dest, cancelled_by_user=cancelled_by_user))
-            schema = self.opts.request_spec().answer_schema
             for o in items:
                 outcomes[o.custom_id] = structured.check(o, schema, attempt=u["round"],
                                                          retries=self.opts.invalid_output_retries)
@@ -473,8 +485,7 @@ class Runner:
                                      batch_status=b["status"], output_file_id=b.get("output_file_id"),
                                      error_file_id=b.get("error_file_id"))
         self._remember(o for cid, o in outcomes.items() if cid in wanted)
-        self.emit("collected", {"unit": u["id"], "batch_id": u["batch_id"], "status": b["status"], **counts})
-        await self._clean_remote(u, b)
+        return counts
 
     def _remember(self, outcomes: Iterable[LG.Outcome]) -> None:
         """Cache answers that were collected and are valid (a label when --labels was used), by question key."""

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from coldbatch import _gc
 from coldbatch.builder.build import Builder
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.dataset.read import detect_format, open_dataset
@@ -156,6 +157,7 @@ class _SameRequests:
             raise self._changed("it now makes fewer requests")
 
 
+@_gc.paused()  # millions of short-lived result dicts and list items, no cycles
 def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
                  *, fmt: str | None = None, max_line_bytes: int = L.MAX_LINE_BYTES,
                  shards: list[dict[str, Any]] | None = None) -> dict[str, int]:

@@ -15,22 +15,17 @@ a 64-bit collision, ~1e-7 for 2.4 M questions).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import orjson
 
-from coldbatch.builder.build import _SeenHashes
-from coldbatch.core.canonical import request_key
+from coldbatch.estimate import prices as P
+from coldbatch.estimate.api import Accumulator, Estimate, Pending, accumulate, request_lines
 from coldbatch.protocol.limits import Limits
 from coldbatch.runner import ledger as LG
 from coldbatch.runner.cache import ResultCache
-from coldbatch.validation import iter_lines
-
-CHUNK = 8192
 
 
 @dataclass
@@ -55,7 +50,7 @@ class _SendWriter:
     _hash: Any = None
     _cur: dict[str, Any] | None = None
 
-    def add(self, line: bytes, model: str) -> None:
+    def add(self, line: bytes, model: str, tokens: int) -> None:
         data = line + b"\n"
         cur = self._cur
         if cur is None or cur["requests"] >= self.limits.max_requests or \
@@ -63,7 +58,7 @@ class _SendWriter:
             self.close()
             path = self.folder / f"send-{len(self.units) + 1:05d}.jsonl"
             self._cur = cur = {"round": 1, "shard": len(self.units) + 1, "path": str(path), "requests": 0,
-                               "bytes": 0, "sha256": "", "model": model}
+                               "bytes": 0, "sha256": "", "model": model, "tokens": 0}
             self.units.append(cur)
             self._fh = path.open("wb")
             self._hash = hashlib.sha256()
@@ -72,6 +67,7 @@ class _SendWriter:
         self._hash.update(data)
         cur["requests"] += 1
         cur["bytes"] += len(data)
+        cur["tokens"] += tokens
 
     def close(self) -> None:
         if self._fh is not None and self._cur is not None:
@@ -80,59 +76,44 @@ class _SendWriter:
             self._fh = None
 
 
-def _requests(shard_paths: list[Path]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for p in shard_paths:
-        for line in iter_lines(p):
-            if line.strip():
-                req = orjson.loads(line)
-                yield req["custom_id"], req
-
-
 def plan_sends(shard_paths: list[Path], folder: Path, ledger: LG.Ledger, job_id: str, *, limits: Limits,
-               cache: ResultCache | None, cache_only: bool = False) -> tuple[list[dict[str, Any]], PlanStats]:
-    """Write the send files of a deduplicated job and record row → question keys. Idempotent: a rerun
-    after a crash rewrites the same files and mappings."""
+               cache: ResultCache | None, cache_only: bool = False,
+               prices: P.PriceTable | None = None) -> tuple[list[dict[str, Any]], PlanStats, Estimate]:
+    """Estimate a deduplicated job and write its send files, in one pass over the shards: every line is
+    parsed, hashed and counted once. Records row → question keys; each unit carries the prompt tokens it
+    sends (for the enqueued-token quota). Idempotent: a rerun after a crash rewrites the same files and
+    mappings."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = _SendWriter(folder, limits)
-    seen = _SeenHashes()
     stats = PlanStats()
-    chunk: list[tuple[str, str, dict[str, Any]]] = []
+    acc = Accumulator(prices or P.load(), None, dedup=True, cache=cache)
 
-    def flush() -> None:
-        if not chunk:
-            return
-        ledger.add_row_keys(job_id, [(cid, key) for cid, key, _ in chunk])
-        k64 = np.array([int(key[2:18], 16) for _, key, _ in chunk], dtype=np.uint64)
-        uniq, first = np.unique(k64, return_index=True)
-        new = ~seen.contains(uniq)
-        seen.add(uniq[new])
-        fresh = [chunk[i] for i in sorted(first[new].tolist())]  # first occurrences, in row order
-        stats.distinct += len(fresh)
-        hits = cache.get_many([key for _, key, _ in fresh]) if cache is not None else {}
+    def sink(pending: list[Pending], fate: list[int], prompts: list[int], hits: dict[str, Any]) -> None:
+        ledger.add_row_keys(job_id, [(p[1], p[5]) for p in pending])
+        stats.requests += len(pending)
         if hits:
             ledger.record_cached(job_id, [LG.Outcome(k, "ok", e.content) for k, e in hits.items()])
         stats.cache_hits += len(hits)
         unanswered = []
-        for _, key, req in fresh:
-            if key in hits:
+        for p, f, tokens in zip(pending, fate, prompts, strict=True):
+            if f == 0:
                 continue
+            stats.distinct += 1
+            if f == 2:
+                continue
+            key, req = p[5], p[7]
             if cache_only:
                 unanswered.append(LG.Outcome(key, "failed", None, "not_cached",
                                              "--cache-only: no cached answer for this request"))
                 continue
             req["custom_id"] = key
-            writer.add(orjson.dumps(req), str(req["body"].get("model", "")))
+            writer.add(orjson.dumps(req), p[2], tokens)
             stats.to_send += 1
         if unanswered:
             ledger.record_cached(job_id, unanswered)
             stats.not_cached += len(unanswered)
-        chunk.clear()
 
-    for cid, req in _requests(shard_paths):
-        stats.requests += 1
-        chunk.append((cid, request_key(req["url"], req["body"]), req))
-        if len(chunk) >= CHUNK:
-            flush()
-    flush()
+    acc.sink = sink
+    est = accumulate(acc, request_lines(shard_paths))
     writer.close()
-    return writer.units, stats
+    return writer.units, stats, est
