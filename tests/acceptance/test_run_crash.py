@@ -289,7 +289,9 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_output(tmp
     home = tmp_path / "crash-home"
     home.mkdir()
     out = tmp_path / "crash.csv"
-    with echo_server(tmp_path / "crash-server", latency=LATENCY, failure_rate=FAILURE_RATE) as srv:
+    # every shard's batch runs at once (as at a large provider), so each round lasts ~1 s of latency
+    with echo_server(tmp_path / "crash-server", latency=LATENCY, failure_rate=FAILURE_RATE,
+                     extra=["--running-batches", "64"]) as srv:
         job, kills = _crash_until_done(home, _job_args(dataset, out, srv.base_url, "--keep-remote-files"), startup)
         counts = _check_server(srv, job, home)
 

@@ -507,6 +507,31 @@ def test_12_expiry(serve: ServeFactory) -> None:
         client.batches.cancel(b.id)
 
 
+def test_12_batches_run_in_turn_and_a_waiting_batch_cancels_or_expires_at_once(serve: ServeFactory) -> None:
+    """One batch executes at a time (oldest first): the first finishes while later ones have not started,
+    so a client can collect it early. A batch waiting its turn still expires on time, and cancels at once."""
+    srv = serve(EchoEngine(latency=0.05, max_concurrency=1))
+    client = srv.client()
+    ids = []
+    for k, (n, window) in enumerate([(12, "24h"), (200, "24h"), (5, "2s"), (5, "24h")]):
+        f = upload(client, [req(f"b{k}-{i}") for i in range(n)])
+        ids.append(client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window=window).id)
+    assert wait(client, ids[0], until=["completed"]).status == "completed"
+    second = client.batches.retrieve(ids[1])
+    assert second.status == "in_progress" and second.request_counts is not None
+    assert second.request_counts.completed <= 2, "the second batch ran alongside the first"
+    late = wait(client, ids[2], timeout=6)  # its 2 s window ends while the second batch still runs
+    assert late.status == "expired" and late.request_counts is not None
+    assert (late.request_counts.completed, late.request_counts.failed) == (0, 5)
+    assert client.batches.retrieve(ids[1]).status == "in_progress"
+    assert client.batches.retrieve(ids[3]).status == "in_progress"
+    client.batches.cancel(ids[3])  # waiting: cancelled without running a line
+    cancelled = wait(client, ids[3], timeout=3)
+    assert cancelled.status == "cancelled" and cancelled.request_counts is not None
+    assert cancelled.request_counts.completed == 0
+    assert client.batches.retrieve(ids[1]).status == "in_progress"
+
+
 def test_13_unknown_batch_is_404(client: openai.OpenAI) -> None:
     for call in (client.batches.retrieve, client.batches.cancel):
         with pytest.raises(openai.NotFoundError) as ei:

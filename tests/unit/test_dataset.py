@@ -142,3 +142,18 @@ def test_in_memory_tables(tmp_path: Path) -> None:
     assert ds.columns == ["id", "text"]
     assert rows_of(ds) == [{"id": "1", "text": "a"}, {"id": "2", "text": None}]
     assert rows_of(read.from_table(df.to_arrow())) == rows_of(read.from_table(df))
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_only_the_needed_columns_are_converted_and_all_are_still_listed(tmp_path: Path, kind: str) -> None:
+    """`prepare` reads just the template and id columns: a broken cell elsewhere is neither decoded nor
+    reported, and the header (for messages and the manifest) still names every column."""
+    if kind == "csv":
+        path = write(tmp_path, "d.csv", b"id,text,junk,n\n1,hi,\xff\xfe,7\n2,yo,x,8\n")
+    else:
+        path = tmp_path / "d.parquet"
+        pq.write_table(pa.table({"id": ["1", "2"], "text": ["hi", "yo"], "junk": ["a", "b"], "n": [7, 8]}), path)
+    ds = read.open_dataset(path, only=["text", "id"])
+    assert ds.columns == ["id", "text", "junk", "n"]
+    assert rows_of(ds) == [{"id": "1", "text": "hi"}, {"id": "2", "text": "yo"}]
+    assert ds.problems == []

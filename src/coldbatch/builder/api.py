@@ -33,10 +33,15 @@ class PrepareResult:
         return list(self.manifest["shards"])
 
 
-def _dataset(source: Any, fmt: str | None) -> Dataset:
+def _dataset(source: Any, fmt: str | None, spec: RequestSpec) -> Dataset:
     if isinstance(source, str | Path):
-        return open_dataset(source, fmt)
+        return open_dataset(source, fmt, only=used_columns(spec))
     return from_table(source)
+
+
+def used_columns(spec: RequestSpec) -> list[str]:
+    """The columns requests are built from: the template's and the id column."""
+    return [*spec.template.columns, *([spec.id_column] if spec.id_column else [])]
 
 
 def check_columns(ds: Dataset, spec: RequestSpec) -> None:
@@ -57,7 +62,7 @@ def prepare(source: Any, out: str | Path, spec: RequestSpec, *, limits: Limits |
         InputError: the input cannot be read, or it repeats ids under `on_duplicate_id="error"`.
     """
     lim = limits or Limits()
-    ds = _dataset(source, fmt)
+    ds = _dataset(source, fmt, spec)
     check_columns(ds, spec)
     out = Path(out)
     tmp = write.staging_folder(out)

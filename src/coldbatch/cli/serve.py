@@ -58,10 +58,13 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
               help="relay engine: API key sent to the upstream.")
 @click.option("--rpm", type=int, help="relay engine: requests per minute (default: from the upstream's headers).")
 @click.option("--tpm", type=int, help="relay engine: tokens per minute (default: from the upstream's headers).")
+@click.option("--running-batches", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batches executed at once, oldest first; later ones wait in_progress. One batch keeps the "
+                   "engine busy, and finishing batches in order lets clients collect early ones while later run.")
 def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | None, api_keys: tuple[str, ...],
           api_key_file: Path | None, max_upload_bytes: int, allow_short_windows: bool,
           enqueued_token_limit: int | None, echo_latency: float, echo_failure_rate: float, upstream: str | None,
-          upstream_key: str | None, rpm: int | None, tpm: int | None) -> None:
+          upstream_key: str | None, rpm: int | None, tpm: int | None, running_batches: int) -> None:
     """Serve an OpenAI-compatible /v1/files + /v1/batches API (plus sync /v1/chat/completions)."""
     import uvicorn
 
@@ -82,7 +85,8 @@ def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | 
     eng = registry.create(engine, only=plugins.split(",") if plugins else None, **options)
     settings = ServerSettings(data_dir=data_dir, api_keys=keys, max_upload_bytes=max_upload_bytes,
                               allow_short_windows=allow_short_windows,
-                              executor=ExecutorConfig(enqueued_token_limit=enqueued_token_limit))
+                              executor=ExecutorConfig(enqueued_token_limit=enqueued_token_limit,
+                                                      running_batches=running_batches))
     label = f"{eng.info.name} (TEST FIXTURE, not a model)" if eng.info.fixture else eng.info.name
     click.echo(f"coldbatch serve: engine {label}, data in {data_dir.resolve()}, http://{host}:{port}/v1", err=True)
     if not keys:

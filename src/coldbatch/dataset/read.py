@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -164,18 +164,24 @@ def detect_format(path: Path, forced: str | None = None) -> Format:
     return fmt
 
 
-def open_dataset(path: str | Path, fmt: str | None = None) -> Dataset:
-    """Open a file for streaming. Raises InputError when it cannot be read at all."""
+def open_dataset(path: str | Path, fmt: str | None = None, *, only: Sequence[str] | None = None) -> Dataset:
+    """Open a file for streaming. Raises InputError when it cannot be read at all.
+
+    `only`: the columns the batches need to carry (in file order; `columns` still lists all of them).
+    CSV and Parquet then skip converting the rest (`prepare` reads just the template and id columns).
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     kind = detect_format(p, fmt)
     try:
         if kind in ("csv", "tsv"):
-            ds = _open_csv(p, "\t" if kind == "tsv" else ",")
+            ds = _open_csv(p, "\t" if kind == "tsv" else ",", only)
         elif kind == "parquet":
             pf = pq.ParquetFile(p)
-            ds = Dataset(str(p), list(pf.schema_arrow.names), pf.iter_batches(batch_size=65_536))
+            names = list(pf.schema_arrow.names)
+            keep = [c for c in names if c in set(only)] if only is not None else None
+            ds = Dataset(str(p), names, pf.iter_batches(batch_size=65_536, columns=keep))
         else:
             ds = _open_jsonl(p)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -191,7 +197,7 @@ def from_table(table: Any, name: str = "<table>") -> Dataset:
     return Dataset(name, list(table.column_names), iter(table.to_batches(max_chunksize=65_536)))
 
 
-def _open_csv(p: Path, delimiter: str) -> Dataset:
+def _open_csv(p: Path, delimiter: str, only: Sequence[str] | None = None) -> Dataset:
     with p.open("r", encoding="utf-8", errors="replace", newline="") as f:
         header = next(csv.reader(f, delimiter=delimiter), None)
     if not header:
@@ -206,6 +212,8 @@ def _open_csv(p: Path, delimiter: str) -> Dataset:
         read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=header, skip_rows=1),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.binary()),
+                                             include_columns=[c for c in header if c in set(only)]
+                                             if only is not None else None,
                                              strings_can_be_null=False, quoted_strings_can_be_null=False),
     )
     return Dataset(str(p), header, _csv_batches(reader, p))

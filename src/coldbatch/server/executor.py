@@ -50,6 +50,10 @@ class ExecutorConfig:
     flush_seconds: float = 0.25  #: ...or at least this often
     enqueued_token_limit: int | None = None  #: per model; None = unlimited
     poll_seconds: float = 0.5
+    #: batches executing at once, oldest first; the rest wait their turn (validated, `in_progress`). One
+    #: batch already keeps the engine busy (its lanes fill `max_concurrency`), and running them one after
+    #: another finishes the first ones early, so clients collect while later ones run.
+    running_batches: int = 1
 
 
 @dataclass
@@ -76,6 +80,8 @@ class Executor:
         self._wake = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, _Run] = {}
+        self._turns: asyncio.Semaphore | None = None  # created on the loop that drives the batches
+        self._waiting: dict[str, asyncio.Event] = {}  # batches waiting for their turn: a notify wakes them
         self._started = time.time()  # wall clock, compared with blob mtimes by recover()
 
     def now(self) -> int:
@@ -85,6 +91,8 @@ class Executor:
         """Something changed (a new batch, a cancel): look again now."""
         if batch_id in self._runs:
             self._runs[batch_id].stop.set()
+        if batch_id in self._waiting:
+            self._waiting[batch_id].set()
         self._wake.set()
 
     async def run_forever(self) -> None:
@@ -144,7 +152,7 @@ class Executor:
             if status == S.VALIDATING:
                 await asyncio.to_thread(self._validate, row)
             elif status == S.IN_PROGRESS:
-                await self._execute(row)
+                await self._execute_in_turn(row)
             elif status == S.FINALIZING:
                 await asyncio.to_thread(self._finalize, row, S.COMPLETED)
             elif status == S.CANCELLING:
@@ -216,6 +224,40 @@ class Executor:
                 chunk = []
         if chunk:
             yield chunk
+
+    async def _execute_in_turn(self, row: dict[str, Any]) -> None:
+        """Wait for a turn (FIFO, `running_batches` at once), then execute. A notify (a cancel) or the end
+        of the completion window ends the wait early; drive() then looks at the status again."""
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(max(1, self.config.running_batches))
+        turns, bid = self._turns, row["id"]
+        woken = self._waiting[bid] = asyncio.Event()
+        acquire = asyncio.ensure_future(turns.acquire())
+        wake = asyncio.ensure_future(woken.wait())
+        try:
+            await asyncio.wait({acquire, wake}, timeout=max(0.0, row["expires_at"] - self.clock()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            if acquire.done() and not acquire.cancelled():
+                turns.release()
+            raise
+        finally:
+            self._waiting.pop(bid, None)
+            wake.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquire
+        if not acquire.done() or acquire.cancelled():
+            if self.now() >= row["expires_at"]:
+                await asyncio.to_thread(self._after_execute, row, 0)  # expired while it waited
+            return
+        try:
+            fresh = self.store.get_batch(bid, None)
+            if fresh is not None and fresh["status"] == S.IN_PROGRESS:
+                await self._execute(fresh)
+        finally:
+            turns.release()
 
     async def _execute(self, row: dict[str, Any]) -> None:
         run = self._runs[row["id"]] = _Run(row)
