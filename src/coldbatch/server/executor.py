@@ -81,6 +81,7 @@ class Executor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, _Run] = {}
         self._turns: asyncio.Semaphore | None = None  # created on the loop that drives the batches
+        self._validations: asyncio.Semaphore | None = None
         self._waiting: dict[str, asyncio.Event] = {}  # batches waiting for their turn: a notify wakes them
         self._started = time.time()  # wall clock, compared with blob mtimes by recover()
 
@@ -150,7 +151,12 @@ class Executor:
                 return
             status = S(row["status"])
             if status == S.VALIDATING:
-                await asyncio.to_thread(self._validate, row)
+                if self._validations is None:
+                    self._validations = asyncio.Semaphore(1)
+                async with self._validations:  # one at a time, in creation order: N validations on N threads
+                    fresh = self.store.get_batch(batch_id, None)  # would starve the event loop of the GIL
+                    if fresh is not None and fresh["status"] == S.VALIDATING:  # (not cancelled meanwhile)
+                        await asyncio.to_thread(self._validate, fresh)
             elif status == S.IN_PROGRESS:
                 await self._execute_in_turn(row)
             elif status == S.FINALIZING:
