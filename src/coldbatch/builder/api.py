@@ -35,7 +35,9 @@ class PrepareResult:
 
 def _dataset(source: Any, fmt: str | None, spec: RequestSpec) -> Dataset:
     if isinstance(source, str | Path):
-        return open_dataset(source, fmt, only=used_columns(spec))
+        ds = open_dataset(source, fmt, only=used_columns(spec))
+        ds.views = True
+        return ds
     return from_table(source)
 
 

@@ -51,6 +51,9 @@ class Dataset:
     _source: Any
     problems: list[Problem] = field(default_factory=list)
     format: Format | None = None  #: the file format it was read as; None for an in-memory table
+    #: decode text as Arrow string views: polars takes those over without a copy (`prepare` sets it; the
+    #: CSV, Parquet and JSON writers of OUTPUT want plain strings)
+    views: bool = False
 
     def batches(self) -> Iterator[tuple[int, pa.RecordBatch]]:
         """Yield (first row index, 0-based; batch of string columns).
@@ -75,7 +78,7 @@ class Dataset:
             return col
         if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
             try:
-                return pc.cast(col, pa.string())
+                return pc.cast(col, pa.string_view() if self.views else pa.string())
             except pa.ArrowInvalid:
                 return self._repair_utf8(col, name, start)
         if pa.types.is_nested(col.type):
