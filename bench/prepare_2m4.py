@@ -13,11 +13,14 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 
 from _common import ROOT, SHARED, feedback_csv
+
+ROUNDS = 3
 
 
 def run(cmd: list[str]) -> tuple[float, float, str]:
@@ -35,13 +38,17 @@ def run(cmd: list[str]) -> tuple[float, float, str]:
     return elapsed, usage.ru_maxrss / 1024, out
 
 
+def _times(runs: list[tuple[float, float, str]]) -> str:
+    return " / ".join(f"{r[0]:.2f}" for r in runs)
+
+
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 2_400_000
     data = feedback_csv(rows)
     out = ROOT / "bench" / "out"
     shutil.rmtree(out, ignore_errors=True)
     naive_dir, cb_dir = out / "naive", out / "coldbatch"
-    naive_t, naive_rss, _ = run([sys.executable, str(SHARED / "bench" / "naive_prepare.py"), str(data), str(naive_dir)])
+    naive_cmd = [sys.executable, str(SHARED / "bench" / "naive_prepare.py"), str(data), str(naive_dir)]
     cb_cmd = [
         sys.executable,
         "-m",
@@ -62,7 +69,17 @@ def main() -> None:
         "5",
         "--json",
     ]
-    cb_t, cb_rss, cb_out = run(cb_cmd)
+    # Both tools ROUNDS times, alternating (this VM's speed drifts by ±20 % over minutes); the medians are
+    # compared. Each run replaces the previous run's output folder, as a user re-running would.
+    naive_runs, cb_runs = [], []
+    for _ in range(ROUNDS):
+        shutil.rmtree(naive_dir, ignore_errors=True)
+        naive_runs.append(run(naive_cmd))
+        shutil.rmtree(cb_dir, ignore_errors=True)
+        cb_runs.append(run(cb_cmd))
+    naive_t, naive_rss = statistics.median(r[0] for r in naive_runs), max(r[1] for r in naive_runs)
+    cb_t, cb_rss = statistics.median(r[0] for r in cb_runs), max(r[1] for r in cb_runs)
+    cb_out = cb_runs[-1][2]
     manifest = json.loads(cb_out)
     val_t, val_rss, _ = run([sys.executable, "-m", "coldbatch", "validate", str(cb_dir)])
     shards = manifest["shards"]
@@ -82,8 +99,8 @@ def main() -> None:
 
 | | wall time | peak RSS |
 |---|---:|---:|
-| naive_prepare.py (baseline) | {naive_t:.2f} s | {naive_rss:,.0f} MB |
-| coldbatch prepare | {cb_t:.2f} s | {cb_rss:,.0f} MB |
+| naive_prepare.py (baseline), median of {ROUNDS} | {naive_t:.2f} s ({_times(naive_runs)}) | {naive_rss:,.0f} MB |
+| coldbatch prepare, median of {ROUNDS} | {cb_t:.2f} s ({_times(cb_runs)}) | {cb_rss:,.0f} MB |
 | coldbatch validate (all shards) | {val_t:.2f} s | {val_rss:,.0f} MB |
 
 - speed-up: **{naive_t / cb_t:.1f}×** (goal ≥ 10×); coldbatch peak RSS {cb_rss:,.0f} MB (goal ≤ 300 MB)
