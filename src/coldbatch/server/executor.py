@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +26,11 @@ import orjson
 
 from coldbatch import hotpath
 from coldbatch.core.status import BatchStatus as S
-from coldbatch.core.validate import FileValidator
 from coldbatch.engines.base import Engine, Result
 from coldbatch.estimate import tokens as T
 from coldbatch.estimate.accounting import prompt_texts
 from coldbatch.protocol.batches import FILE_TTL, seq_id
+from coldbatch.server import checking
 from coldbatch.server.scheduler import COLD, Slots
 from coldbatch.store.blobs import LocalBlobStore
 from coldbatch.store.sqlite import ResultRow, SqliteStore
@@ -82,6 +83,7 @@ class Executor:
         self._runs: dict[str, _Run] = {}
         self._turns: asyncio.Semaphore | None = None  # created on the loop that drives the batches
         self._validations: asyncio.Semaphore | None = None
+        self._no_pool = False  # no worker process can be started here: validate on a thread
         self._waiting: dict[str, asyncio.Event] = {}  # batches waiting for their turn: a notify wakes them
         self._started = time.time()  # wall clock, compared with blob mtimes by recover()
 
@@ -131,6 +133,7 @@ class Executor:
             t.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
+
     async def _drive_safely(self, batch_id: str) -> None:
         try:
             await self.drive(batch_id)
@@ -153,10 +156,10 @@ class Executor:
             if status == S.VALIDATING:
                 if self._validations is None:
                     self._validations = asyncio.Semaphore(1)
-                async with self._validations:  # one at a time, in creation order: N validations on N threads
-                    fresh = self.store.get_batch(batch_id, None)  # would starve the event loop of the GIL
+                async with self._validations:  # one at a time, in creation order, on the worker process
+                    fresh = self.store.get_batch(batch_id, None)
                     if fresh is not None and fresh["status"] == S.VALIDATING:  # (not cancelled meanwhile)
-                        await asyncio.to_thread(self._validate, fresh)
+                        await self._validate(fresh)
             elif status == S.IN_PROGRESS:
                 await self._execute_in_turn(row)
             elif status == S.FINALIZING:
@@ -170,32 +173,47 @@ class Executor:
     def _fail(self, row: dict[str, Any], errors: list[dict[str, Any]]) -> None:
         self.store.transition(row["id"], S.FAILED, self.now(), errors={"object": "list", "data": errors})
 
-    def _validate(self, row: dict[str, Any]) -> None:
+    async def _validate(self, row: dict[str, Any]) -> None:
         f = self.store.get_file(row["input_file_id"], row["owner"])
         if f is None or not self.blobs.exists(f["id"]):
             self._fail(row, [{"code": "invalid_request", "line": None, "param": "file_id",
                               "message": f"Cannot find file {row['input_file_id']}, or you do not have access to it."}])
             return
-        v = FileValidator(file=f["filename"], endpoint=row["endpoint"], models=self.engine.info.models,
-                          max_errors=MAX_REPORTED_ERRORS)
         if row["endpoint"] not in self.engine.info.endpoints:
             self._fail(row, [{"code": "invalid_url", "line": None, "param": "endpoint", "message":
                               f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}."}])
             return
-        v.feed_many(iter_lines(self.blobs.path(f["id"])))
-        report = v.finish()
-        if not report.ok:
-            self._fail(row, [{"code": e.code, "line": e.line, "param": e.param, "message": e.message}
-                             for e in report.errors])
+        args = (str(self.blobs.path(f["id"])), f["filename"], row["endpoint"], self.engine.info.models,
+                MAX_REPORTED_ERRORS)
+        checked = await self._check_file(*args)
+        if not checked.ok:
+            self._fail(row, checked.errors)
             return
+        await asyncio.to_thread(self._admit, row, f["id"], checked)
+
+    async def _check_file(self, *args: Any) -> checking.Checked:
+        """Validate in the worker process; in a thread where no process can be started (or it died)."""
+        if not self._no_pool:
+            try:
+                pool = checking.worker_pool()
+                return await asyncio.get_running_loop().run_in_executor(pool, checking.check_file, *args)
+            except BrokenProcessPool:
+                logger.warning("the validation worker died; the next validation starts a new one")
+                checking.discard(pool)
+            except (OSError, NotImplementedError) as exc:  # pragma: no cover - platform without processes
+                logger.warning("no validation worker process (%s); validating on a thread", exc)
+                self._no_pool = True
+        return await asyncio.to_thread(checking.check_file, *args)
+
+    def _admit(self, row: dict[str, Any], file_id: str, checked: checking.Checked) -> None:
         limit = self.config.enqueued_token_limit
-        tokens = self._prompt_tokens(f["id"], row["endpoint"]) if limit is not None else 0
-        if limit is not None and self.store.enqueued_tokens(report.model) + tokens > limit:
+        tokens = self._prompt_tokens(file_id, row["endpoint"]) if limit is not None else 0
+        if limit is not None and self.store.enqueued_tokens(checked.model) + tokens > limit:
             self._fail(row, [{"code": "token_limit_exceeded", "line": None, "param": None, "message":
-                              f"Enqueued token limit reached for {report.model}. Limit: {limit:,} enqueued tokens. "
+                              f"Enqueued token limit reached for {checked.model}. Limit: {limit:,} enqueued tokens. "
                               "Please try again once some in_progress batches have been completed."}])
             return
-        self.store.transition(row["id"], S.IN_PROGRESS, self.now(), total=report.requests, model=report.model,
+        self.store.transition(row["id"], S.IN_PROGRESS, self.now(), total=checked.requests, model=checked.model,
                               enqueued_tokens=tokens)
 
     def _prompt_tokens(self, file_id: str, endpoint: str) -> int:
