@@ -514,3 +514,36 @@ def test_cache_answers_a_rerun_without_sending(tmp_path: Path) -> None:
 async def _run(runner: Runner) -> dict[str, Any]:
     runner.prepare()
     return await runner.run()
+
+
+@pytest.mark.parametrize("moving", [True, False])
+def test_polling_backs_off_only_while_no_batch_moves(tmp_path: Path, moving: bool) -> None:
+    """While a batch's finished count grows, polls stay at --poll-interval (its results, and the provider's
+    next batch, would otherwise wait out a long backoff); a batch that does not move is polled less and less."""
+    job, p = Job(tmp_path, rows=5), FakeProvider()
+    options = job.ledger.job(job.id)["options"]  # type: ignore[index]
+    job.ledger.set_job(job.id, options={**options, "poll_interval": 2.0})
+    p.fate = lambda b: "running"
+    polls = [0]
+    real = p.retrieve
+
+    async def retrieve(batch_id: str) -> dict[str, Any]:
+        b = await real(batch_id)
+        polls[0] += 1
+        if polls[0] >= 8:
+            p._run(p.batches[batch_id], "completed")
+            return dict(p.batches[batch_id])
+        b["request_counts"] = {"total": 5, "completed": polls[0] if moving else 0, "failed": 0}
+        return b
+
+    p.retrieve = retrieve  # type: ignore[method-assign]
+    waits: list[float] = []
+
+    async def sleep(s: float) -> None:
+        waits.append(s)
+
+    assert job.run(p, sleep)["succeeded"] == 5
+    if moving:
+        assert waits[1:] and all(w == 2.0 for w in waits[1:]), waits
+    else:
+        assert waits == sorted(waits) and waits[-1] > 2 * waits[0], waits

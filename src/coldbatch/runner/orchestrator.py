@@ -128,6 +128,7 @@ class Runner:
         self._cancel_sent: set[int] = set()  # units whose batch this process asked the provider to cancel
         self.make_sync_client: Callable[[], Any] | None = None  # set by the CLI: enables a deadline rescue
         self._counts: dict[int, int] = {}  # requests finished per running unit, as last polled
+        self._moving = False  # some batch's finished count grew in this pass
 
     @property
     def folder(self) -> Path:
@@ -223,12 +224,16 @@ class Runner:
                 continue
             if self._past_deadline_after_rescue():
                 break  # rescued: what the cancelled batches still finish is collected by a later `resume`
+            self._moving = False
             progressed = await self._step(open_units)
             if progressed:
                 interval = min(self.opts.poll_interval, 1.0)
             else:
                 await self.sleep(interval)
-                interval = min(interval * 1.5, max(self.opts.poll_interval, self.opts.max_poll_interval))
+                # back off only while nothing moves: a batch whose counts grow finishes soon, and each
+                # backed-off poll would leave its results (and the provider's next batch) waiting
+                interval = self.opts.poll_interval if self._moving else \
+                    min(interval * 1.5, max(self.opts.poll_interval, self.opts.max_poll_interval))
         return await self.finish(started)
 
     async def _maybe_rescue(self, units: list[dict[str, Any]]) -> bool:
@@ -411,7 +416,9 @@ class Runner:
         b = await self.provider.retrieve(u["batch_id"])
         status = b["status"]
         counts = b.get("request_counts") or {}
-        self._counts[u["id"]] = int(counts.get("completed", 0) or 0) + int(counts.get("failed", 0) or 0)
+        finished = int(counts.get("completed", 0) or 0) + int(counts.get("failed", 0) or 0)
+        self._moving |= finished > self._counts.get(u["id"], 0)
+        self._counts[u["id"]] = finished
         if status != u["batch_status"]:
             self.ledger.update_unit(u["id"], batch_status=status)
             self.emit("status", {"unit": u["id"], "batch_id": u["batch_id"], "status": status,
