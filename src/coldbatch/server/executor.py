@@ -333,6 +333,10 @@ class Executor:
             if len(run.pending) >= self.config.group_size or \
                     time.monotonic() - run.last_flush >= self.config.flush_seconds:
                 self._flush(run)
+            # An engine that answers without waiting (echo) never suspends this task, and a queued chunk is
+            # taken without suspending either: yield, so HTTP requests (polls, hot calls) are served
+            # between chunks instead of after the whole batch (measured: 1 s per status poll under load).
+            await asyncio.sleep(0)
 
     async def _call(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Result]:
         many = getattr(self.engine, "complete_many", None)
