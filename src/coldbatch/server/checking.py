@@ -41,6 +41,12 @@ _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
 
 
+def ready() -> bool:
+    """A no-op run on the worker: submitting it at start-up pays the worker's start (~1 s: it imports
+    coldbatch) before the first batch arrives, not inside that batch's completion window."""
+    return True
+
+
 def worker_pool() -> ProcessPoolExecutor:
     """The process's one validation worker, shared by every executor in it; started on first use with
     `spawn` (the server has threads: forking it is unsafe). concurrent.futures stops it at exit."""

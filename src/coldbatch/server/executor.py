@@ -99,6 +99,8 @@ class Executor:
         self._wake.set()
 
     async def run_forever(self) -> None:
+        with contextlib.suppress(OSError, NotImplementedError):  # (no processes: validation uses a thread)
+            checking.worker_pool().submit(checking.ready)  # start the validation worker now
         try:
             await asyncio.to_thread(self.recover)
         except Exception:
