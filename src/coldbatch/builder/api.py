@@ -35,9 +35,7 @@ class PrepareResult:
 
 def _dataset(source: Any, fmt: str | None, spec: RequestSpec) -> Dataset:
     if isinstance(source, str | Path):
-        ds = open_dataset(source, fmt, only=used_columns(spec))
-        ds.views = True
-        return ds
+        return open_dataset(source, fmt, only=used_columns(spec), views=True)
     return from_table(source)
 
 

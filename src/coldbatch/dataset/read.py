@@ -169,11 +169,13 @@ def detect_format(path: Path, forced: str | None = None) -> Format:
     return fmt
 
 
-def open_dataset(path: str | Path, fmt: str | None = None, *, only: Sequence[str] | None = None) -> Dataset:
+def open_dataset(path: str | Path, fmt: str | None = None, *, only: Sequence[str] | None = None,
+                 views: bool = False, group_rows: int | None = None) -> Dataset:
     """Open a file for streaming. Raises InputError when it cannot be read at all.
 
     `only`: the columns the batches need to carry (in file order; `columns` still lists all of them).
     CSV and Parquet then skip converting the rest (`prepare` reads just the template and id columns).
+    `views` and `group_rows`: see `Dataset`.
     """
     p = Path(path)
     if not p.is_file():
@@ -185,14 +187,21 @@ def open_dataset(path: str | Path, fmt: str | None = None, *, only: Sequence[str
         elif kind == "parquet":
             pf = pq.ParquetFile(p)
             names = list(pf.schema_arrow.names)
-            keep = [c for c in names if c in set(only)] if only is not None else None
-            ds = Dataset(str(p), names, pf.iter_batches(batch_size=65_536, columns=keep))
+            ds = Dataset(str(p), names, pf.iter_batches(batch_size=65_536, columns=_kept(names, only)))
         else:
             ds = _open_jsonl(p)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{p}: cannot read as {kind}: {exc}") from exc
-    ds.format = kind
+    ds.format, ds.views, ds.group_rows = kind, views, group_rows
     return ds
+
+
+def _kept(names: list[str], only: Sequence[str] | None) -> list[str] | None:
+    """The columns of `names` that are in `only`, in file order (None: all)."""
+    if only is None:
+        return None
+    wanted = set(only)
+    return [c for c in names if c in wanted]
 
 
 def from_table(table: Any, name: str = "<table>") -> Dataset:
@@ -217,8 +226,7 @@ def _open_csv(p: Path, delimiter: str, only: Sequence[str] | None = None) -> Dat
         read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=header, skip_rows=1),
         parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.binary()),
-                                             include_columns=[c for c in header if c in set(only)]
-                                             if only is not None else None,
+                                             include_columns=_kept(header, only),
                                              strings_can_be_null=False, quoted_strings_can_be_null=False),
     )
     return Dataset(str(p), header, _csv_batches(reader, p))

@@ -170,8 +170,7 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
     here too), and `shards` (the manifest's) makes it check first that the input did not change.
     """
     kind = output_kind(out)
-    ds = open_dataset(input_path, fmt)
-    ds.group_rows = OUTPUT_GROUP_ROWS
+    ds = open_dataset(input_path, fmt, group_rows=OUTPUT_GROUP_ROWS)
     clash = [c for c in ADDED if c in ds.columns]
     prefix = "cb_" if clash else ""
     builder = Builder(spec, file=ds.name, max_line_bytes=max_line_bytes)

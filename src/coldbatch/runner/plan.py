@@ -8,8 +8,9 @@ already answered in the result cache are not sent at all. The plan is written as
 
 Dedup is off with `dedup=False` (`--no-dedup`), and by default for sampling requests (temperature or
 top_p above zero, n > 1): then every row is sent as its own request, under its own custom_id.
-Seen-question tracking keeps 64-bit key prefixes (8 bytes per question; a false "already seen" needs
-a 64-bit collision, ~1e-7 for 2.4 M questions).
+The plan rides on the estimate's pass (`estimate.api.Accumulator`): it decides which requests are
+repeats (64-bit key prefixes, ~1e-7 chance of a false repeat at 2.4 M questions) and counts tokens;
+this module records the mapping and writes the distinct requests.
 """
 
 from __future__ import annotations

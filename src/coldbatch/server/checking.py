@@ -1,10 +1,9 @@
 """Validate an uploaded batch file in a worker process.
 
-Validation is pure CPU over every line. On a thread it would hold the GIL against the event loop that
-drives the running batch, and that loop re-takes the GIL once per row of each SQLite write: with a
-CPU-bound thread beside it, every re-take waits for the thread's switch interval (measured: a 2.4 M
-job's first batches ran 10× slower while the later ones validated). A worker process validates on the
-other core instead. The result is plain data (picklable); the status transition stays with the caller.
+Validation is pure CPU over every line. On a thread it would compete for the GIL with the event loop
+that drives the running batch (which re-takes the GIL once per row of each SQLite write); a worker
+process validates on the other core instead. The result is plain data (picklable); the status
+transition stays with the caller.
 """
 
 from __future__ import annotations

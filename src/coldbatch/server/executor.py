@@ -81,8 +81,8 @@ class Executor:
         self._wake = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, _Run] = {}
-        self._turns: asyncio.Semaphore | None = None  # created on the loop that drives the batches
-        self._validations: asyncio.Semaphore | None = None
+        self._turns = asyncio.Semaphore(max(1, self.config.running_batches))  # executions, FIFO
+        self._validations = asyncio.Semaphore(1)  # validations, one at a time in creation order
         self._no_pool = False  # no worker process can be started here: validate on a thread
         self._waiting: dict[str, asyncio.Event] = {}  # batches waiting for their turn: a notify wakes them
         self._started = time.time()  # wall clock, compared with blob mtimes by recover()
@@ -135,7 +135,6 @@ class Executor:
             t.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
-
     async def _drive_safely(self, batch_id: str) -> None:
         try:
             await self.drive(batch_id)
@@ -156,8 +155,6 @@ class Executor:
                 return
             status = S(row["status"])
             if status == S.VALIDATING:
-                if self._validations is None:
-                    self._validations = asyncio.Semaphore(1)
                 async with self._validations:  # one at a time, in creation order, on the worker process
                     fresh = self.store.get_batch(batch_id, None)
                     if fresh is not None and fresh["status"] == S.VALIDATING:  # (not cancelled meanwhile)
@@ -254,8 +251,6 @@ class Executor:
     async def _execute_in_turn(self, row: dict[str, Any]) -> None:
         """Wait for a turn (FIFO, `running_batches` at once), then execute. A notify (a cancel) or the end
         of the completion window ends the wait early; drive() then looks at the status again."""
-        if self._turns is None:
-            self._turns = asyncio.Semaphore(max(1, self.config.running_batches))
         turns, bid = self._turns, row["id"]
         woken = self._waiting[bid] = asyncio.Event()
         acquire = asyncio.ensure_future(turns.acquire())
