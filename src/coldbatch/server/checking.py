@@ -9,7 +9,9 @@ transition stays with the caller.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Collection
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ def check_file(path: str, filename: str, endpoint: str, models: Collection[str] 
                                for e in report.errors], report.requests, report.model)
 
 
+PARENT_CHECK_S = 0.5
 _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
 
@@ -48,12 +51,27 @@ def ready() -> bool:
 
 def worker_pool() -> ProcessPoolExecutor:
     """The process's one validation worker, shared by every executor in it; started on first use with
-    `spawn` (the server has threads: forking it is unsafe). concurrent.futures stops it at exit."""
+    `spawn` (the server has threads: forking it is unsafe). It exits when the server does, however the
+    server ends (a killed parent never tells its pool's workers: see `_exit_with`)."""
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_exit_with, initargs=(os.getpid(),))
         return _pool
+
+
+def _exit_with(parent: int) -> None:
+    """In the worker: exit as soon as `parent` is gone. A worker waits on a queue whose write end it holds
+    itself, so it sees no EOF when the server is killed (kill -9, or a SIGTERM that skips the pool's exit
+    hook) and would live on, idle, holding ~100 MB."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def discard(pool: ProcessPoolExecutor) -> None:
