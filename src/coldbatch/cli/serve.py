@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import click
+import orjson
 
-from coldbatch.engines import registry
+from coldbatch.engines import pool
 from coldbatch.errors import UsageError
 from coldbatch.server.app import create_app
 from coldbatch.server.app_types import ServerSettings
@@ -28,6 +29,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parse_engine_options(pairs: tuple[str, ...]) -> dict[str, object]:
+    """`KEY=VALUE` pairs -> options; VALUE as JSON if it parses (numbers, true, null, lists), else text."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--engine-option wants KEY=VALUE, not {pair!r}")
+        try:
+            options[key] = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
@@ -61,13 +76,21 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
               help="relay engine: API key sent to the upstream.")
 @click.option("--rpm", type=int, help="relay engine: requests per minute (default: from the upstream's headers).")
 @click.option("--tpm", type=int, help="relay engine: tokens per minute (default: from the upstream's headers).")
+@click.option("--engine-workers", type=click.IntRange(min=0), default=None,
+              help="Engine worker processes (default: the engine's own: llama-cpp one per 2 usable cores, echo and "
+                   "relay 0 = in this process). A worker that crashes is replaced and its requests retried once; "
+                   "native engines (llama-cpp) always run in workers.")
+@click.option("--engine-option", "engine_options", multiple=True, metavar="KEY=VALUE",
+              help="Extra engine constructor option (repeatable); VALUE is read as JSON when it parses, else as "
+                   "text, e.g. --engine-option n_ctx=4096.")
 @click.option("--running-batches", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batches executed at once, oldest first; later ones wait in_progress. One batch keeps the "
                    "engine busy, and finishing batches in order lets clients collect early ones while later run.")
 def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | None, api_keys: tuple[str, ...],
           api_key_file: Path | None, max_upload_bytes: int, allow_short_windows: bool,
           enqueued_token_limit: int | None, echo_latency: float, echo_failure_rate: float, upstream: str | None,
-          upstream_key: str | None, rpm: int | None, tpm: int | None, running_batches: int) -> None:
+          upstream_key: str | None, rpm: int | None, tpm: int | None, engine_workers: int | None,
+          engine_options: tuple[str, ...], running_batches: int) -> None:
     """Serve an OpenAI-compatible /v1/files + /v1/batches API (plus sync /v1/chat/completions)."""
     import uvicorn
 
@@ -83,14 +106,17 @@ def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | 
             raise UsageError("The relay engine needs --upstream URL (an OpenAI-compatible API, e.g. http://host:8080/v1).")
         options = {"upstream": upstream, "api_key": upstream_key, "rpm": rpm, "tpm": tpm}
     elif model_path is not None:
-        options = {"model_path": model_path}
+        options = {"model_path": str(model_path)}
+    options.update(parse_engine_options(engine_options))
     plugins = os.environ.get("COLDBATCH_PLUGINS")
-    eng = registry.create(engine, only=plugins.split(",") if plugins else None, **options)
+    eng = pool.open_engine(engine, workers=engine_workers, only=plugins.split(",") if plugins else None, **options)
     settings = ServerSettings(data_dir=data_dir, api_keys=keys, max_upload_bytes=max_upload_bytes,
                               allow_short_windows=allow_short_windows,
                               executor=ExecutorConfig(enqueued_token_limit=enqueued_token_limit,
                                                       running_batches=running_batches))
     label = f"{eng.info.name} (TEST FIXTURE, not a model)" if eng.info.fixture else eng.info.name
+    if isinstance(eng, pool.WorkerPool):
+        label += f", {eng.workers} worker process{'es' if eng.workers > 1 else ''}"
     click.echo(f"coldbatch serve: engine {label}, data in {data_dir.resolve()}, http://{host}:{port}/v1", err=True)
     if not keys:
         click.echo("No API key configured: bound to loopback only, every caller shares one namespace.", err=True)

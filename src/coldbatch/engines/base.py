@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+#: True inside an engine worker process (`engines/worker.py`): fixture switches that kill the process
+#: (the echo engine's `echo_crash`) only work there, never in a server that holds other work.
+IN_WORKER_PROCESS = False
+
 
 @dataclass(frozen=True, slots=True)
 class EngineInfo:

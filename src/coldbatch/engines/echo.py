@@ -14,12 +14,20 @@ Fixture features for tests (never in a real engine):
   instead of a result: a deterministic per-line failure, e.g. for mixed or all-failing batches.
 - `models=` restricts the model names the engine claims to serve (default None: any name), so the
   server's validation reports `model_not_found` for the others.
+- `"echo_crash": "segv" | "abort" | "kill"` in a request body kills the process answering it (a real
+  SIGSEGV, an abort, a SIGKILL as the OOM killer sends): the crash a native engine can have. Only in an
+  engine worker process (`serve --engine-workers N`); in-process it is refused with a 400.
+- `crash_at_start_if=PATH`: a worker whose engine is built while PATH exists segfaults at start-up
+  (a worker that can never start, e.g. a CPU the native code cannot run on).
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import os
 import random
+import signal
 import time
 import zlib
 from collections.abc import Collection, Sequence
@@ -27,7 +35,9 @@ from typing import Any
 
 import orjson
 
+from coldbatch.engines import base
 from coldbatch.engines.base import EngineInfo, Result, error_result
+from coldbatch.errors import ConfigError
 from coldbatch.estimate import tokens as T
 from coldbatch.estimate.accounting import prompt_texts
 from coldbatch.protocol import limits as L
@@ -38,9 +48,14 @@ ENDPOINTS = frozenset({L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES, L.MODER
 
 class EchoEngine:
     def __init__(self, *, latency: float = 0.0, failure_rate: float = 0.0, seed: int = 0,
-                 max_concurrency: int = 256, models: Collection[str] | None = None) -> None:
+                 max_concurrency: int = 256, models: Collection[str] | None = None,
+                 crash_at_start_if: str | None = None) -> None:
         if not 0 <= failure_rate <= 1:
             raise ValueError("failure_rate must be within [0, 1]")
+        if crash_at_start_if is not None and os.path.exists(crash_at_start_if):
+            if not base.IN_WORKER_PROCESS:
+                raise ConfigError("echo: crash_at_start_if only crashes engine worker processes")
+            faulthandler._sigsegv()  # a real segmentation fault, as native code would have
         self.latency = latency
         self.failure_rate = failure_rate
         self._rng = random.Random(seed)
@@ -69,6 +84,9 @@ class EchoEngine:
     def _answer(self, endpoint: str, body: dict[str, Any], prompt_tokens: int) -> Result:
         if endpoint not in ENDPOINTS:
             return error_result(400, f"The echo engine does not serve {endpoint}.", param="url")
+        crash = body.get("echo_crash")
+        if crash is not None:
+            return _crash(crash)
         fail = body.get("echo_fail")
         if isinstance(fail, int) and not isinstance(fail, bool) and 400 <= fail <= 599:
             return error_result(fail, f"echo engine: failure requested by the request body (echo_fail={fail})",
@@ -118,6 +136,21 @@ class EchoEngine:
 
     async def aclose(self) -> None:
         return None
+
+
+def _crash(how: object) -> Result:
+    """Kill this process the way `how` says (worker processes only); a 400 anywhere else."""
+    if how not in ("segv", "abort", "kill"):
+        return error_result(400, "echo_crash must be 'segv', 'abort' or 'kill'", param="echo_crash")
+    if not base.IN_WORKER_PROCESS:
+        return error_result(400, "echo_crash only works in an engine worker process (serve --engine-workers N)",
+                            param="echo_crash", code="echo_crash_refused")
+    if how == "segv":
+        faulthandler._sigsegv()
+    elif how == "abort":
+        os.abort()
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable: the process is dead")
 
 
 def _last_user_text(body: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ way a third-party package adds one; `COLDBATCH_PLUGINS=a,b` (read by the CLI) li
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+import inspect
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -21,15 +22,38 @@ def available(only: Collection[str] | None = None) -> dict[str, Callable[..., En
     return found
 
 
-def create(name: str, only: Collection[str] | None = None, **options: Any) -> Engine:
-    """Build the engine called `name`. Raises ConfigError naming the choices or the missing extra."""
+def load(name: str, only: Collection[str] | None = None) -> Callable[..., Engine]:
+    """The factory (class) of the engine called `name`. Raises ConfigError naming the choices or the extra."""
     eps = available(only)
     if name not in eps:
         raise ConfigError(f"Unknown engine {name!r}; available: {', '.join(sorted(eps)) or 'none'}")
     factory: Any = eps[name]
     try:
-        factory = factory.load()
+        return factory.load()  # type: ignore[no-any-return]
     except ImportError as exc:
         raise ConfigError(f"The {name!r} engine cannot be loaded ({exc}); install its extra, e.g. "
                           f"pip install 'coldbatch[local]'") from exc
-    return factory(**options)  # type: ignore[no-any-return]
+
+
+def check_options(name: str, factory: Callable[..., Engine], options: dict[str, Any]) -> None:
+    """Refuse options the engine's constructor does not take, naming the ones it does (before any worker
+    process starts, so a typo is one clear line, not a traceback from a child)."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = sorted(n for n, p in params.items()
+                   if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"The {name!r} engine has no option {', '.join(map(repr, unknown))}; "
+                          f"its options: {', '.join(known) or 'none'}")
+
+
+def create(name: str, only: Collection[str] | None = None, **options: Any) -> Engine:
+    """Build the engine called `name` in this process. Raises ConfigError (unknown engine/option, extra)."""
+    factory = load(name, only)
+    check_options(name, factory, options)
+    return factory(**options)

@@ -1,7 +1,8 @@
 """The embedded default provider: `coldbatch serve` in this process, on a loopback port.
 
 With no OPENAI_BASE_URL / --base-url, `coldbatch run` starts the server (llama-cpp engine unless told
-otherwise) in a background thread and talks to it over HTTP with the same client code as for a remote
+otherwise, in a supervised worker process like `coldbatch serve`'s, so a native crash costs a worker,
+never the client) in a background thread and talks to it over HTTP with the same client code as for a remote
 provider, so the embedded path exercises exactly what a real Batch API would. Its data dir lives under
 COLDBATCH_HOME, so a resumed job finds its batches again.
 """
@@ -14,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from coldbatch.engines import registry
+from coldbatch.engines import pool
 from coldbatch.errors import ConfigError
 from coldbatch.server.app import create_app
 from coldbatch.server.app_types import ServerSettings
@@ -32,7 +33,7 @@ class EmbeddedServer:
     def __enter__(self) -> EmbeddedServer:
         import uvicorn
 
-        engine = registry.create(self.engine_name, **self.engine_options)
+        engine = pool.open_engine(self.engine_name, **self.engine_options)  # native engines: in worker processes
         app = create_app(ServerSettings(data_dir=self.data_dir, allow_short_windows=True), engine)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)

@@ -221,8 +221,15 @@ async def list_models(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    info = services(request).engine.info
-    return JSONResponse({"status": "ok", "engine": info.name, "fixture": info.fixture})
+    """200 while the engine can answer; 503 when every engine worker was given up (it kept crashing)."""
+    engine = services(request).engine
+    info = engine.info
+    body: dict[str, Any] = {"status": "ok", "engine": info.name, "fixture": info.fixture}
+    workers = getattr(engine, "health", None)
+    if workers is not None:
+        body["workers"] = workers()
+        body["status"] = body["workers"]["status"]
+    return JSONResponse(body, status_code=503 if body["status"] == "unavailable" else 200)
 
 
 ROUTES: list[tuple[str, Any, list[str]]] = [
