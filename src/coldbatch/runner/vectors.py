@@ -1,0 +1,45 @@
+"""OUTPUT's `embedding` column: the vectors of an embeddings job, typed for the file they go into.
+
+Why a typed column: a vector kept as JSON text must be parsed again by every reader, and in Parquet a
+`list<float>` column is what pandas, polars and DuckDB read as arrays (and 4 bytes a number, not ~11).
+CSV has no list type, so there the vector stays JSON text; JSONL gets a real JSON array.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+COLUMN = "embedding"
+
+
+def embedding_column(contents: list[str | None], kind: str) -> pa.Array:
+    """The column for `contents` (each answer's JSON text, None for a row without one) in an OUTPUT of `kind`.
+
+    Parquet: list<float32> (the model's own precision); JSONL: list<float64>, so each number is written
+    with the digits it came with; CSV/TSV: the JSON text as is.
+    """
+    if kind not in ("parquet", "jsonl"):
+        return pa.array(contents, pa.string())
+    item = pa.float32() if kind == "parquet" else pa.float64()
+    return pa.array([_vector(c) for c in contents], pa.list_(item))
+
+
+def _vector(content: str | None) -> list[float] | None:
+    """One answer's vector: a JSON array of numbers, or the base64 text of little-endian float32s (an answer
+    asked for with `"encoding_format": "base64"`). Anything else (several inputs in one request) is None."""
+    if content is None:
+        return None
+    value: Any = orjson.loads(content)
+    if isinstance(value, str):
+        return np.frombuffer(base64.b64decode(value), dtype="<f4").tolist()
+    if isinstance(value, list) and all(isinstance(x, int | float) for x in value):
+        return value
+    return None
+
+
+__all__ = ["COLUMN", "embedding_column"]
