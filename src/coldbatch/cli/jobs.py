@@ -17,6 +17,7 @@ import click
 import openai
 
 from coldbatch.cli import options, render
+from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL, EMBEDDINGS
 from coldbatch.errors import InputError, UsageError
 from coldbatch.hotpath.client import SyncClient
 from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError, Retryable
@@ -277,6 +278,13 @@ def provider_options(fn: Any) -> Any:
     return fn
 
 
+def _default_model(opts: dict[str, Any], base_url: str | None, engine: str) -> dict[str, Any]:
+    """Embeddings on the embedded default need no --model: its engine serves one embedding model."""
+    if opts.get("model") or base_url or engine != "llama-cpp" or opts.get("endpoint") != EMBEDDINGS:
+        return opts
+    return {**opts, "model": DEFAULT_EMBEDDING_MODEL}
+
+
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -380,7 +388,7 @@ def run(
     """Run a whole job: prepare, estimate, then send it as batches (submit, poll, collect, retry) or request by
     request (--mode sync; auto picks), and write OUTPUT."""
     output_kind(output)
-    spec = options.spec_from(opts)
+    spec = options.spec_from(_default_model(opts, base_url, engine))
     job_id = new_job_id(name)
     run_opts = RunOptions(
         spec=spec.describe(),
