@@ -68,6 +68,7 @@ from typing import Any, Final
 
 import orjson
 
+from coldbatch.engines import embedding
 from coldbatch.engines.base import EngineInfo, Result, error_result
 from coldbatch.errors import ConfigError
 
@@ -547,20 +548,25 @@ class LlamaCppEngine:
         n_batch: most prompt tokens per `llama_decode` call.
         flash_attn: use llama.cpp's flash attention (~20 % faster prompt evaluation here).
         verbose: let llama.cpp log to stderr.
+        embedding_model: what `/v1/embeddings` runs (`engines/embedding.py`): a GGUF embedding model or a
+            sentence-transformers BERT folder; default: all-MiniLM-L6-v2 from the `[local]` extra (when it
+            is not installed, the engine serves chat only). Loaded on the first embeddings request.
+        embeddings: False: serve chat only.
 
     Raises:
-        ConfigError: llama-cpp-python is not installed, or the model file is missing or unreadable.
+        ConfigError: llama-cpp-python is not installed, or a model file is missing or unreadable.
     """
 
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, model_name: str | None = None,
                  n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512, flash_attn: bool = True,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, embedding_model: str | None = None, embeddings: bool = True) -> None:
         lib = _import_llama()
         from llama_cpp import _internals, _logger, llama_chat_format
 
         path = Path(model_path) if model_path is not None else default_model_path()
         if not path.is_file():
             raise ConfigError(f"model file not found: {path}")
+        embedding_source = embedding.resolve_source(embedding_model) if embeddings else None
         if n_ctx < 16 or n_batch < 1:
             raise ConfigError("need n_ctx >= 16 and n_batch >= 1")
         _logger.set_verbose(verbose)
@@ -582,8 +588,12 @@ class LlamaCppEngine:
         self.model_path = path
         self.n_ctx = n_ctx
         #: max_concurrency 2: one request decoding, the next one validated and tokenized, waiting.
+        self._embedder = None if embedding_source is None else \
+            embedding.Embedder(embedding_source, n_threads=threads, verbose=verbose)
         self.info = EngineInfo(name="llama-cpp", endpoints=frozenset({ENDPOINT}),
                                models=frozenset({self.model_name}), max_concurrency=2)
+        if self._embedder is not None:
+            self.info = embedding.with_embeddings(self.info, self._embedder.model_name)
         self._grammars: dict[bytes, str] = {}
         self._probe_tokens: OrderedDict[str, list[int]] = OrderedDict()
         self._probe_lock = threading.Lock()
@@ -610,6 +620,8 @@ class LlamaCppEngine:
         """
         if self._closed or not self._thread.is_alive():
             raise EngineClosed("the llama-cpp engine is closed")
+        if endpoint == embedding.EMBEDDINGS and self._embedder is not None and isinstance(body, dict):
+            return await self._embedder.complete(body)
         if endpoint != ENDPOINT:
             return error_result(400, f"the llama-cpp engine only serves {ENDPOINT}, not {endpoint}",
                                 param="url", code="unsupported_endpoint")
@@ -671,6 +683,8 @@ class LlamaCppEngine:
             return
         self._closed = True
         self._worker.inbox.put(None)
+        if self._embedder is not None:
+            await self._embedder.aclose()
         await asyncio.to_thread(self._thread.join)
         self._worker.free_native()
         self._ctx.close()

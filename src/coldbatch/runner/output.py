@@ -4,7 +4,8 @@ The custom_id of each row is recomputed by running the very same `Builder` over 
 (ids, renamed repeats and rejected rows come out identical), so the join needs no id map in memory:
 each input batch looks up its own results in the ledger. Rows keep their input order and columns;
 coldbatch adds `custom_id`, `response`, `label` (with --labels), `error`, `attempts`,
-`prompt_tokens` and `completion_tokens`.
+`prompt_tokens` and `completion_tokens`. An embeddings job gets `embedding` (the vector; see vectors.py)
+in place of `response`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from coldbatch.builder.spec import RequestSpec
 from coldbatch.dataset.read import detect_format, open_dataset
 from coldbatch.errors import InputError, UsageError
 from coldbatch.protocol import limits as L
-from coldbatch.runner import structured
+from coldbatch.runner import structured, vectors
 from coldbatch.runner.ledger import Ledger
 
 #: rows joined per step: each carries a result dict from the ledger (4,096 instead of the reader's 16,384
@@ -171,7 +172,7 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
     """
     kind = output_kind(out)
     ds = open_dataset(input_path, fmt, group_rows=OUTPUT_GROUP_ROWS)
-    clash = [c for c in ADDED if c in ds.columns]
+    clash = [c for c in (*ADDED, vectors.COLUMN) if c in ds.columns]
     prefix = "cb_" if clash else ""
     builder = Builder(spec, file=ds.name, max_line_bytes=max_line_bytes)
     check = _SameRequests(input_path, shards) if shards is not None else None
@@ -203,6 +204,9 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
             table = pa.Table.from_batches([batch])
             for c in ADDED:
                 if c == "label" and not spec.labels:
+                    continue
+                if c == "response" and spec.endpoint == L.EMBEDDINGS:  # the vector, typed, instead of text
+                    table = table.append_column(prefix + vectors.COLUMN, vectors.embedding_column(cols[c], kind))
                     continue
                 table = table.append_column(prefix + c, pa.array(cols[c], _TYPES[c]))
             if spec.schema is not None:
