@@ -77,7 +77,7 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
 @click.option("--rpm", type=int, help="relay engine: requests per minute (default: from the upstream's headers).")
 @click.option("--tpm", type=int, help="relay engine: tokens per minute (default: from the upstream's headers).")
 @click.option("--engine-workers", type=click.IntRange(min=0), default=None,
-              help="Engine worker processes (default: the engine's own: llama-cpp one per 2 usable cores, echo and "
+              help="Engine worker processes (default: the engine's own: llama-cpp one per usable core up to 4, echo and "
                    "relay 0 = in this process). A worker that crashes is replaced and its requests retried once; "
                    "native engines (llama-cpp) always run in workers.")
 @click.option("--engine-option", "engine_options", multiple=True, metavar="KEY=VALUE",
