@@ -258,3 +258,14 @@ def test_kill_9_of_a_llama_cpp_worker_mid_batch_loses_nothing(tmp_path: Path) ->
             assert label in ("negative", "neutral", "positive")
         health = settled_health(srv)["workers"]
         assert health["status"] == "ok" and health["crashes"] == 1 and victims[0] not in health["pids"]
+
+
+def test_a_model_file_that_is_not_gguf_is_refused_at_start(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a model")
+    r = subprocess.run([sys.executable, "-m", "coldbatch", "serve", "--engine", "llama-cpp", "--model-path", str(fake),
+                        "--port", str(free_port()), "--data-dir", str(tmp_path / "d")],
+                       env=env_for(tmp_path / "h"), capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert f"{fake} is not a GGUF model file" in r.stderr and "Traceback" not in r.stderr

@@ -77,9 +77,9 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
 @click.option("--rpm", type=int, help="relay engine: requests per minute (default: from the upstream's headers).")
 @click.option("--tpm", type=int, help="relay engine: tokens per minute (default: from the upstream's headers).")
 @click.option("--engine-workers", type=click.IntRange(min=0), default=None,
-              help="Engine worker processes (default: the engine's own: llama-cpp one per usable core up to 4, echo and "
-                   "relay 0 = in this process). A worker that crashes is replaced and its requests retried once; "
-                   "native engines (llama-cpp) always run in workers.")
+              help="Engine worker processes (default: the engine's own: llama-cpp one per usable core up to 4, "
+                   "echo and relay 0 = in this process). A worker that crashes is replaced and its requests "
+                   "retried once; native engines (llama-cpp) always run in workers.")
 @click.option("--engine-option", "engine_options", multiple=True, metavar="KEY=VALUE",
               help="Extra engine constructor option (repeatable); VALUE is read as JSON when it parses, else as "
                    "text, e.g. --engine-option n_ctx=4096.")
