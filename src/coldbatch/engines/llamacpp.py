@@ -11,8 +11,10 @@ The engine serves one model. It reports that model's id (the GGUF file name with
 suffix, e.g. `SmolLM2-135M-Instruct`) in `EngineInfo.models` and in every answer's `model`, but it accepts
 any `model` string in a body: a batch file written for `gpt-4o-mini` runs against the local model unchanged.
 As in OpenAI's API, `temperature` defaults to 1: send 0 for greedy answers, which are reproducible
-(so are sampled answers given a `seed`). Unsupported options (`stream`, `n` > 1, `logprobs`, `tools`) and
-bad bodies are 400 Results, never exceptions.
+(so are sampled answers given a `seed`). `logprobs` / `top_logprobs` (0-20) return OpenAI's
+`choices[0].logprobs.content`, computed from the model's logits before the grammar mask (`_logprob_entry`);
+asking for them never changes the answer. Unsupported options (`stream`, `n` > 1, `tools`) and bad bodies
+are 400 Results, never exceptions.
 
 How it runs. One dedicated worker thread owns the llama context (a context is not thread-safe: owning
 it is the lock) and answers requests one after another; the event loop only validates, renders and
@@ -82,7 +84,8 @@ CHATML: Final = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + 
                  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 _QUANT_SUFFIX: Final = re.compile(r"[.-](?:I?Q\d[\w]*|F16|F32|BF16)$", re.IGNORECASE)
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
-_UNSUPPORTED: Final = (("stream", True), ("logprobs", True), ("tools", None), ("functions", None))
+_UNSUPPORTED: Final = (("stream", True), ("tools", None), ("functions", None))
+MAX_TOP_LOGPROBS: Final = 20  #: OpenAI's limit for `top_logprobs`
 
 
 class EngineClosed(RuntimeError):
@@ -126,6 +129,8 @@ class _Params:
     seed: int | None
     stop: tuple[str, ...]
     grammar: str | None  #: GBNF text, root rule `root`
+    logprobs: bool = False  #: report each answer token's log-probability (OpenAI `logprobs`)
+    top_logprobs: int = 0  #: and this many most likely alternatives per position (0-20)
 
 
 def _parse(body: dict[str, Any], grammars: dict[bytes, str]) -> _Params | Result:
@@ -157,7 +162,26 @@ def _parse(body: dict[str, Any], grammars: dict[bytes, str]) -> _Params | Result
     grammar = _parse_format(body.get("response_format"), grammars)
     if isinstance(grammar, Result):
         return grammar
-    return _Params(messages, max_new, temperature, top_p, None if seed is None else seed & 0xFFFFFFFF, stop, grammar)
+    logprobs = _parse_logprobs(body)
+    if isinstance(logprobs, Result):
+        return logprobs
+    return _Params(messages, max_new, temperature, top_p, None if seed is None else seed & 0xFFFFFFFF, stop, grammar,
+                   *logprobs)
+
+
+def _parse_logprobs(body: dict[str, Any]) -> tuple[bool, int] | Result:
+    """(logprobs, top_logprobs) as OpenAI takes them: a boolean, and 0-20 alternatives that need logprobs."""
+    logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        return error_result(400, "logprobs must be a boolean", param="logprobs")
+    if top is None:
+        return bool(logprobs), 0
+    if not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS:
+        return error_result(400, f"top_logprobs must be an integer between 0 and {MAX_TOP_LOGPROBS}",
+                            param="top_logprobs")
+    if not logprobs:
+        return error_result(400, "top_logprobs needs logprobs to be true", param="top_logprobs")
+    return True, top
 
 
 def _is_int(value: Any) -> bool:
@@ -231,12 +255,14 @@ def _parse_format(fmt: Any, grammars: dict[bytes, str]) -> str | Result | None:
     return grammars[key]
 
 
-def _completion(text: str, finish: str, model: str, prompt_tokens: int, completion_tokens: int) -> Result:
+def _completion(text: str, finish: str, model: str, prompt_tokens: int, completion_tokens: int,
+                logprobs: list[dict[str, Any]] | None = None) -> Result:
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
     body = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                         "finish_reason": finish, "logprobs": None}],
+                                         "finish_reason": finish, "logprobs": None if logprobs is None else
+                                         {"content": logprobs, "refusal": None}}],
             "usage": usage}
     return Result(200, body, dict(usage))
 
@@ -301,6 +327,7 @@ class _Worker:
             row = self._prefill(job.prompt, job.prefix)
             out: list[int] = []
             text = bytearray()
+            logprobs: list[dict[str, Any]] | None = [] if job.params.logprobs else None
             finish = "length"
             while len(out) < job.max_new:
                 token = self._sample(samplers, row) if not job.future.done() else -1
@@ -309,7 +336,11 @@ class _Worker:
                     break
                 out.append(token)
                 text += self._piece(token)
+                if logprobs is not None:  # read before the next decode overwrites this row's logits
+                    logprobs.append(self._logprob_entry(row, token, job.params.top_logprobs))
                 if job.params.stop and _cut_at_stop(text, job.params.stop):
+                    if logprobs is not None:
+                        _trim_logprobs(logprobs, len(text))
                     finish = "stop"
                     break
                 if len(out) < job.max_new:
@@ -318,7 +349,33 @@ class _Worker:
             for sampler in (samplers.chain, samplers.grammar):
                 if sampler:
                     self.lib.llama_sampler_free(sampler)
-        return _completion(text.decode("utf-8", errors="replace"), finish, self.name, len(job.prompt), len(out))
+        return _completion(text.decode("utf-8", errors="replace"), finish, self.name, len(job.prompt), len(out),
+                           logprobs)
+
+    def _logprob_entry(self, row: int, token: int, top: int) -> dict[str, Any]:
+        """OpenAI's per-token logprobs entry for `token`, from the model's own distribution at `row`.
+
+        A log-softmax over the whole vocabulary of the raw logits: before the grammar mask and without
+        temperature, as OpenAI reports what the model itself thought (so a label the grammar forced can
+        show a low probability, which is the point of asking). Alternatives are ordered by logit, then id.
+        """
+        import numpy as np
+
+        logits = self._logits(row).astype(np.float64)
+        peak = float(logits.max())
+        lse = peak + float(np.log(np.exp(logits - peak).sum()))
+        entry = self._token_logprob(token, float(logits[token]) - lse)
+        if top:
+            best = np.argpartition(-logits, top - 1)[:top]
+            best = best[np.lexsort((best, -logits[best]))]
+            entry["top_logprobs"] = [self._token_logprob(int(t), float(logits[t]) - lse) for t in best]
+        else:
+            entry["top_logprobs"] = []
+        return entry
+
+    def _token_logprob(self, token: int, logprob: float) -> dict[str, Any]:
+        piece = self._piece(token)
+        return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
 
     # -- prompt -------------------------------------------------------------------------------------
     def _prefill(self, prompt: list[int], prefix: int) -> int:
@@ -480,6 +537,16 @@ def _lcp(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def _trim_logprobs(entries: list[dict[str, Any]], kept: int) -> None:
+    """Drop the entries of tokens that start at or after byte `kept` (the text was cut at a stop string)."""
+    start = 0
+    for i, entry in enumerate(entries):
+        if start >= kept:
+            del entries[i:]
+            return
+        start += len(entry["bytes"])
 
 
 def _cut_at_stop(text: bytearray, stops: tuple[str, ...]) -> bool:
