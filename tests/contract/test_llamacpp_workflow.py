@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from coldbatch.engines.llamacpp import LlamaCppEngine
+from coldbatch.engines.pool import open_engine
 
 TWEETS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "airline-tweets" / "Tweets.csv"
 LABELS = ["negative", "neutral", "positive"]
@@ -33,7 +33,7 @@ def test_sdk_workflow_on_20_tweets_answers_labels(serve) -> None:  # type: ignor
                                                                            "schema": SCHEMA}}}
         buf.write(json.dumps({"custom_id": r["tweet_id"], "method": "POST", "url": "/v1/chat/completions",
                               "body": body}) + "\n")
-    client = serve(LlamaCppEngine()).client()
+    client = serve(open_engine("llama-cpp")).client()  # in worker processes, as `coldbatch serve` runs it
     f = client.files.create(file=("tweets.jsonl", buf.getvalue().encode()), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     deadline = time.monotonic() + 120

@@ -193,6 +193,8 @@ class _Worker:
         self.ready.set()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=30)
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()  # type: ignore[union-attr]
         for loop, future in pending.values():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_set_exception, future, WorkerDied(self.exit_reason()))
@@ -214,6 +216,8 @@ class _Worker:
             line = raw.decode("utf-8", "replace").rstrip()
             self.stderr_tail.append(line)
             print(f"[engine worker {self.pid}] {line}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            stream.close()
 
 
 def _set_result(future: asyncio.Future[list[Result]], results: list[Result]) -> None:
@@ -271,7 +275,8 @@ class WorkerPool:
                               f"{error or f'no worker was ready within {self.start_timeout:g} s'}")
         info = first.info
         return EngineInfo(name=info.name, endpoints=info.endpoints, models=info.models,
-                          max_concurrency=info.max_concurrency * self.workers, fixture=info.fixture)
+                          max_concurrency=info.max_concurrency * self.workers, fixture=info.fixture,
+                          endpoint_concurrency=tuple((e, n * self.workers) for e, n in info.endpoint_concurrency))
 
     def _keep(self, slot: int) -> None:
         """Keep one worker slot alive until the pool closes or the slot fails to start too often."""
