@@ -190,6 +190,7 @@ def test_output_keeps_input_order_and_columns_and_joins_each_result(
         "cb_custom_id",
         "cb_response",
         "cb_label",
+        "cb_confidence",
         "cb_error",
         "cb_attempts",
         "cb_prompt_tokens",

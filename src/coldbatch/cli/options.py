@@ -22,9 +22,14 @@ _REQUEST_OPTIONS: list[Callable[[F], F]] = [
     click.option("--endpoint", type=click.Choice([L.CHAT, L.EMBEDDINGS]), default=L.CHAT),
     click.option("--input-column", help="Column sent as-is: the embeddings input, or the whole user message."),
     click.option("--max-tokens", type=click.IntRange(min=1), help="max_tokens for each request."),
-    click.option("--temperature", type=click.FloatRange(0, 2), help="temperature for each request."),
+    click.option("--temperature", type=click.FloatRange(0, 2),
+                 help="temperature for each request (default: 0 with --labels or --schema, so a categorization "
+                 "is deterministic; else the provider's default, 1 for OpenAI)."),
     click.option("--labels", help="Comma-separated labels: adds a JSON-schema response_format whose answer "
                  "must be one of them."),
+    click.option("--confidence/--no-confidence", default=True,
+                 help="With --labels: ask for logprobs and add OUTPUT's `confidence` column, the probability of "
+                 "the chosen label (default on; --no-confidence for a model that refuses logprobs)."),
     click.option("--schema", "schema_file", type=click.Path(exists=True, dir_okay=False),
                  help="JSON schema file the answer must match (structured outputs); its properties become "
                  "OUTPUT columns."),
@@ -70,7 +75,7 @@ def spec_from(opts: dict[str, Any]) -> RequestSpec:
                        system=opts.get("system"), input_column=opts.get("input_column"),
                        max_tokens=opts.get("max_tokens"), temperature=opts.get("temperature"), labels=labels,
                        body=body, id_column=opts.get("id_column"), on_duplicate_id=opts["on_duplicate_id"],
-                       schema=schema, schema_name=schema_name)
+                       schema=schema, schema_name=schema_name, confidence=opts.get("confidence", True))
 
 
 def limit_options(fn: F) -> F:

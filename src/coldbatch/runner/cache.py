@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS entries (
     prompt_tokens     INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     created_at        INTEGER NOT NULL,
-    checksum          TEXT NOT NULL
+    checksum          TEXT NOT NULL,
+    confidence        REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_age ON entries (created_at);
 """
@@ -35,10 +36,13 @@ class Entry:
     content: str
     prompt_tokens: int
     completion_tokens: int
+    confidence: float | None = None  #: a label answer's probability (runner/confidence.py)
 
 
-def _checksum(key: str, content: str, prompt: int, completion: int) -> str:
-    return hashlib.sha256(f"{key}\0{content}\0{prompt}\0{completion}".encode()).hexdigest()
+def _checksum(key: str, content: str, prompt: int, completion: int, confidence: float | None = None) -> str:
+    """SHA-256 of an entry; an entry without a confidence sums as entries made before that column existed."""
+    extra = "" if confidence is None else f"\0{confidence!r}"
+    return hashlib.sha256(f"{key}\0{content}\0{prompt}\0{completion}{extra}".encode()).hexdigest()
 
 
 class ResultCache:
@@ -51,6 +55,8 @@ class ResultCache:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        if "confidence" not in {r[1] for r in self.db.execute("PRAGMA table_info(entries)")}:  # an older cache
+            self.db.execute("ALTER TABLE entries ADD COLUMN confidence REAL")
         self.corrupt_ignored = 0
 
     def close(self) -> None:
@@ -64,13 +70,13 @@ class ResultCache:
         for i in range(0, len(keys), 500):
             part = list(keys[i:i + 500])
             rows = self.db.execute(
-                f"SELECT key, content, prompt_tokens, completion_tokens, created_at, checksum FROM entries "
-                f"WHERE key IN ({', '.join('?' * len(part))})", part)
-            for key, content, p, c, created, checksum in rows:
-                if checksum != _checksum(key, content, p, c):
+                f"SELECT key, content, prompt_tokens, completion_tokens, created_at, checksum, confidence FROM "
+                f"entries WHERE key IN ({', '.join('?' * len(part))})", part)
+            for key, content, p, c, created, checksum, confidence in rows:
+                if checksum != _checksum(key, content, p, c, confidence):
                     bad.append(key)
                 elif created >= oldest:
-                    found[key] = Entry(key, content, p, c)
+                    found[key] = Entry(key, content, p, c, confidence)
         if bad:
             self.corrupt_ignored += len(bad)
             self.db.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in bad])
@@ -79,10 +85,11 @@ class ResultCache:
     def put_many(self, entries: Iterable[Entry]) -> int:
         now = int(time.time())
         rows = [(e.key, e.content, e.prompt_tokens, e.completion_tokens, now,
-                 _checksum(e.key, e.content, e.prompt_tokens, e.completion_tokens)) for e in entries]
+                 _checksum(e.key, e.content, e.prompt_tokens, e.completion_tokens, e.confidence), e.confidence)
+                for e in entries]
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

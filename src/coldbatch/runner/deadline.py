@@ -80,8 +80,10 @@ def unanswered_requests(ledger: LG.Ledger, job_id: str) -> list[tuple[str, str, 
     return out
 
 
-async def rescue(ledger: LG.Ledger, job_id: str, client: SyncClient, *, attempt: int) -> int:
-    """Send every unanswered request through `client`; record answers as they arrive. Returns how many."""
+async def rescue(ledger: LG.Ledger, job_id: str, client: SyncClient, *, attempt: int,
+                 labels: tuple[str, frozenset[str]] | None = None) -> int:
+    """Send every unanswered request through `client`; record answers as they arrive. Returns how many.
+    `labels`: a label job's (field, labels), whose answers get a confidence (`outcomes.answered`)."""
     from coldbatch.runner.sync_mode import outcome_of
 
     todo = unanswered_requests(ledger, job_id)
@@ -90,7 +92,7 @@ async def rescue(ledger: LG.Ledger, job_id: str, client: SyncClient, *, attempt:
     urls = {cid: url for cid, url, _ in todo}
 
     def arrived(cid: str, res: Any) -> None:
-        pending.append(outcome_of(cid, urls[cid], res))
+        pending.append(outcome_of(cid, urls[cid], res, labels))
         if len(pending) >= 200:
             flush()
 

@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS results (
     prompt_tokens     INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    confidence        REAL,
     PRIMARY KEY (job_id, custom_id)
 ) WITHOUT ROWID;
 """
@@ -92,9 +93,10 @@ OPEN_STATES = (PLANNED, UPLOADING, UPLOADED, CREATING, CREATED)
 
 #: a row's latest outcome replaces the earlier one unless that was a success; tokens add up over attempts
 _UPSERT_RESULT = (
-    "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (job_id, custom_id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts, "
     "content = excluded.content, error_code = excluded.error_code, error_message = excluded.error_message, "
+    "confidence = excluded.confidence, "
     "prompt_tokens = results.prompt_tokens + excluded.prompt_tokens, "
     "completion_tokens = results.completion_tokens + excluded.completion_tokens, "
     "cached_tokens = results.cached_tokens + excluded.cached_tokens WHERE results.state != 'ok'")
@@ -112,6 +114,7 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    confidence: float | None = None  #: a label answer's probability, from the provider's logprobs (confidence.py)
 
 
 class Ledger:
@@ -123,6 +126,9 @@ class Ledger:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+        if "confidence" not in columns:  # a ledger made before label confidences were kept
+            self.db.execute("ALTER TABLE results ADD COLUMN confidence REAL")
 
     def close(self) -> None:
         self.db.close()
@@ -198,7 +204,7 @@ class Ledger:
             for o in outcomes:
                 counts[o.state] += 1
                 rows.append((unit["job_id"], o.custom_id, o.state, unit["round"], o.content, o.error_code,
-                             o.error_message, o.prompt_tokens, o.completion_tokens, o.cached_tokens))
+                             o.error_message, o.prompt_tokens, o.completion_tokens, o.cached_tokens, o.confidence))
             self.db.executemany(_UPSERT_RESULT, rows)
             self.update_unit(unit["id"], state=state, **unit_fields)
         return counts
@@ -208,7 +214,7 @@ class Ledger:
         with self._tx():
             self.db.executemany(_UPSERT_RESULT, [
                 (job_id, o.custom_id, o.state, attempts, o.content, o.error_code, o.error_message, o.prompt_tokens,
-                 o.completion_tokens, o.cached_tokens) for o in outcomes])
+                 o.completion_tokens, o.cached_tokens, o.confidence) for o in outcomes])
 
     def add_rescued(self, job_id: str, ids: Sequence[str]) -> None:
         with self._tx():
@@ -252,8 +258,10 @@ class Ledger:
         """Results answered without sending (cache hits; --cache-only misses): attempts 0, no tokens billed."""
         with self._tx():
             self.db.executemany(
-                "INSERT INTO results VALUES (?, ?, ?, 0, ?, ?, ?, 0, 0, 0) ON CONFLICT (job_id, custom_id) DO NOTHING",
-                [(job_id, o.custom_id, o.state, o.content, o.error_code, o.error_message) for o in outcomes])
+                "INSERT INTO results VALUES (?, ?, ?, 0, ?, ?, ?, 0, 0, 0, ?) ON CONFLICT (job_id, custom_id) "
+                "DO NOTHING",
+                [(job_id, o.custom_id, o.state, o.content, o.error_code, o.error_message, o.confidence)
+                 for o in outcomes])
 
     def results_for(self, job_id: str, ids: Sequence[str], *, keyed: bool = False) -> dict[str, dict[str, Any]]:
         """Results by row custom_id; for a deduplicated job, through the row's question key."""

@@ -256,7 +256,8 @@ class Runner:
         client = self.make_sync_client()
         try:
             sent = await deadline.rescue(self.ledger, self.job_id, client,
-                                         attempt=self.ledger.max_round(self.job_id) + 1)
+                                         attempt=self.ledger.max_round(self.job_id) + 1,
+                                         labels=structured.label_field(self.opts.request_spec().answer_schema))
         finally:
             await client.aclose()
         self.emit("rescued", {"requests": sent})
@@ -492,8 +493,9 @@ class Runner:
         expected = [orjson.loads(ln)["custom_id"] for ln in iter_lines(Path(u["path"])) if ln.strip()]
         outcomes: dict[str, LG.Outcome] = {}
         schema = self.opts.request_spec().answer_schema
+        labels = structured.label_field(schema)
         for kind, dest in files:
-            items = (read_output(dest, endpoint, cancelled_by_user=cancelled_by_user) if kind == "output"
+            items = (read_output(dest, endpoint, cancelled_by_user=cancelled_by_user, labels=labels) if kind == "output"
                      else read_errors(dest, cancelled_by_user=cancelled_by_user))
             for o in items:
                 outcomes[o.custom_id] = structured.check(o, schema, attempt=u["round"],
@@ -515,7 +517,7 @@ class Runner:
         dedup, use_cache = self._dedup_and_cache()
         if not (dedup and use_cache) or self.opts.cache_only:
             return
-        entries = [Entry(o.custom_id, o.content, o.prompt_tokens, o.completion_tokens) for o in outcomes
+        entries = [Entry(o.custom_id, o.content, o.prompt_tokens, o.completion_tokens, o.confidence) for o in outcomes
                    if o.state == "ok" and o.content is not None and o.custom_id.startswith(KEY_PREFIX)]
         # (answers that miss the labels/schema were turned into invalid_output by structured.check already)
         if entries:

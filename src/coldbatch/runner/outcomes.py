@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from coldbatch.protocol import limits as L
+from coldbatch.runner.confidence import label_confidence
 from coldbatch.runner.ledger import Outcome
 from coldbatch.validation import iter_lines
 
@@ -49,7 +50,18 @@ def _usage(body: dict[str, Any]) -> tuple[int, int, int]:
     return int(prompt), int(completion), int(details.get("cached_tokens", 0) or 0)
 
 
-def read_output(path: Path, endpoint: str, *, cancelled_by_user: bool = False) -> Iterator[Outcome]:
+def answered(custom_id: str, endpoint: str, body: dict[str, Any],
+             labels: tuple[str, frozenset[str]] | None = None) -> Outcome:
+    """A 2xx answer as an Outcome; with `labels` (field, allowed), its confidence from the body's logprobs."""
+    p, c, cached = _usage(body)
+    content = content_of(endpoint, body)
+    confidence = label_confidence(body, content, *labels) if labels is not None and endpoint == L.CHAT else None
+    return Outcome(custom_id, "ok", content, prompt_tokens=p, completion_tokens=c, cached_tokens=cached,
+                   confidence=confidence)
+
+
+def read_output(path: Path, endpoint: str, *, cancelled_by_user: bool = False,
+                labels: tuple[str, frozenset[str]] | None = None) -> Iterator[Outcome]:
     """The output file's lines. A line that is not a 2xx answer (some providers put those here too) is
     classified like an error-file line, never taken for a success."""
     for line in iter_lines(path):
@@ -61,10 +73,7 @@ def read_output(path: Path, endpoint: str, *, cancelled_by_user: bool = False) -
         if not resp or (status is not None and not 200 <= int(status) < 300):
             yield classify(rec, cancelled_by_user=cancelled_by_user)
             continue
-        body = resp.get("body") or {}
-        p, c, cached = _usage(body)
-        yield Outcome(rec["custom_id"], "ok", content_of(endpoint, body), prompt_tokens=p, completion_tokens=c,
-                      cached_tokens=cached)
+        yield answered(rec["custom_id"], endpoint, resp.get("body") or {}, labels)
 
 
 def read_errors(path: Path, *, cancelled_by_user: bool) -> Iterator[Outcome]:

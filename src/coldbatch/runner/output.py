@@ -3,15 +3,16 @@
 The custom_id of each row is recomputed by running the very same `Builder` over the input again
 (ids, renamed repeats and rejected rows come out identical), so the join needs no id map in memory:
 each input batch looks up its own results in the ledger. Rows keep their input order and columns;
-coldbatch adds `custom_id`, `response`, `label` (with --labels), `error`, `attempts`,
-`prompt_tokens` and `completion_tokens`. An embeddings job gets `embedding` (the vector; see vectors.py)
-in place of `response`.
+coldbatch adds `custom_id`, `response`, `label` and `confidence` (with --labels; see confidence.py),
+`error`, `attempts`, `prompt_tokens` and `completion_tokens`. An embeddings job gets `embedding` (the
+vector; see vectors.py) in place of `response`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from coldbatch.runner.ledger import Ledger
 #: rows joined per step: each carries a result dict from the ledger (4,096 instead of the reader's 16,384
 #: cut the peak RSS of a 200k-row OUTPUT from 268 MB to 207 MB at the same speed)
 OUTPUT_GROUP_ROWS = 4096
-ADDED = ("custom_id", "response", "label", "error", "attempts", "prompt_tokens", "completion_tokens")
+ADDED = ("custom_id", "response", "label", "confidence", "error", "attempts", "prompt_tokens", "completion_tokens")
+LABEL_ONLY = ("label", "confidence")  #: added only to a --labels job's OUTPUT
 
 
 def parse_label(content: str | None, labels: tuple[str, ...]) -> str | None:
@@ -164,12 +166,15 @@ class _SameRequests:
 @_gc.paused()  # millions of short-lived result dicts and list items, no cycles
 def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
                  *, fmt: str | None = None, max_line_bytes: int = L.MAX_LINE_BYTES,
-                 shards: list[dict[str, Any]] | None = None) -> dict[str, int]:
+                 shards: list[dict[str, Any]] | None = None, classified: Classified | None = None) -> dict[str, int]:
     """Write OUTPUT atomically; returns row counts.
 
     `max_line_bytes` must be what the job's prepare used (rows over it were rejected there, so they are
     here too), and `shards` (the manifest's) makes it check first that the input did not change.
+    `classified`: an --examples job's labels by question (its answers are embeddings; OUTPUT shows the
+    label, its confidence and `{"label": ...}` as the response, as for any label job, not the vectors).
     """
+    labels = classified.labels if classified is not None else spec.labels
     kind = output_kind(out)
     ds = open_dataset(input_path, fmt, group_rows=OUTPUT_GROUP_ROWS)
     clash = [c for c in (*ADDED, vectors.COLUMN) if c in ds.columns]
@@ -197,15 +202,17 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
                 row = start + i + 1
                 cid = by_row.get(row)
                 res = results.get(cid) if cid else None
-                _fill(cols, cid, res, rejects.get(row), spec.labels)
+                _fill(cols, cid, res, rejects.get(row), labels)
+                if classified is not None and res is not None:
+                    _relabel(cols, res, classified)
                 if res is not None:
                     by_state["ok" if res["state"] == "ok" else "failed"] += 1
                     by_state["from_cache"] += res["attempts"] == 0 and res["state"] == "ok"
             table = pa.Table.from_batches([batch])
             for c in ADDED:
-                if c == "label" and not spec.labels:
+                if c in LABEL_ONLY and not labels:
                     continue
-                if c == "response" and spec.endpoint == L.EMBEDDINGS:  # the vector, typed, instead of text
+                if c == "response" and spec.endpoint == L.EMBEDDINGS and classified is None:  # the vector, typed
                     table = table.append_column(prefix + vectors.COLUMN, vectors.embedding_column(cols[c], kind))
                     continue
                 table = table.append_column(prefix + c, pa.array(cols[c], _TYPES[c]))
@@ -222,7 +229,8 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
             "from_cache": by_state["from_cache"]}
 
 
-_TYPES = {"custom_id": pa.string(), "response": pa.string(), "label": pa.string(), "error": pa.string(),
+_TYPES = {"custom_id": pa.string(), "response": pa.string(), "label": pa.string(), "confidence": pa.float64(),
+          "error": pa.string(),
           "attempts": pa.int32(), "prompt_tokens": pa.int64(), "completion_tokens": pa.int64()}
 
 
@@ -233,6 +241,7 @@ def _fill(cols: dict[str, list[Any]], cid: str | None, res: dict[str, Any] | Non
         err = f"{reject.code}: {reject.message}" if reject is not None else "not_run: no result (job cancelled?)"
         cols["response"].append(None)
         cols["label"].append(None)
+        cols["confidence"].append(None)
         cols["error"].append(err)
         cols["attempts"].append(0)
         cols["prompt_tokens"].append(0)
@@ -241,10 +250,28 @@ def _fill(cols: dict[str, list[Any]], cid: str | None, res: dict[str, Any] | Non
     ok = res["state"] == "ok"
     cols["response"].append(res["content"])  # also the raw text of an invalid_output answer
     cols["label"].append(parse_label(res["content"], labels) if ok else None)
+    cols["confidence"].append(res.get("confidence") if ok else None)
     cols["error"].append(None if ok else f"{res['error_code']}: {res['error_message']}")
     cols["attempts"].append(res["attempts"])
     cols["prompt_tokens"].append(res["prompt_tokens"])
     cols["completion_tokens"].append(res["completion_tokens"])
+
+
+@dataclass(frozen=True)
+class Classified:
+    """Labels given by a classifier rather than by the answers themselves (runner/examples.py)."""
+
+    labels: tuple[str, ...]
+    answers: dict[str, tuple[str, float]]  #: question key (the custom_id sent) -> (label, confidence)
+
+
+def _relabel(cols: dict[str, list[Any]], res: dict[str, Any], classified: Classified) -> None:
+    """Replace the row just filled in with the classifier's label for its question."""
+    found = classified.answers.get(res["custom_id"]) if res["state"] == "ok" else None
+    cols["label"][-1], cols["confidence"][-1] = found if found is not None else (None, None)
+    cols["response"][-1] = orjson.dumps({"label": found[0]}).decode() if found is not None else None
+    if found is None and res["state"] == "ok":
+        cols["error"][-1] = "not_classified: the answer is not an embedding the classifier can read"
 
 
 def _append_schema_columns(table: pa.Table, schema: dict[str, Any], responses: list[Any],

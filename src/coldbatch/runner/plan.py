@@ -93,7 +93,8 @@ def plan_sends(shard_paths: list[Path], folder: Path, ledger: LG.Ledger, job_id:
         ledger.add_row_keys(job_id, [(p[1], p[5]) for p in pending])
         stats.requests += len(pending)
         if hits:
-            ledger.record_cached(job_id, [LG.Outcome(k, "ok", e.content) for k, e in hits.items()])
+            ledger.record_cached(job_id, [LG.Outcome(k, "ok", e.content, confidence=e.confidence)
+                                          for k, e in hits.items()])
         stats.cache_hits += len(hits)
         unanswered = []
         for p, f, tokens in zip(pending, fate, prompts, strict=True):

@@ -36,6 +36,11 @@ def _label_enum(schema: dict[str, Any]) -> tuple[str, frozenset[str]] | None:
     return name, frozenset(enum)
 
 
+def label_field(schema: dict[str, Any] | None) -> tuple[str, frozenset[str]] | None:
+    """(field, labels) of a --labels job's answers, whose `confidence` OUTPUT reports; None for other jobs."""
+    return _label_enum(schema) if schema is not None else None
+
+
 def problem(content: str | None, schema: dict[str, Any]) -> str | None:
     """Why `content` is not a valid answer, or None when it is."""
     if content is None:

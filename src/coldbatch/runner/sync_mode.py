@@ -28,8 +28,9 @@ import orjson
 from coldbatch.engines.base import Result
 from coldbatch.hotpath.client import Item, SyncClient
 from coldbatch.runner import ledger as LG
+from coldbatch.runner import structured
 from coldbatch.runner.orchestrator import CANCELLED, Runner
-from coldbatch.runner.outcomes import _usage, classify, content_of
+from coldbatch.runner.outcomes import answered, classify
 from coldbatch.validation import iter_lines
 
 #: `--mode auto` sends at most this many requests (after dedup and cache) synchronously, more as batches.
@@ -55,13 +56,12 @@ def route(est: dict[str, Any], threshold: int = SYNC_THRESHOLD) -> dict[str, Any
     return {"mode": mode, "reason": reason, "requests_to_send": n, "threshold": threshold}
 
 
-def outcome_of(custom_id: str, endpoint: str, res: Result) -> LG.Outcome:
+def outcome_of(custom_id: str, endpoint: str, res: Result,
+               labels: tuple[str, frozenset[str]] | None = None) -> LG.Outcome:
     """One sync answer as a ledger Outcome, classified like a batch result line; transient failures are final
-    here (the client already retried them)."""
+    here (the client already retried them). `labels`: see `outcomes.answered`."""
     if 200 <= res.status_code < 300:
-        p, c, cached = _usage(res.body)
-        return LG.Outcome(custom_id, "ok", content_of(endpoint, res.body), prompt_tokens=p, completion_tokens=c,
-                          cached_tokens=cached)
+        return answered(custom_id, endpoint, res.body, labels)
     o = classify({"custom_id": custom_id, "response": {"status_code": res.status_code, "body": res.body}},
                  cancelled_by_user=False)
     if o.state == "retry":
@@ -90,10 +90,11 @@ class SyncRunner(Runner):
             self._stop = True
         units = [u for u in self.ledger.units(self.job_id, [LG.PLANNED]) if u["round"] == 1]
         endpoint = self.opts.spec["endpoint"]
+        labels = structured.label_field(self.opts.request_spec().answer_schema)
         ticker = asyncio.create_task(self._tick())
         try:
             await self.client.run_many(self._items(units, endpoint),
-                                       lambda cid, res: self._arrived(outcome_of(cid, endpoint, res)))
+                                       lambda cid, res: self._arrived(outcome_of(cid, endpoint, res, labels)))
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
