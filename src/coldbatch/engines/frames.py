@@ -5,7 +5,8 @@ later a TCP connection to a worker on another machine. Every frame is a 4-byte l
 followed by that many bytes of JSON (an object with an `op`):
 
     supervisor -> worker   {"op": "start", "engine": NAME, "options": {...}, "plugins": [...] | null}
-    worker -> supervisor   {"op": "ready", "pid": N, "info": {name, endpoints, models, max_concurrency, fixture}}
+    worker -> supervisor   {"op": "ready", "pid": N, "info": {name, endpoints, models, max_concurrency, fixture,
+                                                           endpoint_concurrency}}
                            {"op": "failed", "error": MESSAGE}          (the engine could not be built)
     supervisor -> worker   {"op": "call", "id": N, "endpoint": PATH, "bodies": [BODY, ...]}
     worker -> supervisor   {"op": "done", "id": N, "results": [[STATUS, BODY, USAGE], ...]}
@@ -34,7 +35,9 @@ class BrokenStream(EOFError):
 
 def write_frame(stream: IO[bytes], message: dict[str, Any]) -> None:
     data = orjson.dumps(message)
-    stream.write(_HEADER.pack(len(data)) + data)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:  # an unbuffered pipe may take part of a large frame per write
+        view = view[stream.write(view) or len(view):]
     stream.flush()
 
 
@@ -58,23 +61,31 @@ def read_frame(stream: IO[bytes]) -> dict[str, Any]:
 
 
 def _read_exactly(stream: IO[bytes], n: int) -> bytes:
-    data = stream.read(n)
-    if data is None or len(data) < n:
-        raise BrokenStream("the stream ended")
-    return data
+    """`n` bytes: an unbuffered pipe returns what it holds (at most its 64 KiB buffer) per read, so a large
+    frame (an embeddings answer of 100 vectors is ~400 KB) arrives in pieces."""
+    parts, got = [], 0
+    while got < n:
+        data = stream.read(n - got)
+        if not data:
+            raise BrokenStream("the stream ended")
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def info_to_json(info: EngineInfo) -> dict[str, Any]:
     return {"name": info.name, "endpoints": sorted(info.endpoints),
             "models": None if info.models is None else sorted(info.models),
-            "max_concurrency": info.max_concurrency, "fixture": info.fixture}
+            "max_concurrency": info.max_concurrency, "fixture": info.fixture,
+            "endpoint_concurrency": [list(pair) for pair in info.endpoint_concurrency]}
 
 
 def info_from_json(data: dict[str, Any]) -> EngineInfo:
     models = data.get("models")
     return EngineInfo(name=str(data["name"]), endpoints=frozenset(data["endpoints"]),
                       models=None if models is None else frozenset(models),
-                      max_concurrency=int(data["max_concurrency"]), fixture=bool(data["fixture"]))
+                      max_concurrency=int(data["max_concurrency"]), fixture=bool(data["fixture"]),
+                      endpoint_concurrency=tuple((str(e), int(n)) for e, n in data.get("endpoint_concurrency", ())))
 
 
 def result_to_json(result: Result) -> list[Any]:

@@ -106,7 +106,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         store = SqliteStore(settings.data_dir / "coldbatch.sqlite3")
         blobs = LocalBlobStore(settings.data_dir / "files")
         blobs.clear_tmp()
-        slots = Slots(engine.info.max_concurrency)
+        slots = Slots(engine.info.most_concurrency)
         executor = Executor(store, blobs, engine, slots, config=settings.executor)
         services = Services(settings, store, blobs, engine, slots, executor,
                             {hashlib.sha256(k.encode()).hexdigest(): owner_id(k) for k in settings.api_keys})

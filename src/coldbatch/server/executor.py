@@ -68,8 +68,8 @@ class _Run:
     queued: int = 0  #: requests handed to the lanes in this pass
 
 
-def _chunk_size(engine: Engine) -> int:
-    return 32 if hasattr(engine, "complete_many") and engine.info.max_concurrency >= 32 else 1
+def _chunk_size(engine: Engine, endpoint: str) -> int:
+    return 32 if hasattr(engine, "complete_many") and engine.info.concurrency(endpoint) >= 32 else 1
 
 
 class Executor:
@@ -283,8 +283,8 @@ class Executor:
     async def _execute(self, row: dict[str, Any]) -> None:
         run = self._runs[row["id"]] = _Run(row)
         done = await asyncio.to_thread(self.store.done_lines, row["id"])
-        size = _chunk_size(self.engine)
-        lanes = max(1, self.engine.info.max_concurrency // size)
+        size = _chunk_size(self.engine, row["endpoint"])
+        lanes = max(1, self.engine.info.concurrency(row["endpoint"]) // size)
         queue: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2 * lanes)
         workers = [asyncio.create_task(self._lane(run, queue)) for _ in range(lanes)]
         try:
