@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from coldbatch.engines.base import Engine
 from coldbatch.protocol import limits as L
 from coldbatch.server.executor import Executor, ExecutorConfig
+from coldbatch.server.metrics import ServerMetrics
 from coldbatch.server.scheduler import Slots
 from coldbatch.store.blobs import LocalBlobStore
 from coldbatch.store.sqlite import SqliteStore
@@ -32,3 +34,9 @@ class Services:
     slots: Slots
     executor: Executor
     owners: dict[str, str]  # sha256(key) -> owner id
+    metrics: ServerMetrics = field(init=False)
+    #: signs the dashboard's session cookies; new at every start, so a restart logs everyone out
+    session_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.store, self.engine, self.slots)  # needs the rest of the bundle

@@ -3,12 +3,14 @@ the caller, check the input, call the store or the engine, render."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
 from typing import Any
 
 import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
@@ -128,11 +130,14 @@ class _BlobResponse(FileResponse):
     chunk_size = 1 << 20
 
 
-async def file_content(request: Request) -> Response:
-    row = _file(request)
-    path = services(request).blobs.path(row["id"])
-    return _BlobResponse(path, media_type="application/octet-stream", filename=row["filename"],
+def send_file(svc: Services, row: dict[str, Any]) -> Response:
+    """A stored file's bytes as an attachment (the API's and the dashboard's downloads)."""
+    return _BlobResponse(svc.blobs.path(row["id"]), media_type="application/octet-stream", filename=row["filename"],
                          content_disposition_type="attachment")
+
+
+async def file_content(request: Request) -> Response:
+    return send_file(services(request), _file(request))
 
 
 async def delete_file(request: Request) -> Response:
@@ -159,10 +164,11 @@ async def create_batch(request: Request) -> Response:
            "metadata": params["metadata"], "output_ttl": params.get("output_ttl")}
     svc.store.create_batch(row)
     svc.executor.notify()
-    return JSONResponse(batch_object(_stored_batch(svc, row["id"])))
+    return JSONResponse(batch_object(stored_batch(svc, row["id"])))
 
 
-def _stored_batch(svc: Services, batch_id: str, owner: str | None = None) -> dict[str, Any]:
+def stored_batch(svc: Services, batch_id: str, owner: str | None = None) -> dict[str, Any]:
+    """The batch row, or 404 (also for another owner's batch)."""
     row = svc.store.get_batch(batch_id, owner)
     if row is None:
         raise not_found("batch", batch_id)
@@ -171,21 +177,30 @@ def _stored_batch(svc: Services, batch_id: str, owner: str | None = None) -> dic
 
 async def retrieve_batch(request: Request) -> Response:
     svc, owner = services(request), caller(request)
-    return JSONResponse(batch_object(_stored_batch(svc, request.path_params["batch_id"], owner)))
+    return JSONResponse(batch_object(stored_batch(svc, request.path_params["batch_id"], owner)))
 
 
 async def cancel_batch(request: Request) -> Response:
     svc, owner = services(request), caller(request)
-    row = _stored_batch(svc, request.path_params["batch_id"], owner)
+    return JSONResponse(batch_object(cancel(svc, request.path_params["batch_id"], owner)))
+
+
+def cancel(svc: Services, batch_id: str, owner: str) -> dict[str, Any]:
+    """Cancel one of `owner`'s batches (the API's and the dashboard's cancel); returns the stored row.
+
+    Raises:
+        ApiError: 404 for a batch the owner does not have, 409 once it is finalizing or terminal.
+    """
+    row = stored_batch(svc, batch_id, owner)
     status = S(row["status"])
     if status in (S.CANCELLING, S.CANCELLED):
-        return JSONResponse(batch_object(row))
+        return row
     if status in TERMINAL or status == S.FINALIZING:
         raise ApiError(409, f"Cannot cancel a batch with status '{status.value}'.", should_retry=False)
     if not svc.store.transition(row["id"], S.CANCELLING, int(time.time())):
         raise ApiError(409, "The batch changed status meanwhile; retrieve it and try again.", should_retry=False)
     svc.executor.notify(row["id"])
-    return JSONResponse(batch_object(_stored_batch(svc, row["id"])))
+    return stored_batch(svc, row["id"])
 
 
 async def list_batches(request: Request) -> Response:
@@ -207,8 +222,10 @@ async def sync_endpoint(request: Request) -> Response:
         raise ApiError(400, "The request body must be a JSON object.")
     if body.get("stream"):
         raise ApiError(400, "Streaming is not supported by this server.", param="stream", code="invalid_value")
+    started = time.perf_counter()
     async with svc.slots.slot(HOT):
         result = await svc.engine.complete(endpoint, body)
+    svc.metrics.sync_request(endpoint, body.get("model"), result, time.perf_counter() - started)
     return JSONResponse(result.body, status_code=result.status_code)
 
 
@@ -232,6 +249,14 @@ async def health(request: Request) -> Response:
     return JSONResponse(body, status_code=503 if body["status"] == "unavailable" else 200)
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; needs an API key when the server has keys (the figures cover every key)."""
+    svc = services(request)
+    caller(request)
+    body = await asyncio.to_thread(svc.metrics.exposition)  # reads the store: not on the event loop
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/v1/files", create_file, ["POST"]),
     ("/v1/files", list_files, ["GET"]),
@@ -245,4 +270,5 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     *[(ep, sync_endpoint, ["POST"]) for ep in (L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES, L.MODERATIONS)],
     ("/v1/models", list_models, ["GET"]),
     ("/health", health, ["GET"]),
+    ("/metrics", metrics, ["GET"]),
 ]

@@ -250,6 +250,59 @@ class SqliteStore:
         return [(r[0], r[1]) for r in self.db.execute(
             "SELECT from_status, to_status FROM batch_events WHERE batch_id = ? ORDER BY rowid", (batch_id,))]
 
+    def event_log(self, batch_id: str) -> list[dict[str, Any]]:
+        """The batch's status changes, oldest first: from_status, to_status, at (epoch seconds)."""
+        return [dict(r) for r in self.db.execute(
+            "SELECT from_status, to_status, at FROM batch_events WHERE batch_id = ? ORDER BY rowid", (batch_id,))]
+
+    # -- dashboard and metrics (read only) ---------------------------------------------------------------
+    def batch_page(self, owner: str | None, *, offset: int, limit: int,
+                   status: str | None = None) -> list[dict[str, Any]]:
+        """One page of batches, newest first (`owner` None: every owner). Uses the (owner, seq) index, so
+        a page costs the same with 10 batches or 10,000."""
+        where, args = _owner_filter(owner, status)
+        return [dict(r) for r in self.db.execute(
+            f"SELECT * FROM batches{where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset])]
+
+    def file_page(self, owner: str | None, *, offset: int, limit: int) -> list[dict[str, Any]]:
+        """One page of live files, newest first (`owner` None: every owner)."""
+        where, args = _owner_filter(owner, None)
+        where += " AND deleted = 0" if where else " WHERE deleted = 0"
+        return [dict(r) for r in self.db.execute(
+            f"SELECT * FROM files{where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset])]
+
+    def batch_status_counts(self, owner: str | None) -> dict[str, int]:
+        where, args = _owner_filter(owner, None)
+        return {r[0]: r[1] for r in self.db.execute(
+            f"SELECT status, COUNT(*) FROM batches{where} GROUP BY status", args)}
+
+    def failed_results(self, batch_id: str, limit: int) -> list[LoggedRow]:
+        """The first `limit` logged failures of an unfinished batch, in input order (its log is purged once
+        it is terminal)."""
+        return [(r[0], r[1], False, r[2]) for r in self.db.execute(
+            "SELECT custom_id, line, data FROM results WHERE batch_id = ? AND ok = 0 ORDER BY line LIMIT ?",
+            (batch_id, limit))]
+
+    def batch_totals(self, buckets: Sequence[float]) -> list[dict[str, Any]]:
+        """Per (endpoint, model, status): batches, request counts, tokens, and for terminal batches the
+        cumulative count of durations (created → terminal) at most each of `buckets` seconds and their sum.
+        One pass over the table, for /metrics: every figure is what the batches' own rows say."""
+        ended = "COALESCE(completed_at, failed_at, expired_at, cancelled_at) - created_at"
+        le = "".join(f", SUM(CASE WHEN d <= {float(b)!r} THEN 1 ELSE 0 END) AS le{i}" for i, b in enumerate(buckets))
+        rows = self.db.execute(
+            "SELECT endpoint, COALESCE(model, '') AS model, status, COUNT(*) AS batches, SUM(completed) AS completed,"
+            " SUM(failed) AS failed, SUM(input_tokens) AS input_tokens, SUM(cached_tokens) AS cached_tokens,"
+            f" SUM(output_tokens) AS output_tokens, COUNT(d) AS ended, COALESCE(SUM(d), 0) AS duration{le}"
+            f" FROM (SELECT *, CASE WHEN status IN ({', '.join('?' * len(_TERMINAL))}) THEN {ended} END AS d"
+            " FROM batches) GROUP BY endpoint, model, status", _TERMINAL)
+        return [dict(r) for r in rows]
+
+    def upload_totals(self) -> list[tuple[str, int, int]]:
+        """(purpose, files, bytes) of every file ever uploaded (deleted ones included; result files not)."""
+        return [(r[0], r[1], r[2]) for r in self.db.execute(
+            "SELECT purpose, COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE purpose != 'batch_output'"
+            " GROUP BY purpose")]
+
     # -- results ----------------------------------------------------------------------------------------
     def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         """Log finished requests and advance the counts and token usage, atomically; returns how many rows
@@ -378,6 +431,17 @@ def _not_logged(db: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]
             logged.add(r[1])
             fresh.append(r)
     return fresh
+
+
+def _owner_filter(owner: str | None, status: str | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if owner is not None:
+        clauses.append("owner = ?")
+        args.append(owner)
+    if status is not None:
+        clauses.append("status = ?")
+        args.append(status)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 def _db_value(v: Any) -> Any:
