@@ -54,8 +54,8 @@ def tweets(n: int) -> list[dict[str, str]]:
 
 def test_info_names_the_model(engine):
     assert engine.info.name == "llama-cpp"
-    assert engine.info.endpoints == frozenset({CHAT})
-    assert engine.info.models == frozenset({"SmolLM2-135M-Instruct"})
+    assert engine.info.endpoints == frozenset({CHAT, "/v1/embeddings"})
+    assert engine.info.models == frozenset({"SmolLM2-135M-Instruct", "all-MiniLM-L6-v2"})
     assert engine.info.max_concurrency >= 1 and not engine.info.fixture
     assert model_id(default_model_path()) == "SmolLM2-135M-Instruct"
 
@@ -123,7 +123,7 @@ def test_json_object_and_stop(engine):
 
 
 @pytest.mark.parametrize(("endpoint", "body", "param"), [
-    ("/v1/embeddings", {"model": "m", "input": "hi"}, "url"),
+    ("/v1/completions", {"model": "m", "prompt": "hi"}, "url"),
     (CHAT, {"model": "m"}, "messages"),
     (CHAT, {"model": "m", "messages": []}, "messages"),
     (CHAT, {"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
