@@ -9,18 +9,20 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import click
 import openai
 
+from coldbatch.builder.spec import RequestSpec
 from coldbatch.cli import options, render
 from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL, EMBEDDINGS
 from coldbatch.errors import InputError, UsageError
 from coldbatch.hotpath.client import SyncClient
 from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError, Retryable
+from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner.deadline import parse_deadline
 from coldbatch.runner.embedded import EmbeddedServer
@@ -144,6 +146,8 @@ def _drive(
             try:
                 if cancel:
                     await runner.cancel()
+                if opts.examples and not cancel:
+                    await _companion(ledger, provider, EX.child_id(job_id), api_key)
                 est = runner.prepare()
                 fresh = not cancel and ledger.job(job_id)["status"] == "prepared"  # type: ignore[index]
                 runner, est = _pick_runner(ledger, runner, est, fresh, api_key)
@@ -165,6 +169,47 @@ def _drive(
     finally:
         ledger.close()
         lock.release()
+
+
+async def _companion(ledger: Ledger, provider: OpenAIProvider, job_id: str, api_key: str | None) -> None:
+    """Run an --examples job's companion (the examples' embeddings) to its end first; no question asked (a few
+    hundred embeddings), and nothing to do once it is done."""
+    job = ledger.job(job_id)
+    if job is None or job["status"] in ("done", "cancelled"):
+        return
+    click.echo(f"examples: embedding them first (job {job_id})", err=True)
+    runner = Runner(ledger, provider, job_id, _root(), on_event=_Progress())
+    est = runner.prepare()
+    runner, est = _pick_runner(ledger, runner, est, ledger.job(job_id)["status"] == "prepared", api_key)  # type: ignore[index]
+    try:
+        await runner.run()
+    finally:
+        if isinstance(runner, SyncRunner):
+            await runner.client.aclose()
+
+
+def _examples_job(job_id: str, input_path: Path, opts: dict[str, Any], base_url: str | None
+                  ) -> tuple[RequestSpec, RequestSpec, dict[str, Any]]:
+    """--examples: the rows' embeddings spec (the job's requests), the examples' (its companion's), and what the
+    job keeps to label the rows. The examples are read and checked, and those that are rows of INPUT dropped,
+    before anything is sent."""
+    if not opts.get("labels"):
+        raise UsageError("--examples needs --labels: the labels the examples' label column holds")
+    model = opts.get("embedding_model") or (EX.DEFAULT_EMBEDDING_MODEL if base_url else DEFAULT_EMBEDDING_MODEL)
+    label_spec = options.spec_from({**opts, "model": model})
+    path: Path = opts["examples_path"]
+    rows = EX.read(path, label_spec, opts["examples_label_column"])
+    kept = EX.drop_overlap(rows, input_path, label_spec, opts.get("fmt"))
+    if kept.dropped:
+        click.echo(f"examples: {len(kept.dropped)} of {len(rows)} left out, they are rows being labelled: "
+                   + "; ".join(kept.dropped[:5]) + ("; ..." if len(kept.dropped) > 5 else ""), err=True)
+    EX.check_labels(kept, label_spec.labels, path)
+    file = EX.save(kept, H.job_dir(_root(), job_id))
+    counts = ", ".join(f"{label} {sum(e['label'] == label for e in kept.rows)}" for label in label_spec.labels)
+    click.echo(f"examples: {len(kept.rows)} from {path} ({counts}); rows and examples embedded with {model}", err=True)
+    info = {"labels": list(label_spec.labels), "file": str(file), "source": str(path.resolve()),
+            "label_column": opts["examples_label_column"], "kept": len(kept.rows), "dropped": len(kept.dropped)}
+    return EX.embedding_spec(label_spec, model), EX.embedding_spec(label_spec, model, examples=True), info
 
 
 def _confirm(runner: Runner, est: dict[str, Any], yes: bool) -> None:
@@ -353,6 +398,15 @@ def _default_model(opts: dict[str, Any], base_url: str | None, engine: str) -> d
 @click.option("--sync-base-url", envvar="COLDBATCH_SYNC_BASE_URL",
               help="Where sync mode and a deadline rescue send (default: the batch provider's own API).")
 @click.option("--sync-api-key", envvar="COLDBATCH_SYNC_API_KEY", help="API key for --sync-base-url.")
+@click.option("--examples", "examples_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --labels: a file of labelled examples (the prompt's columns + a label column; a few dozen "
+              "to a few hundred a label). Rows and examples are embedded (/v1/embeddings) and a classifier fitted "
+              "on the examples labels the rows; `confidence` is its probability. Examples that are rows of INPUT "
+              "(same id or text) are left out. --model is then not used.")
+@click.option("--examples-label-column", default="label", show_default=True,
+              help="--examples: the column holding each example's label.")
+@click.option("--embedding-model", help="--examples: the embedding model (default: the embedded engine's own, "
+              f"{DEFAULT_EMBEDDING_MODEL}; with --base-url, {EX.DEFAULT_EMBEDDING_MODEL}).")
 def run(
     input_path: Path,
     output: Path,
@@ -388,8 +442,12 @@ def run(
     """Run a whole job: prepare, estimate, then send it as batches (submit, poll, collect, retry) or request by
     request (--mode sync; auto picks), and write OUTPUT."""
     output_kind(output)
-    spec = options.spec_from(_default_model(opts, base_url, engine))
     job_id = new_job_id(name)
+    companion: tuple[RequestSpec, dict[str, Any]] | None = None
+    if opts.get("examples_path") is not None:
+        spec, *companion = _examples_job(job_id, input_path, opts, base_url)  # type: ignore[assignment]
+    else:
+        spec = options.spec_from(_default_model(opts, base_url, engine))
     run_opts = RunOptions(
         spec=spec.describe(),
         limits=asdict(options.limits_from(opts)),
@@ -416,11 +474,16 @@ def run(
         sync_threshold=sync_threshold,
         deadline=parse_deadline(deadline) if deadline else None,
         sync_base_url=sync_base_url,
+        examples=companion[1] if companion else None,
     )
     if sync_api_key:
         os.environ["COLDBATCH_SYNC_API_KEY"] = sync_api_key  # not stored in the ledger; resume reads it again
     ledger = _ledger()
     ledger.create_job(job_id, str(input_path.resolve()), str(output.resolve()), asdict(run_opts))
+    if companion:
+        ex_spec, ex = companion
+        ledger.create_job(EX.child_id(job_id), ex["file"], str(Path(ex["file"]).with_suffix(".embedded.csv")),
+                          asdict(replace(run_opts, spec=ex_spec.describe(), examples=None)))
     ledger.close()
     click.echo(f"job {job_id} (resume with: coldbatch resume {job_id})", err=True)
     _print_report(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes))

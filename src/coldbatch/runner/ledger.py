@@ -251,6 +251,10 @@ class Ledger:
             self.db.executemany("INSERT OR IGNORE INTO row_keys VALUES (?, ?, ?)",
                                 [(job_id, cid, key) for cid, key in pairs])
 
+    def rows_per_key(self, job_id: str) -> dict[str, int]:
+        """How many rows asked each question of a deduplicated job ({} for a job sent row by row)."""
+        return dict(self.db.execute("SELECT key, COUNT(*) FROM row_keys WHERE job_id = ? GROUP BY key", (job_id,)))
+
     def keyed(self, job_id: str) -> bool:
         return self.db.execute("SELECT 1 FROM row_keys WHERE job_id = ? LIMIT 1", (job_id,)).fetchone() is not None
 

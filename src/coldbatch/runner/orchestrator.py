@@ -33,7 +33,7 @@ from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate
 from coldbatch.protocol.limits import Limits
 from coldbatch.providers.base import BatchProvider, Retryable
-from coldbatch.runner import deadline, structured
+from coldbatch.runner import deadline, examples, structured
 from coldbatch.runner import ledger as LG
 from coldbatch.runner.cache import Entry, ResultCache
 from coldbatch.runner.outcomes import read_errors, read_output
@@ -85,6 +85,9 @@ class RunOptions:
     invalid_output_retries: int = 1  #: an answer that misses the labels/schema is asked again this often
     deadline: float | None = None  #: unix time; late batches are cancelled and the rest sent sync (deadline.py)
     sync_base_url: str | None = None  #: where sync mode and a deadline rescue send (default: the provider)
+    #: --examples: the job's requests are the rows' embeddings, labelled by a classifier fitted on the examples
+    #: (runner/examples.py): {"labels", "file" (the kept examples), "source", "label_column"}
+    examples: dict[str, Any] | None = None
 
     def request_spec(self) -> RequestSpec:
         d = dict(self.spec)
@@ -103,9 +106,10 @@ def write_job_output(ledger: LG.Ledger, job: dict[str, Any], root: Path, out: Pa
     opts = RunOptions(**job["options"])
     lim = Limits(**opts.limits)
     manifest = read_manifest(root / "jobs" / job["id"] / "shards")
+    classified = examples.classified(ledger, job["id"], opts.examples) if opts.examples else None
     return write_output(ledger, job["id"], Path(job["input_path"]), out or Path(job["output_path"]),
                         opts.request_spec(), fmt=opts.fmt, max_line_bytes=min(lim.max_line_bytes, lim.max_bytes - 1),
-                        shards=manifest["shards"] if manifest else None)
+                        shards=manifest["shards"] if manifest else None, classified=classified)
 
 
 class BudgetExceeded(ColdbatchError):
