@@ -157,3 +157,52 @@ def test_only_the_needed_columns_are_converted_and_all_are_still_listed(tmp_path
     assert ds.columns == ["id", "text", "junk", "n"]
     assert rows_of(ds) == [{"id": "1", "text": "hi"}, {"id": "2", "text": "yo"}]
     assert ds.problems == []
+
+
+# -- issue 15 (3, 4): rows longer than the parser's block, quotes never closed ------------------------------
+def test_csv_rows_longer_than_a_block_are_read_whole_between_normal_rows(tmp_path: Path) -> None:
+    big, bigger = "a" * 3_000_000, "b" * 1_200_000  # the parser reads 512 KB blocks
+    data = f'id,text,note\n1,{big},x\n2,small,y\n3,"{bigger}\nsecond line",z\n4,tail,w\n'.encode()
+    ds = read.open_dataset(write(tmp_path, "d.csv", data), only=["id", "text"])
+    assert rows_of(ds) == [{"id": "1", "text": big}, {"id": "2", "text": "small"},
+                           {"id": "3", "text": bigger + "\nsecond line"}, {"id": "4", "text": "tail"}]
+
+
+def test_csv_long_rows_keep_row_numbers_across_many_plain_rows(tmp_path: Path) -> None:
+    plain = "".join(f"{i},row {i}\n" for i in range(30_000))
+    data = f"id,text\n{plain}big,{'c' * 700_000}\n{plain}".encode()
+    rows = rows_of(read.open_dataset(write(tmp_path, "d.csv", data)))
+    assert len(rows) == 60_001
+    assert rows[30_000]["id"] == "big" and len(rows[30_000]["text"]) == 700_000
+    assert rows[30_001] == {"id": "0", "text": "row 0"} and rows[-1] == {"id": "29999", "text": "row 29999"}
+
+
+@pytest.mark.parametrize("data, line", [
+    (b'id,text\n1,"hello\n2,world\n', 2),  # the issue's reproduction: was one row, text "hello\n2,world\n"
+    (b'id,text\n1,"hello\n2,world', 2),  # no newline at the end
+    (b'id,text\n1,ok\n2,"two\nlines"\n3,"a ""quoted"" word\n4,x\n5,y\n', 5),
+    (b'id,text\n1,"ends in an escaped quote""', 2),
+    (b"id,text\n1,ok\n2,'" + b"x" * 1_000_000 + b'\n3,"' + b"y" * 900_000 + b"\n", 4),  # after a long row
+])
+def test_csv_quote_never_closed_is_an_error_naming_the_line_it_opened(tmp_path: Path, data: bytes,
+                                                                       line: int) -> None:
+    path = write(tmp_path, "d.csv", data)
+    with pytest.raises(InputError, match=f"opens on line {line} and is never closed"):
+        rows_of(read.open_dataset(path))
+
+
+@pytest.mark.parametrize("data", [
+    b'id,text\n1,"closed"\n', b"id,text\n1,plain", b'id,text\n1,"closed"', b'id,text\n1,"two\nlines"\n',
+    b"id,text\n1,", b'id,text\n1,5" screen\n', b'id,text\n1,"ends with a newline\n"\n',
+])
+def test_csv_endings_that_look_odd_but_are_well_formed(tmp_path: Path, data: bytes) -> None:
+    assert len(rows_of(read.open_dataset(write(tmp_path, "d.csv", data)))) == 1
+
+
+def test_csv_parser_errors_are_escaped_and_cut_for_the_terminal(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", b"id,text\n1,\x1b[31mred\x07," + b"z" * 5000 + b"\n")
+    with pytest.raises(InputError) as info:
+        rows_of(read.open_dataset(path))
+    message = str(info.value)
+    assert "\x1b" not in message and "\x07" not in message and "\\x1b" in message
+    assert len(message) < 600

@@ -170,3 +170,23 @@ def test_a_header_only_input_gives_an_empty_manifest(tmp_path: Path) -> None:
     result = prepare(csv_file(tmp_path, []), tmp_path / "out", SPEC)
     assert result.manifest["shards"] == []
     assert result.manifest["totals"]["requests"] == 0
+
+
+def test_huge_csv_fields_are_sent_up_to_max_line_bytes_and_rejected_alone_above(tmp_path: Path) -> None:
+    """Issue 15 (3): a 3 MB field failed the whole job ("straddling object …")."""
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"id,text\n1," + b"a" * 3_000_000 + b"\n2,small\n3," + b"b" * 1_500_000 + b"\n4,last\n")
+    result = prepare(path, tmp_path / "out", SPEC, limits=Limits(max_line_bytes=2_000_000))
+    assert [r["custom_id"] for r in sent(result.out)] == ["2", "3", "4"]
+    assert len(sent(result.out)[1]["body"]["messages"][0]["content"]) == len("Sentiment of: ") + 1_500_000
+    rejects = [orjson.loads(x) for x in (result.out / "rejects.jsonl").read_bytes().splitlines()]
+    assert [(r["line"], r["code"]) for r in rejects] == [(1, "line_too_large")]
+
+
+def test_an_unclosed_quote_fails_prepare_with_its_line(tmp_path: Path) -> None:
+    """Issue 15 (4): it used to give exit 0 and one row holding the rest of the file."""
+    path = tmp_path / "in.csv"
+    path.write_bytes(b'id,text\n1,"hello\n2,world\n')
+    with pytest.raises(InputError, match=r"in\.csv:2: a quoted field opens on line 2"):
+        prepare(path, tmp_path / "out", SPEC)
+    assert not (tmp_path / "out").exists()

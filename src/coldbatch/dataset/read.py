@@ -8,7 +8,6 @@ ever needs text. Why batches: memory stays flat in the number of rows (a 2.4 M-r
 
 from __future__ import annotations
 
-import csv
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,16 +18,15 @@ from typing import Any, Literal
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from coldbatch.dataset import csvfile
 from coldbatch.errors import InputError, UsageError
 
 Format = Literal["csv", "tsv", "jsonl", "parquet"]
 FORMATS: tuple[Format, ...] = ("csv", "tsv", "jsonl", "parquet")
 _BY_SUFFIX: dict[str, Format] = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                                  ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-BLOCK_BYTES = 1 << 19  # the CSV reader reads ahead several blocks: bigger blocks cost RSS, not speed
 GROUP_ROWS = 16_384  # rows handed on at once: per-batch overhead is small, and two batches in flight stay small
 JSONL_ROWS = 50_000
 
@@ -212,31 +210,11 @@ def from_table(table: Any, name: str = "<table>") -> Dataset:
 
 
 def _open_csv(p: Path, delimiter: str, only: Sequence[str] | None = None) -> Dataset:
-    with p.open("r", encoding="utf-8", errors="replace", newline="") as f:
-        header = next(csv.reader(f, delimiter=delimiter), None)
-    if not header:
-        raise InputError(f"{p}: the file is empty (no header row)")
-    if header[0].startswith("\ufeff"):
-        header[0] = header[0][1:]
+    header, start = csvfile.read_header(p, delimiter)
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise InputError(f"{p}: header repeats column name(s) {', '.join(dupes)}")
-    reader = pacsv.open_csv(
-        p,
-        read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=header, skip_rows=1),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.binary()),
-                                             include_columns=_kept(header, only),
-                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
-    )
-    return Dataset(str(p), header, _csv_batches(reader, p))
-
-
-def _csv_batches(reader: pacsv.CSVStreamingReader, p: Path) -> Iterator[pa.RecordBatch]:
-    try:
-        yield from reader
-    except pa.ArrowInvalid as exc:
-        raise InputError(f"{p}: malformed CSV: {exc}") from exc
+    return Dataset(str(p), header, csvfile.csv_batches(p, delimiter, header, start, _kept(header, only)))
 
 
 def _open_jsonl(p: Path) -> Dataset:

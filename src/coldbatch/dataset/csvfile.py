@@ -1,0 +1,189 @@
+"""CSV files: Arrow's streaming parser, with Python's csv module for the two things Arrow cannot do.
+
+Arrow parses in fixed blocks (512 KB: bigger blocks cost memory on every file) and gives up on a row
+longer than a block ("straddling object straddles two block boundaries"): one 3 MB review failed a whole
+job. Arrow also takes a quoted field that is never closed to the end of the file, silently. So:
+
+- when Arrow stops at a long row, Python's csv module (the same quoting rules) reads on from the last
+  row boundary Arrow started at, up to and including that row, and Arrow resumes at the byte after it.
+  The long row is handed on like any other: the builder sends it if its request fits `--max-line-bytes`
+  and rejects it (alone) if not. Python holds that one row in memory while it reads it.
+- the file's last row is checked for a quote left open: the last column is always read, and when its
+  final value could be an unclosed field, the last stretch of the file is parsed again exactly and the
+  line where the quote opened is reported. A quote opened and closed mid-file by another stray quote
+  cannot be told from a real multi-line field; no reader can say which one the author meant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from coldbatch.errors import InputError
+
+BLOCK_BYTES = 1 << 19  # the CSV reader reads ahead several blocks: bigger blocks cost RSS, not speed
+_EOF = "\x00coldbatch:end-of-file\x00"  # fed after the last line: inside a field, a quote was never closed
+_MESSAGE_CHARS = 200  # of a parser message that quotes the data
+
+with contextlib.suppress(OverflowError):
+    csv.field_size_limit(sys.maxsize)  # a long field is the builder's to judge (--max-line-bytes), not csv's
+
+
+def read_header(p: Path, delimiter: str) -> tuple[list[str], int]:
+    """The header's column names and the byte offset of the first data row."""
+    with contextlib.closing(_py_rows(p, delimiter, 0)) as rows:
+        first = next(rows, None)
+    if first is None or not first[0]:
+        raise InputError(f"{p}: the file is empty (no header row)")
+    names = [cell.encode("latin-1").decode("utf-8", errors="replace") for cell in first[0]]
+    if names[0].startswith("\ufeff"):
+        names[0] = names[0][1:]
+    return names, first[1]
+
+
+def csv_batches(p: Path, delimiter: str, header: list[str], start: int,
+                kept: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+    """The data rows from byte `start` on, as batches of binary columns (`kept` only, in that order)."""
+    kept = list(header) if kept is None else list(kept)
+    size = p.stat().st_size
+    while start < size:  # Arrow refuses to open nothing ("Empty CSV file")
+        got = 0
+        try:
+            for batch in _arrow_segment(p, delimiter, header, start, kept):
+                got += batch.num_rows
+                yield batch
+            return
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc):
+                _find_open_quote(p, delimiter, start)
+                raise InputError(f"{p}: malformed CSV: {printable(str(exc))}") from exc
+        rows, end = _long_row(p, delimiter, header, start, got, kept)
+        if rows.num_rows:
+            yield rows
+        if end is None:
+            return
+        start = end
+
+
+def printable(text: str, limit: int = _MESSAGE_CHARS) -> str:
+    """`text` safe for a terminal: control characters escaped, cut to `limit` characters."""
+    cut = text[:limit]
+    safe = "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in cut)
+    return safe + (f"… ({len(text) - limit:,} more characters)" if len(text) > limit else "")
+
+
+def _arrow_segment(p: Path, delimiter: str, header: list[str], start: int,
+                   kept: list[str]) -> Iterator[pa.RecordBatch]:
+    """Arrow's reader from byte `start` (a row boundary) to the end; checks the file's last row."""
+    last = header[-1]
+    include = kept if last in kept else [*kept, last]
+    source = pa.OSFile(str(p))
+    source.seek(start)
+    reader = pacsv.open_csv(
+        source,
+        read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=header),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.binary()),
+                                             include_columns=include,
+                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
+    )
+    final: bytes | None = None
+    try:
+        for batch in reader:
+            if not batch.num_rows:
+                continue
+            final = batch.column(len(include) - 1)[-1].as_py()
+            yield batch if include is kept else batch.select(range(len(kept)))
+    finally:
+        source.close()
+    if final is not None and _may_end_open(p, final, delimiter):
+        _find_open_quote(p, delimiter, start)
+
+
+def _may_end_open(p: Path, value: bytes, delimiter: str) -> bool:
+    """Could `value`, the last field of the file, be a quoted field that runs to the end of the file?
+
+    A never-closed field holds everything up to the end: the file's closing newline too, or, without
+    one, bytes that are not what a plain unquoted field would be. False alarms only cost a re-read."""
+    with p.open("rb") as f:
+        f.seek(max(0, f.seek(0, io.SEEK_END) - len(value) - 1))
+        tail = f.read()
+    if tail.endswith((b"\n", b"\r")):
+        return value.endswith((b"\n", b"\r"))
+    plain = b'"' not in value and tail.endswith(value)
+    before = tail[-len(value) - 1:len(tail) - len(value)]
+    return not (plain and before in (delimiter.encode(), b"\n", b"\r"))
+
+
+def _find_open_quote(p: Path, delimiter: str, start: int) -> None:
+    """Parse from `start` to the end exactly; raises InputError at a quoted field that is never closed."""
+    for _ in _py_rows(p, delimiter, start):
+        pass
+
+
+def _long_row(p: Path, delimiter: str, header: list[str], start: int, skip: int,
+              kept: list[str]) -> tuple[pa.RecordBatch, int | None]:
+    """Arrow stopped at a row longer than its block: read on from `start` with Python, past the `skip` rows
+    Arrow handed on, up to and including the first row longer than a block. Returns those rows and the
+    byte offset after them (None: the end of the file)."""
+    index = [header.index(c) for c in kept]
+    cols: list[list[bytes]] = [[] for _ in kept]
+    prev, end = start, None
+    with contextlib.closing(_py_rows(p, delimiter, start)) as rows:
+        for n, (row, end) in enumerate(rows):
+            if n >= skip:
+                if len(row) != len(header):
+                    raise InputError(f"{p}: a row has {len(row)} fields, the header {len(header)}: "
+                                     f"{printable(delimiter.join(row))}")
+                for values, i in zip(cols, index, strict=True):
+                    values.append(row[i].encode("latin-1"))
+                if end - prev > BLOCK_BYTES:
+                    break
+            prev = end
+        else:
+            end = None
+    arrays = [pa.array(v, pa.binary()) for v in cols]  # what Arrow gives: batches are concatenated
+    return pa.RecordBatch.from_arrays(arrays, names=kept), end
+
+
+def _py_rows(p: Path, delimiter: str, start: int) -> Iterator[tuple[list[str], int]]:
+    """(fields as Latin-1 text, so every byte survives; byte offset after the row) from `start` on.
+
+    Raises InputError, with the line where it opened, at a quoted field still open at the end of the file.
+    """
+    consumed, lines = start, 0
+    with p.open("rb") as raw:
+        raw.seek(start)
+        text = io.TextIOWrapper(raw, encoding="latin-1", newline="")
+
+        def feed() -> Iterator[str]:
+            nonlocal consumed, lines
+            for line in text:
+                consumed += len(line)  # Latin-1: one character per byte
+                lines += 1
+                yield line
+            yield _EOF
+
+        for row in csv.reader(feed(), delimiter=delimiter):
+            if not row:
+                continue  # an empty line, skipped like Arrow does
+            if row[-1].endswith(_EOF):
+                if row == [_EOF]:
+                    return
+                raise _open_quote(p, start, lines, row[-1][: -len(_EOF)])
+            yield row, consumed
+
+
+def _open_quote(p: Path, start: int, lines: int, field: str) -> InputError:
+    with p.open("rb") as f:
+        first_line = f.read(start).count(b"\n") + 1
+    opened = first_line + lines - 1 - field[:-1].count("\n")
+    return InputError(f"{p}:{opened}: a quoted field opens on line {opened} and is never closed (it runs to "
+                      f"the end of the file); close the quote, or double a quote that is part of the text")
