@@ -48,6 +48,11 @@ def test_sdk_embeddings_float_and_default_base64_agree(client: openai.OpenAI) ->
     assert np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
     assert floats.usage.prompt_tokens == floats.usage.total_tokens > 3
     assert cos(a[0], a[1]) > cos(a[0], a[2]) + 0.3  # the two cancellations are far closer than the recipe
+    from coldbatch.estimate.tokens import counter
+
+    ids = [counter("cl100k_base").encoding.encode(t) for t in texts]  # what LangChain sends by default
+    as_ids = client.embeddings.create(model=MODEL, input=ids, encoding_format="float")
+    assert np.allclose(np.array([d.embedding for d in as_ids.data]), a, atol=1e-3)
 
 
 def test_sdk_bad_embeddings_requests_are_400s(client: openai.OpenAI) -> None:

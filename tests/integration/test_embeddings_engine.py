@@ -162,7 +162,8 @@ def test_concurrent_requests_each_get_their_own_vector(engine):
     ({"model": "m", "input": []}, "non-empty"),
     ({"model": "m", "input": ""}, "must not be empty"),
     ({"model": "m", "input": ["ok", 3]}, "array of strings"),
-    ({"model": "m", "input": [[101, 7592]]}, "token arrays"),
+    ({"model": "m", "input": [[10 ** 9]]}, "cl100k_base does not have"),
+    ({"model": "m", "input": [[1, 2], []]}, "token arrays"),
     ({"model": "m", "input": [{"text": "x"}]}, "string"),
     ({"model": "m", "input": ["x"] * 2049}, "at most 2048"),
     ({"model": "m", "input": "x", "dimensions": 64}, "dimensions"),
@@ -174,6 +175,18 @@ def test_bad_bodies_are_400_results(engine, body, fragment):
     assert result.status_code == 400
     assert fragment in result.body["error"]["message"]
     assert result.body["error"]["type"] == "invalid_request_error"
+
+
+def test_token_arrays_are_cl100k_ids_as_openai_means_them(engine):
+    """What LangChain's OpenAIEmbeddings sends by default: the text's cl100k_base ids."""
+    from coldbatch.estimate.tokens import counter
+
+    enc = counter("cl100k_base").encoding
+    texts = ["My flight was cancelled.", "Grüße aus München"]
+    as_text = vectors(embed(engine, {"model": "m", "input": texts}))
+    as_ids = vectors(embed(engine, {"model": "m", "input": [enc.encode(t) for t in texts]}))
+    one = vectors(embed(engine, {"model": "m", "input": enc.encode(texts[0])}))
+    assert np.abs(as_text - as_ids).max() < 1e-3 and np.abs(one[0] - as_text[0]).max() < 1e-3
 
 
 def test_its_own_dimension_count_is_accepted(engine):

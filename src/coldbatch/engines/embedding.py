@@ -13,9 +13,11 @@ still reported when the engine is created.
 Answers follow OpenAI's wire shape: vectors are L2-normalized (as OpenAI's and sentence-transformers'
 are), `encoding_format` "float" or "base64" (little-endian float32: the official SDK asks for base64 by
 default), `usage` counts the model's tokens ([CLS] and [SEP] included). As for chat, any `model` string
-is accepted and the answer names the model that ran. Not supported, as 400s: token-array inputs (their
-ids would be read in OpenAI's tokenizer, not this model's), `dimensions` other than the model's own (the
-model was not trained to be truncated), inputs longer than the model's 512 positions, empty strings.
+is accepted and the answer names the model that ran. Token-array inputs are what OpenAI means by them,
+cl100k_base ids (the tokenizer of its embedding models; LangChain's OpenAIEmbeddings sends them by
+default): they are decoded back to text, which this model then tokenizes its own way. Not supported, as
+400s: `dimensions` other than the model's own (the model was not trained to be truncated), inputs
+longer than the model's 512 positions, empty strings.
 
 How it runs: one worker thread owns the llama context (started with the model), like the chat worker.
 It takes every request waiting in its queue at once, up to `batch_tokens` tokens and `batch_seqs` texts,
@@ -115,19 +117,42 @@ def parse_request(body: dict[str, Any], dimensions: int) -> EmbedRequest | Resul
 
 
 def _texts(value: Any) -> list[str] | Result:
+    if isinstance(value, list) and value and all(_is_token(x) for x in value):
+        value = [value]  # one input, as tokens
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
         return error_result(400, "input must be a non-empty string or array of strings", param="input")
     if len(items) > MAX_INPUTS:
         return error_result(400, f"input has {len(items)} items; at most {MAX_INPUTS} per request", param="input")
+    if all(isinstance(x, list) and x and all(_is_token(t) for t in x) for x in items):
+        decoded = _decode_tokens(items)
+        if isinstance(decoded, Result):
+            return decoded
+        items = decoded
     if not all(isinstance(x, str) for x in items):
-        tokens = all(isinstance(x, int | list) for x in items)
-        why = "token arrays are not supported by this engine (send text)" if tokens else \
-            "input must be a string or an array of strings"
-        return error_result(400, why, param="input")
+        return error_result(400, "input must be a string, an array of strings, or an array of token arrays",
+                            param="input")
     if any(not x for x in items):
         return error_result(400, "input strings must not be empty", param="input")
     return items
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _decode_tokens(arrays: list[list[int]]) -> list[str] | Result:
+    """OpenAI's token-array input (cl100k_base ids) as text."""
+    from coldbatch.estimate.tokens import counter
+
+    encoding = getattr(counter("cl100k_base"), "encoding", None)
+    if encoding is None:
+        return error_result(400, "token-array input needs the cl100k_base vocabulary, which is not available "
+                            "here; send text", param="input")
+    try:
+        return [encoding.decode(tokens) for tokens in arrays]
+    except Exception as exc:  # tiktoken raises KeyError (or others) on ids outside its vocabulary
+        return error_result(400, f"input holds a token id that cl100k_base does not have ({exc})", param="input")
 
 
 def answer(vectors: np.ndarray, prompt_tokens: int, model: str, as_base64: bool) -> Result:
