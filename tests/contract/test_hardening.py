@@ -6,15 +6,38 @@ server is still well afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import openai
 import pytest
 
-from .conftest import Server
-from .test_openai_sdk import CHAT, assert_envelope, req, upload
+from .conftest import ServeFactory, Server
+from .test_openai_sdk import CHAT, assert_envelope, jsonl, req, upload
 
 MB = 1_000_000
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """`small_disk(bytes)`: a fresh tmpfs of that size (a real full disk: writes fail with ENOSPC). Needs root
+    (mount); skipped where it cannot mount. Request it before `serve`, so servers stop before it unmounts."""
+    mounts: list[Path] = []
+
+    def make(size: int) -> Path:
+        mnt = tmp_path / f"disk{len(mounts)}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+        mounts.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in reversed(mounts):
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 # -- 5: JSON body cap ----------------------------------------------------------------------------------------
@@ -41,3 +64,17 @@ def test_synchronous_requests_may_be_as_big_as_a_batch_line_and_no_bigger(client
     with pytest.raises(openai.APIStatusError) as ei:
         client.chat.completions.create(model="m", messages=[{"role": "user", "content": "y" * (11 * MB)}])
     assert_envelope(ei.value, 413, code="request_too_large")
+
+
+# -- 2: full disk on upload ----------------------------------------------------------------------------------
+def test_a_full_disk_on_upload_is_507_retried_and_leaves_nothing(small_disk: Callable[[int], Path],
+                                                                  serve: ServeFactory) -> None:
+    srv = serve(data_dir=small_disk(3 * MB))
+    with pytest.raises(openai.APIStatusError) as ei:
+        srv.client().files.create(file=("big.jsonl", b"x" * (5 * MB)), purpose="batch")
+    e = assert_envelope(ei.value, 507, code="insufficient_storage")
+    assert "out of disk space" in e["message"] and e["type"] == "server_error"
+    assert srv.count("POST", "/v1/files") == 3  # a 5xx: the SDK retried (twice), as it would later
+    assert not list((srv.settings.data_dir / "files" / "tmp").iterdir())  # the partial writes are gone
+    ok = srv.client().files.create(file=("ok.jsonl", jsonl([req("a")])), purpose="batch")
+    assert ok.status == "processed"

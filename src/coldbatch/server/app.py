@@ -66,11 +66,14 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             if started:
                 raise  # too late for an error response; the server closes the connection
-            logger.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), rid)
-            await _server_error_response()(scope, receive, send_with_id)
+            if is_disk_full(exc):
+                logger.warning("disk full on %s %s (%s): answered 507", scope.get("method"), scope.get("path"), rid)
+            else:
+                logger.exception("unhandled error on %s %s (%s)", scope.get("method"), scope.get("path"), rid)
+            await _server_error_response(exc)(scope, receive, send_with_id)
 
 
 def _api_error(request: Request, exc: Exception) -> Response:
@@ -89,14 +92,19 @@ def _http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
-def _server_error_response() -> Response:
+def _server_error_response(cause: BaseException | None = None) -> Response:
+    """500, or 507 when the cause is a full disk: the server's condition, which passes (the SDK retries 5xx)."""
+    if cause is not None and is_disk_full(cause):
+        exc = ApiError(507, "The server is out of disk space and stored nothing; try again later.",
+                       type_="server_error", code="insufficient_storage")
+        return JSONResponse(exc.envelope(), status_code=exc.status)
     exc = ApiError(500, "The server had an error while processing your request.", type_="server_error")
     return JSONResponse(exc.envelope(), status_code=exc.status)
 
 
 def _server_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _server_error_response()
+    return _server_error_response(exc)
 
 
 def create_app(settings: ServerSettings, engine: Engine) -> Starlette:

@@ -95,8 +95,8 @@ async def parse_upload(content_type: str, body: AsyncIterator[bytes], sink: IO[b
         async for chunk in body:
             parser.write(chunk)
         parser.finalize()
-    except ApiError:
-        raise
+    except (ApiError, OSError):
+        raise  # OSError: the store's writes (a full disk is the server's 507, not the client's 400)
     except Exception as exc:  # python-multipart raises its own parse errors
         raise ApiError(400, f"Malformed multipart body: {exc}") from exc
     if not parts._seen_file:
