@@ -118,6 +118,7 @@ def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | 
     if isinstance(eng, pool.WorkerPool):
         label += f", {eng.workers} worker process{'es' if eng.workers > 1 else ''}"
     click.echo(f"coldbatch serve: engine {label}, data in {data_dir.resolve()}, http://{host}:{port}/v1", err=True)
+    click.echo(f"dashboard http://{host}:{port}/ui/, Prometheus metrics http://{host}:{port}/metrics", err=True)
     if not keys:
         click.echo("No API key configured: bound to loopback only, every caller shares one namespace.", err=True)
     # The event loop re-takes the GIL once per row of each results commit (sqlite3 releases it around every

@@ -24,11 +24,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coldbatch.engines.base import Engine
 from coldbatch.errors import ApiError
-from coldbatch.server import routes
+from coldbatch.server import dashboard, routes
 from coldbatch.server.app_types import ServerSettings, Services
 from coldbatch.server.executor import Executor
 from coldbatch.server.scheduler import Slots
 from coldbatch.store.blobs import LocalBlobStore
+from coldbatch.store.space import is_disk_full
 from coldbatch.store.sqlite import SqliteStore
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
             store.close()
 
     app = Starlette(
-        routes=[Route(path, fn, methods=methods) for path, fn, methods in routes.ROUTES],
+        routes=[Route(path, fn, methods=methods) for path, fn, methods in (*routes.ROUTES, *dashboard.ROUTES)],
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )
