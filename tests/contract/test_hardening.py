@@ -6,15 +6,20 @@ server is still well afterwards.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import openai
 import pytest
 
-from .conftest import ServeFactory, Server
-from .test_openai_sdk import CHAT, assert_envelope, jsonl, req, upload
+from coldbatch.engines.echo import EchoEngine
+
+from .conftest import FAST, ServeFactory, Server
+from .test_openai_sdk import CHAT, assert_envelope, jsonl, req, upload, wait
 
 MB = 1_000_000
 
@@ -78,3 +83,68 @@ def test_a_full_disk_on_upload_is_507_retried_and_leaves_nothing(small_disk: Cal
     assert not list((srv.settings.data_dir / "files" / "tmp").iterdir())  # the partial writes are gone
     ok = srv.client().files.create(file=("ok.jsonl", jsonl([req("a")])), purpose="batch")
     assert ok.status == "processed"
+
+
+# -- 1: full disk during a running batch ---------------------------------------------------------------------
+def _fill(folder: Path) -> Path:
+    """Fill the file system holding `folder` until a write fails for want of space."""
+    filler = folder / "filler"
+    with filler.open("wb", buffering=0) as fh:
+        for block in (1 << 20, 1 << 12):
+            try:
+                while True:
+                    fh.write(bytes(block))
+            except OSError:
+                pass
+    return filler
+
+
+def _slow_batch(srv: Server, n: int) -> tuple[openai.OpenAI, str]:
+    client = srv.client()
+    f = upload(client, [req(f"r{i}") for i in range(n)])
+    b = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+    deadline = time.monotonic() + 20
+    while (cur := client.batches.retrieve(b.id)).request_counts is None or cur.request_counts.completed < 200:
+        assert time.monotonic() < deadline, cur
+        time.sleep(0.02)
+    return client, b.id
+
+
+def test_a_full_disk_pauses_a_running_batch_which_resumes_when_space_returns(
+        small_disk: Callable[[int], Path], serve: ServeFactory, caplog: pytest.LogCaptureFixture) -> None:
+    disk = small_disk(32 * MB)
+    srv = serve(EchoEngine(latency=0.05, max_concurrency=64), data_dir=disk / "data")
+    client, bid = _slow_batch(srv, 5_000)
+    filler = _fill(disk)
+    time.sleep(1.0)
+    stalled = client.batches.retrieve(bid).request_counts
+    health = srv.http().get("/health")
+    assert health.status_code == 503 and health.json()["status"] == "storage_full", health.text
+    assert health.json()["storage"]["status"] == "full"
+    time.sleep(1.0)
+    assert client.batches.retrieve(bid).request_counts == stalled  # waiting, not losing results
+    assert client.batches.retrieve(bid).status == "in_progress"
+    filler.unlink()  # space comes back: the batch goes on by itself
+    done = wait(client, bid, timeout=60)
+    assert done.status == "completed" and done.request_counts.completed == 5_000
+    ids = [json.loads(x)["custom_id"] for x in client.files.content(done.output_file_id).content.splitlines()]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(5_000))  # each exactly once
+    assert srv.http().get("/health").json()["storage"]["status"] == "ok"
+    logged = caplog.text
+    assert "disk full" in logged and "disk space is back" in logged
+
+
+def test_a_batch_that_cannot_store_results_for_too_long_fails_with_a_clear_error(
+        small_disk: Callable[[int], Path], serve: ServeFactory) -> None:
+    disk = small_disk(32 * MB)
+    srv = serve(EchoEngine(latency=0.05, max_concurrency=64), data_dir=disk / "data",
+                executor=replace(FAST, disk_full_seconds=1.0, disk_retry_max_seconds=0.2))
+    client, bid = _slow_batch(srv, 5_000)
+    filler = _fill(disk)
+    failed = wait(client, bid, timeout=30)
+    assert failed.status == "failed" and failed.errors is not None and failed.errors.data
+    error = failed.errors.data[0]
+    assert error.code == "insufficient_storage" and "disk space" in (error.message or "")
+    filler.unlink()
+    ok = client.batches.create(input_file_id=upload(client, [req("a")]).id, endpoint=CHAT, completion_window="24h")
+    assert wait(client, ok.id).status == "completed"  # the server itself carries on

@@ -26,7 +26,7 @@ class BatchStatus(StrEnum):
 S = BatchStatus
 TRANSITIONS: Final[Mapping[BatchStatus, frozenset[BatchStatus]]] = {
     S.VALIDATING: frozenset({S.IN_PROGRESS, S.FAILED, S.CANCELLING}),
-    S.IN_PROGRESS: frozenset({S.FINALIZING, S.CANCELLING, S.EXPIRED}),
+    S.IN_PROGRESS: frozenset({S.FINALIZING, S.CANCELLING, S.EXPIRED, S.FAILED}),  # failed: no disk for results
     S.FINALIZING: frozenset({S.COMPLETED, S.EXPIRED}),
     S.CANCELLING: frozenset({S.CANCELLED}),
     S.FAILED: frozenset(),

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,12 +34,16 @@ from coldbatch.protocol.batches import FILE_TTL, seq_id
 from coldbatch.server import checking
 from coldbatch.server.scheduler import COLD, Slots
 from coldbatch.store.blobs import LocalBlobStore
+from coldbatch.store.space import free_bytes, is_disk_full
 from coldbatch.store.sqlite import ResultRow, SqliteStore
 from coldbatch.validation import iter_lines
 
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 1000
+#: kept free on the data disk as a file, given up only to record that a batch failed for want of space
+#: (on a full disk even that small write would fail)
+RESERVE_BYTES = 2 << 20
 EXPIRED = {"code": "batch_expired",
            "message": "This request could not be executed before the completion window expired."}
 CANCELLED = {"code": "batch_cancelled", "message": "This request was cancelled before it could be executed."}
@@ -55,6 +60,10 @@ class ExecutorConfig:
     #: batch already keeps the engine busy (its lanes fill `max_concurrency`), and running them one after
     #: another finishes the first ones early, so clients collect while later ones run.
     running_batches: int = 1
+    #: a running batch that cannot store its results (the disk is full) waits, retrying with back-off up to
+    #: `disk_retry_max_seconds` apart, and fails with `insufficient_storage` after this long without room
+    disk_full_seconds: float = 600.0
+    disk_retry_max_seconds: float = 5.0
 
 
 @dataclass
@@ -86,6 +95,37 @@ class Executor:
         self._no_pool = False  # no worker process can be started here: validate on a thread
         self._waiting: dict[str, asyncio.Event] = {}  # batches waiting for their turn: a notify wakes them
         self._started = time.time()  # wall clock, compared with blob mtimes by recover()
+        self.disk_full_since: float | None = None  #: monotonic time of the first write the full disk refused
+
+    def storage(self) -> dict[str, Any]:
+        """For /health: whether writes are being refused for want of space, since when, and what is free."""
+        full = self.disk_full_since
+        return {"status": "full" if full is not None else "ok", "free_bytes": free_bytes(self.blobs.root),
+                "full_for_seconds": round(time.monotonic() - full, 1) if full is not None else None}
+
+    def _disk_full(self, what: str) -> None:
+        if self.disk_full_since is None:
+            self.disk_full_since = time.monotonic()
+            logger.error("disk full (%s free): %s; waiting for space, retrying with back-off",
+                         f"{free_bytes(self.blobs.root):,} bytes", what)
+
+    def _disk_ok(self) -> None:
+        if self.disk_full_since is not None:
+            logger.warning("disk space is back after %.1f s: resuming", time.monotonic() - self.disk_full_since)
+            self.disk_full_since = None
+            self._keep_reserve()
+
+    @property
+    def _reserve(self) -> Path:
+        return self.blobs.root.parent / "disk-reserve"
+
+    def _keep_reserve(self) -> None:
+        """Best effort: (re)create the reserve file; a disk too full for it goes without."""
+        try:
+            if not self._reserve.exists():
+                self._reserve.write_bytes(bytes(RESERVE_BYTES))
+        except OSError:
+            self._reserve.unlink(missing_ok=True)
 
     def now(self) -> int:
         return int(self.clock())
@@ -102,6 +142,7 @@ class Executor:
         with contextlib.suppress(OSError, NotImplementedError):  # (no processes: validation uses a thread)
             checking.worker_pool().submit(checking.ready)  # start the validation worker now
         try:
+            await asyncio.to_thread(self._keep_reserve)
             await asyncio.to_thread(self.recover)
         except Exception:
             logger.exception("recovery sweep failed; the server goes on without it")
@@ -140,9 +181,13 @@ class Executor:
             await self.drive(batch_id)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("batch %s: executor error; it will be retried", batch_id)
-            await asyncio.sleep(1.0)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                logger.exception("batch %s: executor error; it will be retried", batch_id)
+                await asyncio.sleep(1.0)
+            else:  # e.g. while writing the result files: the same work is redone once there is room
+                self._disk_full(f"batch {batch_id} could not write")
+                await asyncio.sleep(self.config.disk_retry_max_seconds)
         finally:
             self._tasks.pop(batch_id, None)
             self._runs.pop(batch_id, None)
@@ -300,6 +345,7 @@ class Executor:
             for w in workers:
                 w.cancel()
         self._flush(run)
+        await self._wait_for_room(run)
         await asyncio.to_thread(self._after_execute, row, run.queued)
 
     def _after_execute(self, row: dict[str, Any], queued: int) -> None:
@@ -318,6 +364,15 @@ class Executor:
 
     async def _lane(self, run: _Run, queue: asyncio.Queue[list[_Item] | None]) -> None:
         hotpath.PRIORITY.set(hotpath.COLD)  # engines that pace upstream calls (relay) let hot requests go first
+        try:
+            await self._lane_loop(run, queue)
+        except BaseException:
+            run.stop.set()  # a dead lane must not leave the feeder blocked on a full queue forever (it did)
+            while not queue.empty():
+                queue.get_nowait()
+            raise
+
+    async def _lane_loop(self, run: _Run, queue: asyncio.Queue[list[_Item] | None]) -> None:
         endpoint = run.row["endpoint"]
         while (chunk := await queue.get()) is not None:
             if run.stop.is_set() or self.now() >= run.row["expires_at"]:
@@ -330,6 +385,8 @@ class Executor:
             if len(run.pending) >= self.config.group_size or \
                     time.monotonic() - run.last_flush >= self.config.flush_seconds:
                 self._flush(run)
+                if run.pending:  # the disk is full: the results stay here until they can be logged
+                    await self._wait_for_room(run)
             # An engine that answers without waiting (echo) never suspends this task, and a queued chunk is
             # taken without suspending either: yield, so HTTP requests (polls, hot calls) are served
             # between chunks instead of after the whole batch (measured: 1 s per status poll under load).
@@ -349,10 +406,52 @@ class Executor:
         rows, run.pending = run.pending, []
         run.last_flush = time.monotonic()
         if rows:
-            self.store.record_results(run.row["id"], rows)
+            try:
+                self.store.record_results(run.row["id"], rows)
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                run.pending[:0] = rows  # kept, in order, for the next try
+                self._disk_full(f"batch {run.row['id']} could not log {len(rows)} results")
+                return
+            self._disk_ok()
         fresh = self.store.get_batch(run.row["id"], None)
         if fresh is None or fresh["status"] != S.IN_PROGRESS:
             run.stop.set()
+
+    async def _wait_for_room(self, run: _Run) -> None:
+        """Back off (0.25 s, doubling, up to `disk_retry_max_seconds`) and retry the log until it takes the
+        results; past `disk_full_seconds` without room, fail the batch with `insufficient_storage`."""
+        delay = 0.25
+        while run.pending and not run.stop.is_set():
+            since = self.disk_full_since if self.disk_full_since is not None else time.monotonic()
+            if time.monotonic() - since >= self.config.disk_full_seconds and self._fail_for_space(run):
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, self.config.disk_retry_max_seconds)
+            self._flush(run)
+
+    def _fail_for_space(self, run: _Run) -> bool:
+        """Fail the batch for want of space (True once recorded: that write may need room too)."""
+        minutes = self.config.disk_full_seconds / 60
+        error = {"code": "insufficient_storage", "line": None, "param": None, "message":
+                 f"The server ran out of disk space and could not store this batch's results for {minutes:g} "
+                 "minutes; the batch was stopped. Create it again once the server has room."}
+        self._reserve.unlink(missing_ok=True)  # room for this one write
+        try:
+            moved = self.store.transition(run.row["id"], S.FAILED, self.now(),
+                                          errors={"object": "list", "data": [error]})
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            return False
+        logger.error("batch %s failed: no disk space for %.0f s", run.row["id"], self.config.disk_full_seconds)
+        run.stop.set()
+        run.pending.clear()
+        if moved:
+            with contextlib.suppress(Exception):
+                self.store.purge_results(run.row["id"])  # frees the space its log held
+        return True
 
     # -- finalizing / expired / cancelled ------------------------------------------------------------------
     def _finalize(self, row: dict[str, Any], final: S) -> None:
@@ -385,6 +484,7 @@ class Executor:
             else:
                 self.blobs.delete(key)
         if self.store.transition(bid, final, now, files=files, **fields):
+            self._disk_ok()
             self.store.purge_results(bid)
         else:
             logger.warning("batch %s: could not move to %s (status changed meanwhile)", bid, final)

@@ -257,15 +257,20 @@ async def list_models(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    """200 while the engine can answer; 503 when every engine worker was given up (it kept crashing)."""
-    engine = services(request).engine
+    """200 while the engine can answer and the disk takes writes; 503 when every engine worker was given up
+    (it kept crashing) or the disk is full (batches wait, uploads are refused)."""
+    svc = services(request)
+    engine = svc.engine
     info = engine.info
     body: dict[str, Any] = {"status": "ok", "engine": info.name, "fixture": info.fixture}
     workers = getattr(engine, "health", None)
     if workers is not None:
         body["workers"] = workers()
         body["status"] = body["workers"]["status"]
-    return JSONResponse(body, status_code=503 if body["status"] == "unavailable" else 200)
+    body["storage"] = svc.executor.storage()
+    if body["storage"]["status"] == "full" and body["status"] == "ok":
+        body["status"] = "storage_full"
+    return JSONResponse(body, status_code=503 if body["status"] in ("unavailable", "storage_full") else 200)
 
 
 async def metrics(request: Request) -> Response:
