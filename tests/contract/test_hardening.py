@@ -148,3 +148,28 @@ def test_a_batch_that_cannot_store_results_for_too_long_fails_with_a_clear_error
     filler.unlink()
     ok = client.batches.create(input_file_id=upload(client, [req("a")]).id, endpoint=CHAT, completion_window="24h")
     assert wait(client, ok.id).status == "completed"  # the server itself carries on
+
+
+# -- 8: raw-bytes uploads (Bespoke Curator) ------------------------------------------------------------------
+def test_a_raw_bytes_jsonl_upload_runs_as_a_batch_through_the_sdk(client: openai.OpenAI) -> None:
+    """Curator 0.1.31 uploads `file=<bytes>`: the SDK names the part `upload`, and every run got a 400."""
+    data = jsonl([req("a"), req("b")])
+    f = client.files.create(file=data, purpose="batch")
+    assert f.filename == "upload" and f.bytes == len(data)
+    b = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+    done = wait(client, b.id)
+    assert done.status == "completed" and done.request_counts is not None and done.request_counts.completed == 2
+
+
+@pytest.mark.parametrize("name, data", [
+    ("input.json", b'{"custom_id": "a"}\n'),  # JSONL content, wrong extension: still refused
+    ("input.csv", b'{"custom_id": "a"}\n'),
+    ("upload", b"id,text\n1,hello\n"),  # no extension, not JSONL
+    ("upload", b"[1, 2]\n"),
+    ("upload", b"\x89PNG\r\n\x1a\n"),
+])
+def test_uploads_that_are_not_jsonl_by_name_or_content_are_refused(client: openai.OpenAI, name: str,
+                                                                    data: bytes) -> None:
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.files.create(file=(name, data), purpose="batch")
+    assert_envelope(ei.value, 400, message="Invalid file format for Batch API. Must be .jsonl")

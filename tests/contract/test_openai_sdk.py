@@ -170,9 +170,12 @@ def test_03_tuple_and_raw_bytes_upload(client: openai.OpenAI) -> None:
     data = jsonl([req("a")])
     f = client.files.create(file=("t.jsonl", data, "application/jsonl"), purpose="batch")
     assert (f.filename, f.bytes, f.status) == ("t.jsonl", len(data), "processed")
-    # Policy, as OpenAI: raw bytes reach us named "upload" (httpx's default), which is not .jsonl.
+    # Raw bytes reach us named "upload" (the SDK's name), without an extension: JSONL content is accepted,
+    # as OpenAI does (issue 15, item 8); other content is not.
+    r = client.files.create(file=data, purpose="batch")
+    assert (r.filename, r.bytes, r.purpose) == ("upload", len(data), "batch")
     with pytest.raises(openai.BadRequestError) as ei:
-        client.files.create(file=data, purpose="batch")
+        client.files.create(file=b"id,text\n1,hello\n", purpose="batch")
     assert_envelope(ei.value, 400, message="Invalid file format for Batch API. Must be .jsonl")
     # Other purposes take any name, raw bytes included.
     g = client.files.create(file=data, purpose="user_data")

@@ -22,7 +22,7 @@ from coldbatch.protocol import limits as L
 from coldbatch.server.app_types import Services
 from coldbatch.server.objects import batch_object, file_object
 from coldbatch.server.scheduler import HOT
-from coldbatch.server.upload import parse_upload
+from coldbatch.server.upload import HEAD_BYTES, parse_upload
 
 #: JSON body caps (ours; OpenAI answers 413 too): a synchronous request may be as big as one batch line,
 #: any other body (create batch, ...) is a few hundred bytes of parameters and metadata
@@ -103,7 +103,7 @@ async def create_file(request: Request) -> Response:
         if _BAD_NAME.search(name) or len(name) > 255:
             raise ApiError(400, "Invalid filename: it must be a plain file name (no path, no control characters).",
                            param="file")
-        if purpose == "batch" and not name.lower().endswith(".jsonl"):
+        if purpose == "batch" and not name.lower().endswith(".jsonl") and not _jsonl_without_extension(name, up.head):
             raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
         now = int(time.time())
         ttl = B.FILE_TTL if purpose == "batch" else None
@@ -116,6 +116,23 @@ async def create_file(request: Request) -> Response:
            "created_at": now, "expires_at": now + ttl if ttl else None}
     svc.store.create_file(row)
     return JSONResponse(file_object({**row, "status": "processed"}))
+
+
+def _jsonl_without_extension(name: str, head: bytes) -> bool:
+    """A name with no extension at all (raw bytes reach us as `upload`: the SDK names them so) whose content
+    starts as JSONL: its first line is a JSON object (or, longer than what was kept, starts like one). OpenAI
+    accepts these, and clients such as Bespoke Curator send them; a wrong extension is still refused."""
+    if "." in name:
+        return False
+    first = head.lstrip(b"\xef\xbb\xbf \t\r\n").split(b"\n", 1)
+    if not first[0].startswith(b"{"):
+        return False
+    if len(first) == 1 and len(head) >= HEAD_BYTES:
+        return True  # a first line longer than the head: validation at batch creation reads it whole
+    try:
+        return isinstance(orjson.loads(first[0]), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 async def list_files(request: Request) -> Response:

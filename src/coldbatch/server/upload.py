@@ -17,6 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from coldbatch.errors import ApiError
 
 MAX_FIELD = 4096
+HEAD_BYTES = 65_536  #: the start of the file part, kept to tell JSONL content from other bytes
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
     size: int = 0
+    head: bytes = b""  #: the file part's first HEAD_BYTES
 
 
 class _Parts:
@@ -69,6 +71,8 @@ class _Parts:
             self.result.size += len(chunk)
             if self.result.size > self.max_bytes:
                 raise ApiError(400, "File is too large.", param="file", code="file_too_large")
+            if len(self.result.head) < HEAD_BYTES:
+                self.result.head += chunk[:HEAD_BYTES - len(self.result.head)]
             self.sink.write(chunk)
         else:
             self._value += chunk
