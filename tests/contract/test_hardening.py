@@ -173,3 +173,21 @@ def test_uploads_that_are_not_jsonl_by_name_or_content_are_refused(client: opena
     with pytest.raises(openai.BadRequestError) as ei:
         client.files.create(file=(name, data), purpose="batch")
     assert_envelope(ei.value, 400, message="Invalid file format for Batch API. Must be .jsonl")
+
+
+# -- 9: the echo fixture honours max_tokens ------------------------------------------------------------------
+@pytest.mark.parametrize("cap", [{"max_tokens": 5}, {"max_completion_tokens": 5}])
+def test_echo_answers_are_cut_at_max_tokens_like_a_model(client: openai.OpenAI, cap: dict[str, int]) -> None:
+    text = "Tweet: @united thanks for the great flight today, the crew were lovely and the food was fine"
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}],
+                                       **cap)  # type: ignore[call-overload]
+    assert r.usage is not None and r.usage.completion_tokens == 5  # was 13-16 with max_tokens 5
+    assert r.choices[0].finish_reason == "length" and text.startswith(r.choices[0].message.content or "-")
+    whole = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=5)
+    assert whole.choices[0].finish_reason == "stop" and whole.choices[0].message.content == "hi"
+
+
+def test_echo_responses_are_incomplete_at_max_output_tokens(client: openai.OpenAI) -> None:
+    r = client.responses.create(model="m", input="one two three four five six seven", max_output_tokens=3)
+    assert r.status == "incomplete" and r.incomplete_details is not None
+    assert r.usage is not None and r.usage.output_tokens == 3

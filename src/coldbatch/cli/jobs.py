@@ -281,6 +281,15 @@ def _show_estimate(est: dict[str, Any]) -> None:
         click.echo(f"warning: {w}", err=True)
 
 
+def _negative_saving(r: dict[str, Any]) -> str:
+    """Why a saving can be below zero: the baseline is the estimate (answer lengths from max_tokens or
+    --expected-output-tokens), the cost is what the answers really used."""
+    return (f"note: the saving is negative because the cost counts the tokens the answers really used "
+            f"({r['completion_tokens']:,} completion tokens), while the baseline, every row at sync prices, is the "
+            f"estimate's (answer lengths from max_tokens or --expected-output-tokens): the answers were longer "
+            f"than estimated. With the same tokens, sync prices would have cost {render.usd(r['cost_sync_usd'])}.")
+
+
 def _print_report(r: dict[str, Any] | None) -> None:
     if r is None:
         return
@@ -303,6 +312,8 @@ def _print_report(r: dict[str, Any] | None) -> None:
         + (f", saving {r['saving_pct']}%" if r.get("saving_pct") is not None else "")
         + f"; estimate {render.usd(r['estimated_batch_usd'])}); {r['seconds']} s"
     )
+    if (r.get("saving_pct") or 0) < 0:
+        click.echo(_negative_saving(r))
     rescue = r.get("deadline_rescue")
     if rescue:
         click.echo(f"deadline rescue: {rescue['requests']:,} requests ({rescue['rows']:,} rows) sent through the sync "

@@ -103,25 +103,38 @@ class EchoEngine:
                                 "results": [{"flagged": False, "categories": {}, "category_scores": {}}]})
         text = _answer_text(body)
         completion = self._counter.count_many([text])[0] if text else 0
+        limit = _max_tokens(body, endpoint)
+        finish = "stop"
+        if limit is not None and completion > limit:  # as a model does: cut at the limit, say so
+            text, completion, finish = self._cut(text, limit), limit, "length"
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                  "total_tokens": prompt_tokens + completion}
         created = int(time.time())
         if endpoint == L.CHAT:
             return Result(200, {"id": seq_id("chatcmpl-"), "object": "chat.completion", "created": created,
                                 "model": model, "choices": [{"index": 0, "message": {"role": "assistant",
-                                "content": text, "refusal": None}, "logprobs": None, "finish_reason": "stop"}],
+                                "content": text, "refusal": None}, "logprobs": None, "finish_reason": finish}],
                                 "usage": usage, "system_fingerprint": "echo"}, usage)
         if endpoint == L.COMPLETIONS:
             return Result(200, {"id": seq_id("cmpl-"), "object": "text_completion", "created": created,
                                 "model": model, "choices": [{"index": 0, "text": text, "logprobs": None,
-                                                             "finish_reason": "stop"}], "usage": usage}, usage)
+                                                             "finish_reason": finish}], "usage": usage}, usage)
         resp_usage = {"input_tokens": prompt_tokens, "output_tokens": completion,
                       "total_tokens": prompt_tokens + completion,
                       "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+        incomplete = {"reason": "max_output_tokens"} if finish == "length" else None
         return Result(200, {"id": seq_id("resp_"), "object": "response", "created_at": created, "model": model,
-                            "status": "completed", "output": [{"type": "message", "role": "assistant",
+                            "status": "incomplete" if incomplete else "completed", "incomplete_details": incomplete,
+                            "output": [{"type": "message", "role": "assistant",
                             "content": [{"type": "output_text", "text": text, "annotations": []}]}],
                             "usage": resp_usage}, usage)
+
+    def _cut(self, text: str, limit: int) -> str:
+        """The first `limit` tokens of `text` (by the tokenizer that counts usage; ~4 bytes each without one)."""
+        encoding = getattr(self._counter, "encoding", None)
+        if encoding is not None:
+            return str(encoding.decode(encoding.encode_ordinary(text)[:limit]))
+        return text.encode()[:4 * limit].decode("utf-8", errors="ignore")
 
     def _embedding(self, body: dict[str, Any], model: str, prompt_tokens: int) -> Result:
         inp = body.get("input")
@@ -151,6 +164,16 @@ def _crash(how: object) -> Result:
         os.abort()
     os.kill(os.getpid(), signal.SIGKILL)
     raise AssertionError("unreachable: the process is dead")
+
+
+def _max_tokens(body: dict[str, Any], endpoint: str) -> int | None:
+    """The request's cap on answer tokens (each endpoint names it its own way); None when it has none."""
+    keys = ("max_output_tokens",) if endpoint == L.RESPONSES else ("max_completion_tokens", "max_tokens")
+    for key in keys:
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
