@@ -8,19 +8,24 @@ Skipped, with the reason, where Playwright or /usr/bin/chromium is missing (`.ci
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import uvicorn
 
 from coldbatch.engines.echo import EchoEngine
 
 from .conftest import ServeFactory, Server
+from .test_jobs_ui import JOB, make_ledger
 
 CHROMIUM = Path(os.environ.get("COLDBATCH_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
@@ -154,3 +159,36 @@ def test_a_second_key_cannot_see_the_first_keys_batch(serve: ServeFactory, page:
     page.goto(f"{srv.root}/ui/batches/{batch.id}?key=sk-alice")
     page.locator("#batch-status").wait_for()
     assert batch.id in page.locator("h1").inner_text()
+
+
+@contextlib.contextmanager
+def running(app: Any) -> Iterator[str]:
+    """Any ASGI app under uvicorn on a free loopback port, in a thread; yields its root URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_the_job_dashboard_shows_units_cost_and_output(tmp_path: Path, page: Any) -> None:
+    from coldbatch.server.jobs_ui import create_jobs_app
+
+    with running(create_jobs_app(make_ledger(tmp_path))) as root:
+        page.goto(root + "/")
+        page.get_by_role("link", name=JOB).click()
+        page.locator('#job-status[data-status="done"]').wait_for()
+        units = page.locator("section[aria-labelledby=units-h] tbody tr")
+        assert units.count() == 2
+        link = units.nth(0).get_by_role("link", name="batch_aaa")
+        assert link.get_attribute("href") == "http://127.0.0.1:8000/ui/batches/batch_aaa"
+        assert page.get_by_role("img", name="Paid: $0.0070").count() == 1
+        assert page.locator("section[aria-labelledby=sample-h] tbody tr").count() == 6
+        shot(page, "job")

@@ -45,8 +45,9 @@ COOKIE = "coldbatch_ui"
 SESSION_SECONDS = 12 * 3600
 ERRORS_SHOWN = 20
 PER_PAGE = 25
-_ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
-_SECURITY_HEADERS = {
+_ASSETS = {"app.js": "text/javascript; charset=utf-8", "common.js": "text/javascript; charset=utf-8",
+           "style.css": "text/css; charset=utf-8"}
+SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",  # (no-referrer would make the browser send `Origin: null` on our POSTs)
@@ -81,7 +82,7 @@ def _owner_of_key(svc: Services, key: str) -> str | None:
 
 
 def _login(request: Request, owner: str, to: str) -> Response:
-    response = RedirectResponse(to, status_code=303, headers=_SECURITY_HEADERS)
+    response = RedirectResponse(to, status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(COOKIE, _session_cookie(routes.services(request), owner), max_age=SESSION_SECONDS,
                         path="/ui", httponly=True, samesite="strict", secure=request.url.scheme == "https")
     return response
@@ -104,16 +105,16 @@ def _same_origin(request: Request) -> None:
 
 # -- pages -----------------------------------------------------------------------------------------------------
 @functools.cache
-def _asset(name: str) -> bytes:
+def asset_bytes(name: str) -> bytes:
     return (UI_DIR / name).read_bytes()
 
 
-def _html(name: str, status: int = 200, **slots: str) -> Response:
-    body = _asset(name)
+def html_page(name: str, status: int = 200, **slots: str) -> Response:
+    body = asset_bytes(name)
     for slot, value in slots.items():
         body = body.replace(f"<!--{slot}-->".encode(), value.encode())
     return Response(body, status_code=status, media_type="text/html; charset=utf-8",
-                    headers={**_SECURITY_HEADERS, "cache-control": "no-store"})
+                    headers={**SECURITY_HEADERS, "cache-control": "no-store"})
 
 
 async def page(request: Request) -> Response:
@@ -128,7 +129,7 @@ async def page(request: Request) -> Response:
         return _login(request, owner, request.url.path + (f"?{rest}" if rest else ""))
     if session_owner(request) is None:
         return RedirectResponse("/ui/login?" + urlencode({"next": request.url.path}), status_code=303)
-    return _timed(_html("index.html", keys="true" if svc.owners else "false"), started)
+    return _timed(html_page("index.html", keys="true" if svc.owners else "false"), started)
 
 
 async def root(request: Request) -> Response:
@@ -141,7 +142,7 @@ def _next(raw: str | None) -> str:
 
 def _login_page(to: str, error: str = "", status: int = 200) -> Response:
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    return _html("login.html", status, next=html.escape(_next(to), quote=True), error=message)
+    return html_page("login.html", status, next=html.escape(_next(to), quote=True), error=message)
 
 
 async def login_form(request: Request) -> Response:
@@ -171,7 +172,7 @@ async def asset(request: Request) -> Response:
     started, name = time.perf_counter(), request.path_params["name"]
     if name not in _ASSETS:
         raise not_found("file", name)
-    return _timed(Response(_asset(name), media_type=_ASSETS[name], headers={**_SECURITY_HEADERS,
+    return _timed(Response(asset_bytes(name), media_type=_ASSETS[name], headers={**SECURITY_HEADERS,
                                                                              "cache-control": "no-cache"}), started)
 
 
