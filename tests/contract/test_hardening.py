@@ -191,3 +191,21 @@ def test_echo_responses_are_incomplete_at_max_output_tokens(client: openai.OpenA
     r = client.responses.create(model="m", input="one two three four five six seven", max_output_tokens=3)
     assert r.status == "incomplete" and r.incomplete_details is not None
     assert r.usage is not None and r.usage.output_tokens == 3
+
+
+# -- 7: another key's input file -----------------------------------------------------------------------------
+def test_another_keys_input_file_is_answered_exactly_like_an_unknown_one(serve: ServeFactory) -> None:
+    """OpenAI accepts an unknown input_file_id and fails the batch later (reference spec, [LS]); another key's
+    file must look the same, so a key learns nothing about ids it does not own. (The issue asked for a 404 at
+    create "like an unknown id"; an unknown id is not a 404 on OpenAI, so both stay asynchronous.)"""
+    srv = serve(api_keys=["key-a", "key-b"])
+    a, b = srv.client(api_key="key-a"), srv.client(api_key="key-b")
+    theirs = upload(a, [req("x")])
+    outcomes = []
+    for file_id in (theirs.id, "file-" + "0" * 24):
+        created = b.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+        done = wait(b, created.id)
+        assert done.errors is not None and done.errors.data
+        e = done.errors.data[0]
+        outcomes.append((created.status, done.status, e.code, e.param, (e.message or "").replace(file_id, "ID")))
+    assert outcomes[0] == outcomes[1] and outcomes[0][:3] == ("validating", "failed", "invalid_request")

@@ -14,7 +14,10 @@ from typing import Any
 import click
 
 from coldbatch import __version__
+from coldbatch.core.text import printable
 from coldbatch.errors import ColdbatchError
+
+ERROR_CHARS = 4_000  #: of an error message (some list many rows; none needs a whole input file)
 
 #: command name -> "module:attribute"; modules are imported only when their command runs (a `prepare`
 #: does not pay for importing the server, the runner or the openai SDK).
@@ -51,10 +54,10 @@ class _Group(click.Group):
         except ColdbatchError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {printable(str(exc), ERROR_CHARS, keep_lines=True)}", err=True)  # may quote input
             cause = exc.__cause__
             while cause is not None:
-                click.echo(f"  caused by: {type(cause).__name__}: {cause}", err=True)
+                click.echo(f"  caused by: {type(cause).__name__}: {printable(str(cause), ERROR_CHARS)}", err=True)
                 cause = cause.__cause__
             sys.exit(exc.exit_code)
 

@@ -46,6 +46,11 @@ def parse_engine_options(pairs: tuple[str, ...]) -> dict[str, object]:
 
 
 def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
+    """The accepted keys. A blank one is refused: `--api-key ""` started a server that refused everything
+    (no request can send an empty bearer token), where the user meant to protect it."""
+    if any(not k.strip() for k in cli_keys):
+        raise UsageError("--api-key must not be empty (a blank key would refuse every request); pass a key, "
+                         "or bind to loopback without one")
     keys = list(cli_keys)
     if key_file is not None:
         keys += [ln.strip() for ln in key_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]

@@ -26,11 +26,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from coldbatch.core.text import printable
 from coldbatch.errors import InputError
 
 BLOCK_BYTES = 1 << 19  # the CSV reader reads ahead several blocks: bigger blocks cost RSS, not speed
 _EOF = "\x00coldbatch:end-of-file\x00"  # fed after the last line: inside a field, a quote was never closed
-_MESSAGE_CHARS = 200  # of a parser message that quotes the data
 
 with contextlib.suppress(OverflowError):
     csv.field_size_limit(sys.maxsize)  # a long field is the builder's to judge (--max-line-bytes), not csv's
@@ -70,13 +70,6 @@ def csv_batches(p: Path, delimiter: str, header: list[str], start: int,
         if end is None:
             return
         start = end
-
-
-def printable(text: str, limit: int = _MESSAGE_CHARS) -> str:
-    """`text` safe for a terminal: control characters escaped, cut to `limit` characters."""
-    cut = text[:limit]
-    safe = "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in cut)
-    return safe + (f"… ({len(text) - limit:,} more characters)" if len(text) > limit else "")
 
 
 def _arrow_segment(p: Path, delimiter: str, header: list[str], start: int,

@@ -28,7 +28,7 @@ from coldbatch.builder.api import prepare
 from coldbatch.builder.manifest import read_manifest
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.core.canonical import KEY_PREFIX, is_sampling
-from coldbatch.errors import ColdbatchError, InputError
+from coldbatch.errors import ColdbatchError, InputError, UsageError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate
 from coldbatch.protocol.limits import Limits
@@ -145,12 +145,14 @@ class Runner:
         """Build shards and units (idempotent), and estimate the cost. Returns the estimate."""
         job = self.ledger.job(self.job_id)
         assert job is not None
+        if job["status"] == "failed":
+            raise InputError(f"Job {self.job_id} failed before anything was sent: {(job['report'] or {}).get('error')}"
+                             "; fix that and start a new `coldbatch run` (resuming would fail the same way)")
         if job["status"] == "preparing":
             shards = self.folder / "shards"
             manifest = read_manifest(shards) if shards.is_dir() else None
             if manifest is None:
-                manifest = prepare(job["input_path"], shards, self.opts.request_spec(),
-                                   limits=Limits(**self.opts.limits), fmt=self.opts.fmt).manifest
+                manifest = self._build_shards(job, shards)
             shard_paths = [shards / s["path"] for s in manifest["shards"]]
             dedup, use_cache = self._dedup_and_cache()
             cache = self._cache() if use_cache else None
@@ -178,6 +180,16 @@ class Runner:
         job = self.ledger.job(self.job_id)
         assert job is not None
         return dict(job["estimate"] or {})
+
+    def _build_shards(self, job: dict[str, Any], shards: Path) -> dict[str, Any]:
+        """`prepare` the input. An input it refuses fails the job, with the reason: left `preparing`, the job
+        invited a `resume` that could only fail again."""
+        try:
+            return prepare(job["input_path"], shards, self.opts.request_spec(), limits=Limits(**self.opts.limits),
+                           fmt=self.opts.fmt).manifest
+        except (InputError, UsageError) as exc:
+            self.ledger.set_job(self.job_id, status="failed", report={"error": str(exc)})
+            raise
 
     def _dedup_and_cache(self) -> tuple[bool, bool]:
         """Dedup and cache default to on, and to off for sampling requests (independent answers wanted)."""
