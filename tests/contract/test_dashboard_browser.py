@@ -125,6 +125,7 @@ def test_cancel_from_the_page(serve: ServeFactory, page: Any) -> None:
     page.goto(f"{srv.root}/ui/batches/{batch.id}")
     wait_status(page, "in_progress")
     page.locator("#batch-status", has_text=re.compile(r"[1-9]\d* of 400")).wait_for()  # running, counts live
+    page.get_by_role("img", name=re.compile("^Throughput since this page was opened")).wait_for()
     shot(page, "batch-in-progress")
     page.get_by_role("button", name="Cancel batch").click()
     page.get_by_role("button", name="Yes, cancel this batch").click()
@@ -191,4 +192,6 @@ def test_the_job_dashboard_shows_units_cost_and_output(tmp_path: Path, page: Any
         assert link.get_attribute("href") == "http://127.0.0.1:8000/ui/batches/batch_aaa"
         assert page.get_by_role("img", name="Paid: $0.0070").count() == 1
         assert page.locator("section[aria-labelledby=sample-h] tbody tr").count() == 6
+        chart = page.get_by_role("img", name=re.compile("^Requests collected"))
+        assert "Requests collected: 5 in" in (chart.get_attribute("aria-label") or "")
         shot(page, "job")

@@ -165,7 +165,9 @@ function batchPage(id) {
   const actions = el("div", { class: "toolbar" });
   const timeline = el("ol", { class: "timeline", "aria-label": "Status changes" });
   const errors = el("div");
-  main.append(el("p", {}, el("a", { href: "/ui/", text: "← All batches" })), heading, status, bar, actions,
+  const chart = el("div");
+  const samples = []; // [epoch s, requests done] at each poll while the page is open
+  main.append(el("p", {}, el("a", { href: "/ui/", text: "← All batches" })), heading, status, bar, actions, chart,
     el("div", { class: "grid" }, el("section", { class: "panel", "aria-labelledby": "facts-h" }, el("h2", { id: "facts-h", text: "Details" }), facts),
       el("section", { class: "panel", "aria-labelledby": "tl-h" }, el("h2", { id: "tl-h", text: "Timeline" }), timeline)),
     el("h2", { id: "err-h", text: "Errors" }), errors);
@@ -183,12 +185,28 @@ function batchPage(id) {
     if (b.status !== lastStatus) renderActions(actions, b, refresh);
     renderTimeline(timeline, d.events, b.created_at);
     renderErrors(errors, d.errors, b);
+    if (b.status === "in_progress" || samples.length) renderRateChart(chart, samples, d.now, done);
     lastStatus = b.status;
     stamp(d.now);
     if (TERMINAL.has(b.status)) finalRenders++;
     return finalRenders < 2; // stop polling once a terminal batch is shown
   }
   poll(refresh, 1000);
+}
+
+// Throughput over time, from the counts seen at each poll since the page was opened.
+function renderRateChart(box, samples, now, done) {
+  if (!samples.length || samples[samples.length - 1][1] !== done || now - samples[samples.length - 1][0] >= 5) samples.push([now, done]);
+  if (samples.length > 600) samples.shift();
+  const rates = [];
+  for (let i = 1; i < samples.length; i++) {
+    const [t0, d0] = samples[i - 1], [t1, d1] = samples[i];
+    if (t1 > t0) rates.push([t1, (d1 - d0) / (t1 - t0)]);
+  }
+  if (rates.length < 2) return;
+  const last = rates[rates.length - 1][1], peak = Math.max(...rates.map((r) => r[1]));
+  box.replaceChildren(lineChart(rates, `Throughput since this page was opened (${duration(now - samples[0][0])}): ` +
+    `now ${rateText(last)}, peak ${rateText(peak)}`, rateText));
 }
 
 function fileLink(fileId, text, name) {

@@ -85,3 +85,35 @@ function poll(fn, ms) {
   run();
 }
 
+
+// A small line chart (inline SVG, no library): points [[x, y], ...] with x in epoch seconds. The figure has a
+// text caption that says what the lines say, for screen readers and for a quick read.
+function lineChart(points, caption, yFormat) {
+  const W = 600, H = 110, P = 4;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", caption);
+  svg.setAttribute("class", "chart");
+  if (points.length >= 2) {
+    const x0 = points[0][0], x1 = points[points.length - 1][0];
+    const ymax = Math.max(1e-9, ...points.map((p) => p[1]));
+    const yscale = ymax * 1.25; // headroom: a flat line stays off the top edge and its label
+    const sx = (x) => P + ((W - 2 * P) * (x - x0)) / Math.max(1e-9, x1 - x0);
+    const sy = (y) => H - P - ((H - 2 * P) * y) / yscale;
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" "));
+    line.setAttribute("class", "line");
+    const axis = document.createElementNS(ns, "line");
+    for (const [k, v] of Object.entries({ x1: P, y1: H - P, x2: W - P, y2: H - P })) axis.setAttribute(k, v);
+    axis.setAttribute("class", "axis");
+    svg.append(axis, line);
+    const top = document.createElementNS(ns, "text");
+    top.setAttribute("x", W - P - 2); top.setAttribute("y", 14); top.setAttribute("class", "tick");
+    top.setAttribute("text-anchor", "end");
+    top.textContent = `max ${yFormat(ymax)}`;
+    svg.append(top);
+  }
+  return el("figure", { class: "chart-box" }, svg, el("figcaption", { class: "small", text: caption }));
+}

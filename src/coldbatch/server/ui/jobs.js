@@ -47,6 +47,7 @@ function jobPage(id) {
         ` ${d.mode || ""} job, ${d.model || ""}: ${d.job.input_path} → ${d.job.output_path}`),
       outcomeCards(d),
       el("div", { class: "grid" }, costSection(d), dedupSection(d)),
+      collectedChart(d),
       unitsSection(d), sampleSection(d));
     stamp(d.now);
     return !FINISHED.has(d.job.status);
@@ -86,6 +87,20 @@ function dedupSection(d) {
   return section("dedup-h", "Dedup and cache", facts([["Requests (rows)", num(p.requests)], ["Distinct questions", num(p.distinct_requests)],
     ["Cache hits", num(p.cache_hits)], ["Sent", num(p.requests_to_send ?? r.requests_sent)], ["Rows answered from the cache", num(r.answered_from_cache)],
     ["Route", d.estimate && d.estimate.route ? JSON.stringify(d.estimate.route) : d.mode]]));
+}
+
+// Requests collected over time: each unit's collection adds its requests (a step per collected batch).
+function collectedChart(d) {
+  const done = d.units.filter((u) => u.state === "collected").sort((a, b) => a.updated_at - b.updated_at);
+  if (!done.length) return null;
+  const points = [[d.job.created_at, 0]];
+  let total = 0;
+  for (const u of done) { points.push([u.updated_at, total]); total += u.requests; points.push([u.updated_at, total]); }
+  const span = done[done.length - 1].updated_at - d.job.created_at;
+  const caption = `Requests collected: ${int(total)} in ${duration(span)} over ${int(done.length)} batches` +
+    (span > 0 ? `, ${(total / span).toFixed(1)} req/s on average` : "");
+  return el("section", { "aria-labelledby": "tp-h" }, el("h2", { id: "tp-h", text: "Throughput over time" }),
+    lineChart(span > 0 ? points : [], caption, (v) => int(Math.round(v))));
 }
 
 function unitsSection(d) {
