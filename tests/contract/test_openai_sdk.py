@@ -182,7 +182,7 @@ def test_03_tuple_and_raw_bytes_upload(client: openai.OpenAI) -> None:
     assert (g.filename, g.purpose, g.expires_at) == ("upload", "user_data", None)
 
 
-@pytest.mark.parametrize("name", ["x.json", "x.txt", "x.jsonl.gz", "jsonl"])
+@pytest.mark.parametrize("name", ["x.json", "x.txt", "x.jsonl.gz", "jsonl.txt"])  # no extension: see test_hardening
 def test_03_non_jsonl_rejected(client: openai.OpenAI, name: str) -> None:
     with pytest.raises(openai.BadRequestError) as ei:
         client.files.create(file=(name, jsonl([req("a")])), purpose="batch")
