@@ -30,7 +30,7 @@ def label_confidence(body: dict[str, Any], content: str | None, field: str, labe
                      ) -> float | None:
     """The chosen label's probability in [0, 1] (see the module docstring), or None when it cannot be told."""
     tokens = _tokens(body)
-    span = _label_span(content, field, labels)
+    span = _label_span(content, field, labels) if tokens is not None else None  # most answers: no logprobs
     if tokens is None or span is None:
         return None
     value, start, end = span
