@@ -32,6 +32,8 @@ if not CHROMIUM.exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it)",
                 allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+axe = pytest.importorskip("axe_playwright_python.sync_playwright",
+                          reason="axe-playwright-python is not installed (pip install -e .[dev])")
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("COLDBATCH_SCREENSHOTS", REPO / "out" / "screenshots"))
@@ -60,6 +62,13 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def shot(page: Any, name: str) -> None:
+    """A screenshot of the page, after axe-core (WCAG 2 A and AA rules: contrast, labels, names, landmarks…)
+    found nothing to report on it."""
+    found = axe.Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}})
+    problems = [f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:3]}"
+                for v in found.response["violations"]]
+    assert found.response["passes"], "axe-core checked nothing"
+    assert problems == [], f"accessibility on {name}: {problems}"
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
