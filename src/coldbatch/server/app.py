@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coldbatch.engines.base import Engine
 from coldbatch.errors import ApiError
-from coldbatch.server import dashboard, routes
+from coldbatch.server import dashboard, routes, tracing
 from coldbatch.server.app_types import ServerSettings, Services
 from coldbatch.server.executor import Executor
 from coldbatch.server.scheduler import Slots
@@ -117,6 +118,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         blobs.clear_tmp()
         slots = Slots(engine.info.most_concurrency)
         executor = Executor(store, blobs, engine, slots, config=settings.executor)
+        executor.tracing = tracing.from_env(os.environ, settings.tracer_provider)  # no-op unless OTEL_* says so
         services = Services(settings, store, blobs, engine, slots, executor,
                             {hashlib.sha256(k.encode()).hexdigest(): owner_id(k) for k in settings.api_keys})
         task = asyncio.create_task(executor.run_forever(), name="executor")
@@ -127,6 +129,7 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await executor.aclose()
+            await asyncio.to_thread(executor.tracing.close)
             await engine.aclose()
             store.close()
 

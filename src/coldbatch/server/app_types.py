@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from coldbatch.engines.base import Engine
 from coldbatch.protocol import limits as L
@@ -23,6 +24,8 @@ class ServerSettings:
     max_upload_bytes: int = L.MAX_FILE_BYTES
     allow_short_windows: bool = False
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    #: an OpenTelemetry TracerProvider to trace with (tests); else OTEL_EXPORTER_OTLP_ENDPOINT decides
+    tracer_provider: Any = None
 
 
 @dataclass

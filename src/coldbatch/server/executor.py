@@ -31,7 +31,7 @@ from coldbatch.engines.base import Engine, Result
 from coldbatch.estimate import tokens as T
 from coldbatch.estimate.accounting import prompt_texts
 from coldbatch.protocol.batches import FILE_TTL, seq_id
-from coldbatch.server import checking
+from coldbatch.server import checking, tracing
 from coldbatch.server.scheduler import COLD, Slots
 from coldbatch.store.blobs import LocalBlobStore
 from coldbatch.store.space import free_bytes, is_disk_full
@@ -96,6 +96,7 @@ class Executor:
         self._waiting: dict[str, asyncio.Event] = {}  # batches waiting for their turn: a notify wakes them
         self._started = time.time()  # wall clock, compared with blob mtimes by recover()
         self.disk_full_since: float | None = None  #: monotonic time of the first write the full disk refused
+        self.tracing: tracing.Tracing = tracing.NOOP  #: spans per batch and request (server/tracing.py)
 
     def storage(self) -> dict[str, Any]:
         """For /health: whether writes are being refused for want of space, since when, and what is free."""
@@ -377,8 +378,10 @@ class Executor:
         while (chunk := await queue.get()) is not None:
             if run.stop.is_set() or self.now() >= run.row["expires_at"]:
                 continue  # queued work past the completion window is left for the expired error file
+            started = time.time_ns()
             async with self.slots.slot(COLD):
                 results = await self._call(endpoint, [body for _, _, body in chunk])
+            self.tracing.requests(run.row, chunk, results, started)
             add = run.pending.append
             for (line, cid, _), res in zip(chunk, results, strict=True):
                 add(_result_row(line, cid, res))
@@ -485,6 +488,8 @@ class Executor:
                 self.blobs.delete(key)
         if self.store.transition(bid, final, now, files=files, **fields):
             self._disk_ok()
+            self.tracing.batch_ended(row, final.value, {"completed": counts["ok"], "failed": counts["err"],
+                                                        "never_run": counts["never"]})
             self.store.purge_results(bid)
         else:
             logger.warning("batch %s: could not move to %s (status changed meanwhile)", bid, final)
