@@ -186,6 +186,10 @@ async def _companion(ledger: Ledger, provider: OpenAIProvider, job_id: str, api_
     finally:
         if isinstance(runner, SyncRunner):
             await runner.client.aclose()
+    summary = ledger.summary(job_id)
+    if not summary["succeeded"]:  # e.g. a provider without /v1/embeddings: say so before the rows are sent
+        raise UsageError(f"no example could be embedded ({summary['failed_by_code'] or 'no answer'}; see "
+                         f"`coldbatch status {job_id}`): the rows cannot be labelled with --examples here")
 
 
 def _examples_job(job_id: str, input_path: Path, opts: dict[str, Any], base_url: str | None
