@@ -110,3 +110,33 @@ def test_each_app_has_its_own_registry(serve: ServeFactory) -> None:
     _run(a.client(), [_line("x")])
     assert _get(scrape(a), "coldbatch_batches", status="completed") == 1
     assert _get(scrape(b), "coldbatch_batches", status="completed") == 0
+
+
+def test_counters_stay_exact_while_batches_settle(serve: ServeFactory) -> None:
+    """Terminal batches are summed once and cached: scrapes between batches (and while one still runs) must
+    still add up to exactly what the batches report."""
+    from coldbatch.engines.echo import EchoEngine
+
+    srv = serve(engine=EchoEngine(latency=0.05, max_concurrency=2))
+    client = srv.client()
+    _, bytes1 = _run(client, [_line(f"a{i}") for i in range(5)])
+    scrape(srv)
+    data = b"".join(json.dumps(_line(f"b{i}")).encode() + b"\n" for i in range(20))
+    f = client.files.create(file=("in.jsonl", data, "application/jsonl"), purpose="batch")
+    running = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
+    mid = scrape(srv)  # the second batch is validating or running: it is read live, not cached
+    assert _get(mid, "coldbatch_batches", status="completed") == 1
+    deadline = time.monotonic() + 20
+    while client.batches.retrieve(running.id).status != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _, bytes3 = _run(client, [_line("c", echo_fail=500)])
+    m = scrape(srv)
+    batch = {"mode": "batch", "endpoint": CHAT, "model": "gpt-4o-mini"}
+    assert _get(m, "coldbatch_requests_total", **batch, outcome="completed") == 25
+    assert _get(m, "coldbatch_requests_total", **batch, outcome="failed") == 1
+    assert _get(m, "coldbatch_batches", status="completed") == 3
+    assert _get(m, "coldbatch_batch_duration_seconds_count", status="completed") == 3
+    assert _get(m, "coldbatch_uploaded_bytes_total", purpose="batch") == bytes1 + len(data) + bytes3
+    again = scrape(srv)  # a second scrape reads the same from the cache
+    assert _get(again, "coldbatch_requests_total", **batch, outcome="completed") == 25

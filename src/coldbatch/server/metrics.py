@@ -8,6 +8,8 @@ figures are exactly what the batches themselves report, and they survive a resta
 does not hold is counted in memory: synchronous requests (one count and one observation each, beside
 an engine call that costs far more), the time a request waited for an engine slot (once per slot, i.e.
 per chunk of up to 32 batch requests), and the engine workers' restarts and crashes (`pool.health()`).
+Store rows that can no longer change (terminal batches, file sizes) are summed once and kept, so a
+scrape reads only the recent batches.
 
 No label carries an API key or an owner: the figures are the server's, not a tenant's. The `model`
 label of synchronous requests is kept only for the first `MAX_MODELS` names seen (then "other"), so a
@@ -135,15 +137,16 @@ class _StoreCollector(Collector):
     def __init__(self, store: SqliteStore, engine: Engine, slots: Slots, sync: _SyncCounts,
                  wait: dict[int, _Histogram]) -> None:
         self.store, self.engine, self.slots, self.sync, self.wait = store, engine, slots, sync, wait
+        self.settled = _Settled()
 
     def collect(self) -> Iterator[Metric]:
-        totals = self.store.batch_totals(BATCH_BUCKETS)
+        totals, uploads = self.settled.read(self.store)
         sync_requests, sync_tokens, sync_seconds = self.sync.snapshot()
         yield _batches_by_status(totals)
         yield from _requests_and_tokens(totals, sync_requests, sync_tokens)
         yield _batch_durations(totals)
         yield _sync_durations(sync_seconds)
-        yield from _uploads(self.store.upload_totals())
+        yield from _uploads(uploads)
         yield from self._slots()
         yield from _workers(self.engine)
 
@@ -160,6 +163,48 @@ class _StoreCollector(Collector):
         yield wait
         yield GaugeMetricFamily("coldbatch_engine_slots", "Requests the engine takes at once.", value=s.capacity)
         yield GaugeMetricFamily("coldbatch_engine_slots_in_use", "Engine slots held now.", value=s.in_use)
+
+
+class _Settled:
+    """What the store says about rows that can no longer change, summed once: batches up to
+    `store.settled_seq()` (all terminal) and every file row (its size is fixed). A scrape then reads only the
+    batches after that point (the few still running, and newer ones) and the files uploaded since, so its
+    cost follows the recent batches, not the whole history (20,000 batches: ~100 ms a scrape before)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # scrapes may overlap (two Prometheus servers)
+        self.batches_upto = 0
+        self.batches: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.files_upto = 0
+        self.files: dict[str, list[int]] = {}
+
+    def read(self, store: SqliteStore) -> tuple[list[dict[str, Any]], list[tuple[str, int, int]]]:
+        with self._lock:
+            settled = store.settled_seq()
+            if settled > self.batches_upto:
+                _add_rows(self.batches, store.batch_totals(BATCH_BUCKETS, after=self.batches_upto, upto=settled))
+                self.batches_upto = settled
+            totals: dict[tuple[str, str, str], dict[str, Any]] = {k: dict(v) for k, v in self.batches.items()}
+            _add_rows(totals, store.batch_totals(BATCH_BUCKETS, after=self.batches_upto))
+            rows, self.files_upto = store.upload_totals(self.files_upto)
+            for purpose, n, nbytes in rows:
+                acc = self.files.setdefault(purpose, [0, 0])
+                acc[0] += n
+                acc[1] += nbytes
+            return list(totals.values()), [(p, n, b) for p, (n, b) in sorted(self.files.items())]
+
+
+def _add_rows(into: dict[tuple[str, str, str], dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    """Add `batch_totals` rows into `into`, by (endpoint, model, status); every other field is a sum."""
+    for r in rows:
+        key = (r["endpoint"], r["model"], r["status"])
+        acc = into.get(key)
+        if acc is None:
+            into[key] = {k: (v or 0) if k not in ("endpoint", "model", "status") else v for k, v in r.items()}
+            continue
+        for k, v in r.items():
+            if k not in ("endpoint", "model", "status"):
+                acc[k] += v or 0
 
 
 def _requests_and_tokens(totals: list[dict[str, Any]], sync_requests: dict[tuple[str, str, str], int],

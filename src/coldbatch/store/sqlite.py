@@ -283,10 +283,11 @@ class SqliteStore:
             "SELECT custom_id, line, data FROM results WHERE batch_id = ? AND ok = 0 ORDER BY line LIMIT ?",
             (batch_id, limit))]
 
-    def batch_totals(self, buckets: Sequence[float]) -> list[dict[str, Any]]:
-        """Per (endpoint, model, status): batches, request counts, tokens, and for terminal batches the
-        cumulative count of durations (created → terminal) at most each of `buckets` seconds and their sum.
-        One pass over the table, for /metrics: every figure is what the batches' own rows say."""
+    def batch_totals(self, buckets: Sequence[float], *, after: int = 0,
+                     upto: int | None = None) -> list[dict[str, Any]]:
+        """Per (endpoint, model, status) of the batches with `after` < seq <= `upto`: batches, request counts,
+        tokens, and for terminal batches the cumulative count of durations (created → terminal) at most each
+        of `buckets` seconds and their sum. For /metrics: every figure is what the batches' own rows say."""
         ended = "COALESCE(completed_at, failed_at, expired_at, cancelled_at) - created_at"
         le = "".join(f", SUM(CASE WHEN d <= {float(b)!r} THEN 1 ELSE 0 END) AS le{i}" for i, b in enumerate(buckets))
         rows = self.db.execute(
@@ -294,14 +295,26 @@ class SqliteStore:
             " SUM(failed) AS failed, SUM(input_tokens) AS input_tokens, SUM(cached_tokens) AS cached_tokens,"
             f" SUM(output_tokens) AS output_tokens, COUNT(d) AS ended, COALESCE(SUM(d), 0) AS duration{le}"
             f" FROM (SELECT *, CASE WHEN status IN ({', '.join('?' * len(_TERMINAL))}) THEN {ended} END AS d"
-            " FROM batches) GROUP BY endpoint, model, status", _TERMINAL)
+            " FROM batches WHERE seq > ? AND seq <= ?) GROUP BY endpoint, model, status",
+            [*_TERMINAL, after, (1 << 62) if upto is None else upto])
         return [dict(r) for r in rows]
 
-    def upload_totals(self) -> list[tuple[str, int, int]]:
-        """(purpose, files, bytes) of every file ever uploaded (deleted ones included; result files not)."""
-        return [(r[0], r[1], r[2]) for r in self.db.execute(
+    def settled_seq(self) -> int:
+        """The largest seq such that every batch up to it is terminal (its row no longer changes)."""
+        live = [s.value for s in BatchStatus if s.value not in _TERMINAL]
+        row = self.db.execute(
+            f"SELECT (SELECT MIN(seq) FROM batches WHERE status IN ({', '.join('?' * len(live))})) - 1,"
+            " (SELECT COALESCE(MAX(seq), 0) FROM batches)", live).fetchone()
+        return int(row[0] if row[0] is not None else row[1])
+
+    def upload_totals(self, after: int = 0) -> tuple[list[tuple[str, int, int]], int]:
+        """(purpose, files, bytes) of the files uploaded after seq `after` (deleted ones included; result
+        files not), and the largest seq counted (a file row's size never changes)."""
+        upto = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM files").fetchone()[0])
+        rows = [(r[0], r[1], r[2]) for r in self.db.execute(
             "SELECT purpose, COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE purpose != 'batch_output'"
-            " GROUP BY purpose")]
+            " AND seq > ? AND seq <= ? GROUP BY purpose", (after, upto))]
+        return rows, upto
 
     # -- results ----------------------------------------------------------------------------------------
     def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
