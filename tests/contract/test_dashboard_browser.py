@@ -114,6 +114,9 @@ def test_a_batch_is_watched_to_completed_with_the_right_counts(serve: ServeFacto
     timeline = page.get_by_role("list", name="Status changes").inner_text()
     assert all(s in timeline for s in ("validating", "in progress", "finalizing", "completed"))
     shot(page, "batch-completed")
+    page.emulate_media(color_scheme="dark")  # the dark scheme passes the same checks
+    shot(page, "batch-completed-dark")
+    page.emulate_media(color_scheme="light")
 
     done = client.batches.retrieve(batch.id)
     out = page.get_by_role("link", name="Download output")
@@ -211,3 +214,5 @@ def test_the_job_dashboard_shows_units_cost_and_output(tmp_path: Path, page: Any
         chart = page.get_by_role("img", name=re.compile("^Requests collected"))
         assert "Requests collected: 5 in" in (chart.get_attribute("aria-label") or "")
         shot(page, "job")
+        page.emulate_media(color_scheme="dark")
+        shot(page, "job-dark")
