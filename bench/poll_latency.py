@@ -1,0 +1,179 @@
+"""Benchmark: how fast polls are answered while a big echo batch runs and the machine is busy (issue 15, item 6).
+
+One `coldbatch serve --engine echo --echo-latency L` process; one batch of `--rows` chat requests; `--pollers`
+clients polling (half GET /v1/batches/{id}, half GET /v1/batches?limit=20, each waiting `--every` seconds
+between polls) from `--poll-procs` processes (so the client's own GIL does not add to what is measured); and
+`--load` busy-looping processes that compete for the CPU. Everything stops by itself: the busy loops and the
+pollers end with the batch or after `--cap` seconds, whichever is first.
+
+It runs the batch twice: without pollers (the baseline batch time), then with them, and prints latency
+percentiles per kind and the batch time's change, as a markdown block for docs/benchmarks.md.
+
+    python bench/poll_latency.py                                  # 50,000 rows, 50 pollers, 4 busy processes
+    python bench/poll_latency.py --rows 20000 --pollers 30 --load 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+from _common import free_port
+
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def busy(until: float) -> None:
+    """A CPU hog that stops by itself."""
+    x = 0
+    while time.time() < until:
+        x += 1
+
+
+def poller_proc(base: str, batch_id: str, n: int, every: float, until: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    async def one(i: int, client: httpx.AsyncClient) -> list[tuple[str, float, float]]:
+        kind, path = ("retrieve", f"/v1/batches/{batch_id}") if i % 2 == 0 else ("list", "/v1/batches?limit=20")
+        seen: list[tuple[str, float, float]] = []
+        while time.time() < until:
+            t, at = time.perf_counter(), time.time()
+            r = await client.get(path)
+            seen.append((kind, at, time.perf_counter() - t))
+            if r.json().get("status") in TERMINAL or (kind == "list" and r.json()["data"][0]["status"] in TERMINAL):
+                break
+            await asyncio.sleep(every)
+        return seen
+
+    async def main() -> list[tuple[str, float, float]]:
+        limits = httpx.Limits(max_connections=n)
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+            parts = await asyncio.gather(*(one(i, client) for i in range(n)))
+        return [x for p in parts for x in p]
+
+    out.put(asyncio.run(main()))
+
+
+def start_server(data: Path, port: int, latency: float) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", str(latency),
+           "--data-dir", str(data), "--port", str(port)]
+    data.mkdir(parents=True)
+    with (data / "server.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not start")
+
+
+def batch_input(rows: int) -> bytes:
+    return b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
+        "model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": f"Review {i}: fine."}]}})
+        + b"\n" for i in range(rows))
+
+
+def run_once(args: argparse.Namespace, work: Path, pollers: int, load: int) -> tuple[float, list[tuple[str, float]]]:
+    port = free_port()
+    data = work / f"data-{port}"
+    server = start_server(data, port, args.latency)
+    base = f"http://127.0.0.1:{port}"
+    hogs: list[mp.Process] = []
+    procs: list[mp.Process] = []
+    try:
+        with httpx.Client(base_url=base, timeout=60) as http:
+            f = http.post("/v1/files", files={"file": ("in.jsonl", batch_input(args.rows))}, data={"purpose": "batch"})
+            until = time.time() + args.cap
+            hogs = [mp.Process(target=busy, args=(until,)) for _ in range(load)]
+            for h in hogs:
+                h.start()
+            b = http.post("/v1/batches", json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions",
+                                               "completion_window": "24h"}).json()
+            started = time.perf_counter()
+            q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+            k = args.poll_procs
+            per = [pollers // k + (1 if i < pollers % k else 0) for i in range(k)]
+            procs = [mp.Process(target=poller_proc, args=(base, b["id"], n, args.every, until, q)) for n in per if n]
+            for p in procs:
+                p.start()
+            spy = None
+            if args.profile and pollers:  # py-spy samples the server while it is polled (raw collapsed stacks)
+                spy_cmd = [shutil.which("py-spy") or "py-spy", "record", "-p", str(server.pid), "-r", "200",
+                           "-f", "raw", "-o", args.profile, "--nonblocking", "-d", str(int(args.cap))]
+                spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while time.time() < until:
+                status = http.get(f"/v1/batches/{b['id']}").json()["status"]
+                if status in TERMINAL:
+                    break
+                time.sleep(0.2)
+            elapsed, ended = time.perf_counter() - started, time.time()
+            if spy is not None:
+                spy.send_signal(2)
+                spy.wait(30)
+            seen = [(k, t) for _ in procs for k, at, t in q.get(timeout=args.cap) if at < ended]  # during the batch
+            return elapsed, seen
+    finally:
+        for p in [*procs, *hogs]:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+        server.terminate()
+        server.wait(10)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000 if s else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--pollers", type=int, default=50)
+    ap.add_argument("--poll-procs", type=int, default=5)
+    ap.add_argument("--every", type=float, default=0.1, help="seconds each poller waits between polls")
+    ap.add_argument("--load", type=int, default=4, help="busy-looping processes during both runs")
+    ap.add_argument("--latency", type=float, default=0.02, help="echo latency per request group")
+    ap.add_argument("--cap", type=float, default=300, help="every run stops after this many seconds")
+    ap.add_argument("--keep", action="store_true", help="keep the data dirs and server logs")
+    ap.add_argument("--profile", help="write py-spy's raw stacks of the polled server here (needs py-spy)")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cb-poll-"))
+    try:
+        alone, _ = run_once(args, work, 0, args.load)
+        polled, seen = run_once(args, work, args.pollers, args.load)
+    finally:
+        if args.keep:
+            print(f"(data dirs and server logs kept in {work})")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"### poll latency: {args.rows:,} rows, {args.pollers} pollers every {args.every} s, {args.load} busy "
+          f"processes (`python bench/poll_latency.py`)\n")
+    print(f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
+          f"load average at the end {os.getloadavg()[0]:.1f}\n")
+    print("| | polls | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|")
+    for kind in ("retrieve", "list"):
+        v = [t for k, t in seen if k == kind]
+        print(f"| {kind} | {len(v):,} | {pct(v, .5):.0f} ms | {pct(v, .9):.0f} ms | {pct(v, .99):.0f} ms | "
+              f"{max(v) * 1000 if v else float('nan'):.0f} ms |")
+    change = (polled / alone - 1) * 100
+    print(f"\n- batch time: {alone:.2f} s without pollers, {polled:.2f} s with them ({change:+.0f} %)")
+    print(f"- mean poll {statistics.fmean(t for _, t in seen) * 1000:.1f} ms" if seen else "- no polls")
+
+
+if __name__ == "__main__":
+    main()
