@@ -21,6 +21,7 @@ from coldbatch.protocol import batches as B
 from coldbatch.protocol import limits as L
 from coldbatch.server.app_types import Services
 from coldbatch.server.objects import batch_object, file_object
+from coldbatch.server.openapi import openapi
 from coldbatch.server.scheduler import HOT
 from coldbatch.server.upload import HEAD_BYTES, parse_upload
 
@@ -312,4 +313,5 @@ ROUTES: list[tuple[str, Any, list[str]]] = [
     ("/v1/models", list_models, ["GET"]),
     ("/health", health, ["GET"]),
     ("/metrics", metrics, ["GET"]),
+    ("/openapi.json", openapi, ["GET"]),
 ]
