@@ -22,10 +22,14 @@ longer than the model's 512 positions, empty strings.
 How it runs: one worker thread owns the llama context (started with the model), like the chat worker.
 It takes every request waiting in its queue at once, up to `batch_tokens` tokens and `batch_seqs` texts,
 and encodes them in one `llama_encode` call (texts are separate sequences; attention never crosses
-them). Measured in bench/embeddings.py, one text per call was ~2x slower than packing. A vector may then
-differ in its last bits depending on which texts shared its call (the attention softmax sums over the
-call's padded length); within a `coldbatch run` job identical texts are sent once (dedup), so they still
-get identical vectors.
+them). How much to pack was measured (1,000 tweets, ~29 tokens each): llama.cpp computes a packed
+call's attention over all its tokens and masks the other texts out, so a call's cost grows with the
+square of its length (1 thread: 12.4 CPU-s at 256 tokens a call, 12.9 at 512, 14.8 at 1,024, 19.4 at
+2,048; one text a call 13.5), while with more threads every call pays their barriers (2 threads: one
+text a call took 2x the time of 512-token calls, 2,048 was faster still). Hence 512 tokens a call per
+thread, at most 2,048. A vector may then differ in its last bits depending on which texts shared its
+call (the attention softmax sums over the call's padded length); within a `coldbatch run` job identical
+texts are sent once (dedup), so they still get identical vectors.
 """
 
 from __future__ import annotations
@@ -176,11 +180,12 @@ class EmbeddingModel:
     Args:
         path: a GGUF file (used as is) or a sentence-transformers BERT folder (converted first).
         n_threads: CPU threads for llama.cpp.
-        batch_tokens: most tokens per encode call (also the longest text).
+        batch_tokens: most tokens per encode call; default 512 per thread, at most 2,048 (see the module
+            docstring), and never less than the model's context (the longest text).
         batch_seqs: most texts per encode call.
     """
 
-    def __init__(self, path: Path, *, n_threads: int, batch_tokens: int = 2048, batch_seqs: int = 64,
+    def __init__(self, path: Path, *, n_threads: int, batch_tokens: int | None = None, batch_seqs: int = 64,
                  verbose: bool = False) -> None:
         from coldbatch.engines.llamacpp import _import_llama
 
@@ -192,6 +197,7 @@ class EmbeddingModel:
         self._model = _load_model(_internals, lib, path, verbose)
         self.dimensions = self._model.n_embd()
         self.n_ctx_train = self._model.n_ctx_train()
+        batch_tokens = batch_tokens or max(self.n_ctx_train, min(2048, 512 * n_threads))
         self.batch_tokens, self.batch_seqs = min(batch_tokens, self.n_ctx_train * batch_seqs), batch_seqs
         self.max_tokens = min(self.n_ctx_train, self.batch_tokens)
         params = lib.llama_context_default_params()
