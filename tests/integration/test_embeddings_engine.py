@@ -109,6 +109,18 @@ def test_a_bad_source_is_a_config_error(tmp_path: Path):
         LlamaCppEngine(embedding_model=str(tmp_path / "missing.gguf"))
 
 
+def test_requests_that_arrive_while_the_model_loads_all_get_answers():
+    eng = LlamaCppEngine()
+
+    async def first_ones() -> list[Result]:
+        return await asyncio.gather(*(eng.complete(EMB, {"model": "m", "input": f"text {i}"}) for i in range(20)))
+
+    try:
+        assert [r.status_code for r in asyncio.run(first_ones())] == [200] * 20
+    finally:
+        asyncio.run(eng.aclose())
+
+
 def test_embeddings_can_be_turned_off():
     eng = LlamaCppEngine(embeddings=False)
     try:

@@ -303,6 +303,7 @@ class Embedder:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._failure: str | None = None  # why the model could not be loaded
+        self._waiting: tuple[asyncio.AbstractEventLoop, asyncio.Future[bool]] | None = None
         self._closed = False
 
     async def complete(self, body: dict[str, Any]) -> Result:
@@ -314,7 +315,7 @@ class Embedder:
         if self._thread is None:
             self._start()
         if not self._ready.is_set():
-            await asyncio.to_thread(self._ready.wait)
+            await self._loaded()
         if self._failure is not None:
             return error_result(500, self._failure, type_="server_error", code="model_load_failed")
         request = parse_request(body, self.dimensions or 0)
@@ -326,6 +327,14 @@ class Embedder:
         if self._closed or not self._thread or not self._thread.is_alive():
             self._fail_queued()
         return await job.future
+
+    async def _loaded(self) -> None:
+        """Wait for the model: one waiting thread for all the requests that arrive while it loads (64 of
+        them would otherwise fill the default executor that chat's tokenization also uses)."""
+        loop = asyncio.get_running_loop()
+        if self._waiting is None or self._waiting[0] is not loop:
+            self._waiting = (loop, asyncio.ensure_future(asyncio.to_thread(self._ready.wait)))
+        await asyncio.shield(self._waiting[1])
 
     def _start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="llama-cpp-embeddings", daemon=True)
