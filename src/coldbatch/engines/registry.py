@@ -3,8 +3,8 @@ way a third-party package adds one; `COLDBATCH_PLUGINS=a,b` (read by the CLI) li
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
 import inspect
+from collections.abc import Callable, Collection
 from importlib.metadata import entry_points
 from typing import Any
 
