@@ -14,6 +14,7 @@ pytest.importorskip("llama_cpp")
 
 from coldbatch.engines.base import Result
 from coldbatch.engines.llamacpp import MISSING_EXTRA, LlamaCppEngine, default_model_path, model_id
+from coldbatch.engines.pool import WorkerPool
 from coldbatch.errors import ConfigError
 
 CHAT = "/v1/chat/completions"
@@ -28,12 +29,13 @@ SYSTEM = "Classify the user's text. Answer with JSON {\"label\": ...} where labe
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = LlamaCppEngine()
+    """The engine as the server runs it: in a worker process, so a native crash fails a test, not the run."""
+    eng = WorkerPool("llama-cpp", {"n_threads": 2}, workers=1)
     yield eng
-    asyncio.run(eng.aclose())
+    eng.close()
 
 
-def complete(engine: LlamaCppEngine, body: dict, endpoint: str = CHAT) -> Result:
+def complete(engine: WorkerPool | LlamaCppEngine, body: dict, endpoint: str = CHAT) -> Result:
     return asyncio.run(engine.complete(endpoint, body))
 
 

