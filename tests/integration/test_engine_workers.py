@@ -96,15 +96,20 @@ def settled_health(srv: Server, timeout: float = 60) -> dict[str, Any]:
     return health[1]
 
 
-def run_batch(srv: Server, tmp: Path, bodies: Sequence[dict[str, Any]], *, timeout: float = 120) -> dict[str, Any]:
-    """Upload, create, wait until terminal; the batch and {custom_id: (where, line object)} of its results."""
+def create_batch(c: openai.OpenAI, tmp: Path, bodies: Sequence[dict[str, Any]]) -> Any:
+    """Upload `bodies` as a chat batch file (custom_ids r0, r1, ...) and create the batch."""
     path = tmp / f"in-{time.monotonic_ns()}.jsonl"
     path.write_bytes(b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
                                             "body": b}) + b"\n" for i, b in enumerate(bodies)))
+    with path.open("rb") as fh:
+        f = c.files.create(file=fh, purpose="batch")
+    return c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def run_batch(srv: Server, tmp: Path, bodies: Sequence[dict[str, Any]], *, timeout: float = 120) -> dict[str, Any]:
+    """Upload, create, wait until terminal; the batch and {custom_id: (where, line object)} of its results."""
     with srv.client() as c:
-        with path.open("rb") as fh:
-            f = c.files.create(file=fh, purpose="batch")
-        batch = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        batch = create_batch(c, tmp, bodies)
         deadline = time.monotonic() + timeout
         while batch.status not in ("completed", "failed", "expired", "cancelled"):
             assert time.monotonic() < deadline, f"batch stuck in {batch.status}: {srv.log.read_text()[-3000:]}"
@@ -233,13 +238,8 @@ def test_kill_9_of_a_llama_cpp_worker_mid_batch_loses_nothing(tmp_path: Path) ->
             assert "libllama" not in maps.read_text() and "libggml" not in maps.read_text()
         victims = worker_pids(srv)
         assert len(victims) == 2
-        path = tmp_path / "in.jsonl"
-        path.write_bytes(b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                                "body": b}) + b"\n" for i, b in enumerate(bodies)))
         with srv.client() as c:
-            with path.open("rb") as fh:
-                f = c.files.create(file=fh, purpose="batch")
-            batch = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+            batch = create_batch(c, tmp_path, bodies)
             deadline = time.monotonic() + 120
             while (batch := c.batches.retrieve(batch.id)).request_counts.completed < 4:
                 assert time.monotonic() < deadline and batch.status in ("validating", "in_progress"), batch

@@ -8,6 +8,8 @@ means the engine itself is broken and the request will be retried after a restar
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,3 +65,19 @@ class Engine(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+def settle_from_thread(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+                       outcome: object | BaseException) -> None:
+    """Resolve `future` (owned by `loop`) from another thread: its result, or the exception to raise.
+    A future already done (cancelled) is left alone; a closed loop means nobody waits anymore."""
+    def settle() -> None:
+        if future.done():
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(settle)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -51,7 +50,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from coldbatch.engines import bert_gguf
+from coldbatch.engines import base, bert_gguf
 from coldbatch.engines.base import EngineInfo, Result, error_result
 from coldbatch.errors import ConfigError
 
@@ -431,16 +430,7 @@ class Embedder:
 
 
 def _deliver(job: _Job, outcome: Result | BaseException) -> None:
-    def settle() -> None:
-        if job.future.done():
-            return
-        if isinstance(outcome, BaseException):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)
-
-    with contextlib.suppress(RuntimeError):  # the caller's event loop is already closed
-        job.loop.call_soon_threadsafe(settle)
+    base.settle_from_thread(job.loop, job.future, outcome)
 
 
 def with_embeddings(info: EngineInfo, model: str) -> EngineInfo:

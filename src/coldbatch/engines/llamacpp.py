@@ -53,7 +53,6 @@ attention kernel (or on GPU engines, which batch anyway).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import importlib.util
 import logging
@@ -70,7 +69,7 @@ from typing import Any, Final
 
 import orjson
 
-from coldbatch.engines import embedding
+from coldbatch.engines import base, embedding
 from coldbatch.engines.base import EngineInfo, Result, error_result
 from coldbatch.errors import ConfigError
 
@@ -566,16 +565,7 @@ def _argmax(values: Any) -> Any:
 
 
 def _deliver(job: _Job, outcome: Result | BaseException) -> None:
-    def settle() -> None:
-        if job.future.done():
-            return
-        if isinstance(outcome, BaseException):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)
-
-    with contextlib.suppress(RuntimeError):  # the caller's event loop is already closed
-        job.loop.call_soon_threadsafe(settle)
+    base.settle_from_thread(job.loop, job.future, outcome)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from typing import IO, Any, Final
 
 from coldbatch.engines import frames, registry
-from coldbatch.engines.base import Engine, EngineInfo, Result, error_result
+from coldbatch.engines.base import Engine, EngineInfo, Result, error_result, settle_from_thread
 from coldbatch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -182,8 +182,7 @@ class _Worker:
             return
         loop, future = waiter
         results = [frames.result_from_json(r) for r in message["results"]]
-        with contextlib.suppress(RuntimeError):  # the caller's loop is closed
-            loop.call_soon_threadsafe(_set_result, future, results)
+        settle_from_thread(loop, future, results)
 
     def _die(self) -> None:
         with self._lock:
@@ -196,8 +195,7 @@ class _Worker:
         with contextlib.suppress(OSError):
             self.proc.stdout.close()  # type: ignore[union-attr]
         for loop, future in pending.values():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_set_exception, future, WorkerDied(self.exit_reason()))
+            settle_from_thread(loop, future, WorkerDied(self.exit_reason()))
         self.exited.set()
 
     def _write(self) -> None:
@@ -218,16 +216,6 @@ class _Worker:
             print(f"[engine worker {self.pid}] {line}", file=sys.stderr, flush=True)
         with contextlib.suppress(OSError):
             stream.close()
-
-
-def _set_result(future: asyncio.Future[list[Result]], results: list[Result]) -> None:
-    if not future.done():
-        future.set_result(results)
-
-
-def _set_exception(future: asyncio.Future[list[Result]], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
 
 
 class WorkerPool:
