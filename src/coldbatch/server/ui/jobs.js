@@ -99,8 +99,10 @@ function collectedChart(d) {
   const span = done[done.length - 1].updated_at - d.job.created_at;
   const caption = `Requests collected: ${int(total)} in ${duration(span)} over ${int(done.length)} batches` +
     (span > 0 ? `, ${(total / span).toFixed(1)} req/s on average` : "");
-  return el("section", { "aria-labelledby": "tp-h" }, el("h2", { id: "tp-h", text: "Throughput over time" }),
-    lineChart(span > 0 ? points : [], caption, (v) => int(Math.round(v))));
+  // Everything collected within the same second has no "over time" to draw: say so instead of an empty frame.
+  const body = span > 0 ? lineChart(points, caption, (v) => int(Math.round(v)))
+    : el("p", { class: "notice", role: "img", "aria-label": caption, text: caption });
+  return el("section", { "aria-labelledby": "tp-h" }, el("h2", { id: "tp-h", text: "Throughput over time" }), body);
 }
 
 function unitsSection(d) {
