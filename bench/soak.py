@@ -7,6 +7,9 @@ dir size; at the end it lets every batch finish and checks that each one's outpu
 input custom_id exactly once (a cancelled batch's never-run lines included). Prints a markdown block for
 docs/benchmarks.md; exits 1 if anything was lost or duplicated. Bounded: it stops after `--minutes`, plus at
 most `--drain` seconds to let the last batches finish.
+
+The server runs from a copy of `src/coldbatch` taken at start (PYTHONPATH), so edits to the working tree during
+a long soak cannot change the code that a restart after a kill picks up.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
 class Server:
-    def __init__(self, data: Path, port: int) -> None:
-        self.data, self.port, self.proc = data, port, None
+    def __init__(self, data: Path, port: int, src: Path) -> None:
+        self.data, self.port, self.proc, self.src = data, port, None, src
         self.base = f"http://127.0.0.1:{port}"
         self.kills = 0
 
@@ -41,7 +44,8 @@ class Server:
         cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", "0.005",
                "--allow-short-windows", "--data-dir", str(self.data), "--port", str(self.port)]
         with (self.data.parent / "server.log").open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+            env = {**os.environ, "PYTHONPATH": str(self.src)}
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
         deadline = time.time() + 60
         while time.time() < deadline:
             with contextlib.suppress(httpx.HTTPError):
@@ -165,7 +169,10 @@ def main() -> None:
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="cb-soak-"))
-    server = Server(work / "data", free_port())
+    src = work / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "coldbatch", src / "coldbatch",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    server = Server(work / "data", free_port(), src)
     server.data.mkdir()
     server.start()
     batches: dict[str, set[str]] = {}
@@ -181,6 +188,8 @@ def main() -> None:
             if now >= next_sample:
                 samples.append((now - t0, server.sample()))
                 next_sample += args.sample
+                print(f"{(now - t0) / 60:.1f} min {samples[-1][1]} {ops} kills {server.kills}", file=sys.stderr,
+                      flush=True)
             if now >= next_kill:
                 server.kill()
                 server.start()
