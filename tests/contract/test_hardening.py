@@ -194,18 +194,20 @@ def test_echo_responses_are_incomplete_at_max_output_tokens(client: openai.OpenA
 
 
 # -- 7: another key's input file -----------------------------------------------------------------------------
-def test_another_keys_input_file_is_answered_exactly_like_an_unknown_one(serve: ServeFactory) -> None:
-    """OpenAI accepts an unknown input_file_id and fails the batch later (reference spec, [LS]); another key's
-    file must look the same, so a key learns nothing about ids it does not own. (The issue asked for a 404 at
-    create "like an unknown id"; an unknown id is not a 404 on OpenAI, so both stay asynchronous.)"""
+def test_another_keys_input_file_is_refused_at_create_exactly_like_an_unknown_one(serve: ServeFactory) -> None:
+    """A batch on another key's input file was accepted (200) and failed later; it is now a 404 at create, with
+    the same answer as an unknown id (status, code, param, message), so a key learns nothing about ids it does
+    not own, and no batch is left behind. The owner can still use the file."""
     srv = serve(api_keys=["key-a", "key-b"])
     a, b = srv.client(api_key="key-a"), srv.client(api_key="key-b")
     theirs = upload(a, [req("x")])
-    outcomes = []
+    answers = []
     for file_id in (theirs.id, "file-" + "0" * 24):
-        created = b.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
-        done = wait(b, created.id)
-        assert done.errors is not None and done.errors.data
-        e = done.errors.data[0]
-        outcomes.append((created.status, done.status, e.code, e.param, (e.message or "").replace(file_id, "ID")))
-    assert outcomes[0] == outcomes[1] and outcomes[0][:3] == ("validating", "failed", "invalid_request")
+        with pytest.raises(openai.NotFoundError) as ei:
+            b.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="24h")
+        e = assert_envelope(ei.value, 404, param="input_file_id")
+        answers.append((e["type"], e["code"], e["message"].replace(file_id, "ID")))
+    assert answers[0] == answers[1]
+    assert b.batches.list().data == [] and a.batches.list().data == []
+    mine = a.batches.create(input_file_id=theirs.id, endpoint=CHAT, completion_window="24h")
+    assert wait(a, mine.id).status == "completed"

@@ -298,7 +298,8 @@ def test_06_create_rejected(serve: ServeFactory, create: dict[str, Any], code: s
 
 def test_06_metadata_at_the_limits(client: openai.OpenAI) -> None:
     meta = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
-    b = client.batches.create(input_file_id="file-whatever", endpoint=CHAT, completion_window="24h", metadata=meta)
+    b = client.batches.create(input_file_id=upload(client, [req("a")]).id, endpoint=CHAT, completion_window="24h",
+                              metadata=meta)
     assert b.metadata == meta
 
 
@@ -431,9 +432,12 @@ def test_10_too_many_tasks(client: openai.OpenAI) -> None:
 
 
 def test_10_nonexistent_input_file(client: openai.OpenAI) -> None:
-    b = client.batches.create(input_file_id="file-doesnotexist", endpoint=CHAT, completion_window="24h")
-    assert b.status == "validating"  # as OpenAI: accepted, then failed asynchronously
-    assert_failed(wait(client, b.id), [("invalid_request", None, "file_id")])
+    """OpenAI accepts an unknown id and fails the batch later; coldbatch answers 404 at create (issue 15: another
+    key's file must be refused at create, and an unknown id must look the same; docs/decisions.md)."""
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.batches.create(input_file_id="file-doesnotexist", endpoint=CHAT, completion_window="24h")
+    assert_envelope(ei.value, 404, param="input_file_id", message="No file found with id 'file-doesnotexist'.")
+    assert client.batches.list().data == []
 
 
 def test_10_token_limit_exceeded(serve: ServeFactory) -> None:

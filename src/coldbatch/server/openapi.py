@@ -95,7 +95,7 @@ DOCUMENT: dict[str, Any] = {
                                               404, params=["file_id"])},
         "/v1/files/{file_id}/content": {"get": _op("A file's bytes", {"content": {"application/octet-stream": {
             "schema": {"type": "string", "format": "binary"}}}}, 404, params=["file_id"])},
-        "/v1/batches": {"post": _op("Create a batch", _json(_REF["Batch"]), 400, 413, body=_CREATE_BATCH),
+        "/v1/batches": {"post": _op("Create a batch", _json(_REF["Batch"]), 400, 404, 413, body=_CREATE_BATCH),
                         "get": _op("List batches", _json(_list(_REF["Batch"])), 400)},
         "/v1/batches/{batch_id}": {"get": _op("Retrieve a batch", _json(_REF["Batch"]), 404, params=["batch_id"])},
         "/v1/batches/{batch_id}/cancel": {"post": _op("Cancel a batch", _json(_REF["Batch"]), 404, 409,

@@ -191,7 +191,9 @@ async def create_batch(request: Request) -> Response:
     svc, owner = services(request), caller(request)
     params = B.check_create_batch(await json_body(request), allow_short_windows=svc.settings.allow_short_windows)
     f = svc.store.get_file(params["input_file_id"], owner)
-    if f is not None and f["purpose"] != "batch":
+    if f is None:  # unknown, deleted, or another key's: one answer, so a key learns nothing about ids it does not own
+        raise ApiError(404, f"No file found with id '{params['input_file_id']}'.", param="input_file_id", code=None)
+    if f["purpose"] != "batch":
         raise ApiError(400, f"File {f['id']} has purpose '{f['purpose']}'; a batch needs purpose 'batch'.",
                        param="input_file_id", code="invalid_value")
     now = int(time.time())
