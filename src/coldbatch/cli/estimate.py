@@ -41,7 +41,7 @@ def estimate(sources: tuple[Path, ...], prices: Path | None, expected_output_tok
         path = H.home(os.environ.get("COLDBATCH_HOME")) / "cache.sqlite3"
         cache = ResultCache(path) if path.exists() else None
     est = run_estimate(list(sources), spec=spec, prices=P.load(prices), expected_output_tokens=expected_output_tokens,
-                       fmt=opts.get("fmt"), dedup=dedup, cache=cache)
+                       fmt=options.input_format(opts), dedup=dedup, cache=cache)
     data = est.to_json()
     if as_json:
         render.emit_json(data)

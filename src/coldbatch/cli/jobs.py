@@ -203,7 +203,7 @@ def _examples_job(job_id: str, input_path: Path, opts: dict[str, Any], base_url:
     label_spec = options.spec_from({**opts, "model": model})
     path: Path = opts["examples_path"]
     rows = EX.read(path, label_spec, opts["examples_label_column"])
-    kept = EX.drop_overlap(rows, input_path, label_spec, opts.get("fmt"))
+    kept = EX.drop_overlap(rows, input_path, label_spec, options.input_format(opts))
     if kept.dropped:
         click.echo(f"examples: {len(kept.dropped)} of {len(rows)} left out, they are rows being labelled: "
                    + "; ".join(kept.dropped[:5]) + ("; ..." if len(kept.dropped) > 5 else ""), err=True)
@@ -466,7 +466,7 @@ def run(
     run_opts = RunOptions(
         spec=spec.describe(),
         limits=asdict(options.limits_from(opts)),
-        fmt=opts.get("fmt"),
+        fmt=options.input_format(opts),
         max_cost=max_cost,
         max_attempts=max_attempts,
         max_in_flight=max_in_flight,

@@ -10,6 +10,7 @@ import click
 import orjson
 
 from coldbatch.builder.spec import RequestSpec
+from coldbatch.dataset.read import headerless_format
 from coldbatch.errors import UsageError
 from coldbatch.protocol import limits as L
 
@@ -38,7 +39,12 @@ _REQUEST_OPTIONS: list[Callable[[F], F]] = [
     click.option("--on-duplicate-id", type=click.Choice(["error", "suffix"]), default="error",
                  help="Repeated ids: fail listing them, or send the n-th repeat as 'ID~n'."),
     click.option("--format", "fmt", type=click.Choice(["csv", "tsv", "jsonl", "parquet"]),
-                 help="Input format (default: from the extension)."),
+                 help="Input format (default: from the extension). TSV has no quoting: a quote is text, a line "
+                 "is a row."),
+    click.option("--columns", "columns", metavar="A,B,...",
+                 help="CSV/TSV without a header line: its columns' names (the first line is data)."),
+    click.option("--no-header", is_flag=True,
+                 help="CSV/TSV without a header line: columns are named column1, column2, ..."),
 ]
 
 
@@ -46,6 +52,11 @@ def request_options(fn: F) -> F:
     for opt in reversed(_REQUEST_OPTIONS):
         fn = opt(fn)
     return fn
+
+
+def input_format(opts: dict[str, Any]) -> str | None:
+    """The readers' `fmt` for --format, --columns and --no-header (dataset.read.split_format)."""
+    return headerless_format(opts.get("fmt"), opts.get("columns"), bool(opts.get("no_header")))
 
 
 def spec_from(opts: dict[str, Any]) -> RequestSpec:

@@ -21,7 +21,7 @@ from coldbatch.cli import options, render
 def prepare(input_path: Path, out: Path, as_json: bool, **opts: Any) -> None:
     """Turn a CSV/TSV/JSONL/Parquet dataset into provider-ready batch request shards."""
     result = run_prepare(input_path, out, options.spec_from(opts), limits=options.limits_from(opts),
-                         fmt=opts.get("fmt"))
+                         fmt=options.input_format(opts))
     m = result.manifest
     if as_json:
         render.emit_json(m)

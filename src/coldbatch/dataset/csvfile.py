@@ -12,6 +12,10 @@ job. Arrow also takes a quoted field that is never closed to the end of the file
   final value could be an unclosed field, the last stretch of the file is parsed again exactly and the
   line where the quote opened is reported. A quote opened and closed mid-file by another stray quote
   cannot be told from a real multi-line field; no reader can say which one the author meant.
+
+TSV (`quoting=False`) has no quoting convention: a quote is text, a line is a row, and a row with more or
+fewer fields than the header is refused with its data row number. Reading a TSV with CSV's quote rules
+merged hundreds of lines of a sentence file into a few giant "fields", silently (issue 16).
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ with contextlib.suppress(OverflowError):
     csv.field_size_limit(sys.maxsize)  # a long field is the builder's to judge (--max-line-bytes), not csv's
 
 
-def read_header(p: Path, delimiter: str) -> tuple[list[str], int]:
+def read_header(p: Path, delimiter: str, quoting: bool = True) -> tuple[list[str], int]:
     """The header's column names and the byte offset of the first data row."""
-    with contextlib.closing(_py_rows(p, delimiter, 0)) as rows:
+    with contextlib.closing(_py_rows(p, delimiter, 0, quoting)) as rows:
         first = next(rows, None)
     if first is None or not first[0]:
         raise InputError(f"{p}: the file is empty (no header row)")
@@ -49,14 +53,15 @@ def read_header(p: Path, delimiter: str) -> tuple[list[str], int]:
 
 
 def csv_batches(p: Path, delimiter: str, header: list[str], start: int,
-                kept: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
-    """The data rows from byte `start` on, as batches of binary columns (`kept` only, in that order)."""
+                kept: Sequence[str] | None, quoting: bool = True) -> Iterator[pa.RecordBatch]:
+    """The data rows from byte `start` on, as batches of binary columns (`kept` only, in that order).
+    `quoting=False`: quotes are text (TSV)."""
     kept = list(header) if kept is None else list(kept)
     size, done = p.stat().st_size, 0
     while start < size:  # Arrow refuses to open nothing ("Empty CSV file")
         got = 0
         try:
-            for batch in _arrow_segment(p, delimiter, header, start, kept):
+            for batch in _arrow_segment(p, delimiter, header, start, kept, quoting):
                 got += batch.num_rows
                 yield batch
             return
@@ -65,7 +70,7 @@ def csv_batches(p: Path, delimiter: str, header: list[str], start: int,
             # test) a quoted bare CR just after a block boundary in a valid file. Python's csv reads that stretch
             # and is the judge: it raises if the data really is malformed.
             pass
-        rows, end = _long_row(p, delimiter, header, start, got, kept, first_row=done + got + 1)
+        rows, end = _long_row(p, delimiter, header, start, got, kept, first_row=done + got + 1, quoting=quoting)
         done += got + rows.num_rows
         if rows.num_rows:
             yield rows
@@ -75,7 +80,7 @@ def csv_batches(p: Path, delimiter: str, header: list[str], start: int,
 
 
 def _arrow_segment(p: Path, delimiter: str, header: list[str], start: int,
-                   kept: list[str]) -> Iterator[pa.RecordBatch]:
+                   kept: list[str], quoting: bool = True) -> Iterator[pa.RecordBatch]:
     """Arrow's reader from byte `start` (a row boundary) to the end; checks the file's last row."""
     last = header[-1]
     include = kept if last in kept else [*kept, last]
@@ -84,7 +89,8 @@ def _arrow_segment(p: Path, delimiter: str, header: list[str], start: int,
     reader = pacsv.open_csv(
         source,
         read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=header),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=quoting,
+                                         quote_char='"' if quoting else False),
         convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.binary()),
                                              include_columns=include,
                                              strings_can_be_null=False, quoted_strings_can_be_null=False),
@@ -98,7 +104,7 @@ def _arrow_segment(p: Path, delimiter: str, header: list[str], start: int,
             yield batch if include is kept else batch.select(range(len(kept)))
     finally:
         source.close()
-    if final is not None and _may_end_open(p, final, delimiter):
+    if quoting and final is not None and _may_end_open(p, final, delimiter):
         _find_open_quote(p, delimiter, start)
 
 
@@ -124,18 +130,19 @@ def _find_open_quote(p: Path, delimiter: str, start: int) -> None:
 
 
 def _long_row(p: Path, delimiter: str, header: list[str], start: int, skip: int,
-              kept: list[str], *, first_row: int) -> tuple[pa.RecordBatch, int | None]:
+              kept: list[str], *, first_row: int, quoting: bool = True) -> tuple[pa.RecordBatch, int | None]:
     """Arrow stopped: read on from `start` with Python, past the `skip` rows Arrow handed on, up to and
     including the first row longer than a block, or a few blocks' worth of rows. Returns those rows and the
     byte offset after them (None: the end of the file). `first_row` numbers the first of them, for errors."""
     index = [header.index(c) for c in kept]
     cols: list[list[bytes]] = [[] for _ in kept]
     prev, end, stretch = start, None, 0
-    with contextlib.closing(_py_rows(p, delimiter, start)) as rows:
+    with contextlib.closing(_py_rows(p, delimiter, start, quoting)) as rows:
         for n, (row, end) in enumerate(rows):
             if n >= skip:
                 if len(row) != len(header):
-                    raise InputError(f"{p}: malformed CSV: data row {first_row + n - skip}: Expected "
+                    raise InputError(f"{p}: malformed {'CSV' if quoting else 'TSV'}: data row "
+                                     f"{first_row + n - skip}: Expected "
                                      f"{len(header)} columns, got {len(row)}: {printable(delimiter.join(row))}")
                 for values, i in zip(cols, index, strict=True):
                     values.append(row[i].encode("latin-1"))
@@ -149,7 +156,7 @@ def _long_row(p: Path, delimiter: str, header: list[str], start: int, skip: int,
     return pa.RecordBatch.from_arrays(arrays, names=kept), end
 
 
-def _py_rows(p: Path, delimiter: str, start: int) -> Iterator[tuple[list[str], int]]:
+def _py_rows(p: Path, delimiter: str, start: int, quoting: bool = True) -> Iterator[tuple[list[str], int]]:
     """(fields as Latin-1 text, so every byte survives; byte offset after the row) from `start` on.
 
     Raises InputError, with the line where it opened, at a quoted field still open at the end of the file.
@@ -167,7 +174,8 @@ def _py_rows(p: Path, delimiter: str, start: int) -> Iterator[tuple[list[str], i
                 yield line
             yield _EOF
 
-        for row in csv.reader(feed(), delimiter=delimiter):
+        quote = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+        for row in csv.reader(feed(), delimiter=delimiter, quoting=quote):
             if not row:
                 continue  # an empty line, skipped like Arrow does
             if row[-1].endswith(_EOF):

@@ -155,7 +155,28 @@ def _regroup(source: Any, rows: int) -> Iterator[pa.RecordBatch]:
         yield pa.concat_batches(pending) if len(pending) > 1 else pending[0]
 
 
+def split_format(fmt: str | None) -> tuple[str | None, list[str] | None]:
+    """`fmt` may name the columns of a CSV/TSV file without a header line: `"tsv:sentence,label"`, or
+    `"csv:"` for `column1, column2, ...` (as many as the first line has). Returns (format, names or None when
+    the file has a header). Kept in one string because the format travels through every reader's `fmt`."""
+    if fmt is None or ":" not in fmt:
+        return fmt, None
+    kind, _, names = fmt.partition(":")
+    return kind or None, [n.strip() for n in names.split(",")] if names.strip() else []
+
+
+def headerless_format(fmt: str | None, columns: str | None, no_header: bool) -> str | None:
+    """The `fmt` string for `--format`, `--columns a,b` and `--no-header` (see `split_format`)."""
+    if columns is None and not no_header:
+        return fmt
+    names = [c.strip() for c in columns.split(",")] if columns else []
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise UsageError(f"--columns {columns!r}: give distinct, non-empty names separated by commas")
+    return f"{fmt or ''}:{','.join(names)}"
+
+
 def detect_format(path: Path, forced: str | None = None) -> Format:
+    forced = split_format(forced)[0]
     if forced:
         if forced not in FORMATS:
             raise UsageError(f"Unknown --format {forced!r}; choose one of {', '.join(FORMATS)}")
@@ -179,9 +200,12 @@ def open_dataset(path: str | Path, fmt: str | None = None, *, only: Sequence[str
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     kind = detect_format(p, fmt)
+    names = split_format(fmt)[1]
+    if names is not None and kind not in ("csv", "tsv"):
+        raise UsageError(f"{p}: --columns / --no-header apply to CSV and TSV files only ({kind} names its fields)")
     try:
         if kind in ("csv", "tsv"):
-            ds = _open_csv(p, "\t" if kind == "tsv" else ",", only)
+            ds = _open_csv(p, "\t" if kind == "tsv" else ",", only, names)
         elif kind == "parquet":
             pf = pq.ParquetFile(p)
             names = list(pf.schema_arrow.names)
@@ -209,12 +233,22 @@ def from_table(table: Any, name: str = "<table>") -> Dataset:
     return Dataset(name, list(table.column_names), iter(table.to_batches(max_chunksize=65_536)))
 
 
-def _open_csv(p: Path, delimiter: str, only: Sequence[str] | None = None) -> Dataset:
-    header, start = csvfile.read_header(p, delimiter)
+def _open_csv(p: Path, delimiter: str, only: Sequence[str] | None = None,
+              names: list[str] | None = None) -> Dataset:
+    """A CSV (quotes as in RFC 4180) or a TSV (quotes are text). `names`: the file has no header line, its
+    columns are these (an empty list: column1..N, N from the first line)."""
+    quoting = delimiter != "\t"
+    header, start = csvfile.read_header(p, delimiter, quoting)
+    if names is not None:
+        with p.open("rb") as fh:
+            start = 3 if fh.read(3) == b"\xef\xbb\xbf" else 0  # the first data row starts after a BOM
+        if names and len(names) != len(header):
+            raise InputError(f"{p}:1: --columns names {len(names)} column(s), the first line has {len(header)}")
+        header = names or [f"column{i}" for i in range(1, len(header) + 1)]
     dupes = sorted({h for h in header if header.count(h) > 1})
     if dupes:
         raise InputError(f"{p}: header repeats column name(s) {', '.join(dupes)}")
-    return Dataset(str(p), header, csvfile.csv_batches(p, delimiter, header, start, _kept(header, only)))
+    return Dataset(str(p), header, csvfile.csv_batches(p, delimiter, header, start, _kept(header, only), quoting))
 
 
 def _open_jsonl(p: Path) -> Dataset:
