@@ -2,9 +2,15 @@
 
 polars allocates through jemalloc and pyarrow through mimalloc; both keep freed pages for a while by
 default. `prepare` frees tens of MB per batch, so RSS would climb to several hundred MB while live
-data stays near 50 MB. Returning pages promptly keeps a 2.4 M-row prepare under 300 MB at no
-measurable cost (docs/benchmarks.md). Values the user set win; if the user imported polars or
-pyarrow before coldbatch, their defaults stay.
+data stays near 50 MB. Returning pages promptly keeps a 2.4 M-row prepare under 300 MB.
+
+"Promptly" is not "at once": with mimalloc's purge delay at 0 every freed Arrow buffer went back to
+the kernel and the next batch faulted the same pages in again, zeroed: 270,000 page faults and
+0.5 s of system time per 2.4 M rows, a fifth of the run on 2 cores. 250 ms keeps the pages of the
+batch in flight for the next one (faults 270 k -> 110-130 k, RSS +25 MB). OpenBLAS's idle threads
+spin in sched_yield after numpy starts them; coldbatch's numpy work is elementwise, so one BLAS
+thread (measured: 0.2 s user + sys fewer per prepare). Values the user set win; if the user imported
+polars, pyarrow or numpy before coldbatch, their defaults stay (docs/benchmarks.md, issue 11).
 """
 
 from __future__ import annotations
@@ -12,4 +18,5 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("_RJEM_MALLOC_CONF", "background_thread:true,dirty_decay_ms:200,muzzy_decay_ms:0")
-os.environ.setdefault("MIMALLOC_PURGE_DELAY", "0")
+os.environ.setdefault("MIMALLOC_PURGE_DELAY", "250")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
