@@ -9,8 +9,10 @@ from typing import Any
 import click
 
 from coldbatch.cli import options, render
+from coldbatch.cli import providers as PV
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate as run_estimate
+from coldbatch.protocol import limits as L
 from coldbatch.runner import home as H
 from coldbatch.runner.cache import ResultCache
 
@@ -26,9 +28,10 @@ from coldbatch.runner.cache import ResultCache
 @click.option("--dedup/--no-dedup", default=True, help="Count each distinct request once in what will be sent.")
 @click.option("--cache/--no-cache", "use_cache", default=True,
               help="Treat requests answered in the result cache ($COLDBATCH_HOME/cache.sqlite3) as not sent.")
+@PV.provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 def estimate(sources: tuple[Path, ...], prices: Path | None, expected_output_tokens: int | None, dedup: bool,
-             use_cache: bool, as_json: bool, **opts: Any) -> None:
+             use_cache: bool, as_json: bool, provider: str | None, **opts: Any) -> None:
     """Tokens and cost at sync vs batch prices, for request files, prepared folders, or a dataset.
 
     With --model (and --prompt or --input-column) INPUT is read as a dataset and built on the fly;
@@ -36,6 +39,8 @@ def estimate(sources: tuple[Path, ...], prices: Path | None, expected_output_tok
     """
     builds = any(opts.get(k) for k in ("model", "prompt", "input_column"))
     spec = options.spec_from(opts) if builds else None  # --prompt without --model: a UsageError, not a JSON one
+    if spec is not None and provider:  # a job this provider cannot answer is refused here too
+        PV.resolve(provider, None, spec, L.Limits())
     cache = None
     if use_cache:
         path = H.home(os.environ.get("COLDBATCH_HOME")) / "cache.sqlite3"

@@ -9,6 +9,7 @@ import click
 
 from coldbatch.builder.api import prepare as run_prepare
 from coldbatch.cli import options, render
+from coldbatch.cli import providers as PV
 
 
 @click.command()
@@ -17,11 +18,16 @@ from coldbatch.cli import options, render
               help="Folder for the shards and manifest.json (replaced atomically).")
 @options.request_options
 @options.limit_options
+@PV.provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def prepare(input_path: Path, out: Path, as_json: bool, **opts: Any) -> None:
-    """Turn a CSV/TSV/JSONL/Parquet dataset into provider-ready batch request shards."""
-    result = run_prepare(input_path, out, options.spec_from(opts), limits=options.limits_from(opts),
-                         fmt=options.input_format(opts))
+def prepare(input_path: Path, out: Path, as_json: bool, provider: str | None, **opts: Any) -> None:
+    """Turn a CSV/TSV/JSONL/Parquet dataset into provider-ready batch request shards.
+
+    Shards are OpenAI batch lines for every provider, cut within --provider's limits; `run` translates
+    them for Anthropic and Gemini as it submits (a body they cannot express is refused here)."""
+    spec = options.spec_from(opts)
+    _, limits, _ = PV.resolve(provider, None, spec, options.limits_from(opts))
+    result = run_prepare(input_path, out, spec, limits=limits, fmt=options.input_format(opts))
     m = result.manifest
     if as_json:
         render.emit_json(m)

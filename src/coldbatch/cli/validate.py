@@ -9,7 +9,9 @@ from typing import Any
 import click
 
 from coldbatch.cli import options, render
+from coldbatch.cli import providers as PV
 from coldbatch.protocol import limits as L
+from coldbatch.providers import kinds as K
 from coldbatch.validation import expand_paths, validate_file
 
 
@@ -20,13 +22,25 @@ from coldbatch.validation import expand_paths, validate_file
 @click.option("--max-errors", type=click.IntRange(min=1), default=50,
               help="Errors listed per file; the rest are counted.")
 @options.limit_options
+@PV.provider_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 def validate(files: tuple[Path, ...], endpoint: str | None, models: str | None, max_errors: int, as_json: bool,
-             **opts: Any) -> None:
-    """Lint batch input files (or prepared folders) with the provider's rules. Exit 1 if any is invalid."""
+             provider: str | None, **opts: Any) -> None:
+    """Lint batch input files (or prepared folders) with the provider's rules. Exit 1 if any is invalid.
+
+    With --provider, its batch limits apply and (anthropic, gemini) every body must translate to its API."""
     allowed = [m.strip() for m in models.split(",")] if models else None
-    reports = [validate_file(p, endpoint=endpoint, models=allowed, limits=options.limits_from(opts),
+    kind = provider or "openai"
+    limits = options.limits_from(opts)
+    if provider:
+        limits = K.default_limits(kind, limits, requests_given=limits.max_requests != L.MAX_REQUESTS,
+                                  bytes_given=limits.max_bytes != L.MAX_FILE_BYTES)
+    reports = [validate_file(p, endpoint=endpoint, models=allowed, limits=limits,
                              max_errors=max_errors) for p in expand_paths(list(files))]
+    for r in reports:
+        extra = PV.translation_errors(Path(str(r.file)), kind, max_errors) if r.file else []
+        r.errors.extend(extra[:max(0, max_errors - len(r.errors))])
+        r.total_errors += len(extra)
     bad = [r for r in reports if not r.ok]
     if as_json:
         render.emit_json({"ok": not bad, "files": [r.to_json() for r in reports]})

@@ -12,6 +12,7 @@ does not depend on SDK model classes.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from coldbatch.providers.base import ProviderError, Retryable
 
 __all__ = ["OpenAIProvider", "ProviderError", "Retryable"]
 
+#: Azure OpenAI's GA data-plane API version with Files and Batches (override with OPENAI_API_VERSION)
+AZURE_API_VERSION = "2024-10-21"
 #: failures after which a POST may or may not have taken effect (or surely did not, and may succeed later)
 _TRANSIENT = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError, openai.ConflictError)
 
@@ -35,9 +38,15 @@ async def _once(call: Awaitable[Any], what: str) -> Any:
 
 class OpenAIProvider:
     def __init__(self, *, base_url: str | None, api_key: str | None, max_retries: int = 5,
-                 timeout: float = 600.0) -> None:
-        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed",
-                                         max_retries=max_retries, timeout=timeout)
+                 timeout: float = 600.0, azure: bool = False) -> None:
+        if azure:  # Azure OpenAI: same Files/Batches API under /openai/..., with an api-version on every call
+            self.client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
+                azure_endpoint=base_url or os.environ.get("AZURE_OPENAI_ENDPOINT", ""), api_key=api_key,
+                api_version=os.environ.get("OPENAI_API_VERSION", AZURE_API_VERSION), max_retries=max_retries,
+                timeout=timeout)
+        else:
+            self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed",
+                                             max_retries=max_retries, timeout=timeout)
         self._post = self.client.with_options(max_retries=0)  # non-idempotent calls: see the module docstring
         self.name = str(self.client.base_url)
 

@@ -70,6 +70,7 @@ class RunOptions:
     poll_interval: float = 5.0
     max_poll_interval: float = 60.0
     provider: str = "embedded"
+    provider_kind: str = "openai"  #: openai | azure | anthropic | gemini: the adapter (providers/kinds.py)
     dedup: bool | None = None  #: None = on, except for sampling requests (temperature/top_p > 0, n > 1)
     cache: bool | None = None  #: None = on, except for sampling requests
     cache_only: bool = False  #: answer only from the cache; never send (never spend)
@@ -364,6 +365,9 @@ class Runner:
     async def _find_batch(self, u: dict[str, Any]) -> dict[str, Any] | None:
         """The batch this unit's create call made, if it reached the provider (matched by metadata tag)."""
         tag, not_before = self._tag(u), (u["intent_at"] or 0) - 120
+        find = getattr(self.provider, "find_batch", None)
+        if find is not None:  # a provider without batch metadata (Anthropic) matches its own way
+            return await find(u["file_id"], tag, u["requests"], not_before)  # type: ignore[no-any-return]
         async for b in self.provider.batches_newest_first():
             if b["created_at"] < not_before:
                 return None

@@ -1,0 +1,286 @@
+"""Anthropic Message Batches through the official `anthropic` SDK, behind the runner's `BatchProvider` protocol.
+
+Anthropic has no file upload: a batch carries its requests inline (≤ 100,000 requests, ≤ 256 MB). So
+`upload` is local and free (the "file id" is `local:<path of the unit's request file>`), and `create_batch`
+translates each OpenAI-shaped line (`translate.to_anthropic`) and sends them all in one POST. Results come back
+as one JSONL stream; `download` rewrites it as OpenAI batch output lines under the job's own custom_ids
+(`translate.from_anthropic`), so the runner classifies and joins them like any other provider's.
+
+Exactly-once without metadata. An Anthropic batch has no metadata or idempotency key, and shows nothing of its
+requests until it has ended. What identifies a unit's batch:
+- every custom_id sent is `PREFIX_<id>` (`translate.wire_id`), PREFIX = "cb" + 10 hex digits of the unit's tag
+  (job, unit, try, round, sha256 of the file): once the batch has ended, its results prove whose it is;
+- a small durable record per batch this coldbatch home created or adopted (`<state_dir>/<batch id>.json`:
+  the unit's file, prefix, tag), written before the batch id reaches the ledger.
+After a crash between the create call and the ledger's commit, `find_batch` lists the batches created since
+the intent (minus 2 minutes of clock skew), drops those recorded for any unit (claimed) and those proven
+foreign, and adopts the oldest whose request total equals the unit's. When it ends, `download` checks the
+prefix: a batch whose results carry another prefix is marked foreign (never deleted or read) and yields no
+results, so the unit's rows are retried. What this cannot rule out is stated in the README: another client of
+the same workspace creating a batch of exactly the same size within that window, while ours never reached
+Anthropic, delays the unit until that batch ends (then it is retried); nothing is paid twice unless our batch
+was created and a foreign one of the same size was adopted before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import orjson
+
+from coldbatch.providers import translate as T
+from coldbatch.providers.base import ProviderError, Retryable
+from coldbatch.validation import iter_lines
+
+#: failures after which a POST may or may not have taken effect (or surely did not, and may succeed later)
+_TRANSIENT = (
+    anthropic.APIConnectionError,
+    anthropic.InternalServerError,
+    anthropic.RateLimitError,
+    anthropic.ConflictError,
+)
+_STATUS = {"in_progress": "in_progress", "canceling": "cancelling"}
+#: an errored request's error type -> the HTTP status Anthropic gives it (outcomes.py classifies by status)
+_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+    "billing_error": 402,
+    "timeout_error": 504,
+}
+LOCAL = "local:"
+
+
+def unit_prefix(tag: dict[str, str]) -> str:
+    """The custom_id prefix of one unit's batch: stable for the unit's tag, different for any other unit or try."""
+    return "cb" + hashlib.sha256(orjson.dumps(tag, option=orjson.OPT_SORT_KEYS)).hexdigest()[:10]
+
+
+def _epoch(value: Any) -> int:
+    return int(value.timestamp()) if isinstance(value, datetime) else int(value or 0)
+
+
+async def _once(call: Awaitable[Any], what: str) -> Any:
+    try:
+        return await call
+    except _TRANSIENT as exc:
+        raise Retryable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+class AnthropicProvider:
+    """See the module docstring. `state_dir` holds one small JSON record per batch (see `_remember`)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        state_dir: Path,
+        max_retries: int = 5,
+        timeout: float = 600.0,
+    ) -> None:
+        if base_url and base_url.rstrip("/").endswith("/v1"):  # the SDK appends /v1/... itself
+            base_url = base_url.rstrip("/")[:-3]
+        self.client = anthropic.AsyncAnthropic(
+            base_url=base_url, api_key=api_key or "not-needed", max_retries=max_retries, timeout=timeout
+        )
+        self._post = self.client.with_options(max_retries=0)  # non-idempotent: see OpenAIProvider
+        self.name = str(self.client.base_url)
+        self.state_dir = state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- the unit's request file stays local ---------------------------------------------------------------
+    async def upload(self, path: Path, filename: str) -> dict[str, Any]:
+        """Nothing to upload (requests go inline); the id names the local file `create_batch` will read."""
+        return {"id": LOCAL + str(path.resolve()), "filename": filename, "bytes": path.stat().st_size}
+
+    async def find_file(self, filename: str, size: int, not_before: int) -> dict[str, Any] | None:
+        return None  # the "upload" is local and free: doing it again costs nothing
+
+    async def delete_file(self, file_id: str) -> None:
+        """A result "file" is the ended batch itself: deleted on Anthropic once collected (never a foreign one)."""
+        if file_id.startswith(LOCAL):
+            return
+        rec = self._record(file_id)
+        if rec is None or rec.get("foreign"):
+            return
+        with contextlib.suppress(anthropic.NotFoundError):
+            await self.client.messages.batches.delete(file_id)
+        (self.state_dir / f"{file_id}.json").unlink(missing_ok=True)
+
+    # -- batches ------------------------------------------------------------------------------------------
+    def _requests(self, path: Path, prefix: str) -> list[dict[str, Any]]:
+        reqs = []
+        for n, line in enumerate(iter_lines(path), 1):
+            if not line.strip():
+                continue
+            rec = orjson.loads(line)
+            try:
+                params = T.to_anthropic(rec["body"])
+            except T.Untranslatable as exc:
+                raise T.Untranslatable(f"{path}:{n}: {exc}") from exc
+            reqs.append({"custom_id": T.wire_id(rec["custom_id"], prefix), "params": params})
+        return reqs
+
+    async def create_batch(
+        self, file_id: str, endpoint: str, metadata: dict[str, str], completion_window: str
+    ) -> dict[str, Any]:
+        if not endpoint.endswith("/chat/completions"):
+            raise ProviderError(f"Anthropic Message Batches only answer chat requests, not {endpoint}")
+        path = Path(file_id.removeprefix(LOCAL))
+        prefix = unit_prefix(metadata)
+        reqs = self._requests(path, prefix)
+        b = await _once(
+            self._post.messages.batches.create(requests=reqs),  # type: ignore[arg-type]
+            f"batch create for {path.name}",
+        )
+        self._remember(b.id, path, prefix, metadata)
+        return self._normal(b.model_dump())
+
+    async def find_batch(
+        self, file_id: str, tag: dict[str, str], requests: int, not_before: int
+    ) -> dict[str, Any] | None:
+        """The batch a create call for this unit made before a crash, if any: see the module docstring."""
+        prefix = unit_prefix(tag)
+        oldest = None
+        async for b in self._list():
+            if b["created_at"] < not_before:
+                break
+            rec = self._record(b["id"])
+            if rec is not None:
+                if rec.get("prefix") == prefix and not rec.get("foreign"):
+                    return self._normal(b, rec)  # already recorded for this very unit
+                continue  # claimed by another unit, or proven foreign
+            if sum(int(v or 0) for v in b["request_counts"].values()) == requests:
+                oldest = b  # newest first: the last match is the oldest
+        if oldest is None:
+            return None
+        self._remember(oldest["id"], Path(file_id.removeprefix(LOCAL)), prefix, tag)
+        return self._normal(oldest, self._record(oldest["id"]))
+
+    async def _list(self) -> AsyncIterator[dict[str, Any]]:
+        async for b in self.client.messages.batches.list(limit=100):
+            yield b.model_dump()
+
+    async def batches_newest_first(self) -> AsyncIterator[dict[str, Any]]:
+        async for b in self._list():
+            yield self._normal(b)
+
+    async def retrieve(self, batch_id: str) -> dict[str, Any]:
+        return self._normal((await self.client.messages.batches.retrieve(batch_id)).model_dump())
+
+    async def cancel(self, batch_id: str) -> dict[str, Any]:
+        try:
+            return self._normal((await self.client.messages.batches.cancel(batch_id)).model_dump())
+        except anthropic.ConflictError:
+            return await self.retrieve(batch_id)
+
+    def _normal(self, b: dict[str, Any], rec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """An Anthropic batch in the shape the runner reads (OpenAI's): status, counts, result "file" ids."""
+        rec = rec if rec is not None else self._record(b["id"])
+        c = b.get("request_counts") or {}
+        status = _STATUS.get(b["processing_status"])
+        if status is None:  # ended
+            status = "cancelled" if b.get("cancel_initiated_at") else "completed"
+        ended = b["processing_status"] == "ended" and b.get("results_url")
+        return {
+            "id": b["id"],
+            "status": status,
+            "created_at": _epoch(b.get("created_at")),
+            "request_counts": {
+                "total": sum(int(v or 0) for v in c.values()),
+                "completed": int(c.get("succeeded") or 0),
+                "failed": sum(int(c.get(k) or 0) for k in ("errored", "canceled", "expired")),
+            },
+            "output_file_id": b["id"] if ended else None,
+            "error_file_id": None,
+            "metadata": (rec or {}).get("tag") or {},
+        }
+
+    # -- results ------------------------------------------------------------------------------------------
+    async def download(self, file_id: str, dest: Path) -> int:
+        """The batch's results as OpenAI batch output lines under the unit's custom_ids (atomically); a batch
+        whose results carry another unit's prefix is recorded as foreign and gives no results."""
+        rec = self._record(file_id)
+        if rec is None:
+            raise ProviderError(f"no local record of Anthropic batch {file_id} in {self.state_dir}")
+        back = {
+            T.wire_id(orjson.loads(ln)["custom_id"], rec["prefix"]): orjson.loads(ln)["custom_id"]
+            for ln in iter_lines(Path(rec["path"]))
+            if ln.strip()
+        }
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        size = 0
+        with tmp.open("wb") as fh:
+            async for item in await self.client.messages.batches.results(file_id):
+                r = item.model_dump()
+                cid = back.get(r["custom_id"])
+                if cid is None:
+                    if not r["custom_id"].startswith(rec["prefix"] + "_"):
+                        self._remember(file_id, Path(rec["path"]), rec["prefix"], rec.get("tag") or {}, foreign=True)
+                        fh.truncate(0)
+                        size = 0
+                        break
+                    continue
+                data = orjson.dumps(_openai_line(cid, r["result"])) + b"\n"
+                fh.write(data)
+                size += len(data)
+        tmp.replace(dest)
+        return size
+
+    # -- the per-batch records ----------------------------------------------------------------------------
+    def _remember(self, batch_id: str, path: Path, prefix: str, tag: dict[str, str], *, foreign: bool = False) -> None:
+        """Record (atomically, durably) which unit file and prefix a batch belongs to, before the ledger hears of it."""
+        dest = self.state_dir / f"{batch_id}.json"
+        tmp = dest.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"path": str(path), "prefix": prefix, "tag": tag, "foreign": foreign}))
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(dest)
+
+    def _record(self, batch_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(orjson.loads((self.state_dir / f"{batch_id}.json").read_bytes()))
+        except FileNotFoundError:
+            return None
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+def _openai_line(custom_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    """One Anthropic result as an OpenAI batch output line (a 2xx response, or an error the runner classifies)."""
+    kind = result.get("type")
+    if kind == "succeeded":
+        return {
+            "custom_id": custom_id,
+            "response": {"status_code": 200, "body": T.from_anthropic(result.get("message") or {})},
+        }
+    if kind == "errored":
+        err = ((result.get("error") or {}).get("error")) or {}
+        etype = str(err.get("type") or "api_error")
+        return {
+            "custom_id": custom_id,
+            "response": {
+                "status_code": _ERROR_STATUS.get(etype, 500),
+                "body": {"error": {"code": etype, "message": err.get("message") or etype}},
+            },
+        }
+    code = "batch_cancelled" if kind == "canceled" else "batch_expired"
+    return {
+        "custom_id": custom_id,
+        "response": None,
+        "error": {"code": code, "message": f"the request was {kind} before it was processed"},
+    }
