@@ -1,12 +1,15 @@
-"""Issue 15, item 10: the relay engine's concurrency is an engine option, and the relay copes with an upstream
-that takes fewer requests at once (as vLLM or llama.cpp's server do), answering 429 beyond it."""
+"""Issue 15, item 10: the relay engine's concurrency is an engine option, and the relay adapts to an upstream
+that takes fewer requests at once (as vLLM or llama.cpp's server do, answering 429 beyond it): it settles under
+that limit and climbs back when the upstream takes more."""
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -14,6 +17,7 @@ from starlette.routing import Route
 
 from coldbatch.engines import pool
 from coldbatch.engines.relay import RelayEngine
+from coldbatch.errors import ConfigError
 from coldbatch.testing.upstream import UpstreamServer
 
 LIMIT = 4  # requests the upstream takes at once
@@ -22,12 +26,13 @@ LIMIT = 4  # requests the upstream takes at once
 def limited_upstream(state: dict[str, Any]) -> Starlette:
     async def chat(request: Request) -> Response:
         await request.body()
-        if state["in_flight"] >= LIMIT:
+        if state["in_flight"] >= state.get("limit", LIMIT):
             state["refused"] += 1
             return JSONResponse({"error": {"message": "too many concurrent requests", "type": "rate_limit",
                                            "param": None, "code": None}}, status_code=429)
         state["in_flight"] += 1
         state["peak_late"] = max(state["peak_late"], state["in_flight"]) if time.monotonic() > state["late"] else 0
+        state["peak"] = max(state.get("peak", 0), state["in_flight"])
         try:
             await asyncio.sleep(0.02)
         finally:
@@ -47,6 +52,51 @@ def test_relay_concurrency_is_an_engine_option() -> None:
         assert engine.info.max_concurrency == 7
     finally:
         asyncio.run(engine.aclose())
+    for bad in (0, -3, "many", 2.5, True):
+        with pytest.raises(ConfigError, match="concurrency must be a whole number"):
+            pool.open_engine("relay", workers=0, upstream="http://127.0.0.1:9/v1", concurrency=bad)
+    with pytest.raises(ConfigError, match=r"no option 'concurency'.*concurrency"):
+        pool.open_engine("relay", workers=0, upstream="http://127.0.0.1:9/v1", concurency=8)
+
+
+def test_relay_settles_under_the_upstreams_limit_and_climbs_back_when_it_rises() -> None:
+    """Phase 1: the upstream takes 4 at once; the relay (at most 32) must settle around 4, so most attempts
+    succeed. Phase 2: the upstream takes 16; the relay must climb back well above 4 (more answers at once)."""
+    state: dict[str, Any] = {"in_flight": 0, "refused": 0, "served": 0, "peak_late": 0, "late": 0.0, "limit": 4}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    with UpstreamServer(limited_upstream(state)) as up:
+        engine = RelayEngine(up.url + "/v1", rpm=1_000_000, concurrency=32, max_attempts=20)
+
+        async def phase(n: int) -> tuple[list[int], list[int], int]:
+            before, limits = state["refused"], []
+
+            async def sample() -> None:
+                while True:
+                    limits.append(engine.in_flight_limit)
+                    await asyncio.sleep(0.01)
+
+            sampler = asyncio.create_task(sample())
+            try:
+                results = await asyncio.gather(*(engine.complete("/v1/chat/completions", body) for _ in range(n)))
+            finally:
+                sampler.cancel()
+            return [r.status_code for r in results], limits, state["refused"] - before
+
+        async def go() -> tuple[tuple[list[int], list[int], int], tuple[list[int], list[int], int]]:
+            try:
+                first = await phase(240)
+                state["limit"], state["peak"] = 16, 0
+                return first, await phase(480)
+            finally:
+                await engine.aclose()
+
+        (ok1, limits1, refused1), (ok2, limits2, refused2) = asyncio.run(asyncio.wait_for(go(), 120))
+    assert ok1 == [200] * 240 and ok2 == [200] * 480
+    settled = limits1[len(limits1) // 2:]
+    assert statistics.median(settled) <= 5 and max(settled) <= 8, settled  # under/at 4, not 32
+    assert refused1 < 0.25 * 240, refused1  # a fixed 32 had most attempts refused
+    assert max(limits2) >= 12 and state["peak"] >= 10, (limits2, state)  # back up: more answers at once
+    assert refused2 < 0.25 * 480, refused2
 
 
 def test_relay_backs_off_to_what_the_upstream_takes_and_every_request_succeeds() -> None:

@@ -28,19 +28,30 @@ ENDPOINTS = frozenset({L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES})
 
 class RelayEngine:
     """`concurrency` (engine option, `--engine-option concurrency=N`, default 32): the most requests in flight
-    upstream. A 429 pauses every request until its Retry-After (or the backoff base), which already keeps an
-    upstream that takes fewer at once working: halving the concurrency on each 429 (AIMD) was measured
-    slower (300 requests against a 4-at-once upstream: 10.4 s against 6.4 s, 50 against 52 refusals)."""
+    upstream. Within it the relay follows what the upstream takes at once (`adaptive`, default true): a 429
+    halves the requests in flight (once per round), each answer adds back 1/N, so against a server with fewer
+    slots (vLLM, llama.cpp's server: 429 beyond them) it settles just under them and climbs back when they
+    free up. A Retry-After pauses every request until then; `x-ratelimit-*` budgets pace sends (the pacer).
+    `adaptive=false` keeps exactly `concurrency` in flight and answers every 429 with a pause instead."""
 
     def __init__(self, upstream: str, api_key: str | None = None, rpm: int | None = None, tpm: int | None = None,
-                 max_attempts: int = 5, concurrency: int = 32, *, timeout: float = 600.0, window: float = 60.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 max_attempts: int = 5, concurrency: int = 32, adaptive: bool = True, *, timeout: float = 600.0,
+                 window: float = 60.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
         if not upstream.startswith(("http://", "https://")):
             raise ConfigError(f"The relay upstream must be an http(s) URL (e.g. http://127.0.0.1:8080/v1), "
                               f"not {upstream!r}")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 4096:
+            raise ConfigError(f"The relay's concurrency must be a whole number from 1 to 4096, not {concurrency!r}")
+        if not isinstance(adaptive, bool):
+            raise ConfigError(f"The relay's adaptive option must be true or false, not {adaptive!r}")
         self.client = SyncClient(upstream, api_key, rpm=rpm, tpm=tpm, max_attempts=max_attempts, timeout=timeout,
-                                 concurrency=concurrency, window=window, transport=transport)
+                                 concurrency=concurrency, window=window, transport=transport, adaptive=adaptive)
         self.info = EngineInfo(name="relay", endpoints=ENDPOINTS, models=None, max_concurrency=concurrency)
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Requests the relay lets into the upstream at once right now (adapted; at most `concurrency`)."""
+        return int(self.client.gate.limit)
 
     async def complete(self, endpoint: str, body: dict[str, Any]) -> Result:
         if endpoint not in ENDPOINTS:
