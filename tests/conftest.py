@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+# PostgreSQL + S3 for the scale-out tests (fixtures `scaleout_infra`, `scaleout`; variables documented there)
+from _scaleout_infra import scaleout, scaleout_infra  # noqa: F401
+
 # polars and numpy compile kernels on first use, so a first example can take longer than hypothesis'
 # 200 ms default deadline; the property tests check results, not speed.
 settings.register_profile("coldbatch", deadline=None)

@@ -74,6 +74,21 @@ class Server:
         self._closers.append(c.close)
         return c
 
+    def blob_keys(self) -> list[str]:
+        """What the blob store holds: published keys, plus `tmp/NAME` for each unfinished write (a folder's
+        scratch file, an S3 multipart upload not completed nor aborted)."""
+        if self.settings.blobs_url:
+            import boto3
+
+            bucket, _, prefix = self.settings.blobs_url[5:].partition("/")
+            s3 = boto3.client("s3")
+            keys = [o["Key"][len(prefix) + 1:] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+            ups = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+            return sorted(keys + [f"tmp/{u['Key']}" for u in ups])
+        root = self.settings.data_dir / "files"
+        return sorted([p.name for p in root.iterdir() if p.name != "tmp"] +
+                      [f"tmp/{p.name}" for p in (root / "tmp").iterdir()])
+
     def count(self, method: str, path: str) -> int:
         return sum(1 for r in self.requests if r == (method, path))
 
@@ -110,7 +125,18 @@ ServeFactory = Callable[..., Server]
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[ServeFactory]:
+def backend() -> str:
+    """The store the `serve` servers use: "sqlite" (SQLite + folder); a module overrides this fixture with
+    params ["sqlite", "postgres"] to run its tests on PostgreSQL + S3 as well (tests/_scaleout_infra.py)."""
+    return "sqlite"
+
+
+#: scale-out servers in the contract tests: short leases, so a cancel or an expiry settles in about a second
+SCALEOUT_LEASE_SECONDS = 1.5
+
+
+@pytest.fixture
+def serve(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Iterator[ServeFactory]:
     """Factory: `serve(engine=None, **settings)` starts a server; all are stopped at teardown.
 
     Settings default to a fresh data dir under tmp_path, `allow_short_windows=True` and a fast executor;
@@ -119,11 +145,15 @@ def serve(tmp_path: Path) -> Iterator[ServeFactory]:
     """
     stops: list[Callable[[], None]] = []
     n = 0
+    where = request.getfixturevalue("scaleout") if backend == "postgres" else None  # (torn down after the servers)
 
     def factory(engine: Engine | None = None, **overrides: Any) -> Server:
         nonlocal n
         n += 1
         base = ServerSettings(data_dir=tmp_path / f"server{n}", allow_short_windows=True, executor=FAST)
+        if where is not None:
+            base = replace(base, store_url=where.store_url, blobs_url=f"{where.blobs_url}{n}",
+                           lease_seconds=SCALEOUT_LEASE_SECONDS)
         srv, stop = _start(replace(base, **overrides), engine or EchoEngine())
         stops.append(stop)
         return srv

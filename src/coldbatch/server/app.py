@@ -109,25 +109,49 @@ def _server_error(request: Request, exc: Exception) -> Response:
     return _server_error_response(exc)
 
 
+def scaleout_services(settings: ServerSettings, engine: Engine, slots: Slots) -> tuple[Any, Any, Any, list[Any]]:
+    """PostgreSQL store, S3 (or folder) blobs, the coordinator and (unless `execute` is off) a chunk worker.
+    Opening them checks them: an unreachable database or bucket stops the start with a message naming it."""
+    from coldbatch.server.chunk_worker import ChunkWorker
+    from coldbatch.server.scaleout import Coordinator, open_blobs
+    from coldbatch.store.postgres import PgStore
+
+    store = PgStore(settings.store_url or "")
+    blobs = open_blobs(settings.blobs_url, settings.data_dir)
+    coordinator = Coordinator(store, blobs, engine, config=settings.executor, lease_seconds=settings.lease_seconds,
+                              chunk_lines=settings.chunk_lines)
+    runners: list[Any] = [coordinator]
+    if settings.execute:
+        coordinator.worker = ChunkWorker(store, blobs, engine, slots, config=settings.executor,
+                                         lease_seconds=settings.lease_seconds)
+        runners.append(coordinator.worker)
+    return store, blobs, coordinator, runners
+
+
 def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = SqliteStore(settings.data_dir / "coldbatch.sqlite3")
-        blobs = LocalBlobStore(settings.data_dir / "files")
-        blobs.clear_tmp()
         slots = Slots(engine.info.most_concurrency)
-        executor = Executor(store, blobs, engine, slots, config=settings.executor)
+        if settings.store_url:
+            store, blobs, executor, runners = await asyncio.to_thread(scaleout_services, settings, engine, slots)
+        else:
+            store = SqliteStore(settings.data_dir / "coldbatch.sqlite3")
+            blobs = LocalBlobStore(settings.data_dir / "files")
+            blobs.clear_tmp()
+            executor = Executor(store, blobs, engine, slots, config=settings.executor)
+            runners = [executor]
         executor.tracing = tracing.from_env(os.environ, settings.tracer_provider)  # no-op unless OTEL_* says so
         services = Services(settings, store, blobs, engine, slots, executor,
                             {hashlib.sha256(k.encode()).hexdigest(): owner_id(k) for k in settings.api_keys})
-        task = asyncio.create_task(executor.run_forever(), name="executor")
+        tasks = [asyncio.create_task(r.run_forever(), name=type(r).__name__) for r in runners]
         try:
             yield {"services": services}
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await executor.aclose()
             await asyncio.to_thread(executor.tracing.close)
             await engine.aclose()

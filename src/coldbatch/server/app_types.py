@@ -26,6 +26,13 @@ class ServerSettings:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     #: an OpenTelemetry TracerProvider to trace with (tests); else OTEL_EXPORTER_OTLP_ENDPOINT decides
     tracer_provider: Any = None
+    #: scale-out (server/scaleout.py): a postgresql:// URL instead of the SQLite file in data_dir, and an
+    #: s3://BUCKET/PREFIX instead of the folder; `execute` False leaves execution to `coldbatch worker`s
+    store_url: str | None = None
+    blobs_url: str | None = None
+    execute: bool = True
+    lease_seconds: float = 30.0
+    chunk_lines: int = 1000
 
 
 @dataclass

@@ -63,8 +63,20 @@ class LocalBlobStore:
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def open(self, key: str) -> IO[bytes]:
-        return self.path(key).open("rb")
+    def open(self, key: str, start: int = 0, end: int | None = None) -> IO[bytes]:
+        """The blob's bytes from `start` (`end` is the caller's to respect: a remote store uses it for a
+        range request, a local file just stops being read)."""
+        fh = self.path(key).open("rb")
+        if start:
+            fh.seek(start)
+        return fh
+
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
+    def local_path(self, key: str) -> Path:
+        """The blob's own file (a remote store returns a local copy)."""
+        return self.path(key)
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

@@ -1,0 +1,279 @@
+"""Batches on PostgreSQL + any blob store, for any number of `serve` and `worker` processes.
+
+Each `serve` process runs a `Coordinator`: for every unfinished batch it tries to take the batch's
+lease (one coordinator per batch at a time; the lease runs out if its process dies, and another takes
+over). The coordinator validates, splits the input into chunks of lines (line and byte ranges, in the
+same transaction as `in_progress`), watches the chunks, and finalizes: output and error files streamed
+from the results log into the blob store under keys derived from the batch id, registered with the
+final status in one transaction, so a crash while finalizing only rewrites the same objects. Workers
+(`server/chunk_worker.py`) execute chunks. Cancel and expiry: workers see them at their next heartbeat
+(a third of a lease) and stop; the coordinator finalizes once no chunk holds a live lease, so a cancel
+reaches chunks held by other workers within one lease period. The results log of a terminal batch is
+purged only after it has been terminal for two lease periods, so a coordinator that lost its lease
+mid-finalize still reads the whole log, never a purged half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from coldbatch.core.status import BatchStatus as S
+from coldbatch.engines.base import Engine
+from coldbatch.estimate import tokens as T
+from coldbatch.estimate.accounting import prompt_texts
+from coldbatch.protocol.batches import FILE_TTL
+from coldbatch.server import checking
+from coldbatch.server.executor import CANCELLED, EXPIRED, MAX_REPORTED_ERRORS, ExecutorConfig, _never_run_id
+from coldbatch.store.lines import blob_lines, split_chunks
+from coldbatch.store.postgres import PgStore
+from coldbatch.validation import iter_lines
+
+logger = logging.getLogger(__name__)
+
+#: input lines per chunk (the issue's 500-2,000): small enough that a lost lease redoes little
+CHUNK_LINES = 1000
+LEASE_SECONDS = 30.0
+
+
+def open_blobs(url: str | None, data_dir: Path) -> Any:
+    """`s3://BUCKET/PREFIX` -> the S3 store (checked now); None -> the folder under `data_dir` (one machine)."""
+    if url and url.startswith("s3://"):
+        from coldbatch.store.s3 import S3BlobStore
+
+        return S3BlobStore(url)
+    if url:
+        raise ValueError(f"--blobs {url!r}: expected s3://BUCKET/PREFIX")
+    from coldbatch.store.blobs import LocalBlobStore
+
+    return LocalBlobStore(data_dir / "files")
+
+
+def process_name(kind: str) -> str:
+    """A name for leases that says which process holds them (host, pid, kind)."""
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{time.monotonic_ns() % 100000}"
+
+
+class Coordinator:
+    """The `serve` side of scale-out: the executor interface the routes use (`notify`, `storage`)."""
+
+    def __init__(self, store: PgStore, blobs: Any, engine: Engine, *, config: ExecutorConfig | None = None,
+                 lease_seconds: float = LEASE_SECONDS, chunk_lines: int = CHUNK_LINES,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store, self.blobs, self.engine = store, blobs, engine
+        self.config = config or ExecutorConfig()
+        self.lease, self.chunk_lines, self.clock = lease_seconds, chunk_lines, clock
+        self.me = process_name("serve")
+        self._wake = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.worker: Any = None  #: an in-process ChunkWorker, woken with the coordinator
+        self.tracing: Any = None
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    def notify(self, batch_id: str | None = None) -> None:
+        self._wake.set()
+        if self.worker is not None:
+            self.worker.notify()
+
+    def storage(self) -> dict[str, Any]:
+        return {"status": "ok", "free_bytes": None, "full_for_seconds": None}
+
+    async def run_forever(self) -> None:
+        with contextlib.suppress(OSError, NotImplementedError):
+            checking.worker_pool().submit(checking.ready)
+        last_sweep = 0.0
+        while True:
+            if time.monotonic() - last_sweep > self.lease:
+                last_sweep = time.monotonic()
+                try:
+                    await asyncio.to_thread(self.sweep)
+                except Exception:
+                    logger.exception("sweep failed; retried later")
+            for row in await asyncio.to_thread(self.store.unfinished_batches):
+                bid = row["id"]
+                if bid not in self._tasks:
+                    self._tasks[bid] = asyncio.create_task(self._drive_safely(bid), name=f"batch {bid}")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+
+    def sweep(self, orphan_grace: float | None = None) -> None:
+        """Purge logs of long-settled batches; delete blobs no file row owns (older than a grace period: a
+        newer one may be an upload whose row is being written); abort abandoned multipart uploads."""
+        grace = max(600.0, 4 * self.lease) if orphan_grace is None else orphan_grace
+        for bid in self.store.finished_logs(settled_seconds=2 * self.lease):
+            self.store.purge_results(bid)
+        live, in_use = self.store.blob_owners()
+        for key in self.blobs.stored_keys():
+            if key not in live and key not in in_use:
+                with contextlib.suppress(FileNotFoundError):
+                    if self.blobs.mtime(key) < time.time() - grace:
+                        self.blobs.delete(key)
+                        logger.info("removed orphan blob %s", key)
+        with contextlib.suppress(TypeError):
+            self.blobs.clear_tmp(older_than=grace)
+
+    async def aclose(self) -> None:
+        for t in self._tasks.values():
+            t.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _drive_safely(self, batch_id: str) -> None:
+        try:
+            await self.drive(batch_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("batch %s: coordinator error; it will be retried", batch_id)
+            await asyncio.sleep(1.0)
+        finally:
+            self._tasks.pop(batch_id, None)
+
+    async def drive(self, batch_id: str) -> None:
+        """Move one batch forward while this process holds its lease; return when it is terminal or
+        another process coordinates it (the main loop tries again later)."""
+        while True:
+            row = await asyncio.to_thread(self.store.get_batch, batch_id, None)
+            if row is None or S(row["status"]) in (S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED):
+                return
+            if not await asyncio.to_thread(self.store.lease_batch, batch_id, self.me, self.lease):
+                await asyncio.sleep(min(self.lease / 3, 5 * self.config.poll_seconds))
+                return
+            status = S(row["status"])
+            if status == S.VALIDATING:
+                await self._validate(row)
+            elif status == S.FINALIZING:
+                await asyncio.to_thread(self.finalize, row, S.COMPLETED)
+            elif status in (S.IN_PROGRESS, S.CANCELLING) and await asyncio.to_thread(self._settle, row):
+                continue
+            else:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+
+    def _settle(self, row: dict[str, Any]) -> bool:
+        """Finalize a running batch that is done, expired or cancelled once no worker holds a live lease on
+        it; True if it moved."""
+        progress = self.store.chunk_progress(row["id"])
+        if row["status"] == S.CANCELLING:
+            if progress.get("held", 0) == 0:
+                self.finalize(row, S.CANCELLED)
+                return True
+            return False
+        if progress.get("open", 0) == 0 or row["completed"] + row["failed"] >= row["total"]:
+            return self.store.transition(row["id"], S.FINALIZING, self.now())
+        if self.now() >= row["expires_at"] and progress.get("held", 0) == 0:
+            self.finalize(row, S.EXPIRED)
+            return True
+        return False
+
+    # -- validating ---------------------------------------------------------------------------------------
+    def _fail(self, row: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+        self.store.transition(row["id"], S.FAILED, self.now(), errors={"object": "list", "data": errors})
+
+    async def _validate(self, row: dict[str, Any]) -> None:
+        f = await asyncio.to_thread(self.store.get_file, row["input_file_id"], row["owner"])
+        if f is None or not await asyncio.to_thread(self.blobs.exists, f["id"]):
+            self._fail(row, [{"code": "invalid_request", "line": None, "param": "file_id",
+                              "message": f"Cannot find file {row['input_file_id']}, or you do not have access to it."}])
+            return
+        if row["endpoint"] not in self.engine.info.endpoints:
+            self._fail(row, [{"code": "invalid_url", "line": None, "param": "endpoint", "message":
+                              f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}."}])
+            return
+        path = await asyncio.to_thread(self.blobs.local_path, f["id"])
+        try:
+            args = (str(path), f["filename"], row["endpoint"], self.engine.info.models, MAX_REPORTED_ERRORS)
+            try:
+                pool = checking.worker_pool()
+                checked = await asyncio.get_running_loop().run_in_executor(pool, checking.check_file, *args)
+            except Exception as exc:  # no process (or it died): validate here
+                logger.warning("validating on a thread (%s)", exc)
+                checked = await asyncio.to_thread(checking.check_file, *args)
+            if not checked.ok:
+                self._fail(row, checked.errors)
+                return
+            tokens = await asyncio.to_thread(self._over_quota, row, checked.model, path)
+            if tokens is None:
+                return
+            chunks = await asyncio.to_thread(split_chunks, path, self.chunk_lines)
+        finally:
+            with contextlib.suppress(AttributeError):
+                self.blobs.forget_local(f["id"])
+        await asyncio.to_thread(self.store.transition, row["id"], S.IN_PROGRESS, self.now(), chunks=chunks,
+                                total=checked.requests, model=checked.model, enqueued_tokens=tokens)
+        self.notify()
+
+    def _over_quota(self, row: dict[str, Any], model: str | None, path: Path) -> int | None:
+        """The batch's prompt tokens (0 without a quota), or None once failed for the enqueued-token quota
+        (the same rule and message as the single-process executor; the check is per coordinator, so two
+        batches admitted at the same instant on two servers may both pass it)."""
+        limit = self.config.enqueued_token_limit
+        if limit is None:
+            return 0
+        counter, total, texts = T.counter("o200k_base"), 0, []
+        for line in iter_lines(path):
+            if line.strip():
+                t, overhead = prompt_texts(orjson.loads(line).get("body") or {}, row["endpoint"])
+                total += overhead
+                texts.extend(t)
+        total += sum(counter.count_many(texts))
+        if self.store.enqueued_tokens(model) + total > limit:
+            self._fail(row, [{"code": "token_limit_exceeded", "line": None, "param": None, "message":
+                              f"Enqueued token limit reached for {model}. Limit: {limit:,} enqueued tokens. "
+                              "Please try again once some in_progress batches have been completed."}])
+            return None
+        return total
+
+    # -- finalizing / expired / cancelled ------------------------------------------------------------------
+    def finalize(self, row: dict[str, Any], final: S) -> None:
+        """Stream the log into the output and error files, then register them with the final status in one
+        transaction. Deterministic: run again after a crash, it writes the same bytes under the same keys."""
+        bid = row["id"]
+        out_key, err_key = f"file-{bid[6:]}o", f"file-{bid[6:]}e"
+        counts = {"ok": 0, "err": 0, "never": 0}
+        with self.blobs.writer(out_key) as out, self.blobs.writer(err_key) as err:
+            seen: set[int] = set()
+            for _cid, line, ok, data in self.store.iter_results(bid):
+                seen.add(line)
+                (out if ok else err).write(data + b"\n")
+                counts["ok" if ok else "err"] += 1
+            if final in (S.EXPIRED, S.CANCELLED) and row["in_progress_at"] is not None:
+                reason = EXPIRED if final == S.EXPIRED else CANCELLED
+                for cid in self._never_run(row, seen):
+                    err.write(orjson.dumps({"id": _never_run_id(bid, cid), "custom_id": cid, "response": None,
+                                            "error": reason}) + b"\n")
+                    counts["never"] += 1
+            seen.clear()
+        self._publish(row, final, out_key, err_key, counts)
+
+    def _never_run(self, row: dict[str, Any], seen: set[int]) -> Iterator[str]:
+        for n, _, line in blob_lines(self.blobs, row["input_file_id"]):
+            if n not in seen and line and not line.isspace():
+                yield orjson.loads(line)["custom_id"]
+
+    def _publish(self, row: dict[str, Any], final: S, out_key: str, err_key: str, counts: dict[str, int]) -> None:
+        bid, now = row["id"], self.now()
+        ttl = row["output_ttl"] or FILE_TTL
+        files, fields = [], {"failed": counts["err"] + counts["never"], "completed": counts["ok"]}
+        for key, kind, n in ((out_key, "output", counts["ok"]), (err_key, "error", counts["err"] + counts["never"])):
+            if n:
+                files.append({"id": key, "owner": row["owner"], "filename": f"batch_{bid[6:]}_{kind}.jsonl",
+                              "purpose": "batch_output", "bytes": self.blobs.size(key), "created_at": now,
+                              "expires_at": now + ttl})
+                fields[f"{kind}_file_id"] = key
+            else:
+                self.blobs.delete(key)
+        if not self.store.transition(bid, final, now, files=files, **fields):
+            logger.warning("batch %s: could not move to %s (status changed meanwhile)", bid, final)
