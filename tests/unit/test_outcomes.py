@@ -148,7 +148,7 @@ def joined(tmp_path: Path) -> tuple[Ledger, Path, RequestSpec]:
     inp = tmp_path / "in.csv"
     with inp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "text", "error"])  # 'error' clashes with an added column: they get the cb_ prefix
+        w.writerow(["id", "text", "error"])  # 'error' clashes with an added column: OUTPUT needs a prefix
         for i, t in enumerate(["good", "", "bad", "later", "good too", "never sent"], 1):
             w.writerow([f"k{i}", t, f"orig{i}"])
     lg = Ledger(tmp_path / "ledger.sqlite3")
@@ -174,7 +174,7 @@ def test_output_keeps_input_order_and_columns_and_joins_each_result(
 ) -> None:
     lg, inp, spec = joined
     out = tmp_path / "out.csv"
-    assert write_output(lg, "j", inp, out, spec) == {
+    assert write_output(lg, "j", inp, out, spec, prefix="cb_") == {
         "rows": 6,
         "rejected": 1,
         "succeeded": 2,
@@ -214,10 +214,10 @@ def test_output_keeps_input_order_and_columns_and_joins_each_result(
 
 def test_output_in_jsonl_and_parquet(tmp_path: Path, joined: tuple[Ledger, Path, RequestSpec]) -> None:
     lg, inp, spec = joined
-    write_output(lg, "j", inp, tmp_path / "o.jsonl", spec)
+    write_output(lg, "j", inp, tmp_path / "o.jsonl", spec, prefix="cb_")
     rows = [orjson.loads(x) for x in (tmp_path / "o.jsonl").read_bytes().splitlines()]
     assert rows[0]["cb_label"] == "positive" and rows[1]["cb_attempts"] == 0 and rows[3]["cb_response"] is None
-    write_output(lg, "j", inp, tmp_path / "o.parquet", spec)
+    write_output(lg, "j", inp, tmp_path / "o.parquet", spec, prefix="cb_")
     table = pq.read_table(tmp_path / "o.parquet")
     assert table.num_rows == 6 and table.column("cb_label").to_pylist()[0] == "positive"
 
@@ -227,7 +227,7 @@ def test_output_writing_is_atomic_and_sweeps_dead_writers_leftovers(
 ) -> None:
     lg, inp, spec = joined
     out = tmp_path / "out.csv"
-    write_output(lg, "j", inp, out, spec)
+    write_output(lg, "j", inp, out, spec, prefix="cb_")
     before = out.read_bytes()
     dead = tmp_path / ".out.csv.99999999.part"  # a writer killed mid-way (no such pid)
     dead.write_bytes(b"half")
@@ -239,7 +239,7 @@ def test_output_writing_is_atomic_and_sweeps_dead_writers_leftovers(
 
     monkeypatch.setattr(Ledger, "results_for", broken)
     with pytest.raises(OSError):
-        write_output(lg, "j", inp, out, spec)
+        write_output(lg, "j", inp, out, spec, prefix="cb_")
     assert out.read_bytes() == before, "a failed write leaves the previous OUTPUT as it was"
     assert not dead.exists() and alive.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".part")) == [alive.name]
@@ -250,4 +250,26 @@ def test_output_refuses_an_unknown_extension(tmp_path: Path, joined: tuple[Ledge
     from coldbatch.errors import UsageError
 
     with pytest.raises(UsageError, match="--out"):
-        write_output(lg, "j", inp, tmp_path / "out.xlsx", spec)
+        write_output(lg, "j", inp, tmp_path / "out.xlsx", spec, prefix="cb_")
+
+
+def test_output_column_names_do_not_depend_on_the_inputs_columns(
+    tmp_path: Path, joined: tuple[Ledger, Path, RequestSpec]
+) -> None:
+    """Issue 16: an input with an `error` column used to turn every added column into cb_*, silently; now the
+    names are fixed, a clash is refused naming the column and the flag, and --output-prefix renames them all."""
+    from coldbatch.errors import UsageError
+
+    lg, inp, spec = joined
+    with pytest.raises(UsageError, match=r"in\.csv: the input already has column\(s\) error, .*--output-prefix"):
+        write_output(lg, "j", inp, tmp_path / "out.csv", spec)
+    assert not (tmp_path / "out.csv").exists()
+    plain = tmp_path / "plain.csv"
+    plain.write_text("id,text\nk1,good\nk2,\nk3,bad\nk4,later\nk5,good too\nk6,never sent\n")
+    for prefix, name in (("", "out-plain.csv"), ("ans.", "out-renamed.csv")):
+        write_output(lg, "j", plain, tmp_path / name, spec, prefix=prefix)
+        with (tmp_path / name).open(newline="") as fh:
+            header = next(csv.reader(fh))
+        assert header == ["id", "text"] + [prefix + c for c in ("custom_id", "response", "label", "confidence",
+                                                                "error", "attempts", "prompt_tokens",
+                                                                "completion_tokens")]

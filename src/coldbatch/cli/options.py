@@ -62,7 +62,8 @@ def input_format(opts: dict[str, Any]) -> str | None:
 def spec_from(opts: dict[str, Any]) -> RequestSpec:
     """Build a RequestSpec from the shared options; raises UsageError with the flag's name."""
     if not opts.get("model"):
-        raise UsageError("--model is required to build requests")
+        raise UsageError("--model is required to build requests: the model every request names, e.g. gpt-4o-mini "
+                         "for OpenAI (`coldbatch run` without --base-url needs none: the embedded engine's own)")
     body: dict[str, Any] = {}
     if opts.get("body_json"):
         try:

@@ -8,8 +8,9 @@ silently ignores an OpenAI-style `json_schema` format, and without a grammar a 1
 with a valid label. With it, a `--labels` answer is always one of the labels.
 
 The engine serves one model. It reports that model's id (the GGUF file name without its quantization
-suffix, e.g. `SmolLM2-135M-Instruct`) in `EngineInfo.models` and in every answer's `model`, but it accepts
-any `model` string in a body: a batch file written for `gpt-4o-mini` runs against the local model unchanged.
+suffix, e.g. `SmolLM2-135M-Instruct`) in `EngineInfo.models` and in every answer's `model`; the engine itself
+ignores a body's `model`, but the server refuses other names as `model_not_found` on the batch and the sync
+path alike (one rule), and `coldbatch run` checks the name against `GET /v1/models` before it sends anything.
 As in OpenAI's API, `temperature` defaults to 1: send 0 for greedy answers, which are reproducible
 (so are sampled answers given a `seed`). `logprobs` / `top_logprobs` (0-20) return OpenAI's
 `choices[0].logprobs.content`, computed from the model's logits before the grammar mask (`_logprob_entry`);

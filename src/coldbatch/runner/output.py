@@ -5,7 +5,12 @@ The custom_id of each row is recomputed by running the very same `Builder` over 
 each input batch looks up its own results in the ledger. Rows keep their input order and columns;
 coldbatch adds `custom_id`, `response`, `label` and `confidence` (with --labels; see confidence.py),
 `error`, `attempts`, `prompt_tokens` and `completion_tokens`. An embeddings job gets `embedding` (the
-vector; see vectors.py) in place of `response`.
+vector; see vectors.py) in place of `response`; a --schema job one column per top-level property.
+
+These names never depend on the input's columns (scripts read them): `prefix` (`--output-prefix`) renames
+them all alike, and an input column with the same name as one of them is refused before anything is sent
+(`check_columns`), naming the columns and the flag. Earlier versions prefixed them with `cb_` only when the
+input happened to have one of the names, which broke a scoring script (issue 16).
 """
 
 from __future__ import annotations
@@ -36,6 +41,38 @@ from coldbatch.runner.ledger import Ledger
 OUTPUT_GROUP_ROWS = 4096
 ADDED = ("custom_id", "response", "label", "confidence", "error", "attempts", "prompt_tokens", "completion_tokens")
 LABEL_ONLY = ("label", "confidence")  #: added only to a --labels job's OUTPUT
+
+
+def added_columns(spec: RequestSpec, labels: tuple[str, ...] = (), prefix: str = "",
+                  classified: bool = False) -> list[str]:
+    """The names of the columns OUTPUT adds to the input's, in order (see the module docstring)."""
+    names = []
+    for c in ADDED:
+        if c in LABEL_ONLY and not (labels or spec.labels):
+            continue
+        embedding = c == "response" and spec.endpoint == L.EMBEDDINGS and not classified
+        names.append(prefix + (vectors.COLUMN if embedding else c))
+    names += [prefix + name for name in (spec.schema or {}).get("properties", {})]
+    return names
+
+
+def check_columns(input_columns: list[str], added: list[str], where: str) -> None:
+    """Refuse a clash between the input's columns and OUTPUT's added ones (a stated rule, not a silent rename)."""
+    clash = [c for c in added if c in input_columns]
+    if clash:
+        raise UsageError(
+            f"{where}: the input already has column(s) {', '.join(clash)}, which OUTPUT adds; pass "
+            f"--output-prefix (e.g. --output-prefix cb_ names them {', '.join('cb_' + c for c in clash[:3])}, ...) "
+            f"or rename the input's column(s)")
+    dupes = sorted({c for c in added if added.count(c) > 1})
+    if dupes:
+        raise UsageError(f"{where}: OUTPUT would have column(s) {', '.join(dupes)} twice (a --schema property "
+                         "named like an added column); pass --output-prefix")
+
+
+def input_columns(input_path: Path, fmt: str | None) -> list[str]:
+    """The input's column names (reads the header only)."""
+    return open_dataset(input_path, fmt).columns
 
 
 def parse_label(content: str | None, labels: tuple[str, ...]) -> str | None:
@@ -166,19 +203,20 @@ class _SameRequests:
 @_gc.paused()  # millions of short-lived result dicts and list items, no cycles
 def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
                  *, fmt: str | None = None, max_line_bytes: int = L.MAX_LINE_BYTES,
-                 shards: list[dict[str, Any]] | None = None, classified: Classified | None = None) -> dict[str, int]:
+                 shards: list[dict[str, Any]] | None = None, classified: Classified | None = None,
+                 prefix: str = "") -> dict[str, int]:
     """Write OUTPUT atomically; returns row counts.
 
     `max_line_bytes` must be what the job's prepare used (rows over it were rejected there, so they are
     here too), and `shards` (the manifest's) makes it check first that the input did not change.
     `classified`: an --examples job's labels by question (its answers are embeddings; OUTPUT shows the
     label, its confidence and `{"label": ...}` as the response, as for any label job, not the vectors).
+    `prefix` goes before every added column's name; a clash with an input column raises UsageError.
     """
     labels = classified.labels if classified is not None else spec.labels
     kind = output_kind(out)
     ds = open_dataset(input_path, fmt, group_rows=OUTPUT_GROUP_ROWS)
-    clash = [c for c in (*ADDED, vectors.COLUMN) if c in ds.columns]
-    prefix = "cb_" if clash else ""
+    check_columns(ds.columns, added_columns(spec, labels, prefix, classified is not None), str(input_path))
     builder = Builder(spec, file=ds.name, max_line_bytes=max_line_bytes)
     check = _SameRequests(input_path, shards) if shards is not None else None
     writer = _Writer(out, kind)
@@ -217,7 +255,7 @@ def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec:
                     continue
                 table = table.append_column(prefix + c, pa.array(cols[c], _TYPES[c]))
             if spec.schema is not None:
-                table = _append_schema_columns(table, spec.schema, cols["response"], cols["error"])
+                table = _append_schema_columns(table, spec.schema, cols["response"], cols["error"], prefix)
             writer.write(table)
             rows += batch.num_rows
         if check is not None:
@@ -275,11 +313,10 @@ def _relabel(cols: dict[str, list[Any]], res: dict[str, Any], classified: Classi
 
 
 def _append_schema_columns(table: pa.Table, schema: dict[str, Any], responses: list[Any],
-                           errors: list[Any]) -> pa.Table:
-    """One column per top-level schema property, filled from valid answers (a clash gets an `answer_` prefix)."""
+                           errors: list[Any], prefix: str) -> pa.Table:
+    """One column per top-level schema property, filled from valid answers (named `prefix` + property)."""
     parsed = [structured.columns(r, schema) if r is not None and e is None else {} for r, e in
               zip(responses, errors, strict=True)]
     for name in schema.get("properties", {}):
-        col = name if name not in table.column_names else f"answer_{name}"
-        table = table.append_column(col, pa.array([p.get(name) for p in parsed], pa.string()))
+        table = table.append_column(prefix + name, pa.array([p.get(name) for p in parsed], pa.string()))
     return table

@@ -261,6 +261,7 @@ async def sync_endpoint(request: Request) -> Response:
         raise ApiError(400, "The request body must be a JSON object.")
     if body.get("stream"):
         raise ApiError(400, "Streaming is not supported by this server.", param="stream", code="invalid_value")
+    _check_model(svc.engine.info.models, body.get("model"))
     started = time.perf_counter()
     async with svc.slots.slot(HOT):
         result = await svc.engine.complete(endpoint, body)
@@ -268,12 +269,25 @@ async def sync_endpoint(request: Request) -> Response:
     return JSONResponse(result.body, status_code=result.status_code)
 
 
+def _check_model(models: frozenset[str] | None, model: object) -> None:
+    """The sync endpoints accept the models the batch validation accepts (one rule for both paths): an engine
+    that serves named models refuses other names, as OpenAI does, naming the ones it serves."""
+    if models is not None and isinstance(model, str) and model not in models:
+        raise ApiError(404, f"The model {model!r} is not served here; this server serves: {', '.join(sorted(models))}.",
+                       param="model", code="model_not_found")
+
+
 async def list_models(request: Request) -> Response:
+    """OpenAI's model list, plus a `coldbatch` object (engine, endpoints served, whether any model name is
+    accepted) that `coldbatch run` reads to refuse a job this server cannot serve before sending anything."""
     svc = services(request)
     caller(request)
-    names = sorted(svc.engine.info.models or [svc.engine.info.name])
+    info = svc.engine.info
+    names = sorted(info.models or [info.name])
     return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0,
-                                                     "owned_by": "coldbatch"} for n in names]})
+                                                     "owned_by": "coldbatch"} for n in names],
+                         "coldbatch": {"engine": info.name, "endpoints": sorted(info.endpoints),
+                                       "any_model": info.models is None}})
 
 
 async def health(request: Request) -> Response:
