@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from coldbatch.protocol.lines import Result, error_result  # noqa: F401  (the wire types; engines import them here)
 
 #: True inside an engine worker process (`engines/worker.py`): fixture switches that kill the process
 #: (the echo engine's `echo_crash`) only work there, never in a server that holds other work.
@@ -37,24 +39,6 @@ class EngineInfo:
     def most_concurrency(self) -> int:
         """The largest in-flight count any endpoint wants (the size of the server's shared slots)."""
         return max([self.max_concurrency, *(n for _, n in self.endpoint_concurrency)])
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """One request's outcome: the HTTP status and JSON body the sync endpoint would have returned."""
-
-    status_code: int
-    body: dict[str, Any]
-    usage: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status_code < 300
-
-
-def error_result(status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None) -> Result:
-    return Result(status, {"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
 class Engine(Protocol):

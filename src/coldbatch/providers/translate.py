@@ -9,7 +9,9 @@ Structured outputs: the job's JSON schema (`--labels` is a one-field enum schema
 `output_config.format` ({"type": "json_schema", "schema"}) and Gemini's `responseMimeType` +
 `responseSchema` (its OpenAPI subset: upper-case types, no `additionalProperties`). A body field a provider
 cannot express is refused by name (`Untranslatable`), never dropped silently; the exceptions are `logprobs`
-and `top_logprobs`, which only feed OUTPUT's `confidence` and are dropped (that column is then empty).
+and `top_logprobs`, which only feed OUTPUT's `confidence` and are dropped (that column is then empty), and
+Anthropic's `temperature` 0 (a labels job's default): anthropic 2.16's Messages params have no sampling
+parameters at all, so 0 is dropped and any other temperature or top_p is refused.
 Pure functions: no I/O.
 """
 
@@ -31,7 +33,19 @@ ANTHROPIC_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONFIDENCE_ONLY = frozenset({"logprobs", "top_logprobs"})
 #: Anthropic Messages fields a user may pass through --body-json as they are
 _ANTHROPIC_NATIVE = frozenset(
-    {"top_k", "stop_sequences", "metadata", "thinking", "tools", "tool_choice", "service_tier", "output_config"}
+    {
+        "stop_sequences",
+        "metadata",
+        "thinking",
+        "tools",
+        "tool_choice",
+        "service_tier",
+        "output_config",
+        "cache_control",
+        "container",
+        "inference_geo",
+        "speed",
+    }
 )
 _FINISH = {
     "end_turn": "stop",
@@ -125,12 +139,11 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         params["system"] = system
     params["messages"] = [{"role": r, "content": t} for r, t in turns]
     t = body.get("temperature")
-    if t is not None:
-        if not 0 <= t <= 1:
-            raise Untranslatable(f"temperature {t} cannot be translated: Anthropic accepts 0 to 1")
-        params["temperature"] = t
-    if body.get("top_p") is not None:
-        params["top_p"] = body["top_p"]
+    if t not in (None, 0, 0.0) or body.get("top_p") is not None:
+        raise Untranslatable(
+            f"temperature {t} / top_p {body.get('top_p')} cannot be translated: Anthropic's Messages "
+            "API (anthropic 2.16's types) has no sampling parameters; leave them unset"
+        )
     stops = _stops(body)
     if stops:
         params["stop_sequences"] = stops

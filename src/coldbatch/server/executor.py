@@ -23,20 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from coldbatch import hotpath
 from coldbatch.core.status import BatchStatus as S
 from coldbatch.engines.base import Engine, Result
 from coldbatch.estimate import tokens as T
 from coldbatch.estimate.accounting import prompt_texts
+from coldbatch.jsonl import read_requests, request_lines
 from coldbatch.protocol.batches import FILE_TTL, seq_id
+from coldbatch.protocol.lines import RequestLine, encode_never_ran, encode_response
 from coldbatch.server import checking, tracing
 from coldbatch.server.scheduler import COLD, Slots
 from coldbatch.store.blobs import LocalBlobStore
 from coldbatch.store.space import free_bytes, is_disk_full
 from coldbatch.store.sqlite import ResultRow, SqliteStore
-from coldbatch.validation import iter_lines
 
 logger = logging.getLogger(__name__)
 
@@ -264,25 +263,23 @@ class Executor:
     def _prompt_tokens(self, file_id: str, endpoint: str) -> int:
         counter = T.counter("o200k_base")
         total, texts = 0, []
-        for line in iter_lines(self.blobs.path(file_id)):
-            if line.strip():
-                t, overhead = prompt_texts(orjson.loads(line).get("body") or {}, endpoint)
-                total += overhead
-                texts.extend(t)
-                if len(texts) > 4096:
-                    total += sum(counter.count_many(texts))
-                    texts = []
+        for _, req in read_requests(self.blobs.path(file_id)):
+            t, overhead = prompt_texts(req.body, endpoint)
+            total += overhead
+            texts.extend(t)
+            if len(texts) > 4096:
+                total += sum(counter.count_many(texts))
+                texts = []
         return total + sum(counter.count_many(texts))
 
     # -- in_progress --------------------------------------------------------------------------------------
     def _requests(self, row: dict[str, Any], skip: set[int]) -> Iterator[_Item]:
         """(line number, custom_id, body) of each request whose line is not in `skip`, in input order."""
-        loads = orjson.loads
-        for n, line in enumerate(iter_lines(self.blobs.path(row["input_file_id"])), 1):
-            if n in skip or not line or line.isspace():
-                continue
-            req = loads(line)
-            yield n, req["custom_id"], req["body"]
+        parse = RequestLine.parse
+        for n, line in request_lines(self.blobs.path(row["input_file_id"])):
+            if n not in skip:
+                req = parse(line)
+                yield n, req.custom_id, req.body
 
     def _chunks(self, row: dict[str, Any], skip: set[int], size: int) -> Iterator[list[_Item]]:
         chunk: list[_Item] = []
@@ -472,8 +469,7 @@ class Executor:
             if final in (S.EXPIRED, S.CANCELLED) and row["in_progress_at"] is not None:
                 reason = EXPIRED if final == S.EXPIRED else CANCELLED
                 for _, cid, _ in self._requests(row, seen):
-                    err.write(orjson.dumps({"id": _never_run_id(bid, cid), "custom_id": cid, "response": None,
-                                            "error": reason}) + b"\n")
+                    err.write(encode_never_ran(_never_run_id(bid, cid), cid, reason) + b"\n")
                     counts["never"] += 1
         now = self.now()
         ttl = row["output_ttl"] or FILE_TTL
@@ -496,8 +492,7 @@ class Executor:
 
 
 def _result_row(line: int, cid: str, res: Result) -> ResultRow:
-    data = orjson.dumps({"id": seq_id("batch_req_"), "custom_id": cid, "response": {
-        "status_code": res.status_code, "request_id": seq_id("req_"), "body": res.body}, "error": None})
+    data = encode_response(seq_id("batch_req_"), cid, seq_id("req_"), res.status_code, res.body)
     if not res.ok:
         return cid, line, False, data, 0, 0, 0
     u = res.usage
