@@ -7,10 +7,19 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from coldbatch.core.unit_state import UnitState
 from coldbatch.runner.ledger import Ledger, Outcome
 from coldbatch.server.jobs_ui import batch_url, create_jobs_app, output_sample
 
 JOB = "tweets-20261203-1"
+
+
+def _submitted(led: Ledger, unit_id: int, batch_id: str) -> None:
+    """Walk a unit through its states to a completed batch, as a run does."""
+    for to, fields in ((UnitState.UPLOADING, {}), (UnitState.UPLOADED, {"file_id": "file-" + batch_id}),
+                       (UnitState.CREATING, {}), (UnitState.CREATED, {"batch_id": batch_id})):
+        assert led.move_unit(unit_id, to, **fields)
+    led.set_batch_status(unit_id, "completed")
 
 
 def make_ledger(home: Path) -> Path:
@@ -22,18 +31,19 @@ def make_ledger(home: Path) -> Path:
                    + "5,tweet 5,,failed\n")
     led.create_job(JOB, "Tweets.csv", str(out), {"spec": {"model": "gpt-4o-mini"}, "mode": "batch",
                                                   "provider": "http://127.0.0.1:8000/v1"})
-    led.set_job(JOB, status="running", estimate={
+    led.set_job(JOB, status="prepared", estimate={
         "totals": {"sync_cost_usd": 0.02, "batch_cost_usd": 0.01, "final_cost_usd": 0.008, "input_tokens_to_send": 60},
         "plan": {"requests": 6, "distinct_requests": 5, "cache_hits": 1, "requests_to_send": 4}})
     led.add_units(JOB, [{"round": 1, "shard": 1, "path": "send-1.jsonl", "requests": 4, "bytes": 900, "sha256": "x",
                          "model": "gpt-4o-mini", "tokens": 60},
                         {"round": 2, "shard": 1, "path": "retry-1.jsonl", "requests": 1, "bytes": 200, "sha256": "y",
                          "model": "gpt-4o-mini", "tokens": 15}])
+    assert led.set_job(JOB, status="running")
     u1, u2 = led.units(JOB)
-    led.update_unit(u1["id"], batch_id="batch_aaa", batch_status="completed")
+    _submitted(led, u1["id"], "batch_aaa")
     led.collect(u1, [Outcome(f"row-{i}", "ok", "positive", prompt_tokens=15, completion_tokens=1) for i in range(3)]
                 + [Outcome("row-5", "retry", error_code="server_error")])
-    led.update_unit(u2["id"], batch_id="batch_bbb", batch_status="completed")
+    _submitted(led, u2["id"], "batch_bbb")
     led.collect(u2, [Outcome("row-5", "failed", error_code="invalid_output")])
     led.set_job(JOB, status="done", report={"rows": 6, "succeeded": 5, "failed": 1, "rejected_rows": 0,
                                            "cost_usd": 0.007, "cost_sync_all_rows_usd": 0.02, "saving_pct": 65.0,

@@ -38,7 +38,7 @@ def test_units_start_planned_and_move_through_their_states(ledger: Ledger) -> No
     units = ledger.units("j1")
     assert [(u["state"], u["try"], u["tokens"]) for u in units] == [("planned", 1, 0), ("planned", 1, 7)]
     for state in (LG.UPLOADING, LG.UPLOADED, LG.CREATING, LG.CREATED):
-        ledger.update_unit(units[0]["id"], state=state)
+        assert ledger.move_unit(units[0]["id"], state)
         assert ledger.units("j1", [state])[0]["id"] == units[0]["id"]
     assert [u["id"] for u in ledger.units("j1", LG.OPEN_STATES)] == [units[0]["id"], units[1]["id"]]
     assert ledger.max_round("j1") == 1 and ledger.max_round("other") == 0

@@ -421,7 +421,7 @@ def test_resume_refuses_a_job_another_process_drives_and_cancel_asks_it_to_stop(
         str(tmp_path / "out.csv"),
         asdict(RunOptions(spec=RequestSpec(model="m", prompt="{x}").describe(), provider="http://x/v1")),
     )
-    lg.set_job("busy", status="running")
+    assert lg.set_job("busy", status="prepared") and lg.set_job("busy", status="running")
     held = _JobLock(home / "jobs" / "busy")
     assert held.acquire()
     try:

@@ -341,16 +341,16 @@ class Runner:
             if u["state"] == LG.UPLOADING:  # the upload may have reached the provider: find it, to delete it
                 found = None if u["id"] in self._fresh else await self.provider.find_file(
                     self._filename(u), u["bytes"], (u["intent_at"] or 0) - 120)
-                self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission",
+                self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission",
                                         file_id=found["id"] if found else None)
             elif u["state"] in (LG.PLANNED, LG.UPLOADED):
-                self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
+                self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission")
             elif u["state"] == LG.CREATING:
                 found = await self._find_batch(u)
                 if found is None:
-                    self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
+                    self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission")
                 else:
-                    self.ledger.update_unit(u["id"], state=LG.CREATED, batch_id=found["id"],
+                    self.ledger.move_unit(u["id"], LG.CREATED, batch_id=found["id"],
                                             batch_status=found["status"])
                     await self.provider.cancel(found["id"])
                     self._cancel_sent.add(u["id"])
@@ -379,7 +379,7 @@ class Runner:
         """At most one remote step for this unit; True if its state changed."""
         state = u["state"]
         if state == LG.PLANNED:
-            self.ledger.update_unit(u["id"], state=LG.UPLOADING, intent_at=int(time.time()))
+            self.ledger.move_unit(u["id"], LG.UPLOADING, intent_at=int(time.time()))
             self._fresh.add(u["id"])
             u = {**u, "state": LG.UPLOADING, "intent_at": int(time.time())}
             state = LG.UPLOADING
@@ -389,7 +389,7 @@ class Runner:
         if state == LG.UPLOADED:
             if time.monotonic() < self._not_before.get(u["id"], 0.0):
                 return False
-            self.ledger.update_unit(u["id"], state=LG.CREATING, intent_at=int(time.time()))
+            self.ledger.move_unit(u["id"], LG.CREATING, intent_at=int(time.time()))
             self._fresh.add(u["id"])
             await self._create({**u, "intent_at": int(time.time())})
             return True
@@ -425,7 +425,7 @@ class Runner:
                 await self.sleep(min(2.0 ** attempt, 30.0))
                 f = found = await self.provider.find_file(name, u["bytes"], not_before)
         assert f is not None
-        self.ledger.update_unit(u["id"], state=LG.UPLOADED, file_id=f["id"])
+        self.ledger.move_unit(u["id"], LG.UPLOADED, file_id=f["id"])
         self.emit("uploaded", {"unit": u["id"], "file_id": f["id"], "adopted": found is not None})
 
     async def _create(self, u: dict[str, Any]) -> None:
@@ -445,7 +445,7 @@ class Runner:
                 await self.sleep(min(2.0 ** attempt, 30.0))
                 b = found = await self._find_batch(u)
         assert b is not None
-        self.ledger.update_unit(u["id"], state=LG.CREATED, batch_id=b["id"], batch_status=b["status"])
+        self.ledger.move_unit(u["id"], LG.CREATED, batch_id=b["id"], batch_status=b["status"])
         self.emit("created", {"unit": u["id"], "batch_id": b["id"], "adopted": found is not None})
 
     async def _poll(self, u: dict[str, Any], b: dict[str, Any] | None = None) -> bool:
@@ -457,7 +457,7 @@ class Runner:
         self._moving |= finished > self._counts.get(u["id"], 0)
         self._counts[u["id"]] = finished
         if status != u["batch_status"]:
-            self.ledger.update_unit(u["id"], batch_status=status)
+            self.ledger.set_batch_status(u["id"], status)
             self.emit("status", {"unit": u["id"], "batch_id": u["batch_id"], "status": status,
                                  "counts": b.get("request_counts")})
         if status not in TERMINAL:
@@ -473,7 +473,7 @@ class Runner:
         if any(e.get("code") == "token_limit_exceeded" for e in errors) and u["try"] < MAX_REQUEUES:
             # the provider's queue is full: send the same file again later, as a new try (a new tag); the
             # failed batch stays on the provider's list under the old try's tag, so reconciliation never adopts it
-            self.ledger.update_unit(u["id"], state=LG.UPLOADED, batch_id=None, batch_status=None,
+            self.ledger.move_unit(u["id"], LG.UPLOADED, batch_id=None, batch_status=None,
                                     **{"try": u["try"] + 1})
             wait = min(self.opts.poll_interval * 2 ** min(u["try"], 6), max(self.opts.max_poll_interval, 1.0))
             self._not_before[u["id"]] = time.monotonic() + wait
@@ -560,7 +560,7 @@ class Runner:
                     logger.warning("could not delete remote file %s: %s", fid, exc)
                     ok = False
         if ok:
-            self.ledger.update_unit(u["id"], remote_cleaned=1)
+            self.ledger.mark_cleaned(u["id"])
 
     async def _sweep_remote(self) -> None:
         """Delete what a crash (between collection and cleanup) or a cancel left on the provider."""
@@ -700,5 +700,5 @@ class Runner:
             await self.provider.cancel(u["batch_id"])
             self._cancel_sent.add(u["id"])
         for u in self.ledger.units(self.job_id, [LG.PLANNED, LG.UPLOADED]):
-            self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission")
+            self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission")
         self.emit("cancelling", {})

@@ -102,10 +102,10 @@ class SyncRunner(Runner):
             self._flush()
         for u in units:  # everything is answered (or the job was cancelled): batch mode must never send these
             if self._stop:
-                self.ledger.update_unit(u["id"], state=LG.FAILED, detail="cancelled before submission",
+                self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission",
                                         remote_cleaned=1)
             else:
-                self.ledger.update_unit(u["id"], state=LG.COLLECTED, remote_cleaned=1, detail="sent in sync mode")
+                self.ledger.move_unit(u["id"], LG.COLLECTED, remote_cleaned=1, detail="sent in sync mode")
         return await self.finish(started)
 
     def _items(self, units: list[dict[str, Any]], endpoint: str) -> Iterator[Item]:

@@ -18,21 +18,21 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from coldbatch.core.status import TIMESTAMP_FIELD, BatchStatus, allowed_from
+from coldbatch.store import sqlite_db
+from coldbatch.store.records import LoggedRow, ResultRow
+
+__all__ = ["LoggedRow", "ResultRow", "SqliteStore"]
 
 logger = logging.getLogger(__name__)
 
-#: one finished request for `record_results`:
-#: custom_id, line, ok, JSON output line, input tokens, cached input tokens, output tokens
-ResultRow = tuple[str, int, bool, bytes, int, int, int]
-#: one logged request as `iter_results` gives it back: custom_id, line, ok, JSON output line
-LoggedRow = tuple[str, int, bool, bytes]
+#: the server schema's migrations (`store/sqlite_db.py` applies them)
+MIGRATIONS = "coldbatch.store.migrations"
 
 _TERMINAL = tuple(s.value for s in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED,
                                     BatchStatus.CANCELLED))
@@ -75,12 +75,7 @@ class SqliteStore:
     def db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+            conn = sqlite_db.connect(self.path, autocheckpoint=AUTOCHECKPOINT_PAGES)
             self._local.conn = conn
         return conn
 
@@ -114,27 +109,7 @@ class SqliteStore:
     # -- schema -----------------------------------------------------------------------------------------
     def migrate(self) -> list[str]:
         """Apply pending migrations, each with its bookkeeping row in one transaction."""
-        db = self.db
-        db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at INTEGER)")
-        done = {r[0] for r in db.execute("SELECT name FROM schema_migrations")}
-        applied = []
-        folder = resources.files("coldbatch.store.migrations")
-        for entry in sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql")):
-            if entry in done:
-                continue
-            sql = folder.joinpath(entry).read_text()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in sql.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("INSERT INTO schema_migrations VALUES (?, strftime('%s','now'))", (entry,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            applied.append(entry)
-        return applied
+        return sqlite_db.migrate(self.db, MIGRATIONS)
 
     # -- files ------------------------------------------------------------------------------------------
     def create_file(self, row: dict[str, Any]) -> None:
@@ -205,6 +180,15 @@ class SqliteStore:
         args.append(limit + 1)
         rows = [dict(r) for r in self.db.execute(sql, args)]
         return rows[:limit], len(rows) > limit
+
+    def delete_batch(self, batch_id: str, owner: str) -> bool:
+        """Forget a terminal batch and its events (Anthropic's DELETE /v1/messages/batches/{id}); False when the
+        owner has no such batch or it is not terminal. Its files are the caller's to delete."""
+        cur = self.db.execute(f"DELETE FROM batches WHERE id = ? AND owner = ? AND status IN "
+                              f"({', '.join('?' * len(_TERMINAL))})", (batch_id, owner, *_TERMINAL))
+        if cur.rowcount == 1:
+            self.db.execute("DELETE FROM batch_events WHERE batch_id = ?", (batch_id,))
+        return cur.rowcount == 1
 
     def unfinished_batches(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute(

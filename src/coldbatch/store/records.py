@@ -1,0 +1,44 @@
+"""The values that cross the store interfaces, shared by every implementation.
+
+They live here rather than beside one implementation so that a second backend (memory, PostgreSQL)
+imports nothing from the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+#: a row as the server serves it (a file, a batch, a unit, a job): column name → value
+Row = dict[str, Any]
+#: one finished request for `ServerStore.record_results`:
+#: custom_id, line, ok, JSON output line, input tokens, cached input tokens, output tokens
+ResultRow = tuple[str, int, bool, bytes, int, int, int]
+#: one logged request as `ServerStore.iter_results` gives it back: custom_id, line, ok, JSON output line
+LoggedRow = tuple[str, int, bool, bytes]
+
+
+@dataclass
+class Outcome:
+    """One request's result as collected into the ledger."""
+
+    custom_id: str
+    state: str  # ok | retry | failed
+    content: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    confidence: float | None = None  #: a label answer's probability, from the provider's logprobs (confidence.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One cached answer, by request key (`core.canonical.request_key`)."""
+
+    key: str
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+    confidence: float | None = None  #: a label answer's probability (runner/confidence.py)

@@ -1,0 +1,70 @@
+"""The `BlobStore` contract: a blob appears under its key only once completely written, reads and writes
+stream, keys are server-minted ids only, and deleting is idempotent."""
+
+from __future__ import annotations
+
+import pytest
+
+from coldbatch.store.interfaces import BlobStore
+
+CHUNK = b"0123456789abcdef" * 4096  # 64 KiB
+
+
+def test_a_written_blob_reads_back_streamed(blob_store: BlobStore) -> None:
+    with blob_store.writer("file-a") as fh:
+        for _ in range(64):  # 4 MiB in pieces, as an upload arrives
+            fh.write(CHUNK)
+    assert blob_store.exists("file-a") and blob_store.size("file-a") == 64 * len(CHUNK)
+    read = 0
+    with blob_store.open("file-a") as fh:
+        while piece := fh.read(1 << 16):
+            assert piece == CHUNK[: len(piece)]
+            read += len(piece)
+    assert read == 64 * len(CHUNK)
+    assert blob_store.local_path("file-a").read_bytes()[:16] == CHUNK[:16]
+    assert blob_store.mtime("file-a") > 0
+    assert blob_store.stored_keys() == ["file-a"]
+
+
+def test_a_failed_write_publishes_nothing_and_keeps_the_old_blob(blob_store: BlobStore) -> None:
+    with blob_store.writer("file-a") as fh:
+        fh.write(b"hello\n")
+    with pytest.raises(RuntimeError), blob_store.writer("file-a") as fh:
+        fh.write(b"half a replacement")
+        raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), blob_store.writer("file-b") as fh:
+        fh.write(b"half a new blob")
+        raise RuntimeError("crash")
+    with blob_store.open("file-a") as fh:
+        assert fh.read() == b"hello\n"
+    assert not blob_store.exists("file-b")
+    assert blob_store.stored_keys() == ["file-a"]
+    blob_store.clear_tmp()
+    assert blob_store.stored_keys() == ["file-a"]
+
+
+def test_a_blob_is_invisible_until_its_writer_finishes(blob_store: BlobStore) -> None:
+    with blob_store.writer("file-a") as fh:
+        fh.write(b"partial")
+        assert not blob_store.exists("file-a") and blob_store.stored_keys() == []
+    assert blob_store.exists("file-a")
+
+
+def test_delete_is_idempotent_and_missing_blobs_say_so(blob_store: BlobStore) -> None:
+    with blob_store.writer("file-a") as fh:
+        fh.write(b"x")
+    blob_store.delete("file-a")
+    blob_store.delete("file-a")
+    assert not blob_store.exists("file-a") and blob_store.stored_keys() == []
+    with pytest.raises(FileNotFoundError):
+        blob_store.open("file-a")
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "a/b", "", "x" * 81, "file a"])
+def test_only_server_minted_keys_are_accepted(blob_store: BlobStore, key: str) -> None:
+    with pytest.raises(ValueError, match="bad blob key"):
+        blob_store.exists(key)
+    with pytest.raises(ValueError, match="bad blob key"), blob_store.writer(key):
+        pass
+    with pytest.raises(ValueError, match="bad blob key"):
+        blob_store.local_path(key)
