@@ -28,10 +28,13 @@ from coldbatch.builder.api import prepare
 from coldbatch.builder.manifest import read_manifest
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.core.canonical import KEY_PREFIX, is_sampling
+from coldbatch.core.status import TERMINAL as BATCH_TERMINAL
 from coldbatch.errors import ColdbatchError, InputError, UsageError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate
+from coldbatch.jsonl import request_lines
 from coldbatch.protocol.limits import Limits
+from coldbatch.protocol.lines import custom_id_of
 from coldbatch.providers.base import BatchProvider, Retryable
 from coldbatch.runner import deadline, examples, structured
 from coldbatch.runner import ledger as LG
@@ -39,12 +42,12 @@ from coldbatch.runner.cache import Entry, ResultCache
 from coldbatch.runner.outcomes import read_errors, read_output
 from coldbatch.runner.output import write_output
 from coldbatch.runner.plan import plan_sends
-from coldbatch.validation import iter_lines
+from coldbatch.runner.requests import job_requests
 
 logger = logging.getLogger(__name__)
 
 POLL_CONCURRENCY = 16  #: status requests in flight at once while polling running batches
-TERMINAL = {"completed", "expired", "cancelled", "failed"}
+TERMINAL = BATCH_TERMINAL  #: batch statuses after which nothing changes (core/status.py spells them)
 #: job statuses after a user's cancel: nothing new is sent, whatever runs is cancelled, the rest is reported
 CANCELLED = ("cancelling", "cancelled")
 #: sends of one upload / create call after a `Retryable` failure (each preceded by a reconciliation)
@@ -482,11 +485,9 @@ class Runner:
         by_line = {e.get("line"): e for e in errors if e.get("line")}
         first = errors[0] if errors else {"code": "batch_failed", "message": "the batch failed"}
         outcomes = []
-        for n, line in enumerate(iter_lines(Path(u["path"])), 1):
-            if line.strip():
-                e = by_line.get(n, first)
-                outcomes.append(LG.Outcome(orjson.loads(line)["custom_id"], "failed", None, e.get("code"),
-                                           e.get("message")))
+        for n, line in request_lines(Path(u["path"])):
+            e = by_line.get(n, first)
+            outcomes.append(LG.Outcome(custom_id_of(line), "failed", None, e.get("code"), e.get("message")))
         self.ledger.collect(u, outcomes, state=LG.FAILED, batch_status="failed",
                             output_file_id=b.get("output_file_id"), error_file_id=b.get("error_file_id"),
                             detail=orjson.dumps(errors[:20]).decode())
@@ -510,7 +511,7 @@ class Runner:
     def _record_collected(self, u: dict[str, Any], b: dict[str, Any], files: list[tuple[str, Path]]) -> dict[str, int]:
         endpoint = self.opts.spec["endpoint"]
         cancelled_by_user = self.ledger.job(self.job_id)["status"] in CANCELLED  # type: ignore[index]
-        expected = [orjson.loads(ln)["custom_id"] for ln in iter_lines(Path(u["path"])) if ln.strip()]
+        expected = [custom_id_of(ln) for _, ln in request_lines(Path(u["path"]))]
         outcomes: dict[str, LG.Outcome] = {}
         schema = self.opts.request_spec().answer_schema
         labels = structured.label_field(schema)
@@ -614,29 +615,23 @@ class Runner:
                 units.append({**cur, "sha256": h.hexdigest()})
 
         try:
-            for u in self.ledger.units(self.job_id):
-                if u["round"] != 1:  # every request line originates in a round-1 shard
+            for line, req in job_requests(self.ledger, self.job_id):
+                if req.custom_id not in ids:
                     continue
-                for line in iter_lines(Path(u["path"])):
-                    if not line.strip():
-                        continue
-                    req = orjson.loads(line)
-                    if req["custom_id"] not in ids:
-                        continue
-                    data = line + b"\n"
-                    model = str(req["body"].get("model", ""))
-                    if out is None or cur["requests"] >= lim.max_requests or \
-                            cur["bytes"] + len(data) > lim.max_bytes or model != cur["model"]:
-                        close()
-                        path = folder / f"round-{rnd}-{len(units) + 1:05d}.jsonl"
-                        out, h = path.open("wb"), hashlib.sha256()
-                        cur = {"round": rnd, "shard": len(units) + 1, "path": str(path), "requests": 0, "bytes": 0,
-                               "model": model}
-                    out.write(data)
-                    h.update(data)
-                    cur["requests"] += 1
-                    cur["bytes"] += len(data)
-                    ids.discard(req["custom_id"])  # a row is retried once per round, even if its id repeats
+                data = line + b"\n"
+                model = str(req.body.get("model", ""))
+                if out is None or cur["requests"] >= lim.max_requests or \
+                        cur["bytes"] + len(data) > lim.max_bytes or model != cur["model"]:
+                    close()
+                    path = folder / f"round-{rnd}-{len(units) + 1:05d}.jsonl"
+                    out, h = path.open("wb"), hashlib.sha256()
+                    cur = {"round": rnd, "shard": len(units) + 1, "path": str(path), "requests": 0, "bytes": 0,
+                           "model": model}
+                out.write(data)
+                h.update(data)
+                cur["requests"] += 1
+                cur["bytes"] += len(data)
+                ids.discard(req.custom_id)  # a row is retried once per round, even if its id repeats
         finally:
             close()
         return units

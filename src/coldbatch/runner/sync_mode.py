@@ -20,18 +20,15 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import orjson
-
-from coldbatch.engines.base import Result
 from coldbatch.hotpath.client import Item, SyncClient
+from coldbatch.protocol.lines import OutputLine, Result
 from coldbatch.runner import ledger as LG
 from coldbatch.runner import structured
 from coldbatch.runner.orchestrator import CANCELLED, Runner
 from coldbatch.runner.outcomes import answered, classify
-from coldbatch.validation import iter_lines
+from coldbatch.runner.requests import unit_requests
 
 #: `--mode auto` sends at most this many requests (after dedup and cache) synchronously, more as batches.
 #: Below it, a batch's latency (minutes to hours) buys little: its 50 % discount on a job this small is cents,
@@ -60,10 +57,9 @@ def outcome_of(custom_id: str, endpoint: str, res: Result,
                labels: tuple[str, frozenset[str]] | None = None) -> LG.Outcome:
     """One sync answer as a ledger Outcome, classified like a batch result line; transient failures are final
     here (the client already retried them). `labels`: see `outcomes.answered`."""
-    if 200 <= res.status_code < 300:
+    if res.ok:
         return answered(custom_id, endpoint, res.body, labels)
-    o = classify({"custom_id": custom_id, "response": {"status_code": res.status_code, "body": res.body}},
-                 cancelled_by_user=False)
+    o = classify(OutputLine(custom_id, res.status_code, res.body), cancelled_by_user=False)
     if o.state == "retry":
         o.state = "failed"
     return o
@@ -110,19 +106,15 @@ class SyncRunner(Runner):
 
     def _items(self, units: list[dict[str, Any]], endpoint: str) -> Iterator[Item]:
         seen = self.ledger.answered_ids(self.job_id)
-        for u in units:
-            for line in iter_lines(Path(u["path"])):
-                if self._stop:
-                    return
-                if not line.strip():
-                    continue
-                req = orjson.loads(line)
-                cid = req["custom_id"]
-                if cid in seen:  # answered before a crash, or a repeated id (sent once, like a batch retry)
-                    continue
-                seen.add(cid)
-                self.sent += 1
-                yield cid, req.get("url") or endpoint, req["body"]
+        for _, req in unit_requests(units):
+            if self._stop:
+                return
+            cid = req.custom_id
+            if cid in seen:  # answered before a crash, or a repeated id (sent once, like a batch retry)
+                continue
+            seen.add(cid)
+            self.sent += 1
+            yield cid, req.url or endpoint, req.body
 
     def _arrived(self, outcome: LG.Outcome) -> None:
         self._pending.append(outcome)

@@ -19,13 +19,16 @@ and the official `google-genai` SDK use it, so the adapter is tested through the
 Answers are the echo engine's (`engines.echo`): the request is read back as a chat body (systemInstruction,
 contents, generationConfig.responseSchema → response_format), so a `--labels` job gets the same label for the
 same text as from `coldbatch serve --engine echo` under any other dialect. Knobs for tests: `hold` (seconds a
-batch stays RUNNING), `expire` (batches end EXPIRED with no results, as one not done within 48 h does),
-`fail_keys` (keys answered with an INVALID_ARGUMENT error). Everything lives in memory: test-sized data only.
+batch stays RUNNING), `expire` (the first N batches end EXPIRED with no results, as one not done within 48 h
+does), `fail_keys` (keys answered with an INVALID_ARGUMENT error), `delay_upload` / `delay_create` (the object
+exists before the call is answered: a client killed meanwhile must find it again).
+Everything lives in memory: test-sized data only.
 `GeminiStandIn(...).serve()` runs it under uvicorn on 127.0.0.1 (`testing.upstream.UpstreamServer`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections import Counter
@@ -91,7 +94,9 @@ class GeminiStandIn:
 
     api_key: str = "gemini-test-key"
     hold: float = 0.0
-    expire: bool = False
+    expire: int = 0  #: this many batches (the first ones) end EXPIRED with no results
+    delay_upload: float = 0.0  #: seconds between storing an upload and answering its finalize (a crash window)
+    delay_create: float = 0.0  #: seconds between creating a batch and answering the call (a crash window)
     fail_keys: frozenset[str] = frozenset()
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
@@ -151,6 +156,7 @@ class GeminiStandIn:
             return Response(b"", headers={"x-goog-upload-status": "active"})
         del self.uploads[request.query_params["upload_id"]]
         f = self._new_file(up["meta"], bytes(up["data"]))
+        await asyncio.sleep(self.delay_upload)
         return JSONResponse({"file": self._public(f)}, headers={"x-goog-upload-status": "final"})
 
     async def file_get(self, request: Request) -> Response:
@@ -203,6 +209,7 @@ class GeminiStandIn:
             "_t": now,
             "createTime": _now_iso(now),
         }
+        await asyncio.sleep(self.delay_create)
         return JSONResponse(self._operation(self.batches[bid]))
 
     def _operation(self, b: dict[str, Any]) -> dict[str, Any]:
@@ -224,7 +231,8 @@ class GeminiStandIn:
         if b["state"] != "BATCH_STATE_RUNNING" or time.time() - b["_t"] < self.hold:
             return
         b["endTime"] = _now_iso(time.time())
-        if self.expire:
+        if self.expire > 0:
+            self.expire -= 1
             b["state"] = "BATCH_STATE_EXPIRED"
             return
         out = bytearray()
