@@ -35,6 +35,12 @@ def without(obj: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != key}
 
 
+#: valid Anthropic Messages params (an Anthropic Message Batch line is {"custom_id", "params"})
+ANTHROPIC: dict[str, Any] = {"model": "claude-x", "max_tokens": 16, "system": "Label it.",
+                             "messages": [{"role": "user", "content": "hi"}],
+                             "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}
+
+
 def enc(*objs: Any) -> list[bytes]:
     return [o if isinstance(o, bytes) else json.dumps(o, ensure_ascii=False).encode() for o in objs]
 
@@ -100,6 +106,31 @@ RULES: list[tuple[str, list[bytes], tuple[str, str | None], list[bytes], dict[st
      {"limits": L.Limits(max_embedding_inputs=2)}),
     ("file-too-large", enc(req("a"), req("b")), ("file_too_large", None), enc(req("a")),
      {"limits": L.Limits(max_bytes=len(enc(req("a"))[0]) + 1)}),
+    # the request schemas generated from the SDKs (core/bodies.py)
+    ("schema-role", enc(req(messages=[{"role": "bot", "content": "hi"}])), ("invalid_value", "body.messages[0].role"),
+     enc(req(messages=[{"role": "developer", "content": "hi"}])), {}),
+    ("schema-type", enc(req(max_tokens="5")), ("invalid_type", "body.max_tokens"), enc(req(max_tokens=5)), {}),
+    ("schema-int-range", enc(req(max_tokens=0)), ("integer_below_min_value", "body.max_tokens"),
+     enc(req(max_tokens=1)), {}),
+    ("schema-decimal-range", enc(req(temperature=2.5)), ("decimal_above_max_value", "body.temperature"),
+     enc(req(temperature=2)), {}),
+    ("schema-nested-required", enc(req(response_format={"type": "json_schema"})),
+     ("missing_required_parameter", "body.response_format.json_schema"),
+     enc(req(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})), {}),
+    ("schema-responses", enc(req(url=L.RESPONSES, input="hi", max_output_tokens=5)),
+     ("integer_below_min_value", "body.max_output_tokens"), enc(req(url=L.RESPONSES, input="hi", max_output_tokens=16)),
+     {}),
+    ("schema-embeddings", enc(req(url=EMB, dimensions=0)), ("integer_below_min_value", "body.dimensions"),
+     enc(req(url=EMB, dimensions=8)), {}),
+    ("anthropic-custom-id", enc({"custom_id": "a b", "params": ANTHROPIC}), ("invalid_custom_id", "custom_id"),
+     enc({"custom_id": "a_b-1", "params": ANTHROPIC}), {}),
+    ("anthropic-role", enc({"custom_id": "a", "params": {**ANTHROPIC, "messages": [{"role": "bot", "content": "x"}]}}),
+     ("invalid_value", "params.messages[0].role"), enc({"custom_id": "a", "params": ANTHROPIC}), {}),
+    ("anthropic-max-tokens", enc({"custom_id": "a", "params": without(ANTHROPIC, "max_tokens")}),
+     ("missing_required_parameter", "params.max_tokens"), enc({"custom_id": "a", "params": ANTHROPIC}), {}),
+    ("anthropic-duplicate", enc({"custom_id": "a", "params": ANTHROPIC}, {"custom_id": "a", "params": ANTHROPIC}),
+     ("duplicate_custom_id", "custom_id"),
+     enc({"custom_id": "a", "params": ANTHROPIC}, {"custom_id": "b", "params": {**ANTHROPIC, "model": "other"}}), {}),
 ]
 
 

@@ -16,22 +16,33 @@ feed raw lines (bytes, without the trailing newline) and read a `Report`. Every 
 | mismatched_model             | line  | body.model                  |
 | streaming_unsupported        | line  | body.stream                 |
 | duplicate_custom_id          | line  | custom_id                   |
+| invalid_value                | line  | body.<path>: the endpoint's request schema (`core/bodies.py`) |
+| integer_below_min_value      | line  | body.<path>; also `integer_above_max_value`, `decimal_…` |
+| decimal_above_max_value      | line  | body.<path> |
+| invalid_custom_id            | line  | custom_id (Anthropic lines: 1-64 of `[A-Za-z0-9_-]`) |
 | line_too_large *coldbatch*   | line  | -                           |
 | empty_file                   | file  | -                           |
 | too_many_tasks               | file  | - (or body.input for embeddings) |
 | file_too_large *coldbatch*   | file  | -                           |
+
+Bodies are also checked against the endpoint's request schema generated from the official SDKs
+(`core/bodies.py`): roles, field types, ranges, required fields, with a JSON path as param. A file of
+Anthropic Message Batch lines (`{"custom_id", "params"}`) is recognized by its first request and checked
+with Anthropic's rules (custom_id alphabet, 100,000 requests, 256 MB, the Messages schema on `params`).
 
 Random bytes never raise: anything that is not the expected shape is reported.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from coldbatch.core.bodies import check_body
 from coldbatch.errors import LineError
 from coldbatch.protocol import limits as L
 
@@ -45,6 +56,7 @@ _REQUIRED_BODY_FIELD = {
 _MODEL_REQUIRED = {L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES}
 _JSON_TYPE = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
               bool: "a boolean", type(None): "null"}
+_ANTHROPIC_ID = re.compile(L.ANTHROPIC_CUSTOM_ID)
 
 
 def _type_name(value: object) -> str:
@@ -78,15 +90,19 @@ class FileValidator:
 
     endpoint: the batch's endpoint; when None (linting a loose file) the first line's `url` sets it.
     models: the models the executor serves; None accepts any model name.
+    check_bodies: False for the server's own file of an Anthropic Message Batch, whose requests may name
+    several models and whose invalid params become errored results, as at Anthropic.
     """
 
     def __init__(self, *, file: str | None = None, endpoint: str | None = None,
                  models: Collection[str] | None = None, limits: L.Limits | None = None,
-                 max_errors: int = 1000) -> None:
+                 max_errors: int = 1000, check_bodies: bool = True) -> None:
         self.report = Report(file=file, endpoint=endpoint)
         self._fixed_endpoint = endpoint is not None
         self._models = models
         self._limits = limits or L.Limits()
+        self._limits_given = limits is not None
+        self._check_bodies = check_bodies
         self._max_errors = max_errors
         self._seen: dict[str, int] = {}
         self._embedding_inputs = 0
@@ -126,7 +142,33 @@ class FileValidator:
                         f"This line must be a JSON object, not {_type_name(obj)}.")
             return
         self.report.requests += 1
-        self._check_request(lineno, obj)
+        if "params" in obj and "url" not in obj and "body" not in obj and not self._fixed_endpoint:
+            self._check_anthropic(lineno, obj)
+        else:
+            self._check_request(lineno, obj)
+
+    def _check_anthropic(self, lineno: int, obj: dict[str, Any]) -> None:
+        """One line of an Anthropic Message Batch file: `{"custom_id", "params"}` (the inline request shape)."""
+        if self.report.endpoint is None:
+            self.report.endpoint = L.MESSAGES
+            if not self._limits_given:
+                self._limits = L.Limits(max_requests=L.ANTHROPIC_MAX_REQUESTS, max_bytes=L.ANTHROPIC_MAX_BYTES)
+        cid = obj.get("custom_id")
+        if isinstance(cid, str) and not _ANTHROPIC_ID.match(cid):
+            self._error(lineno, "invalid_custom_id", f"Invalid 'custom_id' {cid[:80]!r}: Anthropic needs 1 to 64 "
+                                                     "characters of letters, digits, '_' and '-'.", "custom_id")
+        else:
+            self._check_custom_id(lineno, cid)
+        params = obj["params"]
+        if not isinstance(params, dict):
+            self._error(lineno, "invalid_type", f"Invalid type for 'params': expected an object, but got "
+                                                f"{_type_name(params)}.", "params")
+            return
+        for param, code, message in check_body(L.MESSAGES, params, "params"):
+            self._error(lineno, code, message, param)
+        if params.get("stream") is True:
+            self._error(lineno, "streaming_unsupported", "Streaming is not supported in the Batch API.",
+                        "params.stream")
 
     def _check_request(self, lineno: int, obj: dict[str, Any]) -> None:
         missing = [k for k in ("custom_id", "method", "url", "body") if k not in obj]
@@ -164,7 +206,8 @@ class FileValidator:
                         f"The custom_id {cid!r} is a duplicate of the request on line {first}.", "custom_id")
 
     def _check_url(self, lineno: int, url: object) -> None:
-        if not isinstance(url, str) or url not in L.ENDPOINTS:
+        internal = url == L.MESSAGES and self.report.endpoint == L.MESSAGES and self._fixed_endpoint
+        if not internal and (not isinstance(url, str) or url not in L.ENDPOINTS):
             self._error(lineno, "invalid_url",
                         f"The URL {url!r} is not a Batch API endpoint; supported: {', '.join(L.ENDPOINTS)}.",
                         "url")
@@ -176,6 +219,9 @@ class FileValidator:
                         f"The URL provided for this request does not match {why}.", "url")
 
     def _check_body(self, lineno: int, url: str | None, body: dict[str, Any]) -> None:
+        if not self._check_bodies:
+            return
+        before = self.report.total_errors
         self._check_model(lineno, url, body)
         needed = _REQUIRED_BODY_FIELD.get(url or "")
         if needed:
@@ -190,6 +236,9 @@ class FileValidator:
         if body.get("stream") is True:
             self._error(lineno, "streaming_unsupported", "Streaming is not supported in the Batch API.",
                         "body.stream")
+        if self.report.total_errors == before and url:  # (the same mistake is not reported twice)
+            for param, code, message in check_body(url, body):
+                self._error(lineno, code, message, param)
 
     def _check_model(self, lineno: int, url: str | None, body: dict[str, Any]) -> None:
         model = body.get("model")

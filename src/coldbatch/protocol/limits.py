@@ -14,6 +14,9 @@ EMBEDDINGS: Final = "/v1/embeddings"
 COMPLETIONS: Final = "/v1/completions"
 RESPONSES: Final = "/v1/responses"
 MODERATIONS: Final = "/v1/moderations"
+#: Anthropic's Messages API: never a `url` of an OpenAI batch line; the server stores an Anthropic Message Batch
+#: as lines with this url (server/anthropic_api.py), and `validate` knows its `{"custom_id", "params"}` lines
+MESSAGES: Final = "/v1/messages"
 
 #: Every `url`/`endpoint` value the current OpenAI spec accepts for a batch.
 ENDPOINTS: Final = (
@@ -33,6 +36,12 @@ MAX_EMBEDDING_INPUTS: Final = 50_000
 #: coldbatch's own guard, not an OpenAI rule: a single request line above this is almost always a bug
 #: (a whole document pasted into one row) and is reported instead of being sent.
 MAX_LINE_BYTES: Final = 10 * 1000 * 1000
+
+
+#: Anthropic's Message Batches: requests and bytes per batch; custom_id alphabet and length
+ANTHROPIC_MAX_REQUESTS: Final = 100_000
+ANTHROPIC_MAX_BYTES: Final = 256 * 1000 * 1000
+ANTHROPIC_CUSTOM_ID: Final = r"^[a-zA-Z0-9_-]{1,64}$"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coldbatch.engines.base import Engine
 from coldbatch.errors import ApiError
-from coldbatch.server import dashboard, routes, tracing
+from coldbatch.server import anthropic_api, dashboard, dialects, routes, tracing
 from coldbatch.server.app_types import ServerSettings, Services
 from coldbatch.server.executor import Executor
 from coldbatch.server.scheduler import Slots
@@ -129,6 +129,8 @@ def scaleout_services(settings: ServerSettings, engine: Engine, slots: Slots) ->
 
 
 def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
+    engine = dialects.wrap(engine)  # + Anthropic messages and OpenAI responses, translated to chat
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +160,8 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
             store.close()
 
     app = Starlette(
-        routes=[Route(path, fn, methods=methods) for path, fn, methods in (*routes.ROUTES, *dashboard.ROUTES)],
+        routes=[Route(path, fn, methods=methods) for path, fn, methods in (*routes.ROUTES, *anthropic_api.ROUTES,
+                                                                           *dashboard.ROUTES)],
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )

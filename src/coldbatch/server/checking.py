@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from coldbatch.core.validate import FileValidator
+from coldbatch.protocol import limits as L
 from coldbatch.validation import iter_lines
 
 
@@ -31,7 +32,9 @@ class Checked:
 
 
 def check_file(path: str, filename: str, endpoint: str, models: Collection[str] | None, max_errors: int) -> Checked:
-    v = FileValidator(file=filename, endpoint=endpoint, models=models, max_errors=max_errors)
+    # an Anthropic Message Batch's own file: its params are checked per request as it runs (errored results)
+    v = FileValidator(file=filename, endpoint=endpoint, models=models, max_errors=max_errors,
+                      check_bodies=endpoint != L.MESSAGES)
     v.feed_many(iter_lines(Path(path)))
     report = v.finish()
     return Checked(report.ok, [{"code": e.code, "line": e.line, "param": e.param, "message": e.message}

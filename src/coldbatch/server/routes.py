@@ -43,7 +43,8 @@ def caller(request: Request) -> str:
     if not svc.owners:
         return "local"
     auth = request.headers.get("authorization", "")
-    key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+    # `x-api-key` is how Anthropic's API (and older anthropic SDKs) send the key; the same keys serve both
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "").strip()
     owner = svc.owners.get(hashlib.sha256(key.encode()).hexdigest()) if key else None
     if owner is None:
         raise ApiError(401, "Incorrect API key provided.", type_="invalid_request_error", code="invalid_api_key")
