@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ import httpx
 from _common import free_port
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+START_S = 300  #: the most a (re)start may take before the soak gives up
 
 
 class Server:
@@ -39,6 +41,7 @@ class Server:
         self.data, self.port, self.proc, self.src = data, port, None, src
         self.base = f"http://127.0.0.1:{port}"
         self.kills = 0
+        self.restarts: list[float] = []  #: seconds from each start to a /health answer
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", "0.005",
@@ -46,13 +49,16 @@ class Server:
         with (self.data.parent / "server.log").open("ab") as log:
             env = {**os.environ, "PYTHONPATH": str(self.src)}
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
-        deadline = time.time() + 60
-        while time.time() < deadline:
+        started = time.time()
+        while time.time() < started + START_S:  # generous: a niced server on a loaded machine starts slowly
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base + "/health", timeout=1).status_code in (200, 503):
+                if httpx.get(self.base + "/health", timeout=5).status_code in (200, 503):
+                    self.restarts.append(time.time() - started)
                     return
-            time.sleep(0.1)
-        raise SystemExit("the server did not start")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited {self.proc.returncode} at start (see server.log)")
+            time.sleep(0.2)
+        raise RuntimeError(f"the server did not answer /health within {START_S} s of its start")
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -147,9 +153,11 @@ def drain(http: httpx.Client, batches: dict[str, set[str]], seconds: float) -> N
 
 
 def report(args: argparse.Namespace, ops: dict[str, int], kills: int, checked: int, problems: list[str],
-           samples: list[tuple[float, dict[str, float]]]) -> None:
+           samples: list[tuple[float, dict[str, float]]], restarts: list[float]) -> None:
     print(f"### soak: {args.minutes:g} min, kill -9 every ~{args.kill_every:g} s (`python bench/soak.py`)\n")
     print(f"- operations: {ops}; server kills: {kills}; batches checked: {checked}")
+    if restarts:
+        print(f"- start to first /health answer: median {statistics.median(restarts):.1f} s, max {max(restarts):.1f} s")
     print("\n| minute | RSS | open fds | WAL | data dir |\n|---:|---:|---:|---:|---:|")
     for at, x in samples[:: max(1, int(60 / args.sample))] + samples[-1:]:
         print(f"| {at / 60:.1f} | {x['rss_mb']:.0f} MB | {x['fds']:.0f} | {x['wal_mb']:.1f} MB | "
@@ -166,11 +174,13 @@ def main() -> None:
     ap.add_argument("--kill-every", type=float, default=45, help="mean seconds between kill -9s (0: never)")
     ap.add_argument("--drain", type=float, default=300)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--src", help="copy the server's code from DIR/coldbatch (default: this tree's src/), e.g. a "
+                                  "`git archive HEAD src | tar -x` when others are editing the tree")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="cb-soak-"))
     src = work / "src"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "src" / "coldbatch", src / "coldbatch",
+    shutil.copytree(Path(args.src or Path(__file__).resolve().parents[1] / "src") / "coldbatch", src / "coldbatch",
                     ignore=shutil.ignore_patterns("__pycache__"))
     server = Server(work / "data", free_port(), src)
     server.data.mkdir()
@@ -199,11 +209,14 @@ def main() -> None:
         drain(http, batches, args.drain)
         samples.append((time.time() - t0, server.sample()))
         checked, problems = check(http, batches)
+    except Exception as exc:  # report what was seen, and keep the data dir and server log to look at
+        checked, problems = 0, [f"soak stopped at {(time.time() - t0) / 60:.1f} min: {exc}; kept {work}"]
     finally:
         http.close()
         server.stop()
+    if not problems:
         shutil.rmtree(work, ignore_errors=True)
-    report(args, ops, server.kills, checked, problems, samples)
+    report(args, ops, server.kills, checked, problems, samples, server.restarts)
     sys.exit(1 if problems else 0)
 
 
