@@ -16,6 +16,7 @@ from typing import Any
 import anthropic
 import pytest
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
+from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
 from anthropic.types.messages.batch_create_params import Request
 
 from coldbatch.engines.echo import EchoEngine
@@ -23,8 +24,12 @@ from coldbatch.engines.echo import EchoEngine
 from .conftest import Server
 
 LABELS = ["negative", "neutral", "positive"]
-SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "enum": LABELS}}, "required": ["label"],
-          "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": LABELS}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
 
 
 def client(srv: Server, key: str = "sk-test") -> anthropic.Anthropic:
@@ -49,24 +54,41 @@ def wait_ended(c: anthropic.Anthropic, batch_id: str, timeout: float = 30) -> An
 def test_message_batch_workflow_as_documented(serve) -> None:  # type: ignore[no-untyped-def]
     srv = serve(EchoEngine(models={"claude-echo"}))
     c = client(srv)
-    batch = c.messages.batches.create(requests=[
-        Request(custom_id="my-first-request", params=params("Hello, world")),
-        Request(custom_id="my-second-request", params=params("Hi again, friend", system="Label it.",
-                                                             output_config={"format": {"type": "json_schema",
-                                                                                       "schema": SCHEMA}})),
-        Request(custom_id="bad-role", params={"model": "claude-echo", "max_tokens": 5,
-                                              "messages": [{"role": "robot", "content": "x"}]}),  # type: ignore[list-item]
-        Request(custom_id="unknown-model", params={**params("x"), "model": "claude-nope"}),
-    ])
+    batch = c.messages.batches.create(
+        requests=[
+            Request(custom_id="my-first-request", params=params("Hello, world")),
+            Request(
+                custom_id="my-second-request",
+                params=params(
+                    "Hi again, friend",
+                    system="Label it.",
+                    output_config={"format": {"type": "json_schema", "schema": SCHEMA}},
+                ),
+            ),
+            Request(
+                custom_id="bad-role",
+                params={"model": "claude-echo", "max_tokens": 5, "messages": [{"role": "robot", "content": "x"}]},
+            ),  # type: ignore[list-item]
+            Request(custom_id="unknown-model", params={**params("x"), "model": "claude-nope"}),
+        ]
+    )
     assert batch.id.startswith("msgbatch_") and batch.type == "message_batch"
     assert batch.processing_status == "in_progress" and batch.results_url is None
     assert batch.request_counts.processing == 4 and batch.ended_at is None
     assert batch.expires_at.timestamp() - batch.created_at.timestamp() == 86_400
     batch = wait_ended(c, batch.id)
     assert batch.processing_status == "ended" and batch.ended_at is not None
-    assert batch.request_counts.model_dump() == {"processing": 0, "succeeded": 2, "errored": 2, "canceled": 0,
-                                                 "expired": 0}
+    assert batch.request_counts.model_dump() == {
+        "processing": 0,
+        "succeeded": 2,
+        "errored": 2,
+        "canceled": 0,
+        "expired": 0,
+    }
     assert batch.results_url == f"{srv.root}/v1/messages/batches/{batch.id}/results"
+    MessageBatch.model_validate(srv.http().get(f"/v1/messages/batches/{batch.id}").json())  # strictly
+    for line in srv.http().get(f"/v1/messages/batches/{batch.id}/results").text.splitlines():
+        MessageBatchIndividualResponse.model_validate_json(line)
     results = {r.custom_id: r.result for r in c.messages.batches.results(batch.id)}
     assert set(results) == {"my-first-request", "my-second-request", "bad-role", "unknown-model"}
     first = results["my-first-request"]
@@ -90,8 +112,9 @@ def test_create_refuses_bad_custom_ids_with_anthropic_errors(server: Server) -> 
     assert err.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert "requests.0.custom_id" in err.value.body["error"]["message"]  # type: ignore[index]
     with pytest.raises(anthropic.BadRequestError, match="unique"):
-        c.messages.batches.create(requests=[Request(custom_id="a", params=params("x")),
-                                            Request(custom_id="a", params=params("y"))])
+        c.messages.batches.create(
+            requests=[Request(custom_id="a", params=params("x")), Request(custom_id="a", params=params("y"))]
+        )
     with pytest.raises(anthropic.NotFoundError):
         c.messages.batches.retrieve("msgbatch_doesnotexist")
 
@@ -101,8 +124,9 @@ def test_cancel_list_and_delete(serve) -> None:  # type: ignore[no-untyped-def]
     c = client(srv)
     done = c.messages.batches.create(requests=[Request(custom_id="only", params=params("quick"))])
     done = wait_ended(c, done.id)
-    slow = c.messages.batches.create(requests=[Request(custom_id=f"r{i}", params=params(f"text {i}"))
-                                               for i in range(400)])
+    slow = c.messages.batches.create(
+        requests=[Request(custom_id=f"r{i}", params=params(f"text {i}")) for i in range(400)]
+    )
     canceling = c.messages.batches.cancel(slow.id)
     assert canceling.processing_status in ("canceling", "ended") and canceling.cancel_initiated_at is not None
     slow = wait_ended(c, slow.id)
@@ -123,25 +147,44 @@ def test_cancel_list_and_delete(serve) -> None:  # type: ignore[no-untyped-def]
 
 def test_messages_create_and_its_errors(server: Server) -> None:
     c = client(server)
-    msg = c.messages.create(model="claude-echo", max_tokens=1024, system="Be brief.",
-                            messages=[{"role": "user", "content": "Hello, Claude"}])
+    msg = c.messages.create(
+        model="claude-echo",
+        max_tokens=1024,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "Hello, Claude"}],
+    )
     assert msg.type == "message" and msg.content[0].text == "Hello, Claude"  # type: ignore[union-attr]
     assert msg.id.startswith("msg_") and msg.model == "claude-echo" and msg.stop_reason == "end_turn"
     cut = c.messages.create(model="claude-echo", max_tokens=1, messages=[{"role": "user", "content": "a b c d e f"}])
     assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 1
-    blocks = c.messages.create(model="claude-echo", max_tokens=64, messages=[
-        {"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]}])
+    blocks = c.messages.create(
+        model="claude-echo",
+        max_tokens=64,
+        messages=[{"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]}],
+    )
     assert blocks.content[0].text == "one two"  # type: ignore[union-attr]
     with pytest.raises(anthropic.BadRequestError) as err:
-        c.messages.create(model="claude-echo", max_tokens=10,
-                          messages=[{"role": "user", "content": [{"type": "document", "source": {
-                              "type": "text", "media_type": "text/plain", "data": "x"}}]}])
+        c.messages.create(
+            model="claude-echo",
+            max_tokens=10,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
+                    ],
+                }
+            ],
+        )
     assert err.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert "not supported" in err.value.body["error"]["message"]  # type: ignore[index]
     raw = server.http().post("/v1/messages", json={"model": "m", "messages": [{"role": "user", "content": "x"}]})
     assert raw.status_code == 400  # (the SDK refuses to send this one itself)
-    assert raw.json() == {"type": "error", "request_id": None, "error": {
-        "type": "invalid_request_error", "message": "max_tokens: Missing required parameter: 'max_tokens'."}}
+    assert raw.json() == {
+        "type": "error",
+        "request_id": None,
+        "error": {"type": "invalid_request_error", "message": "max_tokens: Missing required parameter: 'max_tokens'."},
+    }
 
 
 def test_keys_x_api_key_and_isolation(serve) -> None:  # type: ignore[no-untyped-def]
@@ -155,7 +198,9 @@ def test_keys_x_api_key_and_isolation(serve) -> None:  # type: ignore[no-untyped
         client(srv, "sk-wrong").messages.batches.list()
     assert err.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
     http = srv.http(api_key=None)
-    ok = http.post("/v1/messages", headers={"x-api-key": "sk-b", "anthropic-version": "2023-06-01"},
-                   json=params("by x-api-key"))
+    ok = http.post(
+        "/v1/messages", headers={"x-api-key": "sk-b", "anthropic-version": "2023-06-01"}, json=params("by x-api-key")
+    )
     assert ok.status_code == 200 and ok.json()["content"][0]["text"] == "by x-api-key"
+    anthropic.types.Message.model_validate(ok.json())  # strictly: every field the SDK's type requires
     assert http.post("/v1/messages", headers={"x-api-key": "nope"}, json=params("x")).status_code == 401

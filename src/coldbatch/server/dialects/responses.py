@@ -216,7 +216,8 @@ def from_chat(res: Result, body: dict[str, Any]) -> Result:
             "usage": {
                 "input_tokens": prompt,
                 "input_tokens_details": {
-                    "cached_tokens": (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                    "cached_tokens": (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+                    "cache_write_tokens": 0,
                 },
                 "output_tokens": completion,
                 "output_tokens_details": {"reasoning_tokens": 0},
