@@ -1,27 +1,19 @@
-"""`validate_file()`: lint a batch input file on disk with the rules of `core.validate`, streaming."""
+"""`validate_file()`: lint a batch input file on disk with the rules of `core.validate`, streaming.
+
+`iter_lines` (the JSONL reader, now in `coldbatch.jsonl`) is still importable from here."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection
 from pathlib import Path
 
 from coldbatch.builder.manifest import shard_paths
 from coldbatch.core.validate import FileValidator, Report
 from coldbatch.errors import InputError
+from coldbatch.jsonl import iter_lines
 from coldbatch.protocol.limits import Limits
 
-
-def iter_lines(path: Path) -> Iterator[bytes]:
-    """Physical lines of a file as bytes, without `\\n` (or `\\r\\n`), in O(longest line) memory.
-
-    The same lines as `core.validate.split_lines` gives for the whole file's bytes (a final `\\r` with
-    no `\\n` after it is dropped too), so a file validates alike from disk and from memory.
-    """
-    with path.open("rb") as fh:
-        for raw in fh:
-            if raw.endswith(b"\n"):
-                raw = raw[:-1]
-            yield raw[:-1] if raw.endswith(b"\r") else raw
+__all__ = ["expand_paths", "iter_lines", "validate_file"]
 
 
 def validate_file(path: str | Path, *, endpoint: str | None = None, models: Collection[str] | None = None,

@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 import orjson
 
-from coldbatch.engines.base import Result, error_result
+from coldbatch.protocol.lines import Result, error_result
 from coldbatch.estimate import tokens as T
 from coldbatch.hotpath import limits as LM
 

@@ -16,14 +16,12 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from coldbatch.errors import UsageError
+from coldbatch.protocol import limits as L
 from coldbatch.runner import ledger as LG
-from coldbatch.validation import iter_lines
+from coldbatch.runner.requests import job_requests
 
 if TYPE_CHECKING:
     from coldbatch.hotpath.client import SyncClient
@@ -66,17 +64,11 @@ def unanswered_requests(ledger: LG.Ledger, job_id: str) -> list[tuple[str, str, 
     """(custom_id, url, body) of every request of the job without a success, from its round-1 files."""
     answered = {r["custom_id"] for r in ledger.iter_results(job_id) if r["state"] == "ok"}
     out, seen = [], set()
-    for u in ledger.units(job_id):
-        if u["round"] != 1:
-            continue
-        for line in iter_lines(Path(u["path"])):
-            if not line.strip():
-                continue
-            req = orjson.loads(line)
-            cid = req["custom_id"]
-            if cid not in answered and cid not in seen:
-                seen.add(cid)
-                out.append((cid, req.get("url") or "/v1/chat/completions", req["body"]))
+    for _, req in job_requests(ledger, job_id):
+        cid = req.custom_id
+        if cid not in answered and cid not in seen:
+            seen.add(cid)
+            out.append((cid, req.url or L.CHAT, req.body))
     return out
 
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 
+from coldbatch.jsonl import read_outputs
 from coldbatch.protocol import limits as L
+from coldbatch.protocol.lines import OutputLine
 from coldbatch.runner.confidence import label_confidence
 from coldbatch.runner.ledger import Outcome
-from coldbatch.validation import iter_lines
 
 TRANSIENT_CODES = frozenset({"batch_expired", "engine_error", "server_error", "rate_limit_exceeded", "timeout",
                              "missing_result"})
@@ -64,38 +65,33 @@ def read_output(path: Path, endpoint: str, *, cancelled_by_user: bool = False,
                 labels: tuple[str, frozenset[str]] | None = None) -> Iterator[Outcome]:
     """The output file's lines. A line that is not a 2xx answer (some providers put those here too) is
     classified like an error-file line, never taken for a success."""
-    for line in iter_lines(path):
-        if not line.strip():
-            continue
-        rec = orjson.loads(line)
-        resp = rec.get("response") or {}
-        status = resp.get("status_code")
-        if not resp or (status is not None and not 200 <= int(status) < 300):
-            yield classify(rec, cancelled_by_user=cancelled_by_user)
-            continue
-        yield answered(rec["custom_id"], endpoint, resp.get("body") or {}, labels)
+    for line in read_outputs(path):
+        if line.ok:
+            yield answered(line.custom_id, endpoint, line.body or {}, labels)
+        else:
+            yield classify(line, cancelled_by_user=cancelled_by_user)
 
 
 def read_errors(path: Path, *, cancelled_by_user: bool) -> Iterator[Outcome]:
-    for line in iter_lines(path):
-        if line.strip():
-            yield classify(orjson.loads(line), cancelled_by_user=cancelled_by_user)
+    for line in read_outputs(path):
+        yield classify(line, cancelled_by_user=cancelled_by_user)
 
 
-def classify(rec: dict[str, Any], *, cancelled_by_user: bool) -> Outcome:
-    """One failed request: `retry` (transient) or `failed` (permanent, reported with its message)."""
-    resp = rec.get("response")
-    if not resp:
-        err = rec.get("error") or {}
+def classify(line: OutputLine | dict[str, Any], *, cancelled_by_user: bool) -> Outcome:
+    """One failed request: `retry` (transient) or `failed` (permanent, reported with its message).
+    `line` may also be a decoded output line (a dict)."""
+    if isinstance(line, dict):
+        line = OutputLine.from_obj(line)
+    if line.status_code is None:
+        err = line.error or {}
         code = str(err.get("code") or "unknown_error")
         transient = code in TRANSIENT_CODES or (code == "batch_cancelled" and not cancelled_by_user)
-        return Outcome(rec["custom_id"], "retry" if transient else "failed", None, code, err.get("message"))
-    status = int(resp.get("status_code") or 0)
-    body = resp.get("body")
-    err = (body.get("error") if isinstance(body, dict) else None) or {}
+        return Outcome(line.custom_id, "retry" if transient else "failed", None, code, err.get("message"))
+    status = line.status_code
+    err = (line.body or {}).get("error") or {}
     if not isinstance(err, dict):
         err = {"message": str(err)}
     code = str(err.get("code") or f"http_{status}")
     transient = transient_status(status) or code in TRANSIENT_CODES
-    return Outcome(rec["custom_id"], "retry" if transient else "failed", None, code,
+    return Outcome(line.custom_id, "retry" if transient else "failed", None, code,
                    err.get("message") or f"HTTP {status}")
