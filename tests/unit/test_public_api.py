@@ -86,3 +86,13 @@ def test_import_does_not_load_the_data_stack() -> None:
     code = "import coldbatch, sys; print([m for m in ('polars', 'pyarrow', 'numpy', 'openai') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_prepare_validate_and_estimate_load_no_provider_sdk() -> None:
+    """An SDK costs 0.5-2 s to import; these commands call no provider (issue 11: prepare >= 10x naive)."""
+    code = (
+        "import sys, coldbatch.cli.prepare, coldbatch.cli.validate, coldbatch.cli.estimate; "
+        "print([m for m in ('openai', 'anthropic', 'google.genai') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
