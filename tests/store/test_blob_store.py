@@ -68,3 +68,18 @@ def test_only_server_minted_keys_are_accepted(blob_store: BlobStore, key: str) -
         pass
     with pytest.raises(ValueError, match="bad blob key"):
         blob_store.local_path(key)
+
+
+def test_ranges_chunks_and_the_local_side(blob_store: BlobStore) -> None:
+    assert isinstance(blob_store, BlobStore)
+    data = bytes(range(256)) * 5000  # 1.28 MB
+    with blob_store.writer("file-r") as fh:
+        fh.write(data)
+    with blob_store.open("file-r", 1000) as fh:
+        assert fh.read(10) == data[1000:1010]
+    with blob_store.open("file-r", 5, 9) as fh:
+        assert fh.read(4) == data[5:9]
+    blocks = list(blob_store.iter_chunks("file-r", 1 << 19))
+    assert b"".join(blocks) == data and max(map(len, blocks)) <= 1 << 19 and len(blocks) == 3
+    assert blob_store.local_root.is_dir()
+    assert blob_store.local_path("file-r").stat().st_size == len(data)

@@ -14,6 +14,7 @@ from coldbatch.store.records import Entry
 
 def test_entries_round_trip(make_cache: Callable[..., CacheStore]) -> None:
     cache = make_cache()
+    assert isinstance(cache, CacheStore)
     assert cache.put_many([Entry("k-1", "positive", 10, 2, 0.93), Entry("k-2", "negative", 11, 2)]) == 2
     got = cache.get_many(["k-1", "k-2", "k-3"])
     assert got == {"k-1": Entry("k-1", "positive", 10, 2, 0.93), "k-2": Entry("k-2", "negative", 11, 2)}

@@ -309,6 +309,16 @@ def test_batch_listing_pages_newest_first_per_owner(server_store: ServerStore) -
     assert server_store.get_batch("batch_x", "local") is None
 
 
+def test_only_a_terminal_batch_of_the_owner_is_deleted(server_store: ServerStore) -> None:
+    running = _batch(server_store, "batch_run", status=S.IN_PROGRESS)
+    done = _batch(server_store, "batch_done", status=S.COMPLETED)
+    assert not server_store.delete_batch(running, "local") and not server_store.delete_batch(done, "other")
+    assert not server_store.delete_batch("batch_nope", "local")
+    assert server_store.delete_batch(done, "local") and not server_store.delete_batch(done, "local")
+    assert server_store.get_batch(done, None) is None and server_store.events(done) == []
+    assert server_store.get_batch(running, "local") is not None
+
+
 def test_batch_totals_and_the_settled_mark_are_what_the_rows_say(server_store: ServerStore) -> None:
     assert server_store.settled_seq() == 0
     a = _batch(server_store, "batch_a", status=S.IN_PROGRESS, model="m1")
@@ -347,6 +357,7 @@ def test_enqueued_tokens_and_blob_owners(server_store: ServerStore) -> None:
 
 
 def test_migrate_again_is_a_no_op(server_store: ServerStore) -> None:
+    assert isinstance(server_store, ServerStore)
     bid = _batch(server_store)
     assert server_store.migrate() == []
     assert _get(server_store, bid)["status"] == "validating"

@@ -13,8 +13,7 @@ from coldbatch.protocol import limits as L
 from coldbatch.server.executor import Executor, ExecutorConfig
 from coldbatch.server.metrics import ServerMetrics
 from coldbatch.server.scheduler import Slots
-from coldbatch.store.blobs import LocalBlobStore
-from coldbatch.store.sqlite import SqliteStore
+from coldbatch.store.interfaces import BlobStore, ServerStore
 
 
 @dataclass
@@ -38,8 +37,8 @@ class ServerSettings:
 @dataclass
 class Services:
     settings: ServerSettings
-    store: SqliteStore
-    blobs: LocalBlobStore
+    store: ServerStore
+    blobs: BlobStore
     engine: Engine
     slots: Slots
     executor: Executor

@@ -11,7 +11,7 @@ Why it is built like this:
 - No build step and no CDN (the machine may be offline): `server/ui/` holds plain HTML, CSS and JS that
   ship in the wheel; the page polls the small JSON API below (`/ui/api/…`) and renders with the DOM
   (text only: filenames and metadata are the caller's data, never parsed as HTML).
-- Paged: a page of batches is one indexed query (`SqliteStore.batch_page`) plus one count by status, so
+- Paged: a page of batches is one indexed query (`ServerStore.batch_page`) plus one count by status, so
   it costs the same with 10 batches or 10,000 (bench/ui_page.py). Every JSON answer carries a
   `Server-Timing` header with its server time.
 """
@@ -263,13 +263,13 @@ def batch_errors(svc: Services, row: dict[str, Any], limit: int) -> list[dict[st
     if not row["error_file_id"] or not svc.blobs.exists(row["error_file_id"]):
         return []
     entries = []
-    for raw in iter_lines(svc.blobs.path(row["error_file_id"])):
+    for raw in iter_lines(svc.blobs.local_path(row["error_file_id"])):
         if len(entries) >= limit:
             break
         if raw.strip():
             entries.append(_error_entry(raw, None))
     if svc.blobs.exists(row["input_file_id"]):
-        lines = _input_lines(str(svc.blobs.path(row["input_file_id"])),
+        lines = _input_lines(str(svc.blobs.local_path(row["input_file_id"])),
                              tuple(e["custom_id"] for e in entries if e["custom_id"]))
         for e in entries:
             e["line"] = lines.get(e["custom_id"])

@@ -1,7 +1,7 @@
 """Runs batches: validate → execute on the engine → finalize, and resumes all of it after a crash.
 
 Exactly-once effect, at-least-once execution (DESIGN.md): a finished request counts only once its
-result row is committed (`SqliteStore.record_results`, in groups); after a restart the executor skips
+result row is committed (`ServerStore.record_results`, in groups); after a restart the executor skips
 every `custom_id` already logged and re-runs the rest. Result files are built from the log alone
 (input order; the never-run lines of an expired or cancelled batch get ids derived from the batch and
 the `custom_id`), under keys derived from the batch id, and registered in the same transaction as the
@@ -33,9 +33,9 @@ from coldbatch.protocol.batches import FILE_TTL, seq_id
 from coldbatch.protocol.lines import RequestLine, encode_never_ran, encode_response
 from coldbatch.server import checking, tracing
 from coldbatch.server.scheduler import COLD, Slots
-from coldbatch.store.blobs import LocalBlobStore
+from coldbatch.store.interfaces import BlobStore, ServerStore
+from coldbatch.store.records import ResultRow
 from coldbatch.store.space import free_bytes, is_disk_full
-from coldbatch.store.sqlite import ResultRow, SqliteStore
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _chunk_size(engine: Engine, endpoint: str) -> int:
 
 
 class Executor:
-    def __init__(self, store: SqliteStore, blobs: LocalBlobStore, engine: Engine, slots: Slots, *,
+    def __init__(self, store: ServerStore, blobs: BlobStore, engine: Engine, slots: Slots, *,
                  config: ExecutorConfig | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store, self.blobs, self.engine, self.slots = store, blobs, engine, slots
         self.config = config or ExecutorConfig()
@@ -100,14 +100,14 @@ class Executor:
     def storage(self) -> dict[str, Any]:
         """For /health: whether writes are being refused for want of space, since when, and what is free."""
         full = self.disk_full_since
-        return {"status": "full" if full is not None else "ok", "free_bytes": free_bytes(self.blobs.root),
+        return {"status": "full" if full is not None else "ok", "free_bytes": free_bytes(self.blobs.local_root),
                 "full_for_seconds": round(time.monotonic() - full, 1) if full is not None else None}
 
     def _disk_full(self, what: str) -> None:
         if self.disk_full_since is None:
             self.disk_full_since = time.monotonic()
             logger.error("disk full (%s free): %s; waiting for space, retrying with back-off",
-                         f"{free_bytes(self.blobs.root):,} bytes", what)
+                         f"{free_bytes(self.blobs.local_root):,} bytes", what)
 
     def _disk_ok(self) -> None:
         if self.disk_full_since is not None:
@@ -117,7 +117,7 @@ class Executor:
 
     @property
     def _reserve(self) -> Path:
-        return self.blobs.root.parent / "disk-reserve"
+        return self.blobs.local_root.parent / "disk-reserve"
 
     def _keep_reserve(self) -> None:
         """Best effort: (re)create the reserve file; a disk too full for it goes without."""
@@ -227,7 +227,7 @@ class Executor:
             self._fail(row, [{"code": "invalid_url", "line": None, "param": "endpoint", "message":
                               f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}."}])
             return
-        args = (str(self.blobs.path(f["id"])), f["filename"], row["endpoint"], self.engine.info.models,
+        args = (str(self.blobs.local_path(f["id"])), f["filename"], row["endpoint"], self.engine.info.models,
                 MAX_REPORTED_ERRORS)
         checked = await self._check_file(*args)
         if not checked.ok:
@@ -263,7 +263,7 @@ class Executor:
     def _prompt_tokens(self, file_id: str, endpoint: str) -> int:
         counter = T.counter("o200k_base")
         total, texts = 0, []
-        for _, req in read_requests(self.blobs.path(file_id)):
+        for _, req in read_requests(self.blobs.local_path(file_id)):
             t, overhead = prompt_texts(req.body, endpoint)
             total += overhead
             texts.extend(t)
@@ -276,7 +276,7 @@ class Executor:
     def _requests(self, row: dict[str, Any], skip: set[int]) -> Iterator[_Item]:
         """(line number, custom_id, body) of each request whose line is not in `skip`, in input order."""
         parse = RequestLine.parse
-        for n, line in request_lines(self.blobs.path(row["input_file_id"])):
+        for n, line in request_lines(self.blobs.local_path(row["input_file_id"])):
             if n not in skip:
                 req = parse(line)
                 yield n, req.custom_id, req.body
@@ -477,7 +477,7 @@ class Executor:
         for key, kind, n in ((out_key, "output", counts["ok"]), (err_key, "error", counts["err"] + counts["never"])):
             if n:
                 files.append({"id": key, "owner": row["owner"], "filename": f"batch_{bid[6:]}_{kind}.jsonl",
-                              "purpose": "batch_output", "bytes": self.blobs.path(key).stat().st_size,
+                              "purpose": "batch_output", "bytes": self.blobs.size(key),
                               "created_at": now, "expires_at": now + ttl})
                 fields[f"{kind}_file_id"] = key
             else:

@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from coldbatch.core.status import BatchStatus
 from coldbatch.engines.base import Engine, Result
 from coldbatch.server.scheduler import COLD, HOT, Slots
-from coldbatch.store.sqlite import SqliteStore
+from coldbatch.store.interfaces import ServerStore
 
 #: created → terminal, in seconds: from a test's seconds to the 24 h window
 BATCH_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 43200.0, 86400.0)
@@ -44,7 +44,7 @@ class ServerMetrics:
     """The app's registry: a collector that reads the store, slots and engine at scrape time, plus the
     few in-memory series (synchronous requests, slot waits)."""
 
-    def __init__(self, store: SqliteStore, engine: Engine, slots: Slots) -> None:
+    def __init__(self, store: ServerStore, engine: Engine, slots: Slots) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._sync = _SyncCounts()
         self._wait = {HOT: _Histogram(WAIT_BUCKETS), COLD: _Histogram(WAIT_BUCKETS)}
@@ -134,7 +134,7 @@ def _usage_tokens(usage: dict[str, Any]) -> Iterator[tuple[str, int]]:
 class _StoreCollector(Collector):
     """Everything read at scrape time: batches and uploads from the store, slots, engine workers."""
 
-    def __init__(self, store: SqliteStore, engine: Engine, slots: Slots, sync: _SyncCounts,
+    def __init__(self, store: ServerStore, engine: Engine, slots: Slots, sync: _SyncCounts,
                  wait: dict[int, _Histogram]) -> None:
         self.store, self.engine, self.slots, self.sync, self.wait = store, engine, slots, sync, wait
         self.settled = _Settled()
@@ -178,7 +178,7 @@ class _Settled:
         self.files_upto = 0
         self.files: dict[str, list[int]] = {}
 
-    def read(self, store: SqliteStore) -> tuple[list[dict[str, Any]], list[tuple[str, int, int]]]:
+    def read(self, store: ServerStore) -> tuple[list[dict[str, Any]], list[tuple[str, int, int]]]:
         with self._lock:
             settled = store.settled_seq()
             if settled > self.batches_upto:

@@ -178,8 +178,8 @@ def send_file(svc: Services, row: dict[str, Any]) -> Response:
                        else f"attachment; filename*=utf-8''{quoted}")
         return StreamingResponse(svc.blobs.iter_chunks(row["id"]), media_type="application/octet-stream",
                                  headers={"content-disposition": disposition, "content-length": str(row["bytes"])})
-    return _BlobResponse(svc.blobs.path(row["id"]), media_type="application/octet-stream", filename=row["filename"],
-                         content_disposition_type="attachment")
+    return _BlobResponse(svc.blobs.local_path(row["id"]), media_type="application/octet-stream",
+                         filename=row["filename"], content_disposition_type="attachment")
 
 
 async def file_content(request: Request) -> Response:

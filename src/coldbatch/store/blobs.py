@@ -19,6 +19,8 @@ _WRITER = itertools.count()
 
 
 class LocalBlobStore:
+    """`store.interfaces.BlobStore` in a local folder."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / "tmp").mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,17 @@ class LocalBlobStore:
     def local_path(self, key: str) -> Path:
         """The blob's own file (a remote store returns a local copy)."""
         return self.path(key)
+
+    @property
+    def local_root(self) -> Path:
+        """The folder itself: disk-space checks watch its filesystem."""
+        return self.root
+
+    def iter_chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
+        """The blob's bytes in blocks of `size`, read as they are sent."""
+        with self.open(key) as fh:
+            while block := fh.read(size):
+                yield block
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

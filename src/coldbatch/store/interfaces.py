@@ -78,6 +78,11 @@ class ServerStore(Protocol):
         """One page of the owner's batches, newest first, after the batch `after`; and whether more follow."""
         ...
 
+    def delete_batch(self, batch_id: str, owner: str) -> bool:
+        """Forget a terminal batch of the owner and its events (Anthropic's DELETE); False if there is no such
+        batch or it is not terminal. Its files are the caller's to delete."""
+        ...
+
     def unfinished_batches(self) -> list[Row]:
         """Every batch not terminal, oldest first (what a restarted executor picks up)."""
         ...
@@ -150,8 +155,13 @@ class BlobStore(Protocol):
         """A stream to write the blob into; published under `key` only if the block ends without error."""
         ...
 
-    def open(self, key: str) -> IO[bytes]:
-        """A stream of the blob's bytes (FileNotFoundError if absent)."""
+    def open(self, key: str, start: int = 0, end: int | None = None) -> IO[bytes]:
+        """A stream of the blob's bytes from `start` (FileNotFoundError if absent). `end` (exclusive) lets a
+        remote store ask for a range; a reader must still stop there itself."""
+        ...
+
+    def iter_chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
+        """The blob's bytes in blocks of at most `size`, read as they are consumed (a download)."""
         ...
 
     def local_path(self, key: str) -> Path:
@@ -181,8 +191,9 @@ class BlobStore(Protocol):
         """Every published key (writes in progress excluded)."""
         ...
 
-    def clear_tmp(self) -> None:
-        """Drop writes a crash interrupted; call only while no writer runs (at start)."""
+    def clear_tmp(self) -> int | None:
+        """Drop writes a crash interrupted (at start; a shared remote store only those past a grace period,
+        since other processes may be writing); how many, where the store counts them."""
         ...
 
 
@@ -204,8 +215,9 @@ class LedgerStore(Protocol):
 
     def jobs(self) -> list[Row]: ...
 
-    def set_job(self, job_id: str, **fields: Any) -> None:
-        """Write options / estimate / report; a `status` goes through `move_job` (ValueError if not allowed)."""
+    def set_job(self, job_id: str, **fields: Any) -> bool:
+        """Write options / estimate / report, and a `status` through the job table, in one step; False (and
+        nothing written) if the status may not follow the current one. ValueError for an unknown field."""
         ...
 
     def move_job(self, job_id: str, to: JobStatus) -> bool:

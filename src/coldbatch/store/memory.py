@@ -177,6 +177,15 @@ class MemoryServerStore:
             rows.sort(key=lambda b: b["seq"], reverse=True)
             return [dict(b) for b in rows[:limit]], len(rows) > limit
 
+    def delete_batch(self, batch_id: str, owner: str) -> bool:
+        with self._lock:
+            b = self._batches.get(batch_id)
+            if b is None or b["owner"] != owner or b["status"] not in _TERMINAL:
+                return False
+            del self._batches[batch_id]
+            self._events = [e for e in self._events if e[0] != batch_id]
+            return True
+
     def unfinished_batches(self) -> list[Row]:
         with self._lock:
             return [
@@ -385,11 +394,17 @@ class MemoryBlobStore:
         with self._lock:
             self._blobs[key] = (buf.getvalue(), time.time())
 
-    def open(self, key: str) -> IO[bytes]:
+    def open(self, key: str, start: int = 0, end: int | None = None) -> IO[bytes]:
         with self._lock:
             if self._check(key) not in self._blobs:
                 raise FileNotFoundError(key)
-            return io.BytesIO(self._blobs[key][0])
+            data = self._blobs[key][0]
+        return io.BytesIO(data[start:end])
+
+    def iter_chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
+        with self.open(key) as fh:
+            while block := fh.read(size):
+                yield block
 
     def local_path(self, key: str) -> Path:
         path = self._dir / self._check(key)
@@ -406,8 +421,10 @@ class MemoryBlobStore:
         return self._dir
 
     def size(self, key: str) -> int:
-        with self.open(key) as fh:
-            return len(fh.getbuffer()) if isinstance(fh, io.BytesIO) else len(fh.read())
+        with self._lock:
+            if self._check(key) not in self._blobs:
+                raise FileNotFoundError(key)
+            return len(self._blobs[key][0])
 
     def exists(self, key: str) -> bool:
         with self._lock:
