@@ -54,26 +54,36 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def _postgres() -> Iterator[str]:
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or ([shutil.which("initdb")] if shutil.which(
-        "initdb") else [])
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or (
+        [shutil.which("initdb")] if shutil.which("initdb") else []
+    )
     if not bins:
-        pytest.fail(f"PostgreSQL is not installed (no initdb): install Debian's `postgresql` (.ci/run does), set "
-                    f"{PG_VAR}, or set {SKIP_VAR}=1 to skip the scale-out tests")
+        pytest.fail(
+            f"PostgreSQL is not installed (no initdb): install Debian's `postgresql` (.ci/run does), set "
+            f"{PG_VAR}, or set {SKIP_VAR}=1 to skip the scale-out tests"
+        )
     bindir = Path(bins[-1]).parent
     root = Path(tempfile.mkdtemp(prefix="coldbatch-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
     data, port = root / "data", free_port()
-    subprocess.run(_as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
+        check=True,
+        capture_output=True,
+    )
     opts = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=300"
-    subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", opts,
-                                 "-w", "start"]), check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", opts, "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(_as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
-                       capture_output=True)
+        subprocess.run(
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]), capture_output=True
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -83,8 +93,9 @@ def _moto() -> Iterator[str]:
     if not exe.exists():
         pytest.fail(f"moto_server is not installed (the [dev] extra's moto[server]): set {S3_VAR} or {SKIP_VAR}=1")
     port = free_port()
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -113,9 +124,12 @@ def scaleout_infra() -> Iterator[Infra]:
     with contextlib.ExitStack() as stack:
         pg = _ENV[PG_VAR] or stack.enter_context(_postgres())
         s3 = _ENV[S3_VAR] or stack.enter_context(_moto())
-        aws = {"AWS_ENDPOINT_URL": s3, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-               "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
-               "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test")}
+        aws = {
+            "AWS_ENDPOINT_URL": s3,
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+        }
         old = {k: os.environ.get(k) for k in aws}
         os.environ.update(aws)
         try:
@@ -147,7 +161,8 @@ def scaleout(scaleout_infra: Infra) -> Iterator[Backend]:
         conn.execute(f"CREATE SCHEMA {schema}")
     boto3.client("s3").create_bucket(Bucket=bucket)
     sep = "&" if "?" in scaleout_infra.pg_url else "?"
-    yield Backend(f"{scaleout_infra.pg_url}{sep}options=-csearch_path%3D{schema}", f"s3://{bucket}/data",
-                  schema, bucket)
+    yield Backend(
+        f"{scaleout_infra.pg_url}{sep}options=-csearch_path%3D{schema}", f"s3://{bucket}/data", schema, bucket
+    )
     with psycopg.connect(scaleout_infra.pg_url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")

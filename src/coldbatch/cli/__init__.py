@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "cancel": "coldbatch.cli.jobs:cancel",
     "collect": "coldbatch.cli.jobs:collect",
     "serve": "coldbatch.cli.serve:serve",
+    "worker": "coldbatch.cli.worker:worker",
+    "migrate": "coldbatch.cli.worker:migrate",
     "cache": "coldbatch.cli.cache:cache",
     "ui": "coldbatch.cli.ui:ui",
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -91,11 +92,25 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
 @click.option("--running-batches", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batches executed at once, oldest first; later ones wait in_progress. One batch keeps the "
                    "engine busy, and finishing batches in order lets clients collect early ones while later run.")
+@click.option("--store", "store_url", envvar="COLDBATCH_STORE", metavar="postgresql://USER@HOST/DB",
+              help="Scale-out: metadata and the work queue in PostgreSQL (migrated at start) instead of SQLite in "
+                   "--data-dir; run any number of serve and `coldbatch worker` processes on it.")
+@click.option("--blobs", "blobs_url", envvar="COLDBATCH_BLOBS", metavar="s3://BUCKET/PREFIX",
+              help="Scale-out: files in an S3-compatible bucket (AWS_ENDPOINT_URL, AWS credentials) instead of "
+                   "--data-dir/files.")
+@click.option("--execute/--no-execute", default=True,
+              help="With --store: also execute chunks here (off: only `coldbatch worker`s execute).")
+@click.option("--lease-seconds", type=float, default=30.0,
+              help="With --store: chunk and coordination leases (a dead process's work moves on after this).")
+@click.option("--orphan-grace-seconds", type=float, default=600.0,
+              help="With --store: blobs no file owns and abandoned multipart uploads older than this are removed "
+                   "(younger ones may be another process's upload in flight).")
 def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | None, api_keys: tuple[str, ...],
           api_key_file: Path | None, max_upload_bytes: int, allow_short_windows: bool,
           enqueued_token_limit: int | None, echo_latency: float, echo_failure_rate: float, upstream: str | None,
           upstream_key: str | None, rpm: int | None, tpm: int | None, engine_workers: int | None,
-          engine_options: tuple[str, ...], running_batches: int) -> None:
+          engine_options: tuple[str, ...], running_batches: int, store_url: str | None, blobs_url: str | None,
+          execute: bool, lease_seconds: float, orphan_grace_seconds: float) -> None:
     """Serve an OpenAI-compatible /v1/files + /v1/batches API (plus sync /v1/chat/completions)."""
     import uvicorn
 
@@ -103,6 +118,15 @@ def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | 
     if not keys and not _is_loopback(host):
         raise UsageError(f"Refusing to bind {host} without an API key: anyone could read every batch. "
                          "Pass --api-key (or bind 127.0.0.1).")
+    if blobs_url and not store_url:
+        raise UsageError("--blobs needs --store postgresql://…: several processes share files only through a "
+                         "shared database")
+    if store_url:  # fail now, naming the database or the bucket, not at the first request
+        from coldbatch.cli.worker import open_backends
+
+        for opened in open_backends(store_url, blobs_url, data_dir):
+            with contextlib.suppress(Exception):
+                opened.close()
     options: dict[str, object] = {}
     if engine == "echo":
         options = {"latency": echo_latency, "failure_rate": echo_failure_rate}
@@ -118,11 +142,18 @@ def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | 
     settings = ServerSettings(data_dir=data_dir, api_keys=keys, max_upload_bytes=max_upload_bytes,
                               allow_short_windows=allow_short_windows,
                               executor=ExecutorConfig(enqueued_token_limit=enqueued_token_limit,
-                                                      running_batches=running_batches))
+                                                      running_batches=running_batches),
+                              store_url=store_url, blobs_url=blobs_url, execute=execute,
+                              lease_seconds=lease_seconds, orphan_grace_seconds=orphan_grace_seconds)
     label = f"{eng.info.name} (TEST FIXTURE, not a model)" if eng.info.fixture else eng.info.name
     if isinstance(eng, pool.WorkerPool):
         label += f", {eng.workers} worker process{'es' if eng.workers > 1 else ''}"
-    click.echo(f"coldbatch serve: engine {label}, data in {data_dir.resolve()}, http://{host}:{port}/v1", err=True)
+    where = f"data in {data_dir.resolve()}"
+    if store_url:
+        from coldbatch.store.postgres import redact
+
+        where = f"store {redact(store_url)}, files in {blobs_url or data_dir.resolve()}"
+    click.echo(f"coldbatch serve: engine {label}, {where}, http://{host}:{port}/v1", err=True)
     click.echo(f"dashboard http://{host}:{port}/ui/, Prometheus metrics http://{host}:{port}/metrics", err=True)
     if not keys:
         click.echo("No API key configured: bound to loopback only, every caller shares one namespace.", err=True)

@@ -119,7 +119,7 @@ def scaleout_services(settings: ServerSettings, engine: Engine, slots: Slots) ->
     store = PgStore(settings.store_url or "")
     blobs = open_blobs(settings.blobs_url, settings.data_dir)
     coordinator = Coordinator(store, blobs, engine, config=settings.executor, lease_seconds=settings.lease_seconds,
-                              chunk_lines=settings.chunk_lines)
+                              chunk_lines=settings.chunk_lines, orphan_grace=settings.orphan_grace_seconds)
     runners: list[Any] = [coordinator]
     if settings.execute:
         coordinator.worker = ChunkWorker(store, blobs, engine, slots, config=settings.executor,

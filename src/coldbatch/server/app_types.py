@@ -32,6 +32,8 @@ class ServerSettings:
     execute: bool = True
     lease_seconds: float = 30.0
     chunk_lines: int = 1000
+    #: a blob no file row owns, or an unfinished multipart upload, older than this is removed by the sweep
+    orphan_grace_seconds: float = 600.0
 
 
 @dataclass

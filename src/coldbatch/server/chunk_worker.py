@@ -34,9 +34,17 @@ _Item = tuple[int, str, dict[str, Any]]  # line number, custom_id, body
 
 
 class ChunkWorker:
-    def __init__(self, store: PgStore, blobs: Any, engine: Engine, slots: Slots | None = None, *,
-                 config: ExecutorConfig | None = None, lease_seconds: float = LEASE_SECONDS,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: PgStore,
+        blobs: Any,
+        engine: Engine,
+        slots: Slots | None = None,
+        *,
+        config: ExecutorConfig | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store, self.blobs, self.engine = store, blobs, engine
         self.slots = slots or Slots(engine.info.most_concurrency)
         self.config = config or ExecutorConfig()
@@ -73,8 +81,9 @@ class ChunkWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("chunk %s/%s failed; its lease runs out and it is claimed again",
-                                 chunk["batch_id"], chunk["chunk"])
+                logger.exception(
+                    "chunk %s/%s failed; its lease runs out and it is claimed again", chunk["batch_id"], chunk["chunk"]
+                )
 
     async def run_chunk(self, c: dict[str, Any]) -> None:
         """Execute one claimed chunk's remaining lines, then mark it done (or give the lease up)."""
@@ -101,8 +110,7 @@ class ChunkWorker:
         """The chunk's lines not logged yet (a chunk is at most a few thousand lines: fine in memory)."""
         done = self.store.done_lines(row["id"], c["first_line"], c["last_line"])
         items = []
-        for n, _, line in blob_lines(self.blobs, row["input_file_id"], c["start_byte"], c["end_byte"],
-                                     c["first_line"]):
+        for n, _, line in blob_lines(self.blobs, row["input_file_id"], c["start_byte"], c["end_byte"], c["first_line"]):
             if n in done or not line or line.isspace():
                 continue
             req = orjson.loads(line)
@@ -125,7 +133,7 @@ class ChunkWorker:
         pending: list[Any] = []
         last = [time.monotonic()]
         flushing = asyncio.Lock()
-        groups = iter([items[i:i + size] for i in range(0, len(items), size)])
+        groups = iter([items[i : i + size] for i in range(0, len(items), size)])
 
         async def flush() -> None:
             async with flushing:

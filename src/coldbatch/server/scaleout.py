@@ -66,12 +66,22 @@ def process_name(kind: str) -> str:
 class Coordinator:
     """The `serve` side of scale-out: the executor interface the routes use (`notify`, `storage`)."""
 
-    def __init__(self, store: PgStore, blobs: Any, engine: Engine, *, config: ExecutorConfig | None = None,
-                 lease_seconds: float = LEASE_SECONDS, chunk_lines: int = CHUNK_LINES,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: PgStore,
+        blobs: Any,
+        engine: Engine,
+        *,
+        config: ExecutorConfig | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+        chunk_lines: int = CHUNK_LINES,
+        orphan_grace: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store, self.blobs, self.engine = store, blobs, engine
         self.config = config or ExecutorConfig()
         self.lease, self.chunk_lines, self.clock = lease_seconds, chunk_lines, clock
+        self.orphan_grace = orphan_grace
         self.me = process_name("serve")
         self._wake = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -111,7 +121,7 @@ class Coordinator:
     def sweep(self, orphan_grace: float | None = None) -> None:
         """Purge logs of long-settled batches; delete blobs no file row owns (older than a grace period: a
         newer one may be an upload whose row is being written); abort abandoned multipart uploads."""
-        grace = max(600.0, 4 * self.lease) if orphan_grace is None else orphan_grace
+        grace = self.orphan_grace if orphan_grace is None else orphan_grace
         for bid in self.store.finished_logs(settled_seconds=2 * self.lease):
             self.store.purge_results(bid)
         live, in_use = self.store.blob_owners()
@@ -185,12 +195,30 @@ class Coordinator:
     async def _validate(self, row: dict[str, Any]) -> None:
         f = await asyncio.to_thread(self.store.get_file, row["input_file_id"], row["owner"])
         if f is None or not await asyncio.to_thread(self.blobs.exists, f["id"]):
-            self._fail(row, [{"code": "invalid_request", "line": None, "param": "file_id",
-                              "message": f"Cannot find file {row['input_file_id']}, or you do not have access to it."}])
+            self._fail(
+                row,
+                [
+                    {
+                        "code": "invalid_request",
+                        "line": None,
+                        "param": "file_id",
+                        "message": f"Cannot find file {row['input_file_id']}, or you do not have access to it.",
+                    }
+                ],
+            )
             return
         if row["endpoint"] not in self.engine.info.endpoints:
-            self._fail(row, [{"code": "invalid_url", "line": None, "param": "endpoint", "message":
-                              f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}."}])
+            self._fail(
+                row,
+                [
+                    {
+                        "code": "invalid_url",
+                        "line": None,
+                        "param": "endpoint",
+                        "message": f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}.",
+                    }
+                ],
+            )
             return
         path = await asyncio.to_thread(self.blobs.local_path, f["id"])
         try:
@@ -211,8 +239,16 @@ class Coordinator:
         finally:
             with contextlib.suppress(AttributeError):
                 self.blobs.forget_local(f["id"])
-        await asyncio.to_thread(self.store.transition, row["id"], S.IN_PROGRESS, self.now(), chunks=chunks,
-                                total=checked.requests, model=checked.model, enqueued_tokens=tokens)
+        await asyncio.to_thread(
+            self.store.transition,
+            row["id"],
+            S.IN_PROGRESS,
+            self.now(),
+            chunks=chunks,
+            total=checked.requests,
+            model=checked.model,
+            enqueued_tokens=tokens,
+        )
         self.notify()
 
     def _over_quota(self, row: dict[str, Any], model: str | None, path: Path) -> int | None:
@@ -230,9 +266,18 @@ class Coordinator:
                 texts.extend(t)
         total += sum(counter.count_many(texts))
         if self.store.enqueued_tokens(model) + total > limit:
-            self._fail(row, [{"code": "token_limit_exceeded", "line": None, "param": None, "message":
-                              f"Enqueued token limit reached for {model}. Limit: {limit:,} enqueued tokens. "
-                              "Please try again once some in_progress batches have been completed."}])
+            self._fail(
+                row,
+                [
+                    {
+                        "code": "token_limit_exceeded",
+                        "line": None,
+                        "param": None,
+                        "message": f"Enqueued token limit reached for {model}. Limit: {limit:,} enqueued tokens. "
+                        "Please try again once some in_progress batches have been completed.",
+                    }
+                ],
+            )
             return None
         return total
 
@@ -252,8 +297,12 @@ class Coordinator:
             if final in (S.EXPIRED, S.CANCELLED) and row["in_progress_at"] is not None:
                 reason = EXPIRED if final == S.EXPIRED else CANCELLED
                 for cid in self._never_run(row, seen):
-                    err.write(orjson.dumps({"id": _never_run_id(bid, cid), "custom_id": cid, "response": None,
-                                            "error": reason}) + b"\n")
+                    err.write(
+                        orjson.dumps(
+                            {"id": _never_run_id(bid, cid), "custom_id": cid, "response": None, "error": reason}
+                        )
+                        + b"\n"
+                    )
                     counts["never"] += 1
             seen.clear()
         self._publish(row, final, out_key, err_key, counts)
@@ -269,9 +318,17 @@ class Coordinator:
         files, fields = [], {"failed": counts["err"] + counts["never"], "completed": counts["ok"]}
         for key, kind, n in ((out_key, "output", counts["ok"]), (err_key, "error", counts["err"] + counts["never"])):
             if n:
-                files.append({"id": key, "owner": row["owner"], "filename": f"batch_{bid[6:]}_{kind}.jsonl",
-                              "purpose": "batch_output", "bytes": self.blobs.size(key), "created_at": now,
-                              "expires_at": now + ttl})
+                files.append(
+                    {
+                        "id": key,
+                        "owner": row["owner"],
+                        "filename": f"batch_{bid[6:]}_{kind}.jsonl",
+                        "purpose": "batch_output",
+                        "bytes": self.blobs.size(key),
+                        "created_at": now,
+                        "expires_at": now + ttl,
+                    }
+                )
                 fields[f"{kind}_file_id"] = key
             else:
                 self.blobs.delete(key)

@@ -34,12 +34,14 @@ def _split(blocks: Iterator[bytes], first_line: int, start: int) -> Iterator[tup
         yield n, offset, rest[:-1] if rest.endswith(b"\r") else rest
 
 
-def blob_lines(blobs: Any, key: str, start: int = 0, end: int | None = None,
-               first_line: int = 1) -> Iterator[tuple[int, int, bytes]]:
+def blob_lines(
+    blobs: Any, key: str, start: int = 0, end: int | None = None, first_line: int = 1
+) -> Iterator[tuple[int, int, bytes]]:
     """(line number, byte offset, line) of the blob's lines in bytes [start, end), numbered from
     `first_line`. Works on any store whose `open(key, start, end)` streams a range."""
     fh = blobs.open(key, start, end)
     try:
+
         def blocks() -> Iterator[bytes]:
             left = None if end is None else end - start
             while left is None or left > 0:

@@ -28,13 +28,15 @@ _NOW = "extract(epoch from clock_timestamp())"
 _RECORD = (
     "INSERT INTO results (batch_id, line, custom_id, ok, data) SELECT %s, r.line, r.cid, r.ok, r.data"
     " FROM unnest(%s::int[], %s::text[], %s::bool[], %s::bytea[]) AS r(line, cid, ok, data)"
-    " ON CONFLICT DO NOTHING RETURNING line")
+    " ON CONFLICT DO NOTHING RETURNING line"
+)
 _CLAIM = (
     f"UPDATE chunks c SET worker = %s, lease_until = {_NOW} + %s, attempts = c.attempts + 1 FROM ("
     " SELECT c2.batch_id, c2.chunk FROM chunks c2 JOIN batches b ON b.id = c2.batch_id"
     f" WHERE NOT c2.done AND (c2.lease_until IS NULL OR c2.lease_until < {_NOW}) AND b.status = 'in_progress'"
     " ORDER BY b.seq, c2.chunk LIMIT 1 FOR UPDATE OF c2 SKIP LOCKED) AS pick"
-    " WHERE c.batch_id = pick.batch_id AND c.chunk = pick.chunk RETURNING c.*")
+    " WHERE c.batch_id = pick.batch_id AND c.chunk = pick.chunk RETURNING c.*"
+)
 
 
 class QueueMixin:
@@ -55,9 +57,19 @@ class QueueMixin:
             st = conn.execute("SELECT status FROM batches WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
             if st is None or st["status"] not in _LOGGING:  # type: ignore[call-overload]
                 return 0
-            new = {r["line"] for r in conn.execute(_RECORD, (  # type: ignore[call-overload]
-                batch_id, [r[1] for r in rows], [r[0] for r in rows], [r[2] for r in rows],
-                [r[3] for r in rows])).fetchall()}
+            new = {
+                r["line"]
+                for r in conn.execute(
+                    _RECORD,
+                    (  # type: ignore[call-overload]
+                        batch_id,
+                        [r[1] for r in rows],
+                        [r[0] for r in rows],
+                        [r[2] for r in rows],
+                        [r[3] for r in rows],
+                    ),
+                ).fetchall()
+            }
             if not new:
                 return 0
             fresh, seen = [], set()
@@ -66,30 +78,46 @@ class QueueMixin:
                     seen.add(r[1])
                     fresh.append(r)
             ok_n = sum(1 for r in fresh if r[2])
-            conn.execute("UPDATE batches SET completed = completed + %s, failed = failed + %s, input_tokens ="
-                         " input_tokens + %s, cached_tokens = cached_tokens + %s, output_tokens = output_tokens"
-                         " + %s WHERE id = %s", (ok_n, len(fresh) - ok_n, sum(r[4] for r in fresh),
-                                                 sum(r[5] for r in fresh), sum(r[6] for r in fresh), batch_id))
+            conn.execute(
+                "UPDATE batches SET completed = completed + %s, failed = failed + %s, input_tokens ="
+                " input_tokens + %s, cached_tokens = cached_tokens + %s, output_tokens = output_tokens"
+                " + %s WHERE id = %s",
+                (
+                    ok_n,
+                    len(fresh) - ok_n,
+                    sum(r[4] for r in fresh),
+                    sum(r[5] for r in fresh),
+                    sum(r[6] for r in fresh),
+                    batch_id,
+                ),
+            )
         return len(fresh)
 
     def done_lines(self, batch_id: str, first: int = 0, last: int = 1 << 31) -> set[int]:
         """Input lines of the batch (within [first, last]) whose result is logged."""
-        return {r["line"] for r in self._all(
-            "SELECT line FROM results WHERE batch_id = %s AND line BETWEEN %s AND %s", (batch_id, first, last))}
+        return {
+            r["line"]
+            for r in self._all(
+                "SELECT line FROM results WHERE batch_id = %s AND line BETWEEN %s AND %s", (batch_id, first, last)
+            )
+        }
 
     def iter_results(self, batch_id: str) -> Iterator[LoggedRow]:
         """The log in input order, through a server-side cursor (a batch never sits in memory)."""
         with self.pool.connection() as conn, conn.transaction(), conn.cursor(name="results") as cur:
             cur.itersize = 2000
-            cur.execute("SELECT custom_id, line, ok, data FROM results WHERE batch_id = %s ORDER BY line",
-                        (batch_id,))
+            cur.execute("SELECT custom_id, line, ok, data FROM results WHERE batch_id = %s ORDER BY line", (batch_id,))
             for r in cur:
                 yield r["custom_id"], r["line"], bool(r["ok"]), bytes(r["data"])
 
     def failed_results(self, batch_id: str, limit: int) -> list[LoggedRow]:
-        return [(r["custom_id"], r["line"], False, bytes(r["data"])) for r in self._all(
-            "SELECT custom_id, line, data FROM results WHERE batch_id = %s AND NOT ok ORDER BY line LIMIT %s",
-            (batch_id, limit))]
+        return [
+            (r["custom_id"], r["line"], False, bytes(r["data"]))
+            for r in self._all(
+                "SELECT custom_id, line, data FROM results WHERE batch_id = %s AND NOT ok ORDER BY line LIMIT %s",
+                (batch_id, limit),
+            )
+        ]
 
     def purge_results(self, batch_id: str, chunk: int = 5000) -> int:
         """Delete the log (and work queue) of a terminal batch in small transactions; never a live one's."""
@@ -98,22 +126,31 @@ class QueueMixin:
             n = self._run(
                 "DELETE FROM results WHERE batch_id = %s AND line IN (SELECT line FROM results WHERE batch_id = %s"
                 " LIMIT %s) AND NOT EXISTS (SELECT 1 FROM batches WHERE id = %s AND NOT (status = ANY(%s)))",
-                (batch_id, batch_id, chunk, batch_id, list(TERMINAL)))
+                (batch_id, batch_id, chunk, batch_id, list(TERMINAL)),
+            )
             total += n
             if n < chunk:
                 break
-        self._run("DELETE FROM chunks WHERE batch_id = %s AND NOT EXISTS (SELECT 1 FROM batches WHERE id = %s"
-                  " AND NOT (status = ANY(%s)))", (batch_id, batch_id, list(TERMINAL)))
+        self._run(
+            "DELETE FROM chunks WHERE batch_id = %s AND NOT EXISTS (SELECT 1 FROM batches WHERE id = %s"
+            " AND NOT (status = ANY(%s)))",
+            (batch_id, batch_id, list(TERMINAL)),
+        )
         return total
 
     def finished_logs(self, settled_seconds: float = 0.0) -> list[str]:
         """Batches terminal (or gone) for at least `settled_seconds` that still have a log or a queue. The
         delay lets a coordinator that lost its lease mid-finalize see the whole log, never a purged half."""
         ended = "COALESCE(b.completed_at, b.failed_at, b.expired_at, b.cancelled_at, 0)"
-        return [r["batch_id"] for r in self._all(
-            "SELECT DISTINCT q.batch_id FROM (SELECT DISTINCT batch_id FROM results UNION SELECT DISTINCT batch_id"
-            " FROM chunks) q LEFT JOIN batches b ON b.id = q.batch_id WHERE b.id IS NULL OR (b.status = ANY(%s)"
-            f" AND {ended} <= extract(epoch from now()) - %s)", (list(TERMINAL), settled_seconds))]
+        return [
+            r["batch_id"]
+            for r in self._all(
+                "SELECT DISTINCT q.batch_id FROM (SELECT DISTINCT batch_id FROM results UNION SELECT DISTINCT batch_id"
+                " FROM chunks) q LEFT JOIN batches b ON b.id = q.batch_id WHERE b.id IS NULL OR (b.status = ANY(%s)"
+                f" AND {ended} <= extract(epoch from now()) - %s)",
+                (list(TERMINAL), settled_seconds),
+            )
+        ]
 
     # -- work queue -------------------------------------------------------------------------------------
     def claim_chunk(self, worker: str, lease_seconds: float) -> dict[str, Any] | None:
@@ -125,7 +162,8 @@ class QueueMixin:
         row = self._one(
             f"UPDATE chunks SET lease_until = {_NOW} + %s WHERE batch_id = %s AND chunk = %s AND worker = %s"
             " AND NOT done RETURNING (SELECT status FROM batches WHERE id = %s) AS status",
-            (lease_seconds, batch_id, chunk, worker, batch_id))
+            (lease_seconds, batch_id, chunk, worker, batch_id),
+        )
         return row["status"] if row else None
 
     def finish_chunk(self, batch_id: str, chunk: int, worker: str) -> bool:
@@ -134,29 +172,43 @@ class QueueMixin:
             n = conn.execute(
                 "UPDATE chunks c SET done = TRUE, lease_until = NULL WHERE batch_id = %s AND chunk = %s AND"
                 " (SELECT COUNT(*) FROM results r WHERE r.batch_id = c.batch_id AND r.line BETWEEN c.first_line"
-                " AND c.last_line) >= c.requests", (batch_id, chunk)).rowcount
+                " AND c.last_line) >= c.requests",
+                (batch_id, chunk),
+            ).rowcount
             if n == 0:
-                conn.execute("UPDATE chunks SET lease_until = NULL, worker = NULL WHERE batch_id = %s AND chunk = %s"
-                             " AND worker = %s", (batch_id, chunk, worker))
+                conn.execute(
+                    "UPDATE chunks SET lease_until = NULL, worker = NULL WHERE batch_id = %s AND chunk = %s"
+                    " AND worker = %s",
+                    (batch_id, chunk, worker),
+                )
         return n == 1
 
     def release_chunk(self, batch_id: str, chunk: int, worker: str) -> None:
         """Give the lease up at once (a stop, a cancel), so another worker need not wait it out."""
-        self._run("UPDATE chunks SET lease_until = NULL, worker = NULL WHERE batch_id = %s AND chunk = %s AND"
-                  " worker = %s", (batch_id, chunk, worker))
+        self._run(
+            "UPDATE chunks SET lease_until = NULL, worker = NULL WHERE batch_id = %s AND chunk = %s AND worker = %s",
+            (batch_id, chunk, worker),
+        )
 
     def chunk_progress(self, batch_id: str) -> dict[str, int]:
         """open: chunks not done; held: of those, under a live lease; stuck_none: always 0 (for symmetry)."""
-        row = self._one(f"SELECT COUNT(*) FILTER (WHERE NOT done) AS open, COUNT(*) FILTER (WHERE NOT done AND"
-                        f" lease_until >= {_NOW}) AS held, COUNT(*) AS chunks FROM chunks WHERE batch_id = %s",
-                        (batch_id,))
+        row = self._one(
+            f"SELECT COUNT(*) FILTER (WHERE NOT done) AS open, COUNT(*) FILTER (WHERE NOT done AND"
+            f" lease_until >= {_NOW}) AS held, COUNT(*) AS chunks FROM chunks WHERE batch_id = %s",
+            (batch_id,),
+        )
         return {k: int(v) for k, v in (row or {}).items()}
 
     def lease_batch(self, batch_id: str, owner: str, lease_seconds: float) -> bool:
         """Take (or renew) the right to coordinate the batch; False while another process holds it."""
-        return self._run(
-            f"UPDATE batches SET lease_owner = %s, lease_until = {_NOW} + %s WHERE id = %s AND (lease_owner = %s"
-            f" OR lease_until IS NULL OR lease_until < {_NOW})", (owner, lease_seconds, batch_id, owner)) == 1
+        return (
+            self._run(
+                f"UPDATE batches SET lease_owner = %s, lease_until = {_NOW} + %s WHERE id = %s AND (lease_owner = %s"
+                f" OR lease_until IS NULL OR lease_until < {_NOW})",
+                (owner, lease_seconds, batch_id, owner),
+            )
+            == 1
+        )
 
     def live_leases(self) -> int:
         """Chunks of unfinished work under a live lease (0 once everything settled: no stuck leases)."""

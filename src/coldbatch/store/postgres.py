@@ -25,14 +25,40 @@ from coldbatch.core.status import TIMESTAMP_FIELD, BatchStatus, allowed_from
 from coldbatch.store.pg_queue import TERMINAL, QueueMixin
 
 _BATCH_COLUMNS = (
-    "id", "owner", "endpoint", "model", "input_file_id", "completion_window", "status", "output_file_id",
-    "error_file_id", "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
-    "expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "input_tokens", "cached_tokens",
-    "output_tokens", "errors", "metadata", "output_ttl", "enqueued_tokens",
+    "id",
+    "owner",
+    "endpoint",
+    "model",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "total",
+    "completed",
+    "failed",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "errors",
+    "metadata",
+    "output_ttl",
+    "enqueued_tokens",
 )
-_INSERT_FILE = ("INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, status) VALUES "
-                "(%(id)s, %(owner)s, %(filename)s, %(purpose)s, %(bytes)s, %(created_at)s, %(expires_at)s, "
-                "'processed')")
+_INSERT_FILE = (
+    "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, status) VALUES "
+    "(%(id)s, %(owner)s, %(filename)s, %(purpose)s, %(bytes)s, %(created_at)s, %(expires_at)s, "
+    "'processed')"
+)
 #: any constant: the key of the advisory lock that serializes migrations of processes starting together
 _MIGRATION_LOCK = 0x636F6C64
 
@@ -56,9 +82,20 @@ class PgStore(QueueMixin):
 
     def __init__(self, url: str, *, max_size: int = 8, migrate: bool = True) -> None:
         self.url = url
+        try:  # one plain connection first: its error says what is wrong (the pool's only that it timed out)
+            psycopg.connect(url, connect_timeout=5).close()
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot connect to the database {redact(url)}: {str(exc).strip()}") from exc
         try:
-            self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=True, timeout=10,
-                                       kwargs={"autocommit": True, "row_factory": dict_row}, name="coldbatch")
+            self.pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=max_size,
+                open=True,
+                timeout=10,
+                kwargs={"autocommit": True, "row_factory": dict_row},
+                name="coldbatch",
+            )
             self.pool.wait(timeout=10)
         except Exception as exc:
             raise StoreUnavailable(f"cannot connect to the database {redact(url)}: {exc}") from exc
@@ -103,8 +140,7 @@ class PgStore(QueueMixin):
                 for statement in folder.joinpath(entry).read_text().split(";"):
                     if statement.strip():
                         conn.execute(statement.encode())
-                conn.execute("INSERT INTO schema_migrations VALUES (%s, extract(epoch from now())::bigint)",
-                             (entry,))
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, extract(epoch from now())::bigint)", (entry,))
                 applied.append(entry)
         return applied
 
@@ -117,8 +153,9 @@ class PgStore(QueueMixin):
             return self._one("SELECT * FROM files WHERE id = %s AND deleted = 0", (file_id,))
         return self._one("SELECT * FROM files WHERE id = %s AND deleted = 0 AND owner = %s", (file_id, owner))
 
-    def list_files(self, owner: str, *, purpose: str | None, after: str | None, limit: int,
-                   order: str) -> tuple[list[dict[str, Any]], bool]:
+    def list_files(
+        self, owner: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> tuple[list[dict[str, Any]], bool]:
         desc = order == "desc"
         sql = "SELECT * FROM files WHERE owner = %s AND deleted = 0"
         args: list[Any] = [owner]
@@ -134,12 +171,18 @@ class PgStore(QueueMixin):
         return rows[:limit], len(rows) > limit
 
     def delete_file(self, file_id: str, owner: str) -> bool:
-        return self._run("UPDATE files SET deleted = 1 WHERE id = %s AND owner = %s AND deleted = 0",
-                         (file_id, owner)) == 1
+        return (
+            self._run("UPDATE files SET deleted = 1 WHERE id = %s AND owner = %s AND deleted = 0", (file_id, owner))
+            == 1
+        )
 
     def expired_files(self, now: int) -> list[str]:
-        return [r["id"] for r in self._all(
-            "SELECT id FROM files WHERE deleted = 0 AND expires_at IS NOT NULL AND expires_at <= %s", (now,))]
+        return [
+            r["id"]
+            for r in self._all(
+                "SELECT id FROM files WHERE deleted = 0 AND expires_at IS NOT NULL AND expires_at <= %s", (now,)
+            )
+        ]
 
     def forget_file(self, file_id: str) -> None:
         self._run("UPDATE files SET deleted = 1 WHERE id = %s", (file_id,))
@@ -148,8 +191,10 @@ class PgStore(QueueMixin):
     def create_batch(self, row: dict[str, Any]) -> None:
         cols = [c for c in _BATCH_COLUMNS if c in row]
         with self.pool.connection() as conn, conn.transaction():
-            conn.execute(f"INSERT INTO batches ({', '.join(cols)}) VALUES ({', '.join(f'%({c})s' for c in cols)})",
-                         {c: _db_value(row[c]) for c in cols})
+            conn.execute(
+                f"INSERT INTO batches ({', '.join(cols)}) VALUES ({', '.join(f'%({c})s' for c in cols)})",
+                {c: _db_value(row[c]) for c in cols},
+            )
             _event(conn, row["id"], None, row["status"], row["created_at"])
 
     def get_batch(self, batch_id: str, owner: str | None) -> dict[str, Any] | None:
@@ -171,8 +216,16 @@ class PgStore(QueueMixin):
     def unfinished_batches(self) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM batches WHERE NOT (status = ANY(%s)) ORDER BY seq", (list(TERMINAL),))
 
-    def transition(self, batch_id: str, to: BatchStatus, now: int, *, files: Sequence[dict[str, Any]] = (),
-                   chunks: Sequence[tuple[int, int, int, int, int]] = (), **fields: Any) -> bool:
+    def transition(
+        self,
+        batch_id: str,
+        to: BatchStatus,
+        now: int,
+        *,
+        files: Sequence[dict[str, Any]] = (),
+        chunks: Sequence[tuple[int, int, int, int, int]] = (),
+        **fields: Any,
+    ) -> bool:
         """Compare-and-set `status` to `to` (and set its `*_at` plus `fields`); False if not allowed now.
 
         `files` (result files) are registered, and `chunks` (first line, last line, start byte, end byte,
@@ -185,15 +238,19 @@ class PgStore(QueueMixin):
             row = conn.execute("SELECT status FROM batches WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
             if row is None or row["status"] not in frm:
                 return False
-            conn.execute(f"UPDATE batches SET {', '.join(f'{k} = %s' for k in sets)} WHERE id = %s",
-                         [*(_db_value(v) for v in sets.values()), batch_id])
+            conn.execute(
+                f"UPDATE batches SET {', '.join(f'{k} = %s' for k in sets)} WHERE id = %s",
+                [*(_db_value(v) for v in sets.values()), batch_id],
+            )
             for f in files:
                 conn.execute(_INSERT_FILE + " ON CONFLICT (id) DO UPDATE SET bytes = EXCLUDED.bytes, deleted = 0", f)
             if chunks:
                 with conn.cursor() as cur:
-                    cur.executemany("INSERT INTO chunks (batch_id, chunk, first_line, last_line, start_byte, end_byte,"
-                                    " requests) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                                    [(batch_id, i, *c) for i, c in enumerate(chunks)])
+                    cur.executemany(
+                        "INSERT INTO chunks (batch_id, chunk, first_line, last_line, start_byte, end_byte,"
+                        " requests) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(batch_id, i, *c) for i, c in enumerate(chunks)],
+                    )
             _event(conn, batch_id, row["status"], to.value, now)
         return True
 
@@ -202,12 +259,14 @@ class PgStore(QueueMixin):
 
     def event_log(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's status changes, oldest first: from_status, to_status, at (epoch seconds)."""
-        return self._all("SELECT from_status, to_status, at FROM batch_events WHERE batch_id = %s ORDER BY seq",
-                         (batch_id,))
+        return self._all(
+            "SELECT from_status, to_status, at FROM batch_events WHERE batch_id = %s ORDER BY seq", (batch_id,)
+        )
 
     # -- dashboard and metrics (read only) ---------------------------------------------------------------
-    def batch_page(self, owner: str | None, *, offset: int, limit: int,
-                   status: str | None = None) -> list[dict[str, Any]]:
+    def batch_page(
+        self, owner: str | None, *, offset: int, limit: int, status: str | None = None
+    ) -> list[dict[str, Any]]:
         where, args = _owner_filter(owner, status)
         return self._all(f"SELECT * FROM batches{where} ORDER BY seq DESC LIMIT %s OFFSET %s", [*args, limit, offset])
 
@@ -218,15 +277,19 @@ class PgStore(QueueMixin):
 
     def batch_status_counts(self, owner: str | None) -> dict[str, int]:
         where, args = _owner_filter(owner, None)
-        return {r["status"]: int(r["n"]) for r in self._all(
-            f"SELECT status, COUNT(*) AS n FROM batches{where} GROUP BY status", args)}
+        return {
+            r["status"]: int(r["n"])
+            for r in self._all(f"SELECT status, COUNT(*) AS n FROM batches{where} GROUP BY status", args)
+        }
 
-    def batch_totals(self, buckets: Sequence[float], *, after: int = 0,
-                     upto: int | None = None) -> list[dict[str, Any]]:
+    def batch_totals(
+        self, buckets: Sequence[float], *, after: int = 0, upto: int | None = None
+    ) -> list[dict[str, Any]]:
         """As `SqliteStore.batch_totals`: per (endpoint, model, status) figures for /metrics."""
         ended = "COALESCE(completed_at, failed_at, expired_at, cancelled_at) - created_at"
-        le = "".join(f", SUM(CASE WHEN d <= {float(b)!r} THEN 1 ELSE 0 END)::bigint AS le{i}"
-                     for i, b in enumerate(buckets))
+        le = "".join(
+            f", SUM(CASE WHEN d <= {float(b)!r} THEN 1 ELSE 0 END)::bigint AS le{i}" for i, b in enumerate(buckets)
+        )
         rows = self._all(
             "SELECT endpoint, COALESCE(model, '') AS model, status, COUNT(*) AS batches,"
             " SUM(completed)::bigint AS completed, SUM(failed)::bigint AS failed,"
@@ -235,41 +298,57 @@ class PgStore(QueueMixin):
             f" COALESCE(SUM(d), 0)::bigint AS duration{le}"
             f" FROM (SELECT *, CASE WHEN status = ANY(%s) THEN {ended} END AS d"
             " FROM batches WHERE seq > %s AND seq <= %s) AS t GROUP BY endpoint, model, status",
-            [list(TERMINAL), after, (1 << 62) if upto is None else upto])
+            [list(TERMINAL), after, (1 << 62) if upto is None else upto],
+        )
         return rows
 
     def settled_seq(self) -> int:
         """The largest seq such that every batch up to it is terminal (its row no longer changes)."""
-        row = self._one("SELECT (SELECT MIN(seq) FROM batches WHERE NOT (status = ANY(%s))) - 1 AS a,"
-                        " (SELECT COALESCE(MAX(seq), 0) FROM batches) AS b", (list(TERMINAL),))
+        row = self._one(
+            "SELECT (SELECT MIN(seq) FROM batches WHERE NOT (status = ANY(%s))) - 1 AS a,"
+            " (SELECT COALESCE(MAX(seq), 0) FROM batches) AS b",
+            (list(TERMINAL),),
+        )
         assert row is not None
         return int(row["a"] if row["a"] is not None else row["b"])
 
     def upload_totals(self, after: int = 0) -> tuple[list[tuple[str, int, int]], int]:
         upto_row = self._one("SELECT COALESCE(MAX(seq), 0) AS m FROM files")
         upto = int(upto_row["m"]) if upto_row else 0
-        rows = [(r["purpose"], int(r["n"]), int(r["b"])) for r in self._all(
-            "SELECT purpose, COUNT(*) AS n, COALESCE(SUM(bytes), 0)::bigint AS b FROM files WHERE purpose !="
-            " 'batch_output' AND seq > %s AND seq <= %s GROUP BY purpose", (after, upto))]
+        rows = [
+            (r["purpose"], int(r["n"]), int(r["b"]))
+            for r in self._all(
+                "SELECT purpose, COUNT(*) AS n, COALESCE(SUM(bytes), 0)::bigint AS b FROM files WHERE purpose !="
+                " 'batch_output' AND seq > %s AND seq <= %s GROUP BY purpose",
+                (after, upto),
+            )
+        ]
         return rows, upto
 
     def enqueued_tokens(self, model: str | None) -> int:
-        row = self._one("SELECT COALESCE(SUM(enqueued_tokens), 0)::bigint AS n FROM batches WHERE model IS NOT "
-                        "DISTINCT FROM %s AND status IN ('in_progress', 'finalizing')", (model,))
+        row = self._one(
+            "SELECT COALESCE(SUM(enqueued_tokens), 0)::bigint AS n FROM batches WHERE model IS NOT "
+            "DISTINCT FROM %s AND status IN ('in_progress', 'finalizing')",
+            (model,),
+        )
         return int(row["n"]) if row else 0
 
     # -- blob bookkeeping -------------------------------------------------------------------------------
     def blob_owners(self) -> tuple[set[str], set[str]]:
         """(ids of live files, ids of deleted files that an unfinished batch still reads)."""
         live = {r["id"] for r in self._all("SELECT id FROM files WHERE deleted = 0")}
-        in_use = {r["input_file_id"] for r in self._all(
-            "SELECT input_file_id FROM batches WHERE NOT (status = ANY(%s))", (list(TERMINAL),))}
+        in_use = {
+            r["input_file_id"]
+            for r in self._all("SELECT input_file_id FROM batches WHERE NOT (status = ANY(%s))", (list(TERMINAL),))
+        }
         return live, in_use
 
 
 def _event(conn: psycopg.Connection[Any], batch_id: str, frm: str | None, to: str, at: int) -> None:
-    conn.execute("INSERT INTO batch_events (batch_id, from_status, to_status, at) VALUES (%s, %s, %s, %s)",
-                 (batch_id, frm, to, at))
+    conn.execute(
+        "INSERT INTO batch_events (batch_id, from_status, to_status, at) VALUES (%s, %s, %s, %s)",
+        (batch_id, frm, to, at),
+    )
 
 
 def _owner_filter(owner: str | None, status: str | None) -> tuple[str, list[Any]]:

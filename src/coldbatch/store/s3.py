@@ -52,8 +52,9 @@ class S3BlobStore:
         self.url = url
         self._scratch = scratch
         self.bucket, self.prefix = parse_url(url)
-        self.s3 = client or boto3.client("s3", config=Config(retries={"max_attempts": 5, "mode": "standard"},
-                                                             max_pool_connections=32))
+        self.s3 = client or boto3.client(
+            "s3", config=Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32)
+        )
         if check:
             self._check()
 
@@ -62,8 +63,9 @@ class S3BlobStore:
             self.s3.head_bucket(Bucket=self.bucket)
         except Exception as exc:
             endpoint = self.s3.meta.endpoint_url
-            raise BlobsUnavailable(f"cannot use the bucket {self.bucket!r} at {endpoint} (from AWS_ENDPOINT_URL or "
-                                   f"AWS's default): {exc}") from exc
+            raise BlobsUnavailable(
+                f"cannot use the bucket {self.bucket!r} at {endpoint} (from AWS_ENDPOINT_URL or AWS's default): {exc}"
+            ) from exc
 
     def _key(self, key: str) -> str:
         if not _KEY.match(key):
@@ -89,7 +91,7 @@ class S3BlobStore:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
         for page in pages:
             for obj in page.get("Contents", []):
-                name = obj["Key"][len(self.prefix):]
+                name = obj["Key"][len(self.prefix) :]
                 if _KEY.match(name):
                     yield name, obj["LastModified"].timestamp()
 
@@ -192,8 +194,9 @@ class _MultipartWriter(io.RawIOBase):
         if self.upload_id is None:
             self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
         n = len(self.parts) + 1
-        etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=n,
-                                   Body=part)["ETag"]
+        etag = self.s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=n, Body=part)[
+            "ETag"
+        ]
         self.parts.append({"ETag": etag, "PartNumber": n})
 
     def complete(self) -> None:
@@ -202,8 +205,9 @@ class _MultipartWriter(io.RawIOBase):
         else:
             if self.buf:
                 self._send(bytes(self.buf))
-            self.s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
-                                              MultipartUpload={"Parts": self.parts})
+            self.s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+            )
         self.buf.clear()
 
     def abort(self) -> None:
@@ -211,4 +215,3 @@ class _MultipartWriter(io.RawIOBase):
             with contextlib.suppress(Exception):  # best effort; clear_tmp aborts it later
                 self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
             self.upload_id = None
-

@@ -1,0 +1,161 @@
+"""The fault test of scale-out: 3 `serve` + 4 `worker` processes on one PostgreSQL and one S3 server, one echo
+batch, random `kill -9`s of workers and servers (each restarted), and then what a user would check: the
+batch completed, every custom_id exactly once in output ∪ error, no object in the bucket that no file owns,
+no multipart upload left, no lease still held, and the results log and work queue purged.
+
+Default size 6,000 lines (1-3 minutes on 2 busy cores: starting and restarting processes dominates).
+The issue's full size, 200,000 lines:
+
+    COLDBATCH_FAULT_LINES=200000 .venv/bin/python -m pytest tests/scaleout/test_scaleout_faults.py -q
+
+(figures in docs/benchmarks.md). Needs PostgreSQL and an S3 server: tests/_scaleout_infra.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import boto3
+import openai
+import psycopg
+import pytest
+
+from _scaleout_infra import Backend
+from coldbatch.testing.cluster import Cluster
+
+LINES = int(os.environ.get("COLDBATCH_FAULT_LINES", "6000"))
+#: echo latency per request (16 at once per worker): about 15 s of work for 4 workers at any size, so there is
+#: time for the kills whatever the size, and a small batch still keeps every process busy
+LATENCY = max(0.01, min(0.2, 15 * 4 * 16 / LINES))
+MIN_KILLS = 10
+LEASE = 2.0
+
+
+def _input(n: int) -> bytes:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 5}
+    return b"".join(
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {**body, "messages": [{"role": "user", "content": f"line {i}"}]},
+            }
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
+
+
+def _client(cluster: Cluster) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cluster.live_serve().url + "/v1", api_key="sk-test", max_retries=5, timeout=60)
+
+
+def _retrieve(cluster: Cluster, batch_id: str) -> openai.types.Batch:
+    """The batch, from whichever serve process is alive (one may be killed mid-request)."""
+    for _ in range(20):
+        try:
+            with _client(cluster) as c:
+                return c.batches.retrieve(batch_id)
+        except (openai.APIConnectionError, RuntimeError):
+            time.sleep(0.2)
+    raise AssertionError("no serve process answered for 4 s")
+
+
+def _chaos(cluster: Cluster, batch_id: str, rng: random.Random, deadline: float) -> tuple[int, str]:
+    """Kill a random process every 0.3-1 s and restart it 0.2-1 s later, until the batch is terminal;
+    returns (kills before it was terminal, final status)."""
+    kills, dead = 0, []
+    while time.monotonic() < deadline:
+        b = _retrieve(cluster, batch_id)
+        if b.status in ("completed", "failed", "expired", "cancelled"):
+            return kills, b.status
+        time.sleep(rng.uniform(0.3, 1.0))
+        serves_alive = [p for p in cluster.procs if p.kind == "serve" and p.alive]
+        victims = [p for p in cluster.procs if p.alive and (p.kind == "worker" or len(serves_alive) > 1)]
+        if victims:
+            victim = rng.choice(victims)
+            cluster.kill(victim)
+            dead.append((time.monotonic() + rng.uniform(0.2, 1.0), victim))
+            kills += 1
+        for due, p in list(dead):
+            if time.monotonic() >= due:
+                cluster.start(p)
+                dead.remove((due, p))
+    raise AssertionError(f"batch {batch_id} not terminal in time ({kills} kills)")
+
+
+@pytest.mark.slow
+def test_kill_9_of_workers_and_servers_loses_and_duplicates_nothing(scaleout: Backend, tmp_path: Path) -> None:
+    cluster = Cluster(
+        scaleout.store_url,
+        scaleout.blobs_url,
+        tmp_path,
+        lease_seconds=LEASE,
+        engine_options=[f"latency={LATENCY}", "max_concurrency=16"],
+        serve_args=["--orphan-grace-seconds", "3"],
+    )
+    for _ in range(3):
+        cluster.add_serve()
+    for _ in range(4):
+        cluster.add_worker()
+    t0 = time.monotonic()
+    try:
+        cluster.start_all()
+        t1 = time.monotonic()
+        with _client(cluster) as c:
+            f = c.files.create(file=("input.jsonl", _input(LINES)), purpose="batch")
+            b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        t2 = time.monotonic()
+        kills, status = _chaos(cluster, b.id, random.Random(LINES), time.monotonic() + 60 + LINES / 100)
+        t3 = time.monotonic()
+        for p in cluster.procs:
+            if not p.alive:
+                cluster.start(p)
+        assert status == "completed"
+        assert kills >= MIN_KILLS, f"only {kills} kills before the batch finished: raise the latency"
+        done = _retrieve(cluster, b.id)
+        with _client(cluster) as c:
+            out = c.files.content(done.output_file_id).content.splitlines() if done.output_file_id else []
+            err = c.files.content(done.error_file_id).content.splitlines() if done.error_file_id else []
+        ids = [json.loads(x)["custom_id"] for x in out + err]
+        assert len(ids) == LINES and set(ids) == {f"r{i}" for i in range(LINES)}, "an id is missing or repeated"
+        assert done.request_counts is not None
+        assert (done.request_counts.completed, done.request_counts.failed) == (len(out), len(err))
+        _assert_clean(scaleout, {f.id, done.output_file_id, done.error_file_id} - {None})
+        t4 = time.monotonic()
+    finally:
+        cluster.stop()
+    print(
+        f"\nfault test: {LINES:,} lines, {kills} kill -9s, restarts {sum(p.starts - 1 for p in cluster.procs)};"
+        f" start {t1 - t0:.1f} s, upload+create {t2 - t1:.1f} s, run under kills {t3 - t2:.1f} s, clean-up checked"
+        f" {t4 - t3:.1f} s"
+    )
+
+
+def _assert_clean(where: Backend, owned: set[str], timeout: float = 30.0) -> None:
+    """Within `timeout` (sweeps run every lease period, orphans older than 3 s go): the bucket holds exactly
+    the files the database owns, no multipart upload is pending, no lease is live, the log is purged."""
+    s3 = boto3.client("s3")
+    deadline = time.monotonic() + timeout
+    while True:
+        keys = {o["Key"].rsplit("/", 1)[-1] for o in s3.list_objects_v2(Bucket=where.bucket).get("Contents", [])}
+        uploads = s3.list_multipart_uploads(Bucket=where.bucket).get("Uploads", [])
+        with psycopg.connect(where.store_url) as conn:
+            leases = conn.execute(
+                "SELECT COUNT(*) FROM chunks WHERE NOT done AND lease_until >= extract(epoch from clock_timestamp())"
+            ).fetchone()
+            left = conn.execute("SELECT (SELECT COUNT(*) FROM results) + (SELECT COUNT(*) FROM chunks)").fetchone()
+        state = (keys, len(uploads), leases and leases[0], left and left[0])
+        if state == (owned, 0, 0, 0):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not clean after {timeout} s: objects {sorted(keys)} (owned {sorted(owned)}), "
+                f"{len(uploads)} multipart uploads, {state[2]} live leases, {state[3]} log rows"
+            )
+        time.sleep(0.5)
