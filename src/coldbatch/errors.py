@@ -6,7 +6,11 @@
     │                       names the file, the row or line, and the field
     ├── ValidationFailed    a batch file broke the provider's rules; carries the LineErrors
     ├── ConfigError         a missing extra, model file or price entry
+    ├── ProviderError       the remote Batch API failed in a way retries did not fix (exit code 3)
+    ├── BudgetExceeded      the job would cost more than --max-cost
     └── ApiError            an HTTP API error in OpenAI's envelope (server side)
+    LineTooLarge (ValueError)     one line alone is larger than a whole shard may be (core/shard.py)
+    EngineClosed (RuntimeError)   an engine was closed or its worker died; the request is retried
 
 `LineError` is the one record of "what is wrong where" shared by `coldbatch validate`, `prepare`'s
 reject list and (later) the server's `errors.data`; it lives here so every layer can raise it.
@@ -58,6 +62,29 @@ class InputError(ColdbatchError):
 
 class ConfigError(ColdbatchError):
     """A required extra, model file or price entry is missing."""
+
+
+class ProviderError(ColdbatchError):
+    """The remote Batch API failed in a way retries did not fix."""
+
+    exit_code = 3
+
+
+class BudgetExceeded(ColdbatchError):
+    """The job would cost more than --max-cost."""
+
+
+class LineTooLarge(ValueError):
+    """One line alone is larger than a whole shard may be. A ValueError, not a ColdbatchError: the
+    builder rejects such a row before the shard planner sees it, so this one is a bug if it escapes."""
+
+    def __init__(self, index: int, size: int, limit: int) -> None:
+        self.index, self.size, self.limit = index, size, limit
+        super().__init__(f"line {index} is {size:,} bytes; a shard may hold at most {limit:,}")
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed (or its worker died); the request should be retried after a restart."""
 
 
 class ValidationFailed(ColdbatchError):

@@ -13,13 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-
-class LineTooLarge(ValueError):
-    """One line alone is larger than a whole shard may be."""
-
-    def __init__(self, index: int, size: int, limit: int) -> None:
-        self.index, self.size, self.limit = index, size, limit
-        super().__init__(f"line {index} is {size:,} bytes; a shard may hold at most {limit:,}")
+from coldbatch.errors import LineTooLarge
 
 
 @dataclass(slots=True)

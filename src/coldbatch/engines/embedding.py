@@ -308,7 +308,7 @@ class Embedder:
     async def complete(self, body: dict[str, Any]) -> Result:
         """Answer one embeddings body: 200, or a 4xx for a bad body, a 500 if the model cannot load."""
         if self._closed:
-            from coldbatch.engines.llamacpp import EngineClosed
+            from coldbatch.errors import EngineClosed
 
             raise EngineClosed("the llama-cpp engine is closed")
         if self._thread is None:
@@ -409,7 +409,7 @@ class Embedder:
             start += n
 
     def _fail_queued(self) -> None:
-        from coldbatch.engines.llamacpp import EngineClosed
+        from coldbatch.errors import EngineClosed
 
         while True:
             try:

@@ -72,7 +72,7 @@ import orjson
 
 from coldbatch.engines import base, embedding
 from coldbatch.engines.base import EngineInfo, Result, error_result
-from coldbatch.errors import ConfigError
+from coldbatch.errors import ConfigError, EngineClosed
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,6 @@ _QUANT_SUFFIX: Final = re.compile(r"[.-](?:I?Q\d[\w]*|F16|F32|BF16)$", re.IGNORE
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
 _UNSUPPORTED: Final = (("stream", True), ("tools", None), ("functions", None))
 MAX_TOP_LOGPROBS: Final = 20  #: OpenAI's limit for `top_logprobs`
-
-
-class EngineClosed(RuntimeError):
-    """The engine was closed (or its worker died); the request should be retried after a restart."""
 
 
 def default_model_path() -> Path:

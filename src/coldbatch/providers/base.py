@@ -6,13 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from coldbatch.errors import ColdbatchError
-
-
-class ProviderError(ColdbatchError):
-    """The remote Batch API failed in a way retries did not fix."""
-
-    exit_code = 3
+from coldbatch.errors import ProviderError
 
 
 class Retryable(ProviderError):

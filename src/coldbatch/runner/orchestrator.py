@@ -29,7 +29,7 @@ from coldbatch.builder.manifest import read_manifest
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.core.canonical import KEY_PREFIX, is_sampling
 from coldbatch.core.status import TERMINAL as BATCH_TERMINAL
-from coldbatch.errors import ColdbatchError, InputError, UsageError
+from coldbatch.errors import BudgetExceeded, InputError, UsageError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate
 from coldbatch.jsonl import request_lines
@@ -114,10 +114,6 @@ def write_job_output(ledger: LG.Ledger, job: dict[str, Any], root: Path, out: Pa
     return write_output(ledger, job["id"], Path(job["input_path"]), out or Path(job["output_path"]),
                         opts.request_spec(), fmt=opts.fmt, max_line_bytes=min(lim.max_line_bytes, lim.max_bytes - 1),
                         shards=manifest["shards"] if manifest else None, classified=classified)
-
-
-class BudgetExceeded(ColdbatchError):
-    """The job would cost more than --max-cost."""
 
 
 class Runner:
