@@ -211,3 +211,12 @@ def test_another_keys_input_file_is_refused_at_create_exactly_like_an_unknown_on
     assert b.batches.list().data == [] and a.batches.list().data == []
     mine = a.batches.create(input_file_id=theirs.id, endpoint=CHAT, completion_window="24h")
     assert wait(a, mine.id).status == "completed"
+
+
+# -- found by schemathesis (tests/contract/test_schemathesis.py) ----------------------------------------------
+def test_a_responses_request_without_input_is_a_400_naming_input(server: Server) -> None:
+    """`input` is optional in the Responses schema (stored prompts, previous responses); without it the server
+    answered 500. It has neither, so it is a 400 that says what is missing."""
+    r = server.http().post("/v1/responses", json={"model": "m"})
+    assert r.status_code == 400, r.text
+    assert "input" in r.json()["error"]["message"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from coldbatch.cli import render
@@ -12,7 +10,7 @@ from coldbatch.runner.cache import ResultCache
 
 
 def _cache(max_entries: int | None = None, max_age_days: float | None = None) -> ResultCache:
-    return ResultCache(H.home(os.environ.get("COLDBATCH_HOME")) / "cache.sqlite3", max_entries=max_entries,
+    return ResultCache(H.home() / "cache.sqlite3", max_entries=max_entries,
                        max_age_days=max_age_days)
 
 

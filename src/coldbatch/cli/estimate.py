@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ def estimate(sources: tuple[Path, ...], prices: Path | None, expected_output_tok
         PV.resolve(provider, None, spec, L.Limits())
     cache = None
     if use_cache:
-        path = H.home(os.environ.get("COLDBATCH_HOME")) / "cache.sqlite3"
+        path = H.home() / "cache.sqlite3"
         cache = ResultCache(path) if path.exists() else None
     est = run_estimate(list(sources), spec=spec, prices=P.load(prices), expected_output_tokens=expected_output_tokens,
                        fmt=options.input_format(opts), dedup=dedup, cache=cache)

@@ -33,7 +33,7 @@ from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD, SyncRunner, route
 
 
 def _root() -> Path:
-    return H.home(os.environ.get("COLDBATCH_HOME"))
+    return H.home()
 
 
 def _ledger() -> Ledger:

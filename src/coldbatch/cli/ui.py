@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from coldbatch.cli.serve import _is_loopback
@@ -22,6 +20,6 @@ def ui(host: str, port: int) -> None:
 
     if not _is_loopback(host):
         raise UsageError(f"coldbatch ui binds loopback only (it has no login): {host} is not a loopback address.")
-    ledger = H.home(os.environ.get("COLDBATCH_HOME")) / "ledger.sqlite3"
+    ledger = H.home() / "ledger.sqlite3"
     click.echo(f"coldbatch ui: jobs of {ledger} at http://{host}:{port}/", err=True)
     uvicorn.run(create_jobs_app(ledger), host=host, port=port, log_level="warning")

@@ -57,7 +57,9 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     messages: list[dict[str, Any]] = []
     if isinstance(body.get("instructions"), str):
         messages.append({"role": "system", "content": body["instructions"]})
-    inp = body["input"]
+    inp = body.get("input")
+    if inp is None:  # optional in the schema (a stored prompt, a previous response), which this server has not
+        raise Unsupported("input", "input: required by this server (it keeps no stored prompts or responses).")
     items = [{"role": "user", "content": inp}] if isinstance(inp, str) else inp
     for i, item in enumerate(items):
         _add_item(messages, i, item)
