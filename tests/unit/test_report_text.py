@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from coldbatch.cli import jobs
+from coldbatch.cli import report
 
 REPORT: dict[str, Any] = {
     "rows": 100, "output": "out.csv", "succeeded": 100, "failed": 0, "failed_by_code": {}, "rejected_rows": 0,
@@ -17,7 +17,7 @@ REPORT: dict[str, Any] = {
 
 
 def test_a_negative_saving_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
-    jobs._print_report({**REPORT, "saving_pct": -32.24})
+    report.print_report({**REPORT, "saving_pct": -32.24})
     out = capsys.readouterr().out
     assert "saving -32.24%" in out
     assert "the saving is negative because" in out and "1,500 completion tokens" in out
@@ -25,5 +25,5 @@ def test_a_negative_saving_is_explained(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_a_positive_saving_needs_no_note(capsys: pytest.CaptureFixture[str]) -> None:
-    jobs._print_report({**REPORT, "saving_pct": 50.0})
+    report.print_report({**REPORT, "saving_pct": 50.0})
     assert "negative" not in capsys.readouterr().out

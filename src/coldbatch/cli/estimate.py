@@ -67,4 +67,6 @@ def estimate(sources: tuple[Path, ...], prices: Path | None, expected_output_tok
         click.echo(f"{data['over_context_total']:,} request(s) exceed the model's context window, e.g. "
                    f"{data['over_context'][0]['where']}")
     for w in data["warnings"]:
+        if w.endswith("set --max-tokens"):  # prepared request files are estimated as they are: say what applies
+            w += " (or pass --expected-output-tokens)"
         click.echo(f"warning: {w}", err=True)

@@ -14,21 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import click
-import openai
 
 from coldbatch.builder.spec import RequestSpec
-from coldbatch.cli import options, render
+from coldbatch.cli import exitcodes, options, render
+from coldbatch.cli import providers as PV
+from coldbatch.cli.progress import ProgressDisplay
+from coldbatch.cli.report import print_report, show_estimate, status_lines
 from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL, EMBEDDINGS
+from coldbatch.engines.llamacpp import DEFAULT_GGUF, model_id
 from coldbatch.errors import InputError, UsageError
 from coldbatch.hotpath.client import SyncClient
-from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError, Retryable
+from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError
+from coldbatch.runner import capability
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner.deadline import parse_deadline
 from coldbatch.runner.embedded import EmbeddedServer
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
-from coldbatch.runner.output import output_kind
+from coldbatch.runner.output import added_columns, check_columns, input_columns, output_kind
 from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD, SyncRunner, route
 
 
@@ -40,46 +44,14 @@ def _ledger() -> Ledger:
     return Ledger(_root() / "ledger.sqlite3")
 
 
-class _Progress:
-    """Prints one line per event; on a terminal, the progress line is redrawn in place."""
-
-    def __init__(self) -> None:
-        self.tty = sys.stderr.isatty()
-        self.started = time.monotonic()
-        self.last = ""
-
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "progress":
-            line = self._line(data)
-            if line != self.last:
-                click.echo(("\r" + line.ljust(100)) if self.tty else line, err=True, nl=not self.tty)
-                self.last = line
-        elif kind in ("created", "collected", "failed", "retry_round", "requeued", "cancelling", "rescue", "rescued"):
-            if self.tty:
-                click.echo("", err=True)
-            detail = ", ".join(f"{k}={v}" for k, v in data.items() if k not in ("errors",))
-            click.echo(f"[{self._elapsed()}] {kind}: {detail}", err=True)
-
-    def _elapsed(self) -> str:
-        s = int(time.monotonic() - self.started)
-        return f"{s // 60:02d}:{s % 60:02d}"
-
-    def _line(self, d: dict[str, Any]) -> str:
-        states = " ".join(f"{k}:{v}" for k, v in sorted(d["by_state"].items()))
-        done = d["succeeded"] + d["failed"]
-        return (
-            f"[{self._elapsed()}] units {states} | rows ok {d['succeeded']:,} failed {d['failed']:,} "
-            f"retry {d['pending_retry']:,} (done {done:,})"
-        )
-
-
 @contextlib.contextmanager
-def _provider(opts: RunOptions, base_url: str | None, api_key: str | None, engine: str) -> Iterator[OpenAIProvider]:
+def _provider(opts: RunOptions, base_url: str | None, api_key: str | None, engine: str) -> Iterator[Any]:
+    """The job's provider adapter (`opts.provider_kind`: openai, azure, anthropic, gemini; providers/kinds.py)."""
     if opts.provider == "embedded":
         with EmbeddedServer(_root() / "server", engine=engine) as srv:
-            yield OpenAIProvider(base_url=srv.base_url, api_key="embedded")
+            yield PV.make(opts.provider_kind, srv.base_url, "embedded", _root())
     else:
-        yield OpenAIProvider(base_url=base_url or opts.provider, api_key=api_key)
+        yield PV.make(opts.provider_kind, base_url or opts.provider, api_key, _root())
 
 
 class _JobLock:
@@ -110,6 +82,22 @@ class _JobLock:
         self.fh.close()
 
 
+def _held_elsewhere(ledger: Ledger, lock: _JobLock, job_id: str, cancel: bool) -> None:
+    """Another process drives the job: refuse to run it twice; a cancel asks that process to cancel."""
+    holder = lock.holder()
+    lock.release()
+    try:
+        if not cancel:
+            raise UsageError(
+                f"Job {job_id} is being run by another process (pid {holder}); wait for it, or "
+                f"stop it and run `coldbatch resume {job_id}`."
+            )
+        ledger.set_job(job_id, status="cancelling")
+    finally:
+        ledger.close()
+    click.echo(f"job {job_id} is running in process {holder}: asked it to cancel its batches and finish.", err=True)
+
+
 def _drive(
     job_id: str, *, base_url: str | None, api_key: str | None, engine: str, yes: bool, cancel: bool = False
 ) -> dict[str, Any] | None:
@@ -122,39 +110,32 @@ def _drive(
     opts = RunOptions(**job["options"])
     lock = _JobLock(H.job_dir(_root(), job_id))
     if not lock.acquire():
-        holder = lock.holder()
-        lock.release()
-        try:
-            if not cancel:
-                raise UsageError(
-                    f"Job {job_id} is being run by another process (pid {holder}); wait for it, or "
-                    f"stop it and run `coldbatch resume {job_id}`."
-                )
-            ledger.set_job(job_id, status="cancelling")
-        finally:
-            ledger.close()
-        click.echo(f"job {job_id} is running in process {holder}: asked it to cancel its batches and finish.", err=True)
+        _held_elsewhere(ledger, lock, job_id, cancel)
         return None
     if cancel and job["status"] in ("done", "cancelled"):
         lock.release()
         ledger.close()
         raise UsageError(f"Job {job_id} has already finished ({job['status']}); nothing to cancel.")
 
+    display = ProgressDisplay()
+
     async def go() -> dict[str, Any]:
         with _provider(opts, base_url, api_key, engine) as provider:
-            runner = Runner(ledger, provider, job_id, _root(), on_event=_Progress())
+            runner = Runner(ledger, provider, job_id, _root(), on_event=display)
             try:
                 if cancel:
                     await runner.cancel()
+                else:
+                    await _check_target(ledger, provider, opts, job_id)
                 if opts.examples and not cancel:
-                    await _companion(ledger, provider, EX.child_id(job_id), api_key)
+                    await _companion(ledger, provider, EX.child_id(job_id), api_key, display)
                 est = runner.prepare()
                 fresh = not cancel and ledger.job(job_id)["status"] == "prepared"  # type: ignore[index]
                 runner, est = _pick_runner(ledger, runner, est, fresh, api_key)
                 if fresh:
                     _confirm(runner, est, yes)
                 return await runner.run()
-            except (openai.APIError, Retryable) as exc:
+            except PV.API_ERRORS as exc:
                 raise ProviderError(
                     f"the Batch API at {provider.name} failed: {type(exc).__name__}: {exc}. "
                     f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job."
@@ -167,18 +148,36 @@ def _drive(
     try:
         return asyncio.run(go())
     finally:
+        display.close()  # before anything else is printed: the summary never lands on the progress line
         ledger.close()
         lock.release()
 
 
-async def _companion(ledger: Ledger, provider: OpenAIProvider, job_id: str, api_key: str | None) -> None:
+async def _check_target(ledger: Ledger, provider: OpenAIProvider, opts: RunOptions, job_id: str) -> None:
+    """Refuse, before anything is prepared or sent, a model or endpoint the target does not serve (one rule
+    for batch and sync mode); the job is then failed with the reason, as a refused input is."""
+    if not isinstance(provider, OpenAIProvider):  # Anthropic and Gemini list their models their own way
+        return
+    target = "the embedded server" if opts.provider == "embedded" else provider.name
+    try:
+        note = capability.check(await capability.served(provider.client), model=opts.spec["model"],
+                                endpoint=opts.spec["endpoint"], target=target)
+    except UsageError as exc:
+        ledger.set_job(job_id, status="failed", report={"error": str(exc)})
+        raise
+    if note:
+        click.echo(f"note: {note}", err=True)
+
+
+async def _companion(ledger: Ledger, provider: OpenAIProvider, job_id: str, api_key: str | None,
+                     display: ProgressDisplay) -> None:
     """Run an --examples job's companion (the examples' embeddings) to its end first; no question asked (a few
     hundred embeddings), and nothing to do once it is done."""
     job = ledger.job(job_id)
     if job is None or job["status"] in ("done", "cancelled"):
         return
     click.echo(f"examples: embedding them first (job {job_id})", err=True)
-    runner = Runner(ledger, provider, job_id, _root(), on_event=_Progress())
+    runner = Runner(ledger, provider, job_id, _root(), on_event=display)
     est = runner.prepare()
     runner, est = _pick_runner(ledger, runner, est, ledger.job(job_id)["status"] == "prepared", api_key)  # type: ignore[index]
     try:
@@ -217,7 +216,7 @@ def _examples_job(job_id: str, input_path: Path, opts: dict[str, Any], base_url:
 
 
 def _confirm(runner: Runner, est: dict[str, Any], yes: bool) -> None:
-    _show_estimate(est)
+    show_estimate(est, local=runner.opts.provider == "embedded")
     runner.check_budget(est)
     ask = "Send these requests now (sync)?" if runner.opts.mode == "sync" else "Submit these batches?"
     if not yes and not click.confirm(ask, default=False, err=True):
@@ -266,65 +265,6 @@ def _route(ledger: Ledger, runner: Runner, est: dict[str, Any]) -> tuple[Runner,
     return Runner(ledger, runner.provider, runner.job_id, runner.root, on_event=runner.emit), est
 
 
-def _show_estimate(est: dict[str, Any]) -> None:
-    t = est.get("totals") or {}
-    plan = est.get("plan") or {}
-    click.echo(
-        f"{t.get('requests', 0):,} requests ({plan.get('distinct_requests', t.get('requests', 0)):,} distinct, "
-        f"{plan.get('cache_hits', 0):,} answered from the cache, {plan.get('requests_to_send', t.get('requests', 0)):,}"
-        f" to send), {t.get('input_tokens_to_send', t.get('input_tokens', 0)):,} prompt tokens to send",
-        err=True,
-    )
-    click.echo(
-        f"cost: every row at sync prices {render.usd(t.get('sync_cost_usd'))}, at batch prices "
-        f"{render.usd(t.get('batch_cost_usd'))}, after dedup and cache {render.usd(t.get('final_cost_usd'))}"
-        + (f" (saving {t['saving_pct']}%)" if t.get("saving_pct") is not None else ""),
-        err=True,
-    )
-    for w in est.get("warnings") or []:
-        click.echo(f"warning: {w}", err=True)
-
-
-def _negative_saving(r: dict[str, Any]) -> str:
-    """Why a saving can be below zero: the baseline is the estimate (answer lengths from max_tokens or
-    --expected-output-tokens), the cost is what the answers really used."""
-    return (f"note: the saving is negative because the cost counts the tokens the answers really used "
-            f"({r['completion_tokens']:,} completion tokens), while the baseline, every row at sync prices, is the "
-            f"estimate's (answer lengths from max_tokens or --expected-output-tokens): the answers were longer "
-            f"than estimated. With the same tokens, sync prices would have cost {render.usd(r['cost_sync_usd'])}.")
-
-
-def _print_report(r: dict[str, Any] | None) -> None:
-    if r is None:
-        return
-    click.echo(
-        f"{r['rows']:,} rows → {r['output']}: {r['succeeded']:,} succeeded, {r['failed']:,} failed"
-        + (f" (by distinct request: {r['failed_by_code']})" if r["failed_by_code"] else "")
-        + f", {r['rejected_rows']:,} rejected before sending; {r['retried_rows']:,} requests retried over "
-        f"{r['rounds']} round(s)"
-    )
-    if r.get("distinct_requests") is not None:
-        click.echo(
-            f"distinct requests {r['distinct_requests']:,}, answered from the cache {r['cache_hits']:,}, "
-            f"sent {r['requests_sent']:,}"
-        )
-    click.echo(
-        f"tokens: {r['prompt_tokens']:,} prompt ({r['cached_tokens']:,} cached), {r['completion_tokens']:,} "
-        f"completion; {r.get('mode', 'batch')} mode, cost {render.usd(r.get('cost_usd', r['cost_batch_usd']))} "
-        f"(at batch prices {render.usd(r['cost_batch_usd'])}, at sync prices "
-        f"{render.usd(r['cost_sync_usd'])}; every row at sync prices {render.usd(r.get('cost_sync_all_rows_usd'))}"
-        + (f", saving {r['saving_pct']}%" if r.get("saving_pct") is not None else "")
-        + f"; estimate {render.usd(r['estimated_batch_usd'])}); {r['seconds']} s"
-    )
-    if (r.get("saving_pct") or 0) < 0:
-        click.echo(_negative_saving(r))
-    rescue = r.get("deadline_rescue")
-    if rescue:
-        click.echo(f"deadline rescue: {rescue['requests']:,} requests ({rescue['rows']:,} rows) sent through the sync "
-                   f"API, {rescue['rows_via_batch_or_cache']:,} rows answered by batch or cache; extra cost at sync "
-                   f"prices {render.usd(rescue['extra_cost_usd'])}")
-
-
 _provider_options = [
     click.option("--base-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible API (default: embedded server)."),
     click.option("--api-key", envvar="OPENAI_API_KEY", help="API key for --base-url."),
@@ -338,14 +278,47 @@ def provider_options(fn: Any) -> Any:
     return fn
 
 
-def _default_model(opts: dict[str, Any], base_url: str | None, engine: str) -> dict[str, Any]:
-    """Embeddings on the embedded default need no --model: its engine serves one embedding model."""
-    if opts.get("model") or base_url or engine != "llama-cpp" or opts.get("endpoint") != EMBEDDINGS:
+_fail_on_errors = click.option(
+    "--fail-on-errors", type=exitcodes.Threshold(), default="0", show_default=True,
+    help="Exit 4 only when more rows than this are unanswered: a count (10) or a share (1%).")
+
+
+def _default_model(opts: dict[str, Any], base_url: str | None, engine: str, api_key: str | None) -> dict[str, Any]:
+    """The embedded default needs no --model: its llama-cpp engine serves one chat model and one embedding
+    model (the echo fixture takes any name). A remote target needs one; the error lists what it serves."""
+    if opts.get("model"):
         return opts
-    return {**opts, "model": DEFAULT_EMBEDDING_MODEL}
+    if base_url:
+        raise UsageError(f"--model is required with --base-url {base_url}; {capability.listed(base_url, api_key)}")
+    if engine == "llama-cpp":
+        model = DEFAULT_EMBEDDING_MODEL if opts.get("endpoint") == EMBEDDINGS else model_id(Path(DEFAULT_GGUF))
+    else:
+        model = engine
+    return {**opts, "model": model}
 
 
-@click.command()
+def _check_output_columns(input_path: Path, fmt: str | None, spec: RequestSpec, prefix: str,
+                          companion: list[Any] | None) -> None:
+    """OUTPUT's added columns must not clash with the input's: refused here, before anything is sent."""
+    labels = tuple(companion[1]["labels"]) if companion else spec.labels
+    added = added_columns(spec, labels, prefix, classified=bool(companion))
+    check_columns(input_columns(input_path, fmt), added, str(input_path))
+
+
+#: `coldbatch run --help`'s examples; tests/acceptance/test_readme_commands.py runs each of them
+RUN_EXAMPLES = """\b
+Examples:
+  coldbatch run reviews.csv --out labelled.csv --prompt "Review: {text}" --labels negative,positive
+  coldbatch run sentences.tsv --columns text,label --output-prefix cb_ \\
+      --out labelled.csv --prompt "{text}" --labels negative,positive
+  coldbatch run reviews.csv --out vectors.parquet --endpoint /v1/embeddings --input-column text
+  coldbatch run reviews.csv --out labelled.csv --base-url https://api.openai.com/v1 \\
+      --model gpt-4o-mini --prompt "Review: {text}" --labels negative,positive --max-cost 5
+
+"""
+
+
+@click.command(epilog=RUN_EXAMPLES + exitcodes.HELP)
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--out",
@@ -420,6 +393,12 @@ def _default_model(opts: dict[str, Any], base_url: str | None, engine: str) -> d
               "(same id or text) are left out. --model is then not used.")
 @click.option("--examples-label-column", default="label", show_default=True,
               help="--examples: the column holding each example's label.")
+@_fail_on_errors
+@click.option("--output-prefix", default="", metavar="PREFIX",
+              help="Put PREFIX before the name of every column OUTPUT adds (custom_id, response, label, confidence, "
+              "error, attempts, prompt_tokens, completion_tokens, embedding, --schema properties). An input column "
+              "with one of those names is refused before anything is sent: pass e.g. --output-prefix cb_.")
+@PV.provider_option
 @click.option("--embedding-model", help="--examples: the embedding model (default: the embedded engine's own, "
               f"{DEFAULT_EMBEDDING_MODEL}; with --base-url, {EX.DEFAULT_EMBEDDING_MODEL}).")
 def run(
@@ -452,6 +431,9 @@ def run(
     deadline: str | None,
     sync_base_url: str | None,
     sync_api_key: str | None,
+    output_prefix: str,
+    provider: str | None,
+    fail_on_errors: tuple[float, bool],
     **opts: Any,
 ) -> None:
     """Run a whole job: prepare, estimate, then send it as batches (submit, poll, collect, retry) or request by
@@ -462,10 +444,14 @@ def run(
     if opts.get("examples_path") is not None:
         spec, *companion = _examples_job(job_id, input_path, opts, base_url)  # type: ignore[assignment]
     else:
-        spec = options.spec_from(_default_model(opts, base_url, engine))
+        spec = options.spec_from(_default_model(opts, base_url, engine, api_key))
+    _check_output_columns(input_path, options.input_format(opts), spec, output_prefix, companion)
+    kind, limits, mode = PV.resolve(provider, base_url, spec, options.limits_from(opts), mode,
+                                    deadline=deadline is not None)
     run_opts = RunOptions(
         spec=spec.describe(),
-        limits=asdict(options.limits_from(opts)),
+        limits=asdict(limits),
+        provider_kind=kind,
         fmt=options.input_format(opts),
         max_cost=max_cost,
         max_attempts=max_attempts,
@@ -490,6 +476,7 @@ def run(
         deadline=parse_deadline(deadline) if deadline else None,
         sync_base_url=sync_base_url,
         examples=companion[1] if companion else None,
+        output_prefix=output_prefix,
     )
     if sync_api_key:
         os.environ["COLDBATCH_SYNC_API_KEY"] = sync_api_key  # not stored in the ledger; resume reads it again
@@ -501,16 +488,40 @@ def run(
                           asdict(replace(run_opts, spec=ex_spec.describe(), examples=None)))
     ledger.close()
     click.echo(f"job {job_id} (resume with: coldbatch resume {job_id})", err=True)
-    _print_report(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes))
+    _finish(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes), fail_on_errors)
 
 
-@click.command()
+def _is_local(job_id: str) -> bool:
+    """Whether the job ran on the embedded server (nothing paid per token: cli/report.py)."""
+    ledger = _ledger()
+    try:
+        job = ledger.job(job_id)
+    finally:
+        ledger.close()
+    return job is not None and job["options"].get("provider") == "embedded"
+
+
+def _finish(report: dict[str, Any] | None, threshold: tuple[float, bool]) -> None:
+    """Print the report, then exit with the documented code (cli/exitcodes.py): 0 only when every row was
+    answered (or no more rows than --fail-on-errors allows were not)."""
+    print_report(report, local=report is not None and _is_local(report["job"]))
+    code = exitcodes.exit_code(report, threshold)
+    why = exitcodes.explain(report, code)
+    if why:
+        click.echo(why, err=True)
+    if code:
+        sys.exit(code)
+
+
+@click.command(epilog=exitcodes.HELP)
 @click.argument("job_id")
 @provider_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def resume(job_id: str, base_url: str | None, api_key: str | None, engine: str, yes: bool) -> None:
+@_fail_on_errors
+def resume(job_id: str, base_url: str | None, api_key: str | None, engine: str, yes: bool,
+           fail_on_errors: tuple[float, bool]) -> None:
     """Continue a job after a crash or interruption: nothing paid for is sent again."""
-    _print_report(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes))
+    _finish(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes), fail_on_errors)
 
 
 @click.command()
@@ -518,7 +529,7 @@ def resume(job_id: str, base_url: str | None, api_key: str | None, engine: str, 
 @provider_options
 def cancel(job_id: str, base_url: str | None, api_key: str | None, engine: str) -> None:
     """Cancel a job's running batches, keep what finished, and write OUTPUT."""
-    _print_report(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=True, cancel=True))
+    _finish(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=True, cancel=True), (0, False))
 
 
 @click.command()
@@ -571,11 +582,17 @@ def jobs(as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True)
-def status(job_id: str, as_json: bool) -> None:
-    """Show a job's units, batches and results so far (from the ledger; no network)."""
+@click.argument("job_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the job, its units and its results as JSON.")
+def status(job_id: str | None, as_json: bool) -> None:
+    """Show a job's units, batches and results so far (from the ledger; no network). JOB_ID: default the
+    newest job."""
     ledger = _ledger()
+    if job_id is None:
+        newest = ledger.jobs()
+        if not newest:
+            raise InputError("No job yet; `coldbatch run` starts one.")
+        job_id = str(newest[0]["id"])
     job = ledger.job(job_id)
     if job is None:
         raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
@@ -599,7 +616,8 @@ def status(job_id: str, as_json: bool) -> None:
         ],
         ["unit", "round", "state", "batch status", "batch", "requests"],
     )
-    click.echo(f"results: {summary}")
+    for line in status_lines(job, summary):
+        click.echo(line)
 
 
 COMMANDS = [run, resume, cancel, collect, jobs, status]

@@ -46,6 +46,7 @@ def show_estimate(est: dict[str, Any], *, local: bool = False) -> None:
     for w in est.get("warnings") or []:
         if local and w.startswith("no price for model"):
             continue  # nothing is paid on this machine, whatever the model is called
+        w = w.replace("(pass --prices FILE)", "(`coldbatch estimate --prices FILE` prices it)")  # run has none
         click.echo(f"warning: {w}", err=True)
 
 
@@ -54,7 +55,7 @@ def negative_saving(r: dict[str, Any]) -> str:
     --expected-output-tokens), the cost is what the answers really used."""
     return (f"note: the saving is negative because the cost counts the tokens the answers really used "
             f"({r['completion_tokens']:,} completion tokens), while the baseline, every row at sync prices, is the "
-            f"estimate's (answer lengths from --max-tokens or --expected-output-tokens): the answers were longer "
+            f"estimate's (answer lengths from --max-tokens): the answers were longer "
             f"than estimated. With the same tokens, sync prices would have cost {render.usd(r['cost_sync_usd'])}.")
 
 

@@ -225,12 +225,16 @@ class Accumulator:
             if self.table.lookup(m.model) is None:
                 self.result.warnings.append(f"no price for model {m.model!r} in price table "
                                             f"{self.table.version}; its cost is unknown (pass --prices FILE)")
+            if price is not None and price.stand_in and m.exact:
+                self.result.warnings.append(f"tokens for {m.model!r} are approximate: {price.encoding} stands in "
+                                            "for the model's own tokenizer (a local model's counts differ; its "
+                                            "answers report the real ones)")
             if not m.exact:
                 self.result.warnings.append(f"tokens for {m.model!r} are approximate (4 bytes per token): "
                                             "no offline BPE file was found for its tokenizer")
             if m.unbounded_output:
                 self.result.warnings.append(f"{m.unbounded_output:,} request(s) to {m.model!r} set no max_tokens: "
-                                            "their output cost is not counted; pass --expected-output-tokens")
+                                            "their output cost is not counted; set --max-tokens")
         return self.result
 
 

@@ -28,6 +28,8 @@ class ModelPrice:
     batch_input: Decimal
     batch_cached_input: Decimal
     batch_output: Decimal
+    #: the model's own tokenizer is not `encoding` (a local model): its token counts are approximate
+    stand_in: bool = False
 
     def cost(self, input_tokens: int, output_tokens: int, *, batch: bool, cached_tokens: int = 0) -> Decimal:
         fresh = input_tokens - cached_tokens
@@ -61,7 +63,8 @@ def _parse(data: dict[str, Any], source: str) -> PriceTable:
         except KeyError as exc:
             raise ConfigError(f"{source}: model {name!r} lacks price field {exc.args[0]!r}") from exc
         models[name] = ModelPrice(name=name, encoding=str(row.get("encoding", "o200k_base")),
-                                  context_window=row.get("context_window"), **prices)
+                                  context_window=row.get("context_window"),
+                                  stand_in=bool(row.get("encoding_stands_in", False)), **prices)
     return PriceTable(version=str(data.get("version", "unversioned")), source=source, models=models)
 
 

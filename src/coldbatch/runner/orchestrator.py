@@ -92,6 +92,7 @@ class RunOptions:
     #: --examples: the job's requests are the rows' embeddings, labelled by a classifier fitted on the examples
     #: (runner/examples.py): {"labels", "file" (the kept examples), "source", "label_column"}
     examples: dict[str, Any] | None = None
+    output_prefix: str = ""  #: before every column OUTPUT adds (--output-prefix; runner/output.py)
 
     def request_spec(self) -> RequestSpec:
         d = dict(self.spec)
@@ -113,7 +114,8 @@ def write_job_output(ledger: LG.Ledger, job: dict[str, Any], root: Path, out: Pa
     classified = examples.classified(ledger, job["id"], opts.examples) if opts.examples else None
     return write_output(ledger, job["id"], Path(job["input_path"]), out or Path(job["output_path"]),
                         opts.request_spec(), fmt=opts.fmt, max_line_bytes=min(lim.max_line_bytes, lim.max_bytes - 1),
-                        shards=manifest["shards"] if manifest else None, classified=classified)
+                        shards=manifest["shards"] if manifest else None, classified=classified,
+                        prefix=opts.output_prefix)
 
 
 class Runner:
@@ -211,6 +213,8 @@ class Runner:
 
     def check_budget(self, est: dict[str, Any]) -> None:
         cap = self.opts.max_cost
+        if self.opts.provider == "embedded":
+            return  # the embedded server runs on this machine: nothing is paid per token, whatever the model
         totals = est.get("totals") or {}
         cost = totals.get("final_cost_usd", totals.get("batch_cost_usd"))  # what will actually be sent
         s, b = totals.get("sync_cost_usd"), totals.get("batch_cost_usd")
@@ -634,12 +638,18 @@ class Runner:
 
     # -- reporting ------------------------------------------------------------------------------------------
     def progress(self) -> dict[str, Any]:
+        """Units by state, the ledger's results, and `remote_done`: the requests that running batches have
+        finished by the provider's `request_counts` (not collected yet), so a display can move while a batch
+        runs; `requests`: the first round's requests to send (a progress bar's total)."""
         units = self.ledger.units(self.job_id)
         by: dict[str, int] = {}
         for u in units:
             key = u["batch_status"] if u["state"] == LG.CREATED and u["batch_status"] else u["state"]
             by[key] = by.get(key, 0) + 1
-        return {"units": len(units), "by_state": by, **self.ledger.summary(self.job_id)}
+        remote = sum(self._counts.get(u["id"], 0) for u in units if u["state"] == LG.CREATED)
+        total = sum(u["requests"] for u in units if u["round"] == 1)
+        return {"units": len(units), "by_state": by, "remote_done": remote, "requests": total,
+                **self.ledger.summary(self.job_id)}
 
     async def finish(self, started: float) -> dict[str, Any]:
         await self._sweep_remote()
