@@ -13,6 +13,7 @@ Each test gets its own PostgreSQL schema and its own bucket, so tests never see 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -116,30 +117,69 @@ def _moto() -> Iterator[str]:
             proc.kill()
 
 
-@pytest.fixture(scope="session")
-def scaleout_infra() -> Iterator[Infra]:
-    """The session's PostgreSQL and S3 server (started here unless the variables name running ones)."""
+_STACK: contextlib.ExitStack | None = None
+_INFRA: Infra | None = None
+
+
+def infra() -> Infra:
+    """The process's PostgreSQL and S3 server, started on first use (also from plain factories such as the
+    store contract suite's), stopped at the end of the session or, failing that, at exit."""
+    global _STACK, _INFRA
     if _ENV[SKIP_VAR] == "1":
         pytest.skip(f"{SKIP_VAR}=1: the PostgreSQL + S3 tests are skipped")
-    with contextlib.ExitStack() as stack:
-        pg = _ENV[PG_VAR] or stack.enter_context(_postgres())
-        s3 = _ENV[S3_VAR] or stack.enter_context(_moto())
+    if _INFRA is None:
+        stack = contextlib.ExitStack()
+        try:
+            pg = _ENV[PG_VAR] or stack.enter_context(_postgres())
+            s3 = _ENV[S3_VAR] or stack.enter_context(_moto())
+        except BaseException:
+            stack.close()
+            raise
         aws = {
             "AWS_ENDPOINT_URL": s3,
             "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
             "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "test"),
             "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
         }
-        old = {k: os.environ.get(k) for k in aws}
         os.environ.update(aws)
-        try:
-            yield Infra(pg, s3, aws)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        _STACK, _INFRA = stack, Infra(pg, s3, aws)
+        atexit.register(close_infra)
+    return _INFRA
+
+
+def close_infra() -> None:
+    global _STACK, _INFRA
+    if _STACK is not None:
+        _STACK.close()
+    _STACK = _INFRA = None
+
+
+@pytest.fixture(scope="session")
+def scaleout_infra() -> Iterator[Infra]:
+    """The session's PostgreSQL and S3 server (started here unless the variables name running ones)."""
+    yield infra()
+    close_infra()
+
+
+def pg_schema_url(name: str) -> str:
+    """A URL of the session's database whose search_path is schema `name` (created if missing)."""
+    import psycopg
+
+    base = infra().pg_url
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
+    return f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}"
+
+
+def s3_bucket(name: str) -> str:
+    """Bucket `name` on the session's S3 server (created if missing)."""
+    import boto3
+
+    infra()
+    s3 = boto3.client("s3")
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        s3.create_bucket(Bucket=name)
+    return name
 
 
 @dataclass
@@ -152,17 +192,10 @@ class Backend:
 
 @pytest.fixture
 def scaleout(scaleout_infra: Infra) -> Iterator[Backend]:
-    """A fresh schema and a fresh bucket for one test (dropped / left to the server's end afterwards)."""
-    import boto3
+    """A fresh schema and a fresh bucket for one test (the schema is dropped afterwards)."""
     import psycopg
 
-    schema, bucket = "t_" + secrets.token_hex(6), "cb-" + secrets.token_hex(6)
-    with psycopg.connect(scaleout_infra.pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    sep = "&" if "?" in scaleout_infra.pg_url else "?"
-    yield Backend(
-        f"{scaleout_infra.pg_url}{sep}options=-csearch_path%3D{schema}", f"s3://{bucket}/data", schema, bucket
-    )
+    schema, bucket = "t_" + secrets.token_hex(6), s3_bucket("cb-" + secrets.token_hex(6))
+    yield Backend(pg_schema_url(schema), f"s3://{bucket}/data", schema, bucket)
     with psycopg.connect(scaleout_infra.pg_url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")

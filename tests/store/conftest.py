@@ -9,12 +9,14 @@ second connection, as a second thread or process has), for the tests where two a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from _scaleout_infra import pg_schema_url, s3_bucket
 from coldbatch.store.blobs import LocalBlobStore
 from coldbatch.store.cache import ResultCache
 from coldbatch.store.interfaces import BlobStore, CacheStore, LedgerStore, ServerStore
@@ -31,19 +33,41 @@ def _memory_server(tmp_path: Path) -> MemoryServerStore:
     return _memory_servers.setdefault(tmp_path, MemoryServerStore())
 
 
+def _tag(tmp: Path) -> str:
+    """A schema / bucket name of this test's own (the same for every call with the same tmp_path)."""
+    return hashlib.sha1(str(tmp).encode()).hexdigest()[:16]
+
+
+def _pg(tmp: Path) -> ServerStore:
+    """PostgreSQL (tests/_scaleout_infra.py starts it; COLDBATCH_SKIP_SCALEOUT=1 skips): a schema per test."""
+    from coldbatch.store.postgres import PgStore
+
+    return PgStore(pg_schema_url("t_" + _tag(tmp)), max_size=4)
+
+
+def _s3(tmp: Path) -> BlobStore:
+    """An S3 server (moto_server unless COLDBATCH_TEST_S3_ENDPOINT names one): a bucket per test."""
+    from coldbatch.store.s3 import S3BlobStore
+
+    return S3BlobStore(f"s3://{s3_bucket('cb-' + _tag(tmp))}/blobs", scratch=tmp / "s3-scratch")
+
+
 #: name → a fresh, empty store in `tmp_path`
 SERVER_STORES: dict[str, ServerFactory] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "db.sqlite3"),
     "memory": _memory_server,
+    "postgresql": _pg,
 }
 #: name → another handle on the store the factory of the same name made in `tmp_path`
 SERVER_STORE_REOPEN: dict[str, ServerFactory] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "db.sqlite3"),
     "memory": _memory_server,  # one object, locked inside: the same store seen from another thread
+    "postgresql": _pg,  # another pool of connections to the same schema
 }
 BLOB_STORES: dict[str, Callable[[Path], BlobStore]] = {
     "folder": lambda tmp: LocalBlobStore(tmp / "files"),
     "memory": lambda tmp: MemoryBlobStore(),
+    "s3": _s3,
 }
 LEDGERS: dict[str, Callable[[Path], LedgerStore]] = {
     "sqlite": lambda tmp: Ledger(tmp / "ledger.sqlite3"),

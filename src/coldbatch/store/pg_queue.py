@@ -42,9 +42,14 @@ _CLAIM = (
 class QueueMixin:
     pool: ConnectionPool[Any]
 
-    def _one(self, sql: str, args: Any = None) -> dict[str, Any] | None: ...  # (PgStore's)
-    def _all(self, sql: str, args: Any = None) -> list[dict[str, Any]]: ...
-    def _run(self, sql: str, args: Any = None) -> int: ...
+    def _one(self, sql: str, args: Any = None) -> dict[str, Any] | None:
+        raise NotImplementedError  # PgStore's
+
+    def _all(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _run(self, sql: str, args: Any = None) -> int:
+        raise NotImplementedError
 
     # -- results ----------------------------------------------------------------------------------------
     def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
@@ -55,13 +60,13 @@ class QueueMixin:
             return 0
         with self.pool.connection() as conn, conn.transaction():
             st = conn.execute("SELECT status FROM batches WHERE id = %s FOR UPDATE", (batch_id,)).fetchone()
-            if st is None or st["status"] not in _LOGGING:  # type: ignore[call-overload]
+            if st is None or st["status"] not in _LOGGING:
                 return 0
             new = {
                 r["line"]
                 for r in conn.execute(
                     _RECORD,
-                    (  # type: ignore[call-overload]
+                    (
                         batch_id,
                         [r[1] for r in rows],
                         [r[0] for r in rows],
@@ -175,13 +180,13 @@ class QueueMixin:
                 " AND c.last_line) >= c.requests",
                 (batch_id, chunk),
             ).rowcount
-            if n == 0:
+            if not n:
                 conn.execute(
                     "UPDATE chunks SET lease_until = NULL, worker = NULL WHERE batch_id = %s AND chunk = %s"
                     " AND worker = %s",
                     (batch_id, chunk, worker),
                 )
-        return n == 1
+        return bool(n == 1)
 
     def release_chunk(self, batch_id: str, chunk: int, worker: str) -> None:
         """Give the lease up at once (a stop, a cancel), so another worker need not wait it out."""

@@ -105,15 +105,17 @@ class PgStore(QueueMixin):
 
     def _one(self, sql: str, args: Any = None) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
-            return conn.execute(sql, args).fetchone()  # type: ignore[return-value]
+            row: dict[str, Any] | None = conn.execute(sql, args).fetchone()
+            return row
 
     def _all(self, sql: str, args: Any = None) -> list[dict[str, Any]]:
         with self.pool.connection() as conn:
-            return conn.execute(sql, args).fetchall()  # type: ignore[return-value]
+            rows: list[dict[str, Any]] = conn.execute(sql, args).fetchall()
+            return rows
 
     def _run(self, sql: str, args: Any = None) -> int:
         with self.pool.connection() as conn:
-            return conn.execute(sql, args).rowcount
+            return int(conn.execute(sql, args).rowcount)
 
     def close(self) -> None:
         if not self._closed.is_set():
@@ -201,6 +203,17 @@ class PgStore(QueueMixin):
         if owner is None:
             return self._one("SELECT * FROM batches WHERE id = %s", (batch_id,))
         return self._one("SELECT * FROM batches WHERE id = %s AND owner = %s", (batch_id, owner))
+
+    def delete_batch(self, batch_id: str, owner: str) -> bool:
+        """Forget a terminal batch of `owner` and its events; False when there is no such terminal batch."""
+        with self.pool.connection() as conn, conn.transaction():
+            n = conn.execute(
+                "DELETE FROM batches WHERE id = %s AND owner = %s AND status = ANY(%s)",
+                (batch_id, owner, list(TERMINAL)),
+            ).rowcount
+            if n == 1:
+                conn.execute("DELETE FROM batch_events WHERE batch_id = %s", (batch_id,))
+        return bool(n == 1)
 
     def list_batches(self, owner: str, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
         sql = "SELECT * FROM batches WHERE owner = %s"

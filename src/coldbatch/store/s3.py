@@ -115,7 +115,10 @@ class S3BlobStore:
         kw: dict[str, Any] = {}
         if start or end is not None:
             kw["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        body = self.s3.get_object(Bucket=self.bucket, Key=self._key(key), **kw)["Body"]
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self._key(key), **kw)["Body"]
+        except self.s3.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"{self.url}: no blob {key!r}") from None
         return body  # type: ignore[no-any-return]
 
     def iter_chunks(self, key: str, size: int = 1 << 20) -> Iterator[bytes]:
@@ -135,12 +138,13 @@ class S3BlobStore:
         """Scratch folder for local copies (made on first use)."""
         if self._scratch is None:
             self._scratch = Path(tempfile.mkdtemp(prefix="coldbatch-s3-"))
+        self._scratch.mkdir(parents=True, exist_ok=True)
         return self._scratch
 
     def local_path(self, key: str) -> Path:
         """A local copy of the blob, for readers that need a real file (the validator's worker process);
         streamed to disk, never whole in memory. `forget_local` removes it."""
-        dest = self.local_root / key
+        dest = self.local_root / self._key(key)[len(self.prefix) :]
         if not dest.exists():
             part = self.local_root / f"{key}.{os.getpid()}.{threading.get_ident()}.part"
             self.s3.download_file(self.bucket, self._key(key), str(part))
