@@ -60,7 +60,7 @@ def late(*, now: float, deadline: float, started: float, done: int, remaining: i
     return remaining / pace > (1 - SYNC_SHARE) * left
 
 
-def unanswered_requests(ledger: LG.Ledger, job_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+def unanswered_requests(ledger: LG.LedgerStore, job_id: str) -> list[tuple[str, str, dict[str, Any]]]:
     """(custom_id, url, body) of every request of the job without a success, from its round-1 files."""
     answered = {r["custom_id"] for r in ledger.iter_results(job_id) if r["state"] == "ok"}
     out, seen = [], set()
@@ -72,7 +72,7 @@ def unanswered_requests(ledger: LG.Ledger, job_id: str) -> list[tuple[str, str, 
     return out
 
 
-async def rescue(ledger: LG.Ledger, job_id: str, client: SyncClient, *, attempt: int,
+async def rescue(ledger: LG.LedgerStore, job_id: str, client: SyncClient, *, attempt: int,
                  labels: tuple[str, frozenset[str]] | None = None) -> int:
     """Send every unanswered request through `client`; record answers as they arrive. Returns how many.
     `labels`: a label job's (field, labels), whose answers get a confidence (`outcomes.answered`)."""

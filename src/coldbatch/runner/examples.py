@@ -32,8 +32,8 @@ from coldbatch.core import template as tpl
 from coldbatch.dataset.read import open_dataset
 from coldbatch.errors import InputError, UsageError
 from coldbatch.protocol import limits as L
-from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.output import Classified
+from coldbatch.store.interfaces import LedgerStore
 
 DEFAULT_LABEL_COLUMN = "label"
 #: the embedding model asked for when the user names none: the embedded engine serves its own whatever the
@@ -188,7 +188,7 @@ def train(vectors: list[np.ndarray], labels: list[str], label_set: tuple[str, ..
     return Classifier(label_set, classify.fit(np.stack(vectors), y, len(label_set)))
 
 
-def classified(ledger: Ledger, job_id: str, options: dict[str, Any]) -> Classified:
+def classified(ledger: LedgerStore, job_id: str, options: dict[str, Any]) -> Classified:
     """The labels of an --examples job, by question: fitted on its companion job's example vectors."""
     label_set = tuple(options["labels"])
     with Path(options["file"]).open(newline="", encoding="utf-8") as fh:

@@ -34,7 +34,7 @@ from coldbatch.dataset.read import detect_format, open_dataset
 from coldbatch.errors import InputError, UsageError
 from coldbatch.protocol import limits as L
 from coldbatch.runner import structured, vectors
-from coldbatch.runner.ledger import Ledger
+from coldbatch.store.interfaces import LedgerStore
 
 #: rows joined per step: each carries a result dict from the ledger (4,096 instead of the reader's 16,384
 #: cut the peak RSS of a 200k-row OUTPUT from 268 MB to 207 MB at the same speed)
@@ -201,7 +201,7 @@ class _SameRequests:
 
 
 @_gc.paused()  # millions of short-lived result dicts and list items, no cycles
-def write_output(ledger: Ledger, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
+def write_output(ledger: LedgerStore, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
                  *, fmt: str | None = None, max_line_bytes: int = L.MAX_LINE_BYTES,
                  shards: list[dict[str, Any]] | None = None, classified: Classified | None = None,
                  prefix: str = "") -> dict[str, int]:

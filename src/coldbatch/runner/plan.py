@@ -26,7 +26,7 @@ from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import Accumulator, Estimate, Pending, accumulate, request_lines
 from coldbatch.protocol.limits import Limits
 from coldbatch.runner import ledger as LG
-from coldbatch.runner.cache import ResultCache
+from coldbatch.store.interfaces import CacheStore
 
 
 @dataclass
@@ -77,8 +77,8 @@ class _SendWriter:
             self._fh = None
 
 
-def plan_sends(shard_paths: list[Path], folder: Path, ledger: LG.Ledger, job_id: str, *, limits: Limits,
-               cache: ResultCache | None, cache_only: bool = False,
+def plan_sends(shard_paths: list[Path], folder: Path, ledger: LG.LedgerStore, job_id: str, *, limits: Limits,
+               cache: CacheStore | None, cache_only: bool = False,
                prices: P.PriceTable | None = None) -> tuple[list[dict[str, Any]], PlanStats, Estimate]:
     """Estimate a deduplicated job and write its send files, in one pass over the shards: every line is
     parsed, hashed and counted once. Records row → question keys; each unit carries the prompt tokens it

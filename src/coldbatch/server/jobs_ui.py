@@ -25,8 +25,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from coldbatch.errors import ApiError
-from coldbatch.runner.ledger import Ledger
 from coldbatch.server import dashboard
+from coldbatch.store.interfaces import LedgerStore
+from coldbatch.store.ledger import Ledger
 
 SAMPLE_ROWS = 10
 SAMPLE_CELL_CHARS = 200
@@ -55,7 +56,7 @@ class LoopbackHostOnly:
 def create_jobs_app(ledger_path: Path) -> Starlette:
     """The app behind `coldbatch ui` for the ledger at `ledger_path`."""
 
-    def ledger() -> Ledger:
+    def ledger() -> LedgerStore:
         if not ledger_path.exists():
             raise ApiError(404, f"No ledger at {ledger_path}: run a job first (coldbatch run).")
         return Ledger(ledger_path)
@@ -98,7 +99,7 @@ def create_jobs_app(ledger_path: Path) -> Starlette:
     return app
 
 
-def job_row(led: Ledger, job_id: str) -> dict[str, Any]:
+def job_row(led: LedgerStore, job_id: str) -> dict[str, Any]:
     """One line of the jobs list: status, paths, and the report's headline figures once finished."""
     j = led.job(job_id) or {}
     report = j.get("report") or {}
@@ -111,7 +112,7 @@ def job_row(led: Ledger, job_id: str) -> dict[str, Any]:
             "saving_pct": report.get("saving_pct")}
 
 
-def job_detail(led: Ledger, job_id: str) -> dict[str, Any]:
+def job_detail(led: LedgerStore, job_id: str) -> dict[str, Any]:
     """Everything the job page shows. Raises ApiError 404 for an unknown job."""
     j = led.job(job_id)
     if j is None:
