@@ -156,7 +156,7 @@ class AnthropicProvider:
         prefix = unit_prefix(tag)
         oldest = None
         async for b in self._list():
-            if b["created_at"] < not_before:
+            if _epoch(b["created_at"]) < not_before:
                 break
             rec = self._record(b["id"])
             if rec is not None:
