@@ -370,7 +370,7 @@ def test_only_one_process_drives_a_job(tmp_path: Path) -> None:
 
 # -- budget -----------------------------------------------------------------------------------------------------
 def test_the_budget_is_checked_on_the_estimate(tmp_path: Path) -> None:
-    job = Job(tmp_path, max_cost=1e-9)
+    job = Job(tmp_path, max_cost=1e-9, provider="https://api.example.test/v1")  # a paid target
     runner = job.runner(FakeProvider())
     est = runner.prepare()
     with pytest.raises(O.BudgetExceeded, match="nothing was sent"):
@@ -380,6 +380,10 @@ def test_the_budget_is_checked_on_the_estimate(tmp_path: Path) -> None:
     runner.opts.max_cost = 1.0
     with pytest.raises(O.BudgetExceeded, match="price"):
         runner.check_budget({"totals": {"batch_cost_usd": None}})
+    runner.opts.provider = "embedded"  # a model on this machine costs nothing (issue 16): no budget to exceed
+    runner.opts.max_cost = 1e-9
+    runner.check_budget(est)
+    runner.check_budget({"totals": {"batch_cost_usd": None}})
 
 
 def test_run_refuses_an_output_format_it_could_not_write_before_anything_starts(tmp_path: Path) -> None:
