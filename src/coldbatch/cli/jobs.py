@@ -7,7 +7,6 @@ import contextlib
 import fcntl
 import os
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,23 +15,21 @@ from typing import Any
 import click
 
 from coldbatch.builder.spec import RequestSpec
-from coldbatch.cli import exitcodes, options, render
+from coldbatch.cli import exitcodes, options, preflight
 from coldbatch.cli import providers as PV
 from coldbatch.cli.progress import ProgressDisplay
-from coldbatch.cli.report import print_report, show_estimate, status_lines
-from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL, EMBEDDINGS
-from coldbatch.engines.llamacpp import DEFAULT_GGUF, model_id
+from coldbatch.cli.report import print_report, show_estimate
+from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL
 from coldbatch.errors import InputError, UsageError
 from coldbatch.hotpath.client import SyncClient
 from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError
-from coldbatch.runner import capability
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner.deadline import parse_deadline
 from coldbatch.runner.embedded import EmbeddedServer
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
-from coldbatch.runner.output import added_columns, check_columns, input_columns, output_kind
+from coldbatch.runner.output import output_kind
 from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD, SyncRunner, route
 
 
@@ -126,7 +123,7 @@ def _drive(
                 if cancel:
                     await runner.cancel()
                 else:
-                    await _check_target(ledger, provider, opts, job_id)
+                    await preflight.check_target(ledger, provider, opts, job_id)
                 if opts.examples and not cancel:
                     await _companion(ledger, provider, EX.child_id(job_id), api_key, display)
                 est = runner.prepare()
@@ -151,22 +148,6 @@ def _drive(
         display.close()  # before anything else is printed: the summary never lands on the progress line
         ledger.close()
         lock.release()
-
-
-async def _check_target(ledger: Ledger, provider: OpenAIProvider, opts: RunOptions, job_id: str) -> None:
-    """Refuse, before anything is prepared or sent, a model or endpoint the target does not serve (one rule
-    for batch and sync mode); the job is then failed with the reason, as a refused input is."""
-    if not isinstance(provider, OpenAIProvider):  # Anthropic and Gemini list their models their own way
-        return
-    target = "the embedded server" if opts.provider == "embedded" else provider.name
-    try:
-        note = capability.check(await capability.served(provider.client), model=opts.spec["model"],
-                                endpoint=opts.spec["endpoint"], target=target)
-    except UsageError as exc:
-        ledger.set_job(job_id, status="failed", report={"error": str(exc)})
-        raise
-    if note:
-        click.echo(f"note: {note}", err=True)
 
 
 async def _companion(ledger: Ledger, provider: OpenAIProvider, job_id: str, api_key: str | None,
@@ -281,28 +262,6 @@ def provider_options(fn: Any) -> Any:
 _fail_on_errors = click.option(
     "--fail-on-errors", type=exitcodes.Threshold(), default="0", show_default=True,
     help="Exit 4 only when more rows than this are unanswered: a count (10) or a share (1%).")
-
-
-def _default_model(opts: dict[str, Any], base_url: str | None, engine: str, api_key: str | None) -> dict[str, Any]:
-    """The embedded default needs no --model: its llama-cpp engine serves one chat model and one embedding
-    model (the echo fixture takes any name). A remote target needs one; the error lists what it serves."""
-    if opts.get("model"):
-        return opts
-    if base_url:
-        raise UsageError(f"--model is required with --base-url {base_url}; {capability.listed(base_url, api_key)}")
-    if engine == "llama-cpp":
-        model = DEFAULT_EMBEDDING_MODEL if opts.get("endpoint") == EMBEDDINGS else model_id(Path(DEFAULT_GGUF))
-    else:
-        model = engine
-    return {**opts, "model": model}
-
-
-def _check_output_columns(input_path: Path, fmt: str | None, spec: RequestSpec, prefix: str,
-                          companion: list[Any] | None) -> None:
-    """OUTPUT's added columns must not clash with the input's: refused here, before anything is sent."""
-    labels = tuple(companion[1]["labels"]) if companion else spec.labels
-    added = added_columns(spec, labels, prefix, classified=bool(companion))
-    check_columns(input_columns(input_path, fmt), added, str(input_path))
 
 
 #: `coldbatch run --help`'s examples; tests/acceptance/test_readme_commands.py runs each of them
@@ -444,8 +403,8 @@ def run(
     if opts.get("examples_path") is not None:
         spec, *companion = _examples_job(job_id, input_path, opts, base_url)  # type: ignore[assignment]
     else:
-        spec = options.spec_from(_default_model(opts, base_url, engine, api_key))
-    _check_output_columns(input_path, options.input_format(opts), spec, output_prefix, companion)
+        spec = options.spec_from(preflight.default_model(opts, base_url, engine, api_key))
+    preflight.check_output_columns(input_path, options.input_format(opts), spec, output_prefix, companion)
     kind, limits, mode = PV.resolve(provider, base_url, spec, options.limits_from(opts), mode,
                                     deadline=deadline is not None)
     run_opts = RunOptions(
@@ -532,92 +491,4 @@ def cancel(job_id: str, base_url: str | None, api_key: str | None, engine: str) 
     _finish(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=True, cancel=True), (0, False))
 
 
-@click.command()
-@click.argument("job_id")
-@click.option(
-    "--out",
-    "-o",
-    "output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write OUTPUT here instead of the job's own path.",
-)
-def collect(job_id: str, output: Path | None) -> None:
-    """(Re)write a job's OUTPUT from the ledger, without contacting the provider."""
-    from coldbatch.runner.orchestrator import write_job_output
-
-    ledger = _ledger()
-    try:
-        job = ledger.job(job_id)
-        if job is None:
-            raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
-        out = output or Path(job["output_path"])
-        output_kind(out)
-        res = write_job_output(ledger, job, _root(), out)
-    finally:
-        ledger.close()
-    click.echo(f"{res['rows']:,} rows → {out}")
-
-
-@click.command()
-@click.option("--json", "as_json", is_flag=True)
-def jobs(as_json: bool) -> None:
-    """List jobs in the ledger, newest first."""
-    ledger = _ledger()
-    rows = ledger.jobs()
-    if as_json:
-        render.emit_json(rows)
-        return
-    render.table(
-        [
-            [
-                r["id"],
-                r["status"],
-                time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
-                Path(r["output_path"]).name,
-            ]
-            for r in rows
-        ],
-        ["job", "status", "created", "output"],
-    )
-
-
-@click.command()
-@click.argument("job_id", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the job, its units and its results as JSON.")
-def status(job_id: str | None, as_json: bool) -> None:
-    """Show a job's units, batches and results so far (from the ledger; no network). JOB_ID: default the
-    newest job."""
-    ledger = _ledger()
-    if job_id is None:
-        newest = ledger.jobs()
-        if not newest:
-            raise InputError("No job yet; `coldbatch run` starts one.")
-        job_id = str(newest[0]["id"])
-    job = ledger.job(job_id)
-    if job is None:
-        raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
-    units = ledger.units(job_id)
-    summary = ledger.summary(job_id)
-    if as_json:
-        render.emit_json({"job": job, "units": units, "results": summary})
-        return
-    click.echo(f"job {job_id}: {job['status']}; input {job['input_path']} → {job['output_path']}")
-    render.table(
-        [
-            [
-                str(u["id"]),
-                str(u["round"]),
-                u["state"],
-                u["batch_status"] or "",
-                u["batch_id"] or "",
-                f"{u['requests']:,}",
-            ]
-            for u in units
-        ],
-        ["unit", "round", "state", "batch status", "batch", "requests"],
-    )
-    for line in status_lines(job, summary):
-        click.echo(line)
-
-
-COMMANDS = [run, resume, cancel, collect, jobs, status]
+COMMANDS = [run, resume, cancel]
