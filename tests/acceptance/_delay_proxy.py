@@ -3,7 +3,8 @@
 Requests are forwarded to `upstream` as they are (httpx); when one is a batch create (`POST .../batches` or
 `POST .../messages/batches`), the upstream's answer is held `hold` seconds before it is passed on, and `created`
 is set: the batch exists on the server, the client has not heard of it. A test kills the client then, and
-checks that `resume` finds that batch instead of creating a second one.
+checks that `resume` finds that batch instead of creating a second one. With `rewrite`, paths under one prefix
+are forwarded under another (Azure's `/openai/...` onto the server's `/v1/...`), and `seen` records every call.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ _HOP = {"host", "content-length", "transfer-encoding", "connection", "content-en
 
 
 class DelayProxy:
-    def __init__(self, upstream: str, hold: float) -> None:
-        self.upstream, self.hold = upstream.rstrip("/"), hold
+    def __init__(self, upstream: str, hold: float = 0.0, rewrite: tuple[str, str] | None = None) -> None:
+        """`rewrite`: (prefix seen, prefix forwarded), e.g. Azure's /openai/ onto the server's /v1/."""
+        self.upstream, self.hold, self.rewrite = upstream.rstrip("/"), hold, rewrite
+        self.seen: list[tuple[str, str, str]] = []  #: (method, path, query) of every request, as the client sent it
         self.created = threading.Event()
         self.creates = 0
         self._closing = False
@@ -35,6 +38,9 @@ class DelayProxy:
 
     async def _forward(self, request: Request) -> Response:
         path = request.url.path
+        self.seen.append((request.method, path, request.url.query))
+        if self.rewrite and path.startswith(self.rewrite[0]):
+            path = self.rewrite[1] + path[len(self.rewrite[0]) :]
         is_create = request.method == "POST" and path.rstrip("/").endswith("/batches")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with httpx.AsyncClient(timeout=120) as client:

@@ -7,7 +7,8 @@ Acceptance (issue 13, client side):
 - kill -9 per provider in the crash window of exactly-once (the batch exists on the server, the client has not
   heard of it: a proxy holds the create call's answer), then `resume`: the batch is adopted, not created again;
 - Anthropic batches carry no metadata: a batch of the same size that is not ours is adopted only until its
-  results show another prefix, and is then left alone (never read into OUTPUT, never deleted).
+  results show another prefix, and is then left alone (never read into OUTPUT, never deleted);
+- `--provider azure` calls Azure's data-plane URLs (`/openai/...?api-version=`), mapped onto the server by a proxy.
 """
 
 from __future__ import annotations
@@ -211,3 +212,17 @@ def test_a_foreign_batch_of_the_same_size_is_adopted_only_until_its_results_prov
     a, b = ours.split("=")
     assert a == b  # our own batch, once created, is the one found for the unit
     assert still_there == foreign
+
+
+def test_azure_provider_speaks_azures_data_plane_urls(tmp_path: Path) -> None:
+    """`--provider azure` uses the openai SDK's Azure client: every call goes to `/openai/...?api-version=...`
+    (no Azure here: a proxy maps those URLs onto coldbatch serve's /v1/)."""
+    data, out = _dataset(tmp_path / "in.csv", rows=30), tmp_path / "out.csv"
+    with echo_server(tmp_path / "srv") as srv, DelayProxy(_root(srv.base_url), rewrite=("/openai/", "/v1/")) as proxy:
+        res = coldbatch(tmp_path / "home", *_job(data, out, "azure", proxy.url, "--id-column", "id"), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["id"] for r in read_csv(out)] == [f"t{i}" for i in range(1, 31)]
+    assert all(r["label"] in LABELS.split(",") for r in read_csv(out))
+    calls = {(m, p.split("/")[2]) for m, p, _ in proxy.seen if p.startswith("/openai/")}
+    assert {("POST", "files"), ("POST", "batches"), ("GET", "batches")} <= calls
+    assert all(p.startswith("/openai/") and "api-version=2024-10-21" in q for _, p, q in proxy.seen)
