@@ -190,15 +190,6 @@ class SqliteStore:
             self.db.execute("DELETE FROM batch_events WHERE batch_id = ?", (batch_id,))
         return cur.rowcount == 1
 
-    def delete_batch(self, batch_id: str, owner: str) -> bool:
-        """Forget a terminal batch and its events (Anthropic's DELETE /v1/messages/batches/{id}); False when the
-        owner has no such batch or it is not terminal. Its files are the caller's to delete."""
-        cur = self.db.execute(f"DELETE FROM batches WHERE id = ? AND owner = ? AND status IN "
-                              f"({', '.join('?' * len(_TERMINAL))})", (batch_id, owner, *_TERMINAL))
-        if cur.rowcount == 1:
-            self.db.execute("DELETE FROM batch_events WHERE batch_id = ?", (batch_id,))
-        return cur.rowcount == 1
-
     def unfinished_batches(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.execute(
             f"SELECT * FROM batches WHERE status NOT IN ({', '.join('?' * len(_TERMINAL))}) ORDER BY seq",
