@@ -188,9 +188,11 @@ def test_echo_answers_are_cut_at_max_tokens_like_a_model(client: openai.OpenAI, 
 
 
 def test_echo_responses_are_incomplete_at_max_output_tokens(client: openai.OpenAI) -> None:
-    r = client.responses.create(model="m", input="one two three four five six seven", max_output_tokens=3)
+    # 16 is the least max_output_tokens the Responses API takes (the server checks the official schema)
+    words = " ".join(f"word{i}" for i in range(40))
+    r = client.responses.create(model="m", input=words, max_output_tokens=16)
     assert r.status == "incomplete" and r.incomplete_details is not None
-    assert r.usage is not None and r.usage.output_tokens == 3
+    assert r.usage is not None and r.usage.output_tokens == 16
 
 
 # -- 7: another key's input file -----------------------------------------------------------------------------

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,6 +21,35 @@ from coldbatch.protocol.lines import Result, error_result  # noqa: F401  (the wi
 #: True inside an engine worker process (`engines/worker.py`): fixture switches that kill the process
 #: (the echo engine's `echo_crash`) only work there, never in a server that holds other work.
 IN_WORKER_PROCESS = False
+
+#: True in a batch executor lane (it sets it): its CPU-bound steps take turns through `cpu_turn`
+BACKGROUND: ContextVar[bool] = ContextVar("coldbatch_background", default=False)
+_TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def cpu_turn() -> AsyncIterator[None]:
+    """Run one CPU-bound step of batch work (an in-process engine's answers, a lane's results) alone in its
+    event-loop turn; outside a batch lane (hot requests) this waits for nothing.
+
+    Why: when a batch is CPU-bound, every lane is ready at every turn, so one turn ran all of them (8 lanes x 32
+    echo requests, ~60 ms on a busy core) before the loop read its sockets again, and a poll needs several
+    turns (read, handle, write): p99 0.4-0.9 s under load (issue 15, item 6). A step holds a FIFO lock that is
+    released by the loop's next turn (a step itself never suspends, so releasing at its end would let every
+    lane through in the same turn), and the lane it wakes runs the turn after: between two steps the loop
+    polls its sockets and runs what they brought. The batch's own work is the same, in the same order."""
+    if not BACKGROUND.get():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    lock = _TURNS.get(loop)
+    if lock is None:
+        lock = _TURNS[loop] = asyncio.Lock()
+    await lock.acquire()
+    try:
+        yield
+    finally:
+        loop.call_soon(lock.release)
 
 
 @dataclass(frozen=True, slots=True)

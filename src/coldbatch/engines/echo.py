@@ -71,15 +71,16 @@ class EchoEngine:
         """Answer several requests at once (they overlap: one `latency` for the group)."""
         if self.latency:
             await asyncio.sleep(self.latency)
-        texts: list[str] = []
-        spans: list[tuple[int, int, int]] = []
-        for body in bodies:
-            t, overhead = prompt_texts(body, endpoint)
-            spans.append((len(texts), len(t), overhead))
-            texts.extend(t)
-        counts = self._counter.count_many(texts)
-        return [self._answer(endpoint, body, sum(counts[a:a + n]) + overhead)
-                for body, (a, n, overhead) in zip(bodies, spans, strict=True)]
+        async with base.cpu_turn():  # in-process, this is the server's CPU: a batch's groups take turns
+            texts: list[str] = []
+            spans: list[tuple[int, int, int]] = []
+            for body in bodies:
+                t, overhead = prompt_texts(body, endpoint)
+                spans.append((len(texts), len(t), overhead))
+                texts.extend(t)
+            counts = self._counter.count_many(texts)
+            return [self._answer(endpoint, body, sum(counts[a:a + n]) + overhead)
+                    for body, (a, n, overhead) in zip(bodies, spans, strict=True)]
 
     def _answer(self, endpoint: str, body: dict[str, Any], prompt_tokens: int) -> Result:
         if endpoint not in ENDPOINTS:

@@ -25,7 +25,7 @@ from typing import Any
 
 from coldbatch import hotpath
 from coldbatch.core.status import BatchStatus as S
-from coldbatch.engines.base import Engine, Result
+from coldbatch.engines.base import BACKGROUND, Engine, Result, cpu_turn
 from coldbatch.estimate import tokens as T
 from coldbatch.estimate.accounting import prompt_texts
 from coldbatch.jsonl import read_requests, request_lines
@@ -362,6 +362,7 @@ class Executor:
 
     async def _lane(self, run: _Run, queue: asyncio.Queue[list[_Item] | None]) -> None:
         hotpath.PRIORITY.set(hotpath.COLD)  # engines that pace upstream calls (relay) let hot requests go first
+        BACKGROUND.set(True)  # CPU-bound steps take turns with the other lanes (engines.base.cpu_turn)
         try:
             await self._lane_loop(run, queue)
         except BaseException:
@@ -378,15 +379,17 @@ class Executor:
             started = time.time_ns()
             async with self.slots.slot(COLD):
                 results = await self._call(endpoint, [body for _, _, body in chunk])
-            self.tracing.requests(run.row, chunk, results, started)
-            add = run.pending.append
-            for (line, cid, _), res in zip(chunk, results, strict=True):
-                add(_result_row(line, cid, res))
-            if len(run.pending) >= self.config.group_size or \
-                    time.monotonic() - run.last_flush >= self.config.flush_seconds:
-                self._flush(run)
-                if run.pending:  # the disk is full: the results stay here until they can be logged
-                    await self._wait_for_room(run)
+            async with cpu_turn():  # one lane's results per loop turn: polls are served in between
+                self.tracing.requests(run.row, chunk, results, started)
+                add = run.pending.append
+                for (line, cid, _), res in zip(chunk, results, strict=True):
+                    add(_result_row(line, cid, res))
+                due = len(run.pending) >= self.config.group_size or \
+                    time.monotonic() - run.last_flush >= self.config.flush_seconds
+                if due:
+                    self._flush(run)
+            if due and run.pending:  # the disk is full: the results stay here until they can be logged
+                await self._wait_for_room(run)
             # An engine that answers without waiting (echo) never suspends this task, and a queued chunk is
             # taken without suspending either: yield, so HTTP requests (polls, hot calls) are served
             # between chunks instead of after the whole batch (measured: 1 s per status poll under load).
