@@ -212,7 +212,7 @@ class FileValidator:
                         f"The URL {url!r} is not a Batch API endpoint; supported: {', '.join(L.ENDPOINTS)}.",
                         "url")
         elif self.report.endpoint is None:
-            self.report.endpoint = url
+            self.report.endpoint = str(url)
         elif url != self.report.endpoint:
             why = "the batch endpoint" if self._fixed_endpoint else f"the file's endpoint {self.report.endpoint!r}"
             self._error(lineno, "invalid_url",

@@ -40,9 +40,9 @@ from typing import Any
 import httpx
 import orjson
 
-from coldbatch.protocol.lines import Result, error_result
 from coldbatch.estimate import tokens as T
 from coldbatch.hotpath import limits as LM
+from coldbatch.protocol.lines import Result, error_result
 
 logger = logging.getLogger(__name__)
 

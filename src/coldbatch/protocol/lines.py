@@ -69,7 +69,7 @@ class RequestLine:
         try:
             return cls(obj["custom_id"], obj.get("url", ""), obj["body"], obj.get("method", "POST"))
         except (KeyError, TypeError, AttributeError) as exc:
-            raise LineTooBroken(f"not a request line (no {exc}): {bytes(raw)[:200]!r}") from None
+            raise LineTooBroken(f"not a request line (no {exc}): {raw[:200]!r}") from None
 
     def encode(self) -> bytes:
         """The line's bytes, without the newline (keys in OpenAI's order)."""

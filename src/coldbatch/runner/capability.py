@@ -41,7 +41,7 @@ async def served(client: openai.AsyncOpenAI) -> Served:
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         return Served(models=None)
     models = tuple(sorted(str(m.get("id")) for m in body["data"] if isinstance(m, dict) and m.get("id")))
-    ext = body.get("coldbatch") if isinstance(body.get("coldbatch"), dict) else {}
+    ext: dict[str, Any] = body["coldbatch"] if isinstance(body.get("coldbatch"), dict) else {}
     endpoints = ext.get("endpoints")
     return Served(models=models or None, endpoints=tuple(endpoints) if isinstance(endpoints, list) else None,
                   engine=ext.get("engine"), any_model=bool(ext.get("any_model")))

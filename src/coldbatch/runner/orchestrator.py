@@ -464,7 +464,7 @@ class Runner:
             self.emit("status", {"unit": u["id"], "batch_id": u["batch_id"], "status": status,
                                  "counts": b.get("request_counts")})
         if status not in TERMINAL:
-            return status != u["batch_status"]
+            return bool(status != u["batch_status"])
         if status == "failed":
             await self._failed_batch(u, b)
         else:

@@ -149,7 +149,7 @@ class _Writer:
 def output_kind(out: Path) -> str:
     """OUTPUT's format, from its extension (checked before a job starts: not after it was paid for)."""
     try:
-        kind = detect_format(out)
+        kind: str = detect_format(out)
     except UsageError:
         kind = ""
     if kind not in ("csv", "tsv", "jsonl", "parquet"):
@@ -179,7 +179,7 @@ class _SameRequests:
         if n == 0:
             return
         offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=n + lines.offset + 1)[lines.offset:]
-        data = memoryview(lines.buffers()[2])  # type: ignore[arg-type]
+        data = memoryview(lines.buffers()[2])
         pos = 0
         while pos < n:
             if self.i >= len(self.want):

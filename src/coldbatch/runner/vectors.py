@@ -36,7 +36,8 @@ def _vector(content: str | None) -> list[float] | None:
         return None
     value: Any = orjson.loads(content)
     if isinstance(value, str):
-        return np.frombuffer(base64.b64decode(value), dtype="<f4").tolist()
+        floats: list[float] = np.frombuffer(base64.b64decode(value), dtype="<f4").tolist()
+        return floats
     if isinstance(value, list) and all(isinstance(x, int | float) for x in value):
         return value
     return None
