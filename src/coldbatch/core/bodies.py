@@ -4,11 +4,10 @@ The schemas are JSON Schema documents generated from the official SDKs' typed pa
 (`scripts/gen_body_schemas.py`: pydantic's `TypeAdapter(...).json_schema()` over openai's and anthropic's
 `*CreateParams` TypedDicts, plus the numeric ranges their docstrings state) and committed under
 `protocol/schemas/`, so neither SDK is needed at run time. A general JSON Schema validator
-interprets the schema at every line, so each schema is compiled once instead, twice over: into fast
-True/False predicates (`schema_fast.py`) that answer every valid body, and into checks that report
-what is wrong with a path and OpenAI's codes (`schema_checks.py`), run only on a body the predicate
-refused. In both, a union of objects is dispatched on its constant member (`role`, `type`) instead of
-trying every branch.
+interprets the schema at every line, so each schema is compiled once instead, twice over: into a
+pydantic-core validator (`schema_core.py`, Rust) whose yes/no answers every valid body, and into Python
+checks that report what is wrong with a path and OpenAI's codes (`schema_checks.py`), run only on a body
+the validator refused. In both, a union of objects is dispatched on its constant member (`role`, `type`).
 
 Unknown fields are not errors: the SDKs send them through `extra_body`, and OpenAI-compatible servers
 (and the echo fixture's `echo_fail`) take extensions. Errors are `(param, code, message)` with OpenAI's
@@ -18,14 +17,14 @@ codes and a JSON path such as `body.messages[1].role`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from typing import Any, Final
 
 import orjson
 
 from coldbatch.core.schema_checks import MAX_PROBLEMS, Check, Problem, _Compiler
-from coldbatch.core.schema_fast import _Fast, _pred
+from coldbatch.core.schema_core import validator
 from coldbatch.protocol import limits as L
 
 __all__ = ["MAX_PROBLEMS", "SCHEMA_FILES", "Problem", "check_body"]
@@ -65,4 +64,5 @@ def _checker(endpoint: str) -> tuple[Callable[[Any], bool], Check] | None:
     schema = _schema(endpoint)
     if schema is None:
         return None
-    return _pred(_Fast(schema).compile(schema)), _Compiler(schema).compile(schema)
+    fast = validator(schema)
+    return partial(fast.isinstance_python, strict=True), _Compiler(schema).compile(schema)

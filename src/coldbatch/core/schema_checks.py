@@ -2,7 +2,7 @@
 
 The reporting half of `core/bodies.py` (which also explains why the schemas are compiled, not interpreted):
 a check appends `(param, code, message)` problems for the value it is given. Only a body the fast predicates
-(`core/schema_fast.py`) refuse is walked by these, so their cost (path strings, messages) is paid by invalid
+(`core/schema_core.py`) refuse is walked by these, so their cost (path strings, messages) is paid by invalid
 bodies alone.
 """
 
