@@ -8,6 +8,7 @@ Acceptance (issue 13, client side):
   heard of it: a proxy holds the create call's answer), then `resume`: the batch is adopted, not created again;
 - Anthropic batches carry no metadata: a batch of the same size that is not ours is adopted only until its
   results show another prefix, and is then left alone (never read into OUTPUT, never deleted);
+- cancelling an Anthropic job keeps the answers that finished and reports the rest as `batch_cancelled`;
 - `--provider azure` calls Azure's data-plane URLs (`/openai/...?api-version=`), mapped onto the server by a proxy.
 """
 
@@ -226,3 +227,31 @@ def test_azure_provider_speaks_azures_data_plane_urls(tmp_path: Path) -> None:
     calls = {(m, p.split("/")[2]) for m, p, _ in proxy.seen if p.startswith("/openai/")}
     assert {("POST", "files"), ("POST", "batches"), ("GET", "batches")} <= calls
     assert all(p.startswith("/openai/") and "api-version=2024-10-21" in q for _, p, q in proxy.seen)
+
+
+def test_cancel_an_anthropic_job_keeps_what_finished_and_reports_the_rest(tmp_path: Path) -> None:
+    data, out, home = _dataset(tmp_path / "in.csv", rows=400), tmp_path / "out.csv", tmp_path / "home"
+    with echo_server(tmp_path / "srv", latency=20.0) as srv:  # the batch is still running when cancel arrives
+        root = _root(srv.base_url)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coldbatch", *_job(data, out, "anthropic", root, "--id-column", "id")],
+            env=env_for(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 90
+        while not _anthropic_batches(root) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        jobs = orjson.loads(coldbatch(home, "jobs", "--json").stdout)
+        res = coldbatch(home, "cancel", jobs[0]["id"], "--base-url", root, "--api-key", "sk-test", timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        _, err = proc.communicate(timeout=180)
+        batches = _anthropic_batches(root)
+    assert len(batches) == 1 and batches[0]["cancel_initiated_at"] is not None
+    rows = read_csv(out)
+    assert len(rows) == 400
+    done = [r for r in rows if r["label"]]
+    cancelled = [r for r in rows if r["error"].startswith("batch_cancelled: ")]
+    assert len(done) + len(cancelled) == 400 and cancelled, err[-2000:]
+    assert proc.returncode == 4  # rows left unanswered, each with its reason
