@@ -87,10 +87,11 @@ def test_sync_mode_against_a_rate_limited_faulty_upstream(tmp_path: Path) -> Non
                         timeout=60)
         elapsed = time.monotonic() - t
         stats = up.stats()
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode in (0, 4), res.stderr[-3000:]  # 4: rows still failing after 2 attempts (issue 16)
     job = job_id_from(res.stderr)
     rows = read_csv(out)
     assert [r["id"] for r in rows] == [f"r{i}" for i in range(n)]  # every row, in order
+    assert res.returncode == (4 if any(r["error"] for r in rows) else 0)
     ok = [r for r in rows if not r["error"]]
     assert all(r["response"] == f"Say row number {r['id'][1:]}" for r in ok)  # each row joined to its answer
     failed = [r for r in rows if r["error"]]
