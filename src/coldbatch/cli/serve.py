@@ -102,6 +102,8 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
               help="With --store: also execute chunks here (off: only `coldbatch worker`s execute).")
 @click.option("--lease-seconds", type=float, default=30.0,
               help="With --store: chunk and coordination leases (a dead process's work moves on after this).")
+@click.option("--chunk-lines", type=click.IntRange(min=1), default=1000,
+              help="With --store: requests per chunk, the unit workers claim (500-2,000 suit most batches).")
 @click.option("--orphan-grace-seconds", type=float, default=600.0,
               help="With --store: blobs no file owns and abandoned multipart uploads older than this are removed "
                    "(younger ones may be another process's upload in flight).")
@@ -110,7 +112,7 @@ def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | 
           enqueued_token_limit: int | None, echo_latency: float, echo_failure_rate: float, upstream: str | None,
           upstream_key: str | None, rpm: int | None, tpm: int | None, engine_workers: int | None,
           engine_options: tuple[str, ...], running_batches: int, store_url: str | None, blobs_url: str | None,
-          execute: bool, lease_seconds: float, orphan_grace_seconds: float) -> None:
+          execute: bool, lease_seconds: float, chunk_lines: int, orphan_grace_seconds: float) -> None:
     """Serve an OpenAI-compatible /v1/files + /v1/batches API (plus sync /v1/chat/completions)."""
     import uvicorn
 
@@ -144,7 +146,8 @@ def serve(host: str, port: int, data_dir: Path, engine: str, model_path: Path | 
                               executor=ExecutorConfig(enqueued_token_limit=enqueued_token_limit,
                                                       running_batches=running_batches),
                               store_url=store_url, blobs_url=blobs_url, execute=execute,
-                              lease_seconds=lease_seconds, orphan_grace_seconds=orphan_grace_seconds)
+                              lease_seconds=lease_seconds, orphan_grace_seconds=orphan_grace_seconds,
+                              chunk_lines=chunk_lines)
     label = f"{eng.info.name} (TEST FIXTURE, not a model)" if eng.info.fixture else eng.info.name
     if isinstance(eng, pool.WorkerPool):
         label += f", {eng.workers} worker process{'es' if eng.workers > 1 else ''}"
