@@ -89,6 +89,7 @@ def worker(
     """Execute chunks of running batches (scale-out): no HTTP API, only a database and a bucket."""
     from coldbatch.cli.serve import parse_engine_options
     from coldbatch.engines import pool
+    from coldbatch.server import dialects
     from coldbatch.server.chunk_worker import ChunkWorker
     from coldbatch.server.executor import ExecutorConfig
 
@@ -100,6 +101,7 @@ def worker(
         only=plugins.split(",") if plugins else None,
         **parse_engine_options(engine_options),
     )
+    eng = dialects.wrap(eng)  # Anthropic batches and /v1/responses lines, translated to chat as in `serve`
     w = ChunkWorker(store, blobs, eng, config=ExecutorConfig(poll_seconds=poll_seconds), lease_seconds=lease_seconds)
     if metrics_port is not None:
         _serve_metrics(w, metrics_port)
