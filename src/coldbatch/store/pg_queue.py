@@ -34,6 +34,7 @@ _CLAIM = (
     f"UPDATE chunks c SET worker = %s, lease_until = {_NOW} + %s, attempts = c.attempts + 1 FROM ("
     " SELECT c2.batch_id, c2.chunk FROM chunks c2 JOIN batches b ON b.id = c2.batch_id"
     f" WHERE NOT c2.done AND (c2.lease_until IS NULL OR c2.lease_until < {_NOW}) AND b.status = 'in_progress'"
+    f" AND b.expires_at > {_NOW}"  # (an expired batch's chunks wait for its coordinator, not for workers)
     " ORDER BY b.seq, c2.chunk LIMIT 1 FOR UPDATE OF c2 SKIP LOCKED) AS pick"
     " WHERE c.batch_id = pick.batch_id AND c.chunk = pick.chunk RETURNING c.*"
 )

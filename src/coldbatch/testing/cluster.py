@@ -109,12 +109,17 @@ class Cluster:
             p.popen = subprocess.Popen(p.argv, stdout=log, stderr=log, cwd=self.workdir, env={**os.environ})
         p.starts += 1
 
-    def start_all(self, timeout: float = 60.0) -> None:
+    def start_all(self, timeout: float = 180.0) -> None:
+        """Serve processes first (they migrate the schema), then workers; waits until every serve answers."""
         for p in self.procs:
-            self.start(p)
+            if p.kind == "serve":
+                self.start(p)
         for p in self.procs:
             if p.kind == "serve":
                 self.wait_ready(p, timeout)
+        for p in self.procs:
+            if p.kind != "serve":
+                self.start(p)
 
     def wait_ready(self, p: Proc, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
