@@ -261,3 +261,15 @@ def test_what_a_provider_cannot_answer_is_refused_before_anything_is_built() -> 
         resolve("gemini", None, _spec(), L.Limits(), "sync")
     assert resolve("anthropic", None, _spec(), L.Limits(), "auto")[2] == "batch"
     assert resolve("openai", None, _spec(), L.Limits(), "auto")[2] == "auto"
+
+
+def test_an_openai_key_from_the_environment_is_never_sent_to_anthropic_or_gemini(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant")
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    # --api-key falls back on OPENAI_API_KEY (click's envvar): the value arrives as if given
+    assert K.api_key("anthropic", "sk-openai") == "sk-ant"
+    assert K.api_key("gemini", "sk-openai") is None
+    assert K.api_key("anthropic", "sk-typed") == "sk-typed"
+    assert K.api_key("openai", None) == "sk-openai"

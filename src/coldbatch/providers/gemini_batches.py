@@ -162,6 +162,16 @@ class GeminiProvider:
         )
         return self._normal(b)
 
+    async def find_batch(
+        self, file_id: str, tag: dict[str, str], requests: int, not_before: int
+    ) -> dict[str, Any] | None:
+        """The batch whose display name is this unit's tag, created since `not_before`. The whole list is read:
+        Gemini does not document its order, so the runner's newest-first early stop is not relied on."""
+        async for b in self.batches_newest_first():
+            if b["metadata"] == tag and b["created_at"] >= not_before:
+                return b
+        return None
+
     async def batches_newest_first(self) -> AsyncIterator[dict[str, Any]]:
         async for b in await self.client.batches.list(config={"page_size": 100}):
             yield self._normal(b)

@@ -105,13 +105,12 @@ def check_spec(kind: str, endpoint: str, sample_body: dict[str, Any], mode: str)
 
 
 def api_key(kind: str, given: str | None) -> str | None:
-    """--api-key, else the provider's usual environment variable."""
-    if given:
-        return given
-    for name in _KEY_ENV[kind]:
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
+    """--api-key, else the provider's usual environment variable. `--api-key` falls back on OPENAI_API_KEY, which
+    must never be sent to Anthropic or Google: for them their own variable wins over a value that came from it."""
+    own = next((os.environ[n] for n in _KEY_ENV[kind] if n != "OPENAI_API_KEY" and os.environ.get(n)), None)
+    if kind not in OPENAI_WIRE and given is not None and given == os.environ.get("OPENAI_API_KEY"):
+        return own
+    return given or own or (os.environ.get("OPENAI_API_KEY") if kind in OPENAI_WIRE else None)
 
 
 def make(kind: str, *, base_url: str | None, key: str | None, state_dir: Path) -> Any:
