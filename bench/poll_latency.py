@@ -11,6 +11,10 @@ percentiles per kind and the batch time's change, as a markdown block for docs/b
 
     python bench/poll_latency.py                                  # 50,000 rows, 50 pollers, 4 busy processes
     python bench/poll_latency.py --rows 20000 --pollers 30 --load 0
+
+A/B against other code: `--src DIR` runs the server from DIR/coldbatch (e.g. `git archive REV src/coldbatch`
+unpacked), `--plain-loop` hides uvloop and httptools from it (uvicorn then uses asyncio's loop and h11, as a
+server installed without them does).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def poller_proc(base: str, batch_id: str, n: int, every: float, until: float, ou
         while time.time() < until:
             t, at = time.perf_counter(), time.time()
             r = await client.get(path)
-            seen.append((kind, at, time.perf_counter() - t))
+            # a poller's first poll also opens its connection (50 at once, as the batch starts): kept apart
+            seen.append((kind if seen else kind + "-first", at, time.perf_counter() - t))
             if r.json().get("status") in TERMINAL or (kind == "list" and r.json()["data"][0]["status"] in TERMINAL):
                 break
             await asyncio.sleep(every)
@@ -61,15 +66,31 @@ def poller_proc(base: str, batch_id: str, n: int, every: float, until: float, ou
             parts = await asyncio.gather(*(one(i, client) for i in range(n)))
         return [x for p in parts for x in p]
 
-    out.put(asyncio.run(main()))
+    seen = asyncio.run(main())
+    out.put((seen, time.process_time()))  # and this poller process's CPU seconds
 
 
-def start_server(data: Path, port: int, latency: float) -> subprocess.Popen[bytes]:
+def server_env(args: argparse.Namespace, work: Path) -> dict[str, str]:
+    """The server's environment: its code from `--src`, and with `--plain-loop` stub modules that make
+    `import uvloop` / `import httptools` fail, so uvicorn falls back to asyncio and h11."""
+    path = []
+    if args.plain_loop:
+        stubs = work / "no-uvloop"
+        for name in ("uvloop", "httptools"):
+            (stubs / name).mkdir(parents=True, exist_ok=True)
+            (stubs / name / "__init__.py").write_text(f"raise ImportError('{name} hidden by --plain-loop')\n")
+        path.append(str(stubs))
+    if args.src:
+        path.append(str(Path(args.src).resolve()))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)} if path else dict(os.environ)
+
+
+def start_server(data: Path, port: int, latency: float, env: dict[str, str]) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", str(latency),
            "--data-dir", str(data), "--port", str(port)]
     data.mkdir(parents=True)
     with (data / "server.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -87,10 +108,17 @@ def batch_input(rows: int) -> bytes:
         + b"\n" for i in range(rows))
 
 
-def run_once(args: argparse.Namespace, work: Path, pollers: int, load: int) -> tuple[float, list[tuple[str, float]]]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_once(args: argparse.Namespace, work: Path, pollers: int,
+             load: int) -> tuple[float, list[tuple[str, float, float]], dict[str, float]]:
     port = free_port()
     data = work / f"data-{port}"
-    server = start_server(data, port, args.latency)
+    server = start_server(data, port, args.latency, server_env(args, work))
     base = f"http://127.0.0.1:{port}"
     hogs: list[mp.Process] = []
     procs: list[mp.Process] = []
@@ -103,7 +131,7 @@ def run_once(args: argparse.Namespace, work: Path, pollers: int, load: int) -> t
                 h.start()
             b = http.post("/v1/batches", json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions",
                                                "completion_window": "24h"}).json()
-            started = time.perf_counter()
+            started, started_at = time.perf_counter(), time.time()
             q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
             k = args.poll_procs
             per = [pollers // k + (1 if i < pollers % k else 0) for i in range(k)]
@@ -124,8 +152,10 @@ def run_once(args: argparse.Namespace, work: Path, pollers: int, load: int) -> t
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(30)
-            seen = [(k, t) for _ in procs for k, at, t in q.get(timeout=args.cap) if at < ended]  # during the batch
-            return elapsed, seen
+            server_cpu = cpu_seconds(server.pid)
+            parts = [q.get(timeout=args.cap) for _ in procs]
+            seen = [(k, at - started_at, t) for part, _ in parts for k, at, t in part if at < ended]  # during the batch
+            return elapsed, seen, {"server": server_cpu, "pollers": sum(c for _, c in parts)}
     finally:
         for p in [*procs, *hogs]:
             p.join(timeout=5)
@@ -151,28 +181,36 @@ def main() -> None:
     ap.add_argument("--cap", type=float, default=300, help="every run stops after this many seconds")
     ap.add_argument("--keep", action="store_true", help="keep the data dirs and server logs")
     ap.add_argument("--profile", help="write py-spy's raw stacks of the polled server here (needs py-spy)")
+    ap.add_argument("--src", help="run the server from DIR/coldbatch instead of the installed package")
+    ap.add_argument("--plain-loop", action="store_true", help="hide uvloop and httptools from the server")
+    ap.add_argument("--raw", help="write every poll here: kind, seconds since create, latency in ms")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cb-poll-"))
     try:
-        alone, _ = run_once(args, work, 0, args.load)
-        polled, seen = run_once(args, work, args.pollers, args.load)
+        alone, _, cpu_alone = run_once(args, work, 0, args.load)
+        polled, seen, cpu = run_once(args, work, args.pollers, args.load)
     finally:
         if args.keep:
             print(f"(data dirs and server logs kept in {work})")
         else:
             shutil.rmtree(work, ignore_errors=True)
     print(f"### poll latency: {args.rows:,} rows, {args.pollers} pollers every {args.every} s, {args.load} busy "
-          f"processes (`python bench/poll_latency.py`)\n")
+          f"processes, server code {args.src or 'installed'}{', plain loop' if args.plain_loop else ''} "
+          f"(`python bench/poll_latency.py`)\n")
     print(f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
           f"load average at the end {os.getloadavg()[0]:.1f}\n")
     print("| | polls | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|")
-    for kind in ("retrieve", "list"):
-        v = [t for k, t in seen if k == kind]
+    for kind in ("retrieve", "list", "retrieve-first", "list-first"):
+        v = [t for k, _, t in seen if k == kind]
         print(f"| {kind} | {len(v):,} | {pct(v, .5):.0f} ms | {pct(v, .9):.0f} ms | {pct(v, .99):.0f} ms | "
               f"{max(v) * 1000 if v else float('nan'):.0f} ms |")
     change = (polled / alone - 1) * 100
     print(f"\n- batch time: {alone:.2f} s without pollers, {polled:.2f} s with them ({change:+.0f} %)")
-    print(f"- mean poll {statistics.fmean(t for _, t in seen) * 1000:.1f} ms" if seen else "- no polls")
+    print(f"- mean poll {statistics.fmean(t for *_, t in seen) * 1000:.1f} ms" if seen else "- no polls")
+    print(f"- CPU seconds: server {cpu_alone['server']:.1f} without pollers, {cpu['server']:.1f} with them; "
+          f"the poller processes {cpu['pollers']:.1f}")
+    if args.raw:
+        Path(args.raw).write_text("".join(f"{k}\t{at:.3f}\t{t * 1000:.1f}\n" for k, at, t in seen))
 
 
 if __name__ == "__main__":
