@@ -47,6 +47,7 @@ def _to_created(ledger: LedgerStore, uid: int, batch_id: str = "batch_1") -> Non
 # -- jobs ----------------------------------------------------------------------------------------------------
 def test_a_job_round_trips_its_json_fields(ledger: LedgerStore) -> None:
     assert isinstance(ledger, LedgerStore)
+    assert ledger.path is None or ledger.path.is_file(), "a ledger on disk says where (error messages name it)"
     job = ledger.job("j1")
     assert job is not None and job["status"] == "preparing" and job["options"]["max_attempts"] == 3
     assert ledger.set_job("j1", status="prepared", estimate={"totals": {"batch_cost_usd": 0.5}})

@@ -43,6 +43,7 @@ from coldbatch.runner.outcomes import read_errors, read_output
 from coldbatch.runner.output import write_output
 from coldbatch.runner.plan import plan_sends
 from coldbatch.runner.requests import job_requests
+from coldbatch.store.interfaces import CacheStore
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def new_job_id(name: str | None) -> str:
     return f"{name or 'job'}-{stamp}-{secrets.token_hex(2)}"
 
 
-def write_job_output(ledger: LG.Ledger, job: dict[str, Any], root: Path, out: Path | None = None) -> dict[str, int]:
+def write_job_output(ledger: LG.LedgerStore, job: dict[str, Any], root: Path,
+                     out: Path | None = None) -> dict[str, int]:
     """(Re)write a job's OUTPUT from the ledger: joined with the same request options and limits the job
     prepared with, after checking that the input still builds exactly the requests that were sent."""
     opts = RunOptions(**job["options"])
@@ -119,7 +121,7 @@ def write_job_output(ledger: LG.Ledger, job: dict[str, Any], root: Path, out: Pa
 
 
 class Runner:
-    def __init__(self, ledger: LG.Ledger, provider: BatchProvider, job_id: str, root: Path, *,
+    def __init__(self, ledger: LG.LedgerStore, provider: BatchProvider, job_id: str, root: Path, *,
                  on_event: Events | None = None, prices: P.PriceTable | None = None,
                  sleep: Callable[[float], Any] = asyncio.sleep) -> None:
         self.ledger, self.provider, self.job_id, self.root = ledger, provider, job_id, root
@@ -201,7 +203,7 @@ class Runner:
         use_cache = dedup and (self.opts.cache if self.opts.cache is not None else not sampling)
         return dedup, use_cache or self.opts.cache_only
 
-    def _cache(self) -> ResultCache:
+    def _cache(self) -> CacheStore:
         return ResultCache(self.root / "cache.sqlite3", max_entries=self.opts.cache_max_entries,
                            max_age_days=self.opts.cache_max_age_days)
 

@@ -204,6 +204,11 @@ class LedgerStore(Protocol):
     Unit states follow `core.unit_state.UNIT_TRANSITIONS`, job statuses `JOB_TRANSITIONS`; every change is
     compare-and-set and leaves one event (`unit_events`, `job_events`)."""
 
+    @property
+    def path(self) -> Path | None:
+        """Where the ledger lives, for messages (None: in memory)."""
+        ...
+
     def close(self) -> None: ...
 
     # -- jobs -----------------------------------------------------------------------------------------

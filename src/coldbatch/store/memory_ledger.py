@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -37,6 +38,7 @@ class MemoryLedger:
     """Dicts behind one lock; rows shaped as the SQLite ledger's."""
 
     def __init__(self) -> None:
+        self.path: Path | None = None  #: nowhere on disk
         self._lock = threading.RLock()
         self._jobs: dict[str, Row] = {}
         self._units: dict[int, Row] = {}
