@@ -60,19 +60,21 @@ def test_relay_concurrency_is_an_engine_option() -> None:
 
 
 def test_relay_settles_under_the_upstreams_limit_and_climbs_back_when_it_rises() -> None:
-    """Phase 1: the upstream takes 4 at once; the relay (at most 32) must settle around 4, so most attempts
-    succeed. Phase 2: the upstream takes 16; the relay must climb back well above 4 (more answers at once)."""
+    """Phase 1: the upstream takes 4 at once; the relay (at most 32) must back off so that refusals become rare
+    (a fixed 32 kept having most attempts refused). Phase 2: the upstream takes 16; the relay must climb back
+    and put well over 4 requests into it at once. (How the limit moves is pinned without timing in
+    tests/unit/test_relay_aimd.py; here what a user of the upstream sees.)"""
     state: dict[str, Any] = {"in_flight": 0, "refused": 0, "served": 0, "peak_late": 0, "late": 0.0, "limit": 4}
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
     with UpstreamServer(limited_upstream(state)) as up:
         engine = RelayEngine(up.url + "/v1", rpm=1_000_000, concurrency=32, max_attempts=20)
 
-        async def phase(n: int) -> tuple[list[int], list[int], int]:
-            before, limits = state["refused"], []
+        async def phase(n: int) -> tuple[list[int], list[tuple[int, int]], int]:
+            before, samples = state["refused"], []
 
             async def sample() -> None:
                 while True:
-                    limits.append(engine.in_flight_limit)
+                    samples.append((engine.in_flight_limit, state["refused"]))
                     await asyncio.sleep(0.01)
 
             sampler = asyncio.create_task(sample())
@@ -80,9 +82,9 @@ def test_relay_settles_under_the_upstreams_limit_and_climbs_back_when_it_rises()
                 results = await asyncio.gather(*(engine.complete("/v1/chat/completions", body) for _ in range(n)))
             finally:
                 sampler.cancel()
-            return [r.status_code for r in results], limits, state["refused"] - before
+            return [r.status_code for r in results], samples, state["refused"] - before
 
-        async def go() -> tuple[tuple[list[int], list[int], int], tuple[list[int], list[int], int]]:
+        async def go() -> tuple[tuple[list[int], list[tuple[int, int]], int], tuple[list[int], Any, int]]:
             try:
                 first = await phase(240)
                 state["limit"], state["peak"] = 16, 0
@@ -90,12 +92,12 @@ def test_relay_settles_under_the_upstreams_limit_and_climbs_back_when_it_rises()
             finally:
                 await engine.aclose()
 
-        (ok1, limits1, refused1), (ok2, limits2, refused2) = asyncio.run(asyncio.wait_for(go(), 120))
+        (ok1, samples1, refused1), (ok2, samples2, refused2) = asyncio.run(asyncio.wait_for(go(), 120))
     assert ok1 == [200] * 240 and ok2 == [200] * 480
-    settled = limits1[len(limits1) // 2:]
-    assert statistics.median(settled) <= 5 and max(settled) <= 8, settled  # under/at 4, not 32
-    assert refused1 < 0.25 * 240, refused1  # a fixed 32 had most attempts refused
-    assert max(limits2) >= 12 and state["peak"] >= 10, (limits2, state)  # back up: more answers at once
+    assert engine.client.gate.cuts >= 1 and min(limit for limit, _ in samples1) <= 16  # it answered the 429s
+    late = samples1[-1][1] - samples1[len(samples1) // 2][1]  # refusals in the second half of phase 1
+    assert refused1 < 0.25 * 240 and late <= 0.1 * 240, (refused1, late, statistics.median(x for x, _ in samples1))
+    assert state["peak"] >= 10 and max(limit for limit, _ in samples2) >= 12, state  # back up: more at once
     assert refused2 < 0.25 * 480, refused2
 
 
