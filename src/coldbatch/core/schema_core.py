@@ -10,20 +10,25 @@ without building errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic_core import SchemaValidator, core_schema
 
 from coldbatch.core.schema_checks import _Compiler
 
-_SCALARS = {"string": core_schema.str_schema, "boolean": core_schema.bool_schema, "null": core_schema.none_schema}
+_SCALARS: dict[str, Callable[[], Any]] = {
+    "string": core_schema.str_schema,
+    "boolean": core_schema.bool_schema,
+    "null": core_schema.none_schema,
+}
 
 
 def validator(schema: dict[str, Any]) -> SchemaValidator:
     """A strict validator of `schema` (a document with `$defs`)."""
     conv = _Convert(schema)
     root = conv.node(schema)
-    defs = [conv.node(d) | {"ref": name} for name, d in schema.get("$defs", {}).items()]  # type: ignore[operator]
+    defs = [conv.node(d) | {"ref": name} for name, d in schema.get("$defs", {}).items()]
     return SchemaValidator(core_schema.definitions_schema(root, defs))  # (called with strict=True)
 
 
@@ -82,6 +87,7 @@ class _Convert(_Compiler):
         opts = [o for o in options if o != {"type": "null"}]
         nullable = len(opts) < len(options)
         tagged = self._tagged(opts) if len(opts) > 1 else None
+        inner: Any
         if tagged is not None and tagged[2] is None:
             key = tagged[0]
             choices = {tag: self.node(self._branch(opts, key, tag)) for tag in tagged[1]}
