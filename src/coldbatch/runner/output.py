@@ -34,6 +34,7 @@ from coldbatch.dataset.read import detect_format, open_dataset
 from coldbatch.errors import InputError, UsageError
 from coldbatch.protocol import limits as L
 from coldbatch.runner import structured, vectors
+from coldbatch.runner.columns import column
 from coldbatch.store.interfaces import LedgerStore
 
 #: rows joined per step: each carries a result dict from the ledger (4,096 instead of the reader's 16,384
@@ -253,7 +254,7 @@ def write_output(ledger: LedgerStore, job_id: str, input_path: Path, out: Path, 
                 if c == "response" and spec.endpoint == L.EMBEDDINGS and classified is None:  # the vector, typed
                     table = table.append_column(prefix + vectors.COLUMN, vectors.embedding_column(cols[c], kind))
                     continue
-                table = table.append_column(prefix + c, pa.array(cols[c], _TYPES[c]))
+                table = table.append_column(prefix + c, column(cols[c], _TYPES[c]))
             if spec.schema is not None:
                 table = _append_schema_columns(table, spec.schema, cols["response"], cols["error"], prefix)
             writer.write(table)
@@ -318,5 +319,5 @@ def _append_schema_columns(table: pa.Table, schema: dict[str, Any], responses: l
     parsed = [structured.columns(r, schema) if r is not None and e is None else {} for r, e in
               zip(responses, errors, strict=True)]
     for name in schema.get("properties", {}):
-        table = table.append_column(prefix + name, pa.array([p.get(name) for p in parsed], pa.string()))
+        table = table.append_column(prefix + name, column([p.get(name) for p in parsed], pa.string()))
     return table

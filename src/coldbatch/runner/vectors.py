@@ -14,6 +14,8 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from coldbatch.runner.columns import column
+
 COLUMN = "embedding"
 
 
@@ -24,9 +26,9 @@ def embedding_column(contents: list[str | None], kind: str) -> pa.Array:
     with the digits it came with; CSV/TSV: the JSON text as is.
     """
     if kind not in ("parquet", "jsonl"):
-        return pa.array(contents, pa.string())
+        return column(contents, pa.string())
     item = pa.float32() if kind == "parquet" else pa.float64()
-    return pa.array([_vector(c) for c in contents], pa.list_(item))
+    return column([_vector(c) for c in contents], pa.list_(item))
 
 
 def _vector(content: str | None) -> list[float] | None:
