@@ -4,7 +4,8 @@ cannot drift from the code (issue 16).
 - README blocks marked `<!-- doctest: NAME -->`: every line is run with bash, in order, in one folder
   holding a copy of examples/; `# exit N` at the end of a line is the exit code it must give (default 0).
   Install lines (`python -m venv ...`) are not run. `JOB` stands for the newest job's id. A `coldbatch
-  serve` line is not started (it serves until stopped): each of its options must be one `serve --help` has.
+  serve` or `coldbatch worker` line is not started (it serves until stopped): each of its options must
+  be one its `--help` lists.
 - "first-hour" runs on the embedded default (the real local model); "quick-tour" and the `--help` examples
   run `run`/`resume` against the echo fixture (`COLDBATCH_RUN_ENGINE=echo`, click's environment name for
   `run --engine`), and an example's `--base-url https://api.openai.com/v1` is pointed at a local echo server.
@@ -88,8 +89,8 @@ def _newest_job(work: Path, env: dict[str, str]) -> str:
 def _run_all(commands: list[tuple[str, int]], work: Path, env: dict[str, str]) -> list[str]:
     ran = []
     for command, want in commands:
-        if command.startswith("coldbatch serve"):
-            _check_serve_options(command, work, env)
+        if command.startswith(LONG_RUNNING):
+            _check_options(command, work, env)
             continue
         if "JOB" in command:
             command = command.replace("JOB", _newest_job(work, env))
@@ -101,12 +102,17 @@ def _run_all(commands: list[tuple[str, int]], work: Path, env: dict[str, str]) -
     return ran
 
 
-def _check_serve_options(command: str, work: Path, env: dict[str, str]) -> None:
+#: commands that serve until stopped: not started; each option they are given must be one they have
+LONG_RUNNING = ("coldbatch serve", "coldbatch worker")
+
+
+def _check_options(command: str, work: Path, env: dict[str, str]) -> None:
+    name = command.split()[1]
     help_text = subprocess.run(
-        ["coldbatch", "serve", "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=120, check=True
+        ["coldbatch", name, "--help"], cwd=work, env=env, capture_output=True, text=True, timeout=120, check=True
     ).stdout
     for flag in re.findall(r"\s(--[a-z-]+)", command):
-        assert flag in help_text, f"{flag} is not an option of `coldbatch serve`"
+        assert flag in help_text, f"{flag} is not an option of `coldbatch {name}`"
 
 
 def test_the_first_hour_walkthrough_runs_as_written(tmp_path: Path) -> None:
