@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 _KEY = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
 #: S3's minimum part size is 5 MiB (all parts but the last); 8 MiB keeps memory flat and requests few
 PART_BYTES = 8 << 20
@@ -156,17 +158,28 @@ class S3BlobStore:
             (self._scratch / key).unlink(missing_ok=True)
 
     def clear_tmp(self, older_than: float = STALE_UPLOAD_SECONDS) -> int:
-        """Abort multipart uploads under the prefix started more than `older_than` seconds ago (a crashed
-        writer's); returns how many. Newer ones may belong to another live process."""
+        """Abort multipart uploads under the prefix idle for more than `older_than` seconds (started that long
+        ago and no part sent since: a crashed writer's); returns how many. A long upload that is still
+        sending parts is another live process's, however long ago it started."""
         cutoff = time.time() - older_than
         n = 0
         pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=self.prefix)
         for page in pages:
             for up in page.get("Uploads", []):
-                if up["Initiated"].timestamp() <= cutoff:
+                if up["Initiated"].timestamp() > cutoff or self._last_part(up) > cutoff:
+                    continue
+                with contextlib.suppress(self.s3.exceptions.NoSuchUpload):
                     self.s3.abort_multipart_upload(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
                     n += 1
         return n
+
+    def _last_part(self, up: dict[str, Any]) -> float:
+        """When the upload's newest part arrived (0 without parts)."""
+        try:
+            parts = self.s3.list_parts(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]).get("Parts", [])
+        except self.s3.exceptions.NoSuchUpload:
+            return time.time()  # completed or aborted meanwhile: nothing to do
+        return max((float(p["LastModified"].timestamp()) for p in parts), default=0.0)
 
     def pending_uploads(self) -> int:
         """Multipart uploads not completed nor aborted (for the orphan checks of the tests)."""
@@ -195,6 +208,12 @@ class _MultipartWriter(io.RawIOBase):
         return len(data)
 
     def _send(self, part: bytes) -> None:
+        try:
+            self._send_part(part)
+        except (BotoCoreError, ClientError) as exc:  # the store's failure: a 5xx, never the client's 400
+            raise OSError(f"S3 upload of {self.key} failed: {exc}") from exc
+
+    def _send_part(self, part: bytes) -> None:
         if self.upload_id is None:
             self.upload_id = self.s3.create_multipart_upload(Bucket=self.bucket, Key=self.key)["UploadId"]
         n = len(self.parts) + 1
