@@ -32,6 +32,13 @@ SCHEMA = {
 }
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite + folder and on PostgreSQL + S3 (tests/_scaleout_infra.py): an Anthropic
+    batch is an ordinary stored batch, so the dialect must behave the same on both stores."""
+    return str(request.param)
+
+
 def client(srv: Server, key: str = "sk-test") -> anthropic.Anthropic:
     c = anthropic.Anthropic(base_url=srv.root, api_key=key, max_retries=0)
     srv._closers.append(c.close)

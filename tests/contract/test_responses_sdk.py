@@ -24,6 +24,12 @@ SCHEMA = {
 FORMAT = {"format": {"type": "json_schema", "name": "label", "schema": SCHEMA, "strict": True}}
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """On SQLite + folder and on PostgreSQL + S3 (tests/_scaleout_infra.py), like the rest of the OpenAI surface."""
+    return str(request.param)
+
+
 def test_responses_create(client: openai.OpenAI) -> None:
     resp = client.responses.create(model="gpt-echo", instructions="Be brief.", input="Tell me a story")
     assert resp.object == "response" and resp.status == "completed" and resp.id.startswith("resp_")
