@@ -46,7 +46,8 @@ def busy(until: float) -> None:
         x += 1
 
 
-def poller_proc(base: str, batch_id: str, n: int, every: float, until: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def poller_proc(base: str, batch_id: str, n: int, every: float, until: float, out: mp.Queue,  # type: ignore[type-arg]
+                stop_when_done: bool = True) -> None:
     async def one(i: int, client: httpx.AsyncClient) -> list[tuple[str, float, float]]:
         kind, path = ("retrieve", f"/v1/batches/{batch_id}") if i % 2 == 0 else ("list", "/v1/batches?limit=20")
         seen: list[tuple[str, float, float]] = []
@@ -55,7 +56,8 @@ def poller_proc(base: str, batch_id: str, n: int, every: float, until: float, ou
             r = await client.get(path)
             # a poller's first poll also opens its connection (50 at once, as the batch starts): kept apart
             seen.append((kind if seen else kind + "-first", at, time.perf_counter() - t))
-            if r.json().get("status") in TERMINAL or (kind == "list" and r.json()["data"][0]["status"] in TERMINAL):
+            done = r.json().get("status") in TERMINAL or (kind == "list" and r.json()["data"][0]["status"] in TERMINAL)
+            if done and stop_when_done:
                 break
             await asyncio.sleep(every)
         return seen
@@ -114,8 +116,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_once(args: argparse.Namespace, work: Path, pollers: int,
-             load: int) -> tuple[float, list[tuple[str, float, float]], dict[str, float]]:
+def run_once(args: argparse.Namespace, work: Path, pollers: int, load: int,
+             floor: float = 0.0) -> tuple[float, list[tuple[str, float, float]], dict[str, float]]:
+    """One batch of `--rows` polled by `pollers`; with `floor` seconds instead, the same pollers and load
+    against the server once a 10-line batch is done (the latency an idle server gets: the OS's share)."""
     port = free_port()
     data = work / f"data-{port}"
     server = start_server(data, port, args.latency, server_env(args, work))
@@ -124,18 +128,24 @@ def run_once(args: argparse.Namespace, work: Path, pollers: int,
     procs: list[mp.Process] = []
     try:
         with httpx.Client(base_url=base, timeout=60) as http:
-            f = http.post("/v1/files", files={"file": ("in.jsonl", batch_input(args.rows))}, data={"purpose": "batch"})
+            rows = 10 if floor else args.rows
+            f = http.post("/v1/files", files={"file": ("in.jsonl", batch_input(rows))}, data={"purpose": "batch"})
             until = time.time() + args.cap
             hogs = [mp.Process(target=busy, args=(until,)) for _ in range(load)]
             for h in hogs:
                 h.start()
             b = http.post("/v1/batches", json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions",
                                                "completion_window": "24h"}).json()
+            while floor and http.get(f"/v1/batches/{b['id']}").json()["status"] not in TERMINAL:
+                time.sleep(0.2)
+            if floor:
+                until = time.time() + floor
             started, started_at = time.perf_counter(), time.time()
             q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
             k = args.poll_procs
             per = [pollers // k + (1 if i < pollers % k else 0) for i in range(k)]
-            procs = [mp.Process(target=poller_proc, args=(base, b["id"], n, args.every, until, q)) for n in per if n]
+            procs = [mp.Process(target=poller_proc, args=(base, b["id"], n, args.every, until, q, not floor))
+                     for n in per if n]
             for p in procs:
                 p.start()
             spy = None
@@ -145,7 +155,7 @@ def run_once(args: argparse.Namespace, work: Path, pollers: int,
                 spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while time.time() < until:
                 status = http.get(f"/v1/batches/{b['id']}").json()["status"]
-                if status in TERMINAL:
+                if status in TERMINAL and not floor:
                     break
                 time.sleep(0.2)
             elapsed, ended = time.perf_counter() - started, time.time()
@@ -184,11 +194,14 @@ def main() -> None:
     ap.add_argument("--src", help="run the server from DIR/coldbatch instead of the installed package")
     ap.add_argument("--plain-loop", action="store_true", help="hide uvloop and httptools from the server")
     ap.add_argument("--raw", help="write every poll here: kind, seconds since create, latency in ms")
+    ap.add_argument("--floor", type=float, default=0.0,
+                    help="also poll an idle server this many seconds under the same load (the OS's share)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cb-poll-"))
     try:
         alone, _, cpu_alone = run_once(args, work, 0, args.load)
         polled, seen, cpu = run_once(args, work, args.pollers, args.load)
+        idle = run_once(args, work, args.pollers, args.load, args.floor)[1] if args.floor else []
     finally:
         if args.keep:
             print(f"(data dirs and server logs kept in {work})")
@@ -209,6 +222,10 @@ def main() -> None:
     print(f"- mean poll {statistics.fmean(t for *_, t in seen) * 1000:.1f} ms" if seen else "- no polls")
     print(f"- CPU seconds: server {cpu_alone['server']:.1f} without pollers, {cpu['server']:.1f} with them; "
           f"the poller processes {cpu['pollers']:.1f}")
+    for kind in ("retrieve", "list") if idle else ():
+        v = [t for k, _, t in idle if k == kind]
+        print(f"- idle server, same pollers and load, {args.floor:g} s: {kind} p50 {pct(v, .5):.0f} ms, "
+              f"p99 {pct(v, .99):.0f} ms ({len(v):,} polls)")
     if args.raw:
         Path(args.raw).write_text("".join(f"{k}\t{at:.3f}\t{t * 1000:.1f}\n" for k, at, t in seen))
 
