@@ -255,3 +255,64 @@ def test_cancel_an_anthropic_job_keeps_what_finished_and_reports_the_rest(tmp_pa
     cancelled = [r for r in rows if r["error"].startswith("batch_cancelled: ")]
     assert len(done) + len(cancelled) == 400 and cancelled, err[-2000:]
     assert proc.returncode == 4  # rows left unanswered, each with its reason
+
+
+def test_when_the_adopted_batch_proves_foreign_the_units_own_batch_is_found_and_read(tmp_path: Path) -> None:
+    """The crash left our batch on Anthropic unrecorded, and another client's batch of the same size is older:
+    the foreign one is adopted first, proven foreign when it ends, and the unit's own batch is then followed and
+    read: no retry round, nothing paid twice."""
+    unit = tmp_path / "send-00001.jsonl"
+    body = {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    unit.write_bytes(
+        b"".join(
+            orjson.dumps({"custom_id": f"k-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}) + b"\n"
+            for i in range(3)
+        )
+    )
+    tag = {
+        "coldbatch_job": "j",
+        "coldbatch_unit": "1",
+        "coldbatch_try": "1",
+        "coldbatch_round": "1",
+        "coldbatch_sha256": "cd",
+    }
+    with echo_server(tmp_path / "srv") as srv:
+        root = _root(srv.base_url)
+
+        async def scenario() -> tuple[str, str, str, list[str]]:
+            p = AnthropicProvider(base_url=root, api_key="sk-test", state_dir=tmp_path / "state")
+            try:
+                foreign = await p.client.messages.batches.create(
+                    requests=[  # another client, first
+                        {
+                            "custom_id": f"other-{i}",
+                            "params": {
+                                "model": "gpt-4o-mini",
+                                "max_tokens": 5,
+                                "messages": [{"role": "user", "content": "x"}],
+                            },
+                        }
+                        for i in range(3)
+                    ]
+                )
+                await asyncio.sleep(1.1)  # created_at has whole seconds: ours is strictly newer
+                from coldbatch.providers.anthropic_batches import unit_prefix
+
+                ours = await p.client.messages.batches.create(  # our create, whose answer the crash lost
+                    requests=p._requests(unit, unit_prefix(tag))
+                )  # type: ignore[arg-type]
+                adopted = await p.find_batch(f"local:{unit}", tag, 3, int(time.time()) - 120)
+                assert adopted is not None
+                while (b := await p.retrieve(adopted["id"]))["status"] != "completed":
+                    await asyncio.sleep(0.1)
+                await p.download(b["output_file_id"], tmp_path / "out.jsonl")
+                ids = [orjson.loads(x)["custom_id"] for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+                return foreign.id, ours.id, f"{adopted['id']}>{b['output_file_id']}", sorted(ids)
+            finally:
+                await p.aclose()
+
+        foreign, ours, path, ids = asyncio.run(scenario())
+        made = len(_anthropic_batches(root))
+    assert path == f"{foreign}>{ours}"  # adopted the older foreign batch, then followed ours once it was proven
+    assert ids == ["k-0", "k-1", "k-2"]  # our answers, under the unit's own ids
+    assert made == 2  # nothing created a third batch

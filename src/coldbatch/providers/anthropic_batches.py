@@ -14,12 +14,12 @@ requests until it has ended. What identifies a unit's batch:
   the unit's file, prefix, tag), written before the batch id reaches the ledger.
 After a crash between the create call and the ledger's commit, `find_batch` lists the batches created since
 the intent (minus 2 minutes of clock skew), drops those recorded for any unit (claimed) and those proven
-foreign, and adopts the oldest whose request total equals the unit's. When it ends, `download` checks the
-prefix: a batch whose results carry another prefix is marked foreign (never deleted or read) and yields no
-results, so the unit's rows are retried. What this cannot rule out is stated in the README: another client of
-the same workspace creating a batch of exactly the same size within that window, while ours never reached
-Anthropic, delays the unit until that batch ends (then it is retried); nothing is paid twice unless our batch
-was created and a foreign one of the same size was adopted before it.
+foreign, and adopts the oldest whose request total equals the unit's. When an adopted batch ends, `retrieve`
+reads its first result: our prefix proves it ours; another proves it foreign (recorded so, never read into
+OUTPUT, deleted or adopted again) and the unit's own batch is looked for again the same way and followed
+(the record redirects; the ledger keeps the first id), so a foreign batch costs time, not a second payment.
+What remains (README, Providers): a unit waits for a foreign same-size batch to end before its own is found,
+and a batch of ours invisible in the list (clock skew over 2 minutes) would be created again.
 """
 
 from __future__ import annotations
@@ -153,7 +153,19 @@ class AnthropicProvider:
         self, file_id: str, tag: dict[str, str], requests: int, not_before: int
     ) -> dict[str, Any] | None:
         """The batch a create call for this unit made before a crash, if any: see the module docstring."""
-        prefix = unit_prefix(tag)
+        prefix, path = unit_prefix(tag), Path(file_id.removeprefix(LOCAL))
+        found = await self._candidate(prefix, requests, not_before)
+        if found is None:
+            return None
+        rec = self._record(found["id"])
+        if rec is None:  # adopted on its size alone: proven (or not) by its results' prefix when it ends
+            self._remember(found["id"], path, prefix, tag, adopted={"requests": requests, "not_before": not_before})
+            rec = self._record(found["id"])
+        return self._normal(found, rec)
+
+    async def _candidate(self, prefix: str, requests: int, not_before: int) -> dict[str, Any] | None:
+        """The batch recorded for this prefix, else the oldest unrecorded one of `requests` requests created since
+        `not_before` (the list is newest first)."""
         oldest = None
         async for b in self._list():
             if _epoch(b["created_at"]) < not_before:
@@ -161,14 +173,34 @@ class AnthropicProvider:
             rec = self._record(b["id"])
             if rec is not None:
                 if rec.get("prefix") == prefix and not rec.get("foreign"):
-                    return self._normal(b, rec)  # already recorded for this very unit
+                    return b  # already recorded for this very unit
                 continue  # claimed by another unit, or proven foreign
             if sum(int(v or 0) for v in b["request_counts"].values()) == requests:
-                oldest = b  # newest first: the last match is the oldest
-        if oldest is None:
-            return None
-        self._remember(oldest["id"], Path(file_id.removeprefix(LOCAL)), prefix, tag)
-        return self._normal(oldest, self._record(oldest["id"]))
+                oldest = b
+        return oldest
+
+    async def _proven(self, batch_id: str, rec: dict[str, Any]) -> str:
+        """An adopted batch that has ended: itself when its first result carries the unit's prefix; else it is
+        recorded foreign and the unit's own batch is looked for again (the id to follow from now on, or
+        `batch_id` when there is none: its empty results then send the rows again)."""
+        async with self.client.messages.batches.with_streaming_response.results(batch_id) as resp:
+            first = None
+            async for line in resp.iter_lines():
+                if line.strip():
+                    first = orjson.loads(line)["custom_id"]
+                    break
+        path, prefix, tag, adopted = Path(rec["path"]), rec["prefix"], rec.get("tag") or {}, rec["adopted"]
+        if first is None or str(first).startswith(prefix + "_"):
+            self._remember(batch_id, path, prefix, tag)  # proven ours
+            return batch_id
+        self._remember(batch_id, path, prefix, tag, foreign=True)  # first: the search below must skip it
+        found = await self._candidate(prefix, adopted["requests"], adopted["not_before"])
+        self._remember(batch_id, path, prefix, tag, foreign=True, redirect=found and found["id"])
+        if found is None:
+            return batch_id
+        if self._record(found["id"]) is None:
+            self._remember(found["id"], path, prefix, tag, adopted=adopted)
+        return str(found["id"])
 
     async def _list(self) -> AsyncIterator[dict[str, Any]]:
         async for b in self.client.messages.batches.list(limit=100):
@@ -179,9 +211,26 @@ class AnthropicProvider:
             yield self._normal(b)
 
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
-        return self._normal((await self.client.messages.batches.retrieve(batch_id)).model_dump())
+        """The batch's state; for a unit whose adopted batch proved foreign, the state of the unit's own batch
+        found after it (the ledger keeps the first id; the record redirects)."""
+        for _ in range(100):  # each hop follows a batch proven foreign: bounded by the batches listed
+            rec = self._record(batch_id)
+            if rec is not None and rec.get("redirect"):
+                batch_id = rec["redirect"]
+                continue
+            b = self._normal((await self.client.messages.batches.retrieve(batch_id)).model_dump(), rec)
+            if rec is None or not rec.get("adopted") or not b["output_file_id"]:
+                return b
+            nxt = await self._proven(batch_id, rec)
+            if nxt == batch_id:
+                return self._normal((await self.client.messages.batches.retrieve(batch_id)).model_dump())
+            batch_id = nxt
+        raise ProviderError(f"Anthropic batch {batch_id}: too many foreign batches of the unit's size to follow")
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
+        rec = self._record(batch_id)
+        if rec is not None and rec.get("redirect"):
+            return await self.cancel(rec["redirect"])
         try:
             return self._normal((await self.client.messages.batches.cancel(batch_id)).model_dump())
         except anthropic.ConflictError:
@@ -235,7 +284,12 @@ class AnthropicProvider:
                     if cid is None:
                         if not r["custom_id"].startswith(rec["prefix"] + "_"):
                             self._remember(
-                                file_id, Path(rec["path"]), rec["prefix"], rec.get("tag") or {}, foreign=True
+                                file_id,
+                                Path(rec["path"]),
+                                rec["prefix"],
+                                rec.get("tag") or {},
+                                foreign=True,
+                                redirect=rec.get("redirect"),
                             )
                             fh.truncate(0)
                             size = 0
@@ -248,11 +302,16 @@ class AnthropicProvider:
         return size
 
     # -- the per-batch records ----------------------------------------------------------------------------
-    def _remember(self, batch_id: str, path: Path, prefix: str, tag: dict[str, str], *, foreign: bool = False) -> None:
-        """Record (atomically, durably) which unit file and prefix a batch belongs to, before the ledger hears of it."""
+    def _remember(
+        self, batch_id: str, path: Path, prefix: str, tag: dict[str, str], *, foreign: bool = False, **extra: Any
+    ) -> None:
+        """Record (atomically, durably) which unit file and prefix a batch belongs to, before the ledger hears of it.
+        `adopted` (requests, not_before): found by its size after a crash, not yet proven; `redirect`: proven
+        foreign, the unit's own batch is that one."""
         dest = self.state_dir / f"{batch_id}.json"
         tmp = dest.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"path": str(path), "prefix": prefix, "tag": tag, "foreign": foreign}))
+        rec = {"path": str(path), "prefix": prefix, "tag": tag, "foreign": foreign, **extra}
+        tmp.write_bytes(orjson.dumps(rec))
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         tmp.replace(dest)
