@@ -73,3 +73,14 @@ def test_the_checker_catches_each_kind_of_violation(source: str, layer: str) -> 
 ])
 def test_the_checker_allows_what_the_layer_may_use(source: str, layer: str) -> None:
     assert violations(ast.parse(source), ALLOWED[layer]) == []
+
+
+def test_the_runner_does_not_know_the_server() -> None:
+    """The client half reaches a Batch API only by URL; the CLI composes it with the embedded server (issue 11)."""
+    found = []
+    for path in sorted((PACKAGE / "runner").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                above = [n for n in imported(node) if n.startswith(("coldbatch.server", "coldbatch.engines"))]
+                found += [f"{path.name}: {n}" for n in above]
+    assert found == []

@@ -26,11 +26,11 @@ from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner.deadline import parse_deadline
-from coldbatch.runner.embedded import EmbeddedServer
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
 from coldbatch.runner.output import output_kind
 from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD, SyncRunner, route
+from coldbatch.server.embedded import EmbeddedServer
 
 
 def _root() -> Path:

@@ -5,6 +5,9 @@ otherwise, in a supervised worker process like `coldbatch serve`'s, so a native 
 never the client) in a background thread and talks to it over HTTP with the same client code as for a remote
 provider, so the embedded path exercises exactly what a real Batch API would. Its data dir lives under
 COLDBATCH_HOME, so a resumed job finds its batches again.
+
+It lives with the server, not the runner (it was `runner/embedded.py`): the runner only ever sees a base
+URL, and the CLI, which composes the two, is the one place that knows both (issue 11).
 """
 
 from __future__ import annotations
