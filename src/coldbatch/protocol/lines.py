@@ -9,8 +9,8 @@ the estimator read request lines: before this module each of them parsed and bui
 Parsing here trusts the shape only as far as the caller may: `RequestLine.parse` is for lines that passed
 `core.validate` (a prepared shard, an accepted upload) and raises `LineTooBroken` naming the missing key
 otherwise; `OutputLine.parse` accepts what any provider writes (missing keys become None). orjson does
-the work; the objects are slotted, so a 2.4 M-line pass costs what the bare dicts cost (bench/
-protocol_lines.py, docs/benchmarks.md).
+the work; the line objects are slotted and not frozen (a frozen dataclass's __init__ costs 50 % more per
+line), so a pass over millions of lines costs about what the bare dicts cost (bench/protocol_lines.py).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def error_result(status: int, message: str, *, type_: str = "invalid_request_err
     return Result(status, {"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs +50 % per line (bench/protocol_lines.py)
 class RequestLine:
     """One request of a batch input file: `{"custom_id", "method", "url", "body"}`."""
 
@@ -82,7 +82,7 @@ def custom_id_of(raw: bytes | str) -> str:
     return str(orjson.loads(raw)["custom_id"])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, for the same reason as RequestLine; treat both as values
 class OutputLine:
     """One line of a batch output or error file.
 
