@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from coldbatch.core.status import TERMINAL as BATCH_TERMINAL
 from coldbatch.errors import BudgetExceeded, InputError, UsageError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate
+from coldbatch.hotpath import limits as LM
 from coldbatch.jsonl import request_lines
 from coldbatch.protocol.limits import Limits
 from coldbatch.protocol.lines import custom_id_of
@@ -51,8 +53,9 @@ POLL_CONCURRENCY = 16  #: status requests in flight at once while polling runnin
 TERMINAL = BATCH_TERMINAL  #: batch statuses after which nothing changes (core/status.py spells them)
 #: job statuses after a user's cancel: nothing new is sent, whatever runs is cancelled, the rest is reported
 CANCELLED = ("cancelling", "cancelled")
-#: sends of one upload / create call after a `Retryable` failure (each preceded by a reconciliation)
-POST_ATTEMPTS = 5
+#: sends of one upload / create call after a `Retryable` failure (each preceded by a reconciliation), waits of
+#: up to 2, 4, 8, 16 s (full jitter)
+POST_ATTEMPTS, POST_RETRY = 5, LM.RetryPolicy(max_attempts=5, base=2.0, cap=30.0)
 #: a batch refused for the provider's enqueued-token quota is sent again at most this often, then reported
 MAX_REQUEUES = 20
 Events = Callable[[str, dict[str, Any]], None]
@@ -417,39 +420,36 @@ class Runner:
         found = None
         if u["id"] not in self._fresh:  # a crash may have happened after the upload: look before sending again
             found = await self.provider.find_file(name, u["bytes"], not_before)
-        f = found
-        for attempt in range(1, POST_ATTEMPTS + 1):
-            if f is not None:
-                break
-            try:
-                f = await self.provider.upload(Path(u["path"]), name)
-            except Retryable as exc:
-                if attempt == POST_ATTEMPTS:
-                    raise
-                logger.warning("unit %s: %s; looking for the file before sending it again", u["id"], exc)
-                await self.sleep(min(2.0 ** attempt, 30.0))
-                f = found = await self.provider.find_file(name, u["bytes"], not_before)
-        assert f is not None
+        f, found = await self._post(u, found, lambda: self.provider.upload(Path(u["path"]), name),
+                                    lambda: self.provider.find_file(name, u["bytes"], not_before), "file")
         self.ledger.move_unit(u["id"], LG.UPLOADED, file_id=f["id"])
         self.emit("uploaded", {"unit": u["id"], "file_id": f["id"], "adopted": found is not None})
+
+    async def _post(self, u: dict[str, Any], found: Any, send: Callable[[], Awaitable[Any]],
+                    find: Callable[[], Awaitable[Any]], what: str) -> tuple[Any, Any]:
+        """(object, the one found instead of sent): `send()` unless `found`; after a `Retryable` failure `find()`
+        first (the call may have reached the provider). Waits follow the one retry policy (hotpath.limits)."""
+        attempt = 0
+        while found is None:
+            attempt += 1
+            try:
+                return await send(), None
+            except Retryable as exc:
+                wait = LM.decide(POST_RETRY, attempt, None, random)  # no answer: worth another send
+                if wait is None:
+                    raise
+                logger.warning("unit %s: %s; looking for the %s before sending it again", u["id"], exc, what)
+                await self.sleep(wait)
+                found = await find()
+        return found, found
 
     async def _create(self, u: dict[str, Any]) -> None:
         tag = self._tag(u)
         found = None if u["id"] in self._fresh else await self._find_batch(u)
         endpoint = self.opts.spec["endpoint"]
-        b = found
-        for attempt in range(1, POST_ATTEMPTS + 1):
-            if b is not None:
-                break
-            try:
-                b = await self.provider.create_batch(u["file_id"], endpoint, tag, self.opts.completion_window)
-            except Retryable as exc:
-                if attempt == POST_ATTEMPTS:
-                    raise
-                logger.warning("unit %s: %s; looking for the batch before creating it again", u["id"], exc)
-                await self.sleep(min(2.0 ** attempt, 30.0))
-                b = found = await self._find_batch(u)
-        assert b is not None
+        b, found = await self._post(
+            u, found, lambda: self.provider.create_batch(u["file_id"], endpoint, tag, self.opts.completion_window),
+            lambda: self._find_batch(u), "batch")
         self.ledger.move_unit(u["id"], LG.CREATED, batch_id=b["id"], batch_status=b["status"])
         self.emit("created", {"unit": u["id"], "batch_id": b["id"], "adopted": found is not None})
 
