@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -283,12 +284,20 @@ class Coordinator:
 
     # -- finalizing / expired / cancelled ------------------------------------------------------------------
     def finalize(self, row: dict[str, Any], final: S) -> None:
+        with contextlib.suppress(_Superseded):
+            self._finalize(row, final)
+
+    def _finalize(self, row: dict[str, Any], final: S) -> None:
         """Stream the log into the output and error files, then register them with the final status in one
         transaction. Deterministic: run again after a crash, it writes the same bytes under the same keys."""
         bid = row["id"]
         out_key, err_key = f"file-{bid[6:]}o", f"file-{bid[6:]}e"
         counts = {"ok": 0, "err": 0, "never": 0}
-        with self.blobs.writer(out_key) as out, self.blobs.writer(err_key) as err:
+        with (
+            self._keeping_lease(bid),
+            self.blobs.writer(out_key) as out,
+            self.blobs.writer(err_key) as err,
+        ):
             seen: set[int] = set()
             for _cid, line, ok, data in self.store.iter_results(bid):
                 seen.add(line)
@@ -305,7 +314,31 @@ class Coordinator:
                     )
                     counts["never"] += 1
             seen.clear()
+            now = self.store.get_batch(bid, None)
+            if now is None or S(now["status"]) in (S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED):
+                # another coordinator finished it meanwhile (this one lost its lease): its objects stand; ours,
+                # read from a log that may be purged by now, are aborted instead of published over them
+                raise _Superseded(bid)
         self._publish(row, final, out_key, err_key, counts)
+
+    @contextlib.contextmanager
+    def _keeping_lease(self, batch_id: str) -> Iterator[None]:
+        """Renew the batch's lease every third of it while a long step (finalizing 50,000 lines) runs, so no
+        other coordinator starts the same step meanwhile (harmless, the result is the same, but wasted)."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(self.lease / 3):
+                with contextlib.suppress(Exception):
+                    self.store.lease_batch(batch_id, self.me, self.lease)
+
+        keeper = threading.Thread(target=renew, name=f"lease {batch_id}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join(5)
 
     def _never_run(self, row: dict[str, Any], seen: set[int]) -> Iterator[str]:
         for n, _, line in blob_lines(self.blobs, row["input_file_id"]):
@@ -334,3 +367,7 @@ class Coordinator:
                 self.blobs.delete(key)
         if not self.store.transition(bid, final, now, files=files, **fields):
             logger.warning("batch %s: could not move to %s (status changed meanwhile)", bid, final)
+
+
+class _Superseded(Exception):
+    """A finalize found its batch already final: its uploads are aborted, nothing is published."""
