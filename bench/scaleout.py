@@ -91,7 +91,7 @@ def scaling(args: argparse.Namespace, work: Path) -> list[tuple[int, float]]:
             cluster.add_worker()
         try:
             cluster.start_all()
-            time.sleep(3)  # the workers import and connect
+            cluster.wait_workers()  # every worker connected: the figure is N workers', not their start-up
             rps = run_batch(serve.url, batch_file(args.lines_per_worker * n))
         finally:
             cluster.stop()
@@ -131,7 +131,7 @@ def versus_sqlite(args: argparse.Namespace, work: Path) -> list[tuple[str, float
         cluster.add_worker()
         try:
             cluster.start_all()
-            time.sleep(3)
+            cluster.wait_workers()
             out.append(("postgres", run_batch(serve.url, data)))
         finally:
             cluster.stop()

@@ -100,9 +100,23 @@ class Cluster:
         ]
         for opt in self.engine_options:
             argv += ["--engine-option", opt]
-        p = Proc("worker", argv, self.workdir / f"worker{len(self.procs)}.log")
+        port = free_port()  # its /metrics answers once it has connected: `wait_workers` waits for that
+        argv += ["--metrics-port", str(port)]
+        p = Proc("worker", argv, self.workdir / f"worker{len(self.procs)}.log", port)
         self.procs.append(p)
         return p
+
+    def wait_workers(self, timeout: float = 180.0) -> None:
+        """Until every worker answers on its /metrics port (it has opened the store and the bucket)."""
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            while p.kind == "worker":
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(p.url + "/metrics", timeout=2).status_code == 200:
+                        break
+                if not p.alive or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker not ready: {p.log.read_text()[-2000:]}")
+                time.sleep(0.1)
 
     def start(self, p: Proc) -> None:
         with p.log.open("ab") as log:
