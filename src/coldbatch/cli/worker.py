@@ -75,6 +75,14 @@ def open_backends(store_url: str, blobs_url: str | None, data_dir: Path, *, migr
     help="Chunk lease; renewed every third of it. A dead worker's chunks are claimed again after it.",
 )
 @click.option("--metrics-port", type=int, help="Serve Prometheus /metrics on 127.0.0.1:PORT.")
+@click.option(
+    "--chunks-at-once",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Chunks in progress at once (they share the engine's concurrency): 2 overlaps one chunk's "
+    "reads and claims with another's execution.",
+)
 @click.option("--poll-seconds", type=float, default=0.5, help="How often an idle worker looks for work.")
 def worker(
     store_url: str,
@@ -84,6 +92,7 @@ def worker(
     engine_workers: int | None,
     lease_seconds: float,
     metrics_port: int | None,
+    chunks_at_once: int,
     poll_seconds: float,
 ) -> None:
     """Execute chunks of running batches (scale-out): no HTTP API, only a database and a bucket."""
@@ -102,7 +111,14 @@ def worker(
         **parse_engine_options(engine_options),
     )
     eng = dialects.wrap(eng)  # Anthropic batches and /v1/responses lines, translated to chat as in `serve`
-    w = ChunkWorker(store, blobs, eng, config=ExecutorConfig(poll_seconds=poll_seconds), lease_seconds=lease_seconds)
+    w = ChunkWorker(
+        store,
+        blobs,
+        eng,
+        config=ExecutorConfig(poll_seconds=poll_seconds),
+        lease_seconds=lease_seconds,
+        chunks_at_once=chunks_at_once,
+    )
     if metrics_port is not None:
         _serve_metrics(w, metrics_port)
     click.echo(f"coldbatch worker {w.me}: engine {eng.info.name}, leases of {lease_seconds:g} s", err=True)

@@ -43,9 +43,14 @@ class ChunkWorker:
         *,
         config: ExecutorConfig | None = None,
         lease_seconds: float = LEASE_SECONDS,
+        chunks_at_once: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.blobs, self.engine = store, blobs, engine
+        #: chunks in progress at once: 2 lets one chunk's reads and claims overlap another's execution (the engine's
+        #: concurrency is shared); 1 (serve's own worker) keeps batches strictly in turn
+        self.chunks_at_once = max(1, chunks_at_once)
+        self._lanes: dict[str, asyncio.Semaphore] = {}  #: per endpoint: the engine's concurrency, in groups
         self.slots = slots or Slots(engine.info.most_concurrency)
         self.config = config or ExecutorConfig()
         self.lease, self.clock = lease_seconds, clock
@@ -63,6 +68,9 @@ class ChunkWorker:
                 ev.set()
 
     async def run_forever(self) -> None:
+        await asyncio.gather(*(self._claim_loop() for _ in range(self.chunks_at_once)))
+
+    async def _claim_loop(self) -> None:
         idle = self.config.poll_seconds
         while True:
             try:
@@ -130,6 +138,7 @@ class ChunkWorker:
         endpoint = row["endpoint"]
         size = 32 if hasattr(self.engine, "complete_many") and self.engine.info.concurrency(endpoint) >= 32 else 1
         lanes = max(1, self.engine.info.concurrency(endpoint) // size)
+        shared = self._lanes.setdefault(endpoint, asyncio.Semaphore(lanes))
         pending: list[Any] = []
         last = [time.monotonic()]
         flushing = asyncio.Lock()
@@ -148,7 +157,7 @@ class ChunkWorker:
                 if stop.is_set() or self.clock() >= row["expires_at"]:
                     stop.set()
                     return
-                async with self.slots.slot(COLD):
+                async with shared, self.slots.slot(COLD):  # (lanes are shared by the chunks in progress)
                     results = await self._call(endpoint, [body for _, _, body in group])
                 pending.extend(_result_row(line, cid, res) for (line, cid, _), res in zip(group, results, strict=True))
                 self.requests_done += len(group)

@@ -27,7 +27,7 @@ _NOW = "extract(epoch from clock_timestamp())"
 
 _RECORD = (
     "INSERT INTO results (batch_id, line, custom_id, ok, data) SELECT %s, r.line, r.cid, r.ok, r.data"
-    " FROM unnest(%s::int[], %s::text[], %s::bool[], %s::bytea[]) AS r(line, cid, ok, data)"
+    " FROM unnest(%b::int[], %b::text[], %b::bool[], %b::bytea[]) AS r(line, cid, ok, data)"  # binary: no hex
     " ON CONFLICT DO NOTHING RETURNING line"
 )
 _CLAIM = (
