@@ -50,7 +50,7 @@ def test_the_job_survives_a_kill_9_of_its_model_worker(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 240
         while not killed and proc.poll() is None and time.monotonic() < deadline:
-            if "in_progress" in log.read_text(errors="replace") and (workers := _engine_workers(proc.pid)):
+            if "created: unit=" in log.read_text(errors="replace") and (workers := _engine_workers(proc.pid)):
                 time.sleep(1.0)  # some requests answered, most still to run
                 workers[0].kill()
                 killed.append(workers[0].pid)
