@@ -14,7 +14,7 @@ import pytest
 from _fake_provider import Crash, FakeProvider
 
 from coldbatch.builder.spec import RequestSpec
-from coldbatch.cli.jobs import _JobLock
+from coldbatch.job import JobLock as _JobLock
 from coldbatch.protocol.limits import Limits
 from coldbatch.runner import ledger as LG
 from coldbatch.runner import orchestrator as O

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import fcntl
 import os
 import sys
-from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
 
+from coldbatch import job as J
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.cli import exitcodes, options, preflight
 from coldbatch.cli import providers as PV
 from coldbatch.cli.progress import ProgressDisplay
 from coldbatch.cli.report import print_report, show_estimate
 from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL
-from coldbatch.errors import InputError, UsageError
-from coldbatch.hotpath.client import SyncClient
-from coldbatch.providers.openai_compat import OpenAIProvider, ProviderError
+from coldbatch.errors import UsageError
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner.deadline import parse_deadline
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
 from coldbatch.runner.output import output_kind
-from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD, SyncRunner, route
-from coldbatch.server.embedded import EmbeddedServer
+from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD
 
 
 def _root() -> Path:
@@ -38,138 +32,23 @@ def _root() -> Path:
 
 
 def _ledger() -> Ledger:
-    return Ledger(_root() / "ledger.sqlite3")
-
-
-@contextlib.contextmanager
-def _provider(opts: RunOptions, base_url: str | None, api_key: str | None, engine: str) -> Iterator[Any]:
-    """The job's provider adapter (`opts.provider_kind`: openai, azure, anthropic, gemini; providers/kinds.py)."""
-    if opts.provider == "embedded":
-        with EmbeddedServer(_root() / "server", engine=engine) as srv:
-            yield PV.make(opts.provider_kind, srv.base_url, "embedded", _root())
-    else:
-        yield PV.make(opts.provider_kind, base_url or opts.provider, api_key, _root())
-
-
-class _JobLock:
-    """One process drives a job at a time (two would both submit its planned units): an advisory lock on
-    jobs/<id>/lock, released by the OS when the process ends, however it ends (kill -9 included)."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / "lock"
-        self.fh = self.path.open("a+")
-
-    def acquire(self) -> bool:
-        try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(str(os.getpid()))
-        self.fh.flush()
-        return True
-
-    def holder(self) -> str:
-        self.fh.seek(0)
-        return self.fh.read().strip() or "?"
-
-    def release(self) -> None:
-        self.fh.close()
-
-
-def _held_elsewhere(ledger: Ledger, lock: _JobLock, job_id: str, cancel: bool) -> None:
-    """Another process drives the job: refuse to run it twice; a cancel asks that process to cancel."""
-    holder = lock.holder()
-    lock.release()
-    try:
-        if not cancel:
-            raise UsageError(
-                f"Job {job_id} is being run by another process (pid {holder}); wait for it, or "
-                f"stop it and run `coldbatch resume {job_id}`."
-            )
-        ledger.set_job(job_id, status="cancelling")
-    finally:
-        ledger.close()
-    click.echo(f"job {job_id} is running in process {holder}: asked it to cancel its batches and finish.", err=True)
+    return J.ledger()
 
 
 def _drive(
     job_id: str, *, base_url: str | None, api_key: str | None, engine: str, yes: bool, cancel: bool = False
 ) -> dict[str, Any] | None:
-    """Run (or cancel) a job to its end; None when another process drives it and was asked to cancel."""
-    ledger = _ledger()
-    job = ledger.job(job_id)
-    if job is None:
-        ledger.close()
-        raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
-    opts = RunOptions(**job["options"])
-    lock = _JobLock(H.job_dir(_root(), job_id))
-    if not lock.acquire():
-        _held_elsewhere(ledger, lock, job_id, cancel)
-        return None
-    if cancel and job["status"] in ("done", "cancelled"):
-        lock.release()
-        ledger.close()
-        raise UsageError(f"Job {job_id} has already finished ({job['status']}); nothing to cancel.")
-
+    """`coldbatch.job.drive` with the CLI's progress display, stderr notices and confirmation question."""
     display = ProgressDisplay()
-
-    async def go() -> dict[str, Any]:
-        with _provider(opts, base_url, api_key, engine) as provider:
-            runner = Runner(ledger, provider, job_id, _root(), on_event=display)
-            try:
-                if cancel:
-                    await runner.cancel()
-                else:
-                    await preflight.check_target(ledger, provider, opts, job_id)
-                if opts.examples and not cancel:
-                    await _companion(ledger, provider, EX.child_id(job_id), api_key, display)
-                est = runner.prepare()
-                fresh = not cancel and ledger.job(job_id)["status"] == "prepared"  # type: ignore[index]
-                runner, est = _pick_runner(ledger, runner, est, fresh, api_key)
-                if fresh:
-                    _confirm(runner, est, yes)
-                return await runner.run()
-            except PV.API_ERRORS as exc:
-                raise ProviderError(
-                    f"the Batch API at {provider.name} failed: {type(exc).__name__}: {exc}. "
-                    f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job."
-                ) from exc
-            finally:
-                if isinstance(runner, SyncRunner):
-                    await runner.client.aclose()
-                await provider.aclose()
-
     try:
-        return asyncio.run(go())
+        return J.drive(job_id, base_url=base_url, api_key=api_key, engine=engine, cancel=cancel,
+                       confirm=lambda runner, est: _confirm(runner, est, yes), notice=_say, on_event=display)
     finally:
         display.close()  # before anything else is printed: the summary never lands on the progress line
-        ledger.close()
-        lock.release()
 
 
-async def _companion(ledger: Ledger, provider: OpenAIProvider, job_id: str, api_key: str | None,
-                     display: ProgressDisplay) -> None:
-    """Run an --examples job's companion (the examples' embeddings) to its end first; no question asked (a few
-    hundred embeddings), and nothing to do once it is done."""
-    job = ledger.job(job_id)
-    if job is None or job["status"] in ("done", "cancelled"):
-        return
-    click.echo(f"examples: embedding them first (job {job_id})", err=True)
-    runner = Runner(ledger, provider, job_id, _root(), on_event=display)
-    est = runner.prepare()
-    runner, est = _pick_runner(ledger, runner, est, ledger.job(job_id)["status"] == "prepared", api_key)  # type: ignore[index]
-    try:
-        await runner.run()
-    finally:
-        if isinstance(runner, SyncRunner):
-            await runner.client.aclose()
-    summary = ledger.summary(job_id)
-    if not summary["succeeded"]:  # e.g. a provider without /v1/embeddings: say so before the rows are sent
-        raise UsageError(f"no example could be embedded ({summary['failed_by_code'] or 'no answer'}; see "
-                         f"`coldbatch status {job_id}`): the rows cannot be labelled with --examples here")
+def _say(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _examples_job(job_id: str, input_path: Path, opts: dict[str, Any], base_url: str | None
@@ -202,48 +81,6 @@ def _confirm(runner: Runner, est: dict[str, Any], yes: bool) -> None:
     ask = "Send these requests now (sync)?" if runner.opts.mode == "sync" else "Submit these batches?"
     if not yes and not click.confirm(ask, default=False, err=True):
         raise UsageError(f"Not submitted. Resume later with: coldbatch resume {runner.job_id}")
-
-
-def _pick_runner(ledger: Ledger, runner: Runner, est: dict[str, Any], fresh: bool,
-                 api_key: str | None) -> tuple[Runner, dict[str, Any]]:
-    """Resolve --mode auto on a fresh job; sync mode gets a SyncRunner; --deadline arms the sync rescue."""
-    if fresh and runner.opts.mode == "auto":
-        runner, est = _route(ledger, runner, est)
-    if runner.opts.mode == "sync":
-        return _sync_runner(runner, api_key), est
-    if runner.opts.deadline is not None:
-        batch_runner = runner
-        runner.make_sync_client = lambda: _sync_client(batch_runner, api_key)
-    return runner, est
-
-
-def _sync_client(runner: Runner, api_key: str | None) -> SyncClient:
-    """Sync calls go to --sync-base-url, else the provider's own /v1/<endpoint> (the embedded server's hot path)."""
-    o, provider = runner.opts, runner.provider
-    assert isinstance(provider, OpenAIProvider)
-    if o.sync_base_url:
-        base, key = o.sync_base_url, os.environ.get("COLDBATCH_SYNC_API_KEY") or api_key
-    else:
-        base, key = str(provider.client.base_url), "embedded" if o.provider == "embedded" else api_key
-    return SyncClient(base, key, rpm=o.rpm, tpm=o.tpm, window=o.rate_window, max_attempts=o.max_attempts,
-                      timeout=o.request_timeout, concurrency=o.concurrency)
-
-
-def _sync_runner(runner: Runner, api_key: str | None) -> SyncRunner:
-    """Sync mode: the job's requests one by one through `_sync_client`."""
-    return SyncRunner(runner.ledger, runner.provider, runner.job_id, runner.root, on_event=runner.emit,
-                      client=_sync_client(runner, api_key))
-
-
-def _route(ledger: Ledger, runner: Runner, est: dict[str, Any]) -> tuple[Runner, dict[str, Any]]:
-    """`--mode auto`: pick sync or batch from the requests to send, say why, and store the choice (so `resume`
-    continues in that mode); returns a runner that sees it, and the estimate with the choice."""
-    choice = route(est, runner.opts.sync_threshold)
-    click.echo(f"mode: {choice['mode']} ({choice['reason']})", err=True)
-    opts = RunOptions(**{**asdict(runner.opts), "mode": choice["mode"]})
-    est = {**est, "route": choice}
-    ledger.set_job(runner.job_id, options=asdict(opts), estimate=est)
-    return Runner(ledger, runner.provider, runner.job_id, runner.root, on_event=runner.emit), est
 
 
 _provider_options = [
@@ -439,13 +276,7 @@ def run(
     )
     if sync_api_key:
         os.environ["COLDBATCH_SYNC_API_KEY"] = sync_api_key  # not stored in the ledger; resume reads it again
-    ledger = _ledger()
-    ledger.create_job(job_id, str(input_path.resolve()), str(output.resolve()), asdict(run_opts))
-    if companion:
-        ex_spec, ex = companion
-        ledger.create_job(EX.child_id(job_id), ex["file"], str(Path(ex["file"]).with_suffix(".embedded.csv")),
-                          asdict(replace(run_opts, spec=ex_spec.describe(), examples=None)))
-    ledger.close()
+    J.create_job(job_id, input_path, output, run_opts, companion)
     click.echo(f"job {job_id} (resume with: coldbatch resume {job_id})", err=True)
     _finish(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes), fail_on_errors)
 

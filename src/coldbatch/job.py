@@ -1,0 +1,387 @@
+"""The one way to run, resume and cancel a job, for the CLI and Python callers alike (issue 11, item 5).
+
+`run_job` creates a job in the ledger (COLDBATCH_HOME) and drives it to its end; `resume_job` continues one
+after a crash (nothing paid for is sent again); `cancel_job` cancels its batches and writes OUTPUT with what
+finished. Each returns a `JobReport`. Driving a job means: take its lock (one process per job), open its
+provider (the embedded server when no base_url), check the target serves the model, pick batch or sync mode
+once, run the Runner and translate an SDK's API error into a ProviderError with `resume` advice. The CLI
+(cli/jobs.py) adds only its flags, its progress display, its confirmation question and its exit codes; it
+lives above the runner because it composes it with the embedded server (the runner never imports the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from coldbatch.builder.spec import RequestSpec
+from coldbatch.errors import InputError, ProviderError, UsageError
+from coldbatch.hotpath.client import SyncClient
+from coldbatch.providers import kinds as K
+from coldbatch.runner import examples as EX
+from coldbatch.runner import home as H
+from coldbatch.runner.ledger import Ledger
+from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
+from coldbatch.runner.output import output_kind
+from coldbatch.runner.sync_mode import SyncRunner, route
+
+#: what a caller is told along the way (the CLI: a line on stderr); the library default says nothing
+Notice = Callable[[str], None]
+#: asked once before a fresh job sends anything, with its runner and estimate; raises to refuse
+Confirm = Callable[[Runner, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """A finished job's summary: what a user checks after a run (the full dict stays in `details`)."""
+
+    job_id: str
+    output: Path
+    rows: int
+    succeeded: int
+    failed: int
+    cost_usd: float | None
+    mode: str | None
+    exit_status: int  #: the CLI's exit code for it (cli/exitcodes.py): 0 every row answered, 4 some not, ...
+    details: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, report: Mapping[str, Any]) -> JobReport:
+        from coldbatch.cli import exitcodes  # one rule for the CLI's exit code and this field
+
+        return cls(
+            job_id=str(report["job"]),
+            output=Path(report["output"]),
+            rows=int(report["rows"]),
+            succeeded=int(report["succeeded"]),
+            failed=int(report["failed"]),
+            cost_usd=report.get("cost_usd"),
+            mode=report.get("mode"),
+            exit_status=exitcodes.exit_code(dict(report)),
+            details=dict(report),
+        )
+
+
+def _quiet(_: str) -> None:
+    """The library's default Notice: a Python caller reads the report, not stderr."""
+
+
+def _budget_only(runner: Runner, est: dict[str, Any]) -> None:
+    """The library's default Confirm: calling run_job is the consent; only max_cost can refuse."""
+    runner.check_budget(est)
+
+
+def ledger() -> Ledger:
+    return Ledger(H.home() / "ledger.sqlite3")
+
+
+@contextlib.contextmanager
+def _provider(opts: RunOptions, base_url: str | None, api_key: str | None, engine: str) -> Iterator[Any]:
+    """The job's provider adapter (`opts.provider_kind`: openai, azure, anthropic, gemini; providers/kinds.py)."""
+    root = H.home()
+    if opts.provider == "embedded":
+        from coldbatch.server.embedded import EmbeddedServer  # only a job on the embedded default pays for it
+
+        with EmbeddedServer(root / "server", engine=engine) as srv:
+            yield K.make(
+                opts.provider_kind,
+                base_url=srv.base_url,
+                key=K.api_key(opts.provider_kind, "embedded"),
+                state_dir=root / "providers",
+            )
+    else:
+        yield K.make(
+            opts.provider_kind,
+            base_url=base_url or opts.provider,
+            key=K.api_key(opts.provider_kind, api_key),
+            state_dir=root / "providers",
+        )
+
+
+class JobLock:
+    """One process drives a job at a time (two would both submit its planned units): an advisory lock on
+    jobs/<id>/lock, released by the OS when the process ends, however it ends (kill -9 included)."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "lock"
+        self.fh = self.path.open("a+")
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return True
+
+    def holder(self) -> str:
+        self.fh.seek(0)
+        return self.fh.read().strip() or "?"
+
+    def release(self) -> None:
+        self.fh.close()
+
+
+def _held_elsewhere(lg: Ledger, lock: JobLock, job_id: str, cancel: bool, notice: Notice) -> None:
+    """Another process drives the job: refuse to run it twice; a cancel asks that process to cancel."""
+    holder = lock.holder()
+    lock.release()
+    try:
+        if not cancel:
+            raise UsageError(
+                f"Job {job_id} is being run by another process (pid {holder}); wait for it, or "
+                f"stop it and run `coldbatch resume {job_id}`."
+            )
+        lg.set_job(job_id, status="cancelling")
+    finally:
+        lg.close()
+    notice(f"job {job_id} is running in process {holder}: asked it to cancel its batches and finish.")
+
+
+@dataclass(frozen=True)
+class _Drive:
+    """How one drive of a job talks to its caller and reaches its provider."""
+
+    base_url: str | None
+    api_key: str | None
+    engine: str
+    cancel: bool
+    confirm: Confirm
+    notice: Notice
+    on_event: Callable[..., Any] | None
+
+
+def drive(
+    job_id: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    engine: str = "llama-cpp",
+    cancel: bool = False,
+    confirm: Confirm = _budget_only,
+    notice: Notice = _quiet,
+    on_event: Callable[..., Any] | None = None,
+) -> dict[str, Any] | None:
+    """Run (or cancel) a job to its end and return the runner's report; None when another process drives it
+    (a cancel then asks that process to cancel)."""
+    lg = ledger()
+    job = lg.job(job_id)
+    if job is None:
+        lg.close()
+        raise InputError(f"No job named {job_id!r}; see `coldbatch jobs`.")
+    lock = JobLock(H.job_dir(H.home(), job_id))
+    if not lock.acquire():
+        _held_elsewhere(lg, lock, job_id, cancel, notice)
+        return None
+    if cancel and job["status"] in ("done", "cancelled"):
+        lock.release()
+        lg.close()
+        raise UsageError(f"Job {job_id} has already finished ({job['status']}); nothing to cancel.")
+    how = _Drive(base_url, api_key, engine, cancel, confirm, notice, on_event)
+    try:
+        return asyncio.run(_go(lg, job_id, RunOptions(**job["options"]), how))
+    finally:
+        lg.close()
+        lock.release()
+
+
+async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[str, Any]:
+    """The drive itself, inside the job's lock: its provider open for exactly as long as it runs."""
+    from coldbatch.cli import preflight  # the target check: one rule for both modes
+    from coldbatch.cli import providers as PV
+
+    with _provider(opts, how.base_url, how.api_key, how.engine) as provider:
+        runner = Runner(lg, provider, job_id, H.home(), on_event=how.on_event)
+        try:
+            if how.cancel:
+                await runner.cancel()
+            else:
+                await preflight.check_target(lg, provider, opts, job_id)
+            if opts.examples and not how.cancel:
+                await _companion(lg, provider, EX.child_id(job_id), how)
+            est = runner.prepare()
+            fresh = not how.cancel and lg.job(job_id)["status"] == "prepared"  # type: ignore[index]
+            runner, est = _pick_runner(lg, runner, est, fresh, how)
+            if fresh:
+                how.confirm(runner, est)
+            return await runner.run()
+        except PV.API_ERRORS as exc:
+            raise ProviderError(
+                f"the Batch API at {provider.name} failed: {type(exc).__name__}: {exc}. "
+                f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job."
+            ) from exc
+        finally:
+            if isinstance(runner, SyncRunner):
+                await runner.client.aclose()
+            await provider.aclose()
+
+
+async def _companion(lg: Ledger, provider: Any, job_id: str, how: _Drive) -> None:
+    """Run an --examples job's companion (the examples' embeddings) to its end first; no question asked (a few
+    hundred embeddings), and nothing to do once it is done."""
+    job = lg.job(job_id)
+    if job is None or job["status"] in ("done", "cancelled"):
+        return
+    how.notice(f"examples: embedding them first (job {job_id})")
+    runner = Runner(lg, provider, job_id, H.home(), on_event=how.on_event)
+    est = runner.prepare()
+    runner, est = _pick_runner(lg, runner, est, lg.job(job_id)["status"] == "prepared", how)  # type: ignore[index]
+    try:
+        await runner.run()
+    finally:
+        if isinstance(runner, SyncRunner):
+            await runner.client.aclose()
+    summary = lg.summary(job_id)
+    if not summary["succeeded"]:  # e.g. a provider without /v1/embeddings: say so before the rows are sent
+        raise UsageError(
+            f"no example could be embedded ({summary['failed_by_code'] or 'no answer'}; see "
+            f"`coldbatch status {job_id}`): the rows cannot be labelled with --examples here"
+        )
+
+
+def _pick_runner(
+    lg: Ledger, runner: Runner, est: dict[str, Any], fresh: bool, how: _Drive
+) -> tuple[Runner, dict[str, Any]]:
+    """Resolve mode auto on a fresh job; sync mode gets a SyncRunner; a deadline arms the sync rescue."""
+    if fresh and runner.opts.mode == "auto":
+        runner, est = _route(lg, runner, est, how.notice)
+    if runner.opts.mode == "sync":
+        sync = SyncRunner(
+            runner.ledger,
+            runner.provider,
+            runner.job_id,
+            runner.root,
+            on_event=runner.emit,
+            client=_sync_client(runner, how.api_key),
+        )
+        return sync, est
+    if runner.opts.deadline is not None:
+        batch_runner = runner
+        runner.make_sync_client = lambda: _sync_client(batch_runner, how.api_key)
+    return runner, est
+
+
+def _sync_client(runner: Runner, api_key: str | None) -> SyncClient:
+    """Sync calls go to sync_base_url, else the provider's own /v1/<endpoint> (the embedded server's hot path)."""
+    o, provider = runner.opts, runner.provider
+    from coldbatch.providers.openai_compat import OpenAIProvider  # the one adapter with a sync API here
+
+    assert isinstance(provider, OpenAIProvider)
+    if o.sync_base_url:
+        base, key = o.sync_base_url, os.environ.get("COLDBATCH_SYNC_API_KEY") or api_key
+    else:
+        base, key = str(provider.client.base_url), "embedded" if o.provider == "embedded" else api_key
+    return SyncClient(
+        base,
+        key,
+        rpm=o.rpm,
+        tpm=o.tpm,
+        window=o.rate_window,
+        max_attempts=o.max_attempts,
+        timeout=o.request_timeout,
+        concurrency=o.concurrency,
+    )
+
+
+def _route(lg: Ledger, runner: Runner, est: dict[str, Any], notice: Notice) -> tuple[Runner, dict[str, Any]]:
+    """Mode auto: pick sync or batch from the requests to send, say why, and store the choice (so `resume`
+    continues in that mode); returns a runner that sees it, and the estimate with the choice."""
+    choice = route(est, runner.opts.sync_threshold)
+    notice(f"mode: {choice['mode']} ({choice['reason']})")
+    opts = RunOptions(**{**asdict(runner.opts), "mode": choice["mode"]})
+    est = {**est, "route": choice}
+    lg.set_job(runner.job_id, options=asdict(opts), estimate=est)
+    return Runner(lg, runner.provider, runner.job_id, runner.root, on_event=runner.emit), est
+
+
+def create_job(
+    job_id: str,
+    input_path: Path,
+    output: Path,
+    opts: RunOptions,
+    companion: tuple[RequestSpec, dict[str, Any]] | None = None,
+) -> None:
+    """Write a new job (and an --examples job's companion) into the ledger, ready to be driven."""
+    lg = ledger()
+    try:
+        lg.create_job(job_id, str(input_path.resolve()), str(output.resolve()), asdict(opts))
+        if companion:
+            ex_spec, ex = companion
+            lg.create_job(
+                EX.child_id(job_id),
+                ex["file"],
+                str(Path(ex["file"]).with_suffix(".embedded.csv")),
+                asdict(replace(opts, spec=ex_spec.describe(), examples=None)),
+            )
+    finally:
+        lg.close()
+
+
+def run_job(
+    input_path: str | Path,
+    output: str | Path,
+    spec: RequestSpec,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    engine: str = "llama-cpp",
+    name: str | None = None,
+    mode: str = "auto",
+    **options: Any,
+) -> JobReport:
+    """Run a whole job: rows of INPUT → requests of `spec` → the Batch API at `base_url` (default: the embedded
+    server with `engine`) or the sync API (mode auto/sync) → OUTPUT. `options` are RunOptions fields
+    (max_cost, poll_interval, max_attempts, deadline as unix time, ...). Raises what the CLI reports."""
+    from coldbatch.cli import providers as PV
+
+    input_path, output = Path(input_path), Path(output)
+    output_kind(output)
+    if not input_path.is_file():
+        raise InputError(f"{input_path}: no such file")
+    given = RunOptions(spec=spec.describe(), **options)
+    kind, limits, mode = PV.resolve(
+        options.pop("provider_kind", None), base_url, spec, _limits(given), mode, deadline=given.deadline is not None
+    )
+    opts = replace(given, limits=asdict(limits), provider_kind=kind, mode=mode, provider=base_url or "embedded")
+    job_id = new_job_id(name)
+    create_job(job_id, input_path, output, opts)
+    return _report(drive(job_id, base_url=base_url, api_key=api_key, engine=engine))
+
+
+def resume_job(
+    job_id: str, *, base_url: str | None = None, api_key: str | None = None, engine: str = "llama-cpp"
+) -> JobReport:
+    """Continue a job after a crash or interruption (or collect a finished one's OUTPUT again): nothing paid
+    for is sent again."""
+    return _report(drive(job_id, base_url=base_url, api_key=api_key, engine=engine))
+
+
+def cancel_job(
+    job_id: str, *, base_url: str | None = None, api_key: str | None = None, engine: str = "llama-cpp"
+) -> JobReport | None:
+    """Cancel a job's running batches, keep what finished and write OUTPUT; None when another process drives
+    the job (it was asked to cancel)."""
+    report = drive(job_id, base_url=base_url, api_key=api_key, engine=engine, cancel=True)
+    return None if report is None else JobReport.of(report)
+
+
+def _limits(opts: RunOptions) -> Any:
+    from coldbatch.protocol.limits import Limits
+
+    return Limits(**opts.limits)
+
+
+def _report(report: dict[str, Any] | None) -> JobReport:
+    if report is None:  # only a cancel returns None; a run or resume held elsewhere raised UsageError
+        raise UsageError("the job is driven by another process")
+    return JobReport.of(report)
