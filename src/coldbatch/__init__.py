@@ -3,6 +3,7 @@
 Public API (the CLI is a thin layer over these):
 
     from coldbatch import RequestSpec, prepare, validate_file, estimate
+    from coldbatch import run_job, resume_job, cancel_job, JobReport
 
 Names are imported on first use (PEP 562), so `import coldbatch` and `coldbatch --version` do not pay
 for polars, pyarrow or numpy (issue 11: a start under 0.3 s). `estimate` is the function, although a
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from coldbatch.builder.api import PrepareResult, prepare
     from coldbatch.builder.spec import RequestSpec
     from coldbatch.estimate.api import Estimate, estimate
+    from coldbatch.job import JobReport, cancel_job, resume_job, run_job
     from coldbatch.validation import validate_file
 
 #: public name -> the module that defines it, imported when the name is first read
@@ -37,12 +39,17 @@ _LAZY: dict[str, str] = {
     "Estimate": "coldbatch.estimate.api",
     "estimate": "coldbatch.estimate.api",
     "validate_file": "coldbatch.validation",
+    "JobReport": "coldbatch.job",
+    "run_job": "coldbatch.job",
+    "resume_job": "coldbatch.job",
+    "cancel_job": "coldbatch.job",
 }
 
 __all__ = [
     "ColdbatchError",
     "Estimate",
     "InputError",
+    "JobReport",
     "Limits",
     "LineError",
     "PrepareResult",
@@ -50,8 +57,11 @@ __all__ = [
     "UsageError",
     "ValidationFailed",
     "__version__",
+    "cancel_job",
     "estimate",
     "prepare",
+    "resume_job",
+    "run_job",
     "validate_file",
 ]
 

@@ -342,6 +342,7 @@ def run_job(
     """Run a whole job: rows of INPUT → requests of `spec` → the Batch API at `base_url` (default: the embedded
     server with `engine`) or the sync API (mode auto/sync) → OUTPUT. `options` are RunOptions fields
     (max_cost, poll_interval, max_attempts, deadline as unix time, ...). Raises what the CLI reports."""
+    from coldbatch.cli import preflight
     from coldbatch.cli import providers as PV
 
     input_path, output = Path(input_path), Path(output)
@@ -353,6 +354,7 @@ def run_job(
         options.pop("provider_kind", None), base_url, spec, _limits(given), mode, deadline=given.deadline is not None
     )
     opts = replace(given, limits=asdict(limits), provider_kind=kind, mode=mode, provider=base_url or "embedded")
+    preflight.check_output_columns(input_path, opts.fmt, spec, opts.output_prefix, None)  # before anything is sent
     job_id = new_job_id(name)
     create_job(job_id, input_path, output, opts)
     return _report(drive(job_id, base_url=base_url, api_key=api_key, engine=engine))

@@ -27,6 +27,10 @@ KINDS = {
     "prepare": "function",
     "estimate": "function",
     "validate_file": "function",
+    "JobReport": "class",
+    "run_job": "function",
+    "resume_job": "function",
+    "cancel_job": "function",
     "__version__": "str",
 }
 
