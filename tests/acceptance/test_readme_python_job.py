@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from _runner_support import REPO, echo_server, env_for
 
 README = REPO / "README.md"
@@ -50,3 +51,32 @@ def test_readme_python_job_runs_resumes_and_collects(tmp_path: Path) -> None:
     assert len(rows) == 200 and all(r["label"] in ("negative", "positive") for r in rows)
     jobs = [p.name for p in (tmp_path / "home" / "jobs").iterdir()]
     assert len(jobs) == 1, jobs  # resume continued that job; it made no second one
+
+
+def test_job_api_in_process_report_cancel_and_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same functions in the caller's process: a typed report, a cancel of a finished job refused with
+    the reason, and an input column OUTPUT would add refused before any job exists."""
+    from coldbatch import JobReport, RequestSpec, UsageError, cancel_job, run_job
+
+    monkeypatch.setenv("COLDBATCH_HOME", str(tmp_path / "home"))
+    spec = RequestSpec(model="m", prompt="Tweet: {text}", labels=("negative", "positive"))
+    with echo_server(tmp_path / "srv") as srv:
+        clash = REPO / "examples" / "review-sentences-200.csv"  # has a `label` column
+        with pytest.raises(UsageError, match="label"):
+            run_job(clash, tmp_path / "x.csv", spec, base_url=srv.base_url, api_key="sk-test")
+        assert not (tmp_path / "home" / "jobs").exists()
+        report = run_job(
+            REPO / "examples" / "airline-tweets-200.csv",
+            tmp_path / "out.parquet",
+            spec,
+            base_url=srv.base_url,
+            api_key="sk-test",
+            mode="batch",
+            poll_interval=0.2,
+        )
+        assert isinstance(report, JobReport)
+        assert (report.rows, report.succeeded, report.failed, report.exit_status) == (200, 200, 0, 0)
+        assert report.output == tmp_path / "out.parquet" and report.output.stat().st_size > 0
+        assert report.mode == "batch" and srv.batches(report.job_id)
+        with pytest.raises(UsageError, match="already finished"):
+            cancel_job(report.job_id, base_url=srv.base_url, api_key="sk-test")
