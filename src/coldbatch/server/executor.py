@@ -33,6 +33,7 @@ from coldbatch.protocol.batches import FILE_TTL, seq_id
 from coldbatch.protocol.lines import RequestLine, encode_never_ran, encode_response
 from coldbatch.server import checking, tracing
 from coldbatch.server.scheduler import COLD, Slots
+from coldbatch.store.blobs import remove_orphans
 from coldbatch.store.interfaces import BlobStore, ServerStore
 from coldbatch.store.records import ResultRow
 from coldbatch.store.space import free_bytes, is_disk_full
@@ -163,13 +164,7 @@ class Executor:
         they may be uploads in flight."""
         for bid in self.store.finished_logs():
             self.store.purge_results(bid)
-        live, in_use = self.store.blob_owners()
-        for key in self.blobs.stored_keys():
-            if key not in live and key not in in_use:
-                with contextlib.suppress(FileNotFoundError):
-                    if self.blobs.mtime(key) < self._started - 0.1:
-                        self.blobs.delete(key)
-                        logger.info("removed orphan blob %s", key)
+        remove_orphans(self.store, self.blobs, published_before=self._started - 0.1)
 
     async def aclose(self) -> None:
         for t in self._tasks.values():

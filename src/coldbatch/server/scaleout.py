@@ -35,6 +35,7 @@ from coldbatch.estimate.accounting import prompt_texts
 from coldbatch.protocol.batches import FILE_TTL
 from coldbatch.server import checking
 from coldbatch.server.executor import CANCELLED, EXPIRED, MAX_REPORTED_ERRORS, ExecutorConfig, _never_run_id
+from coldbatch.store.blobs import remove_orphans
 from coldbatch.store.lines import blob_lines, split_chunks
 from coldbatch.store.postgres import PgStore
 from coldbatch.validation import iter_lines
@@ -125,13 +126,7 @@ class Coordinator:
         grace = self.orphan_grace if orphan_grace is None else orphan_grace
         for bid in self.store.finished_logs(settled_seconds=2 * self.lease):
             self.store.purge_results(bid)
-        live, in_use = self.store.blob_owners()
-        for key in self.blobs.stored_keys():
-            if key not in live and key not in in_use:
-                with contextlib.suppress(FileNotFoundError):
-                    if self.blobs.mtime(key) < time.time() - grace:
-                        self.blobs.delete(key)
-                        logger.info("removed orphan blob %s", key)
+        remove_orphans(self.store, self.blobs, published_before=time.time() - grace)
         with contextlib.suppress(TypeError):
             self.blobs.clear_tmp(older_than=grace)
 

@@ -6,16 +6,38 @@ itself is durable): a crash leaves either the whole file or nothing under the ke
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coldbatch.store.interfaces import BlobStore, ServerStore
+
+logger = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[A-Za-z0-9_\-]{1,80}$")
 _WRITER = itertools.count()
+
+
+def remove_orphans(store: ServerStore, blobs: BlobStore, published_before: float) -> None:
+    """Delete blobs no file row owns (result files of a finalize that never committed, uploads that never
+    got their row, deleted files no unfinished batch reads), but only those published before
+    `published_before` (epoch seconds): a newer one may be an upload whose row is still being written.
+    One function for the single-process recovery and the scale-out sweep, which differ only in that
+    cutoff, so the rule for what is garbage cannot drift between them."""
+    live, in_use = store.blob_owners()
+    for key in blobs.stored_keys():
+        if key not in live and key not in in_use:
+            with contextlib.suppress(FileNotFoundError):  # another process removed it meanwhile
+                if blobs.mtime(key) < published_before:
+                    blobs.delete(key)
+                    logger.info("removed orphan blob %s", key)
 
 
 class LocalBlobStore:
