@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -46,6 +47,12 @@ _ANTHROPIC_NATIVE = frozenset(
         "inference_geo",
         "speed",
     }
+)
+#: Gemini GenerateContentRequest fields a user may pass through --body-json (dicts merge into ours)
+_GEMINI_NATIVE = frozenset({"safetySettings", "generationConfig", "cachedContent"})
+#: the chat-completions fields every translator turns into the provider's own
+_TRANSLATED = frozenset(
+    {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "n", "response_format"}
 )
 _FINISH = {
     "end_turn": "stop",
@@ -122,6 +129,20 @@ def _stops(body: dict[str, Any]) -> list[str] | None:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+def _passed_through(
+    body: dict[str, Any], translated: frozenset[str], native: frozenset[str], provider: str
+) -> Iterator[tuple[str, Any]]:
+    """The request fields a translator left over, to pass on as they are: each must be one of the
+    provider's own (`native`), or the request is refused naming the field, never sent with it silently
+    dropped. One loop for every provider, so the rule cannot differ between them."""
+    for key, value in body.items():
+        if key in translated or key in _CONFIDENCE_ONLY:
+            continue
+        if key not in native:
+            raise Untranslatable(f"request field {key!r} has no {provider} equivalent")
+        yield key, value
+
+
 def _check_n(body: dict[str, Any], provider: str) -> None:
     if body.get("n") not in (None, 1):
         raise Untranslatable(f"n={body['n']} cannot be translated: {provider} answers once per request")
@@ -152,23 +173,7 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         params["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     if body.get("user") is not None:
         params["metadata"] = {"user_id": str(body["user"])}
-    done = {
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "n",
-        "response_format",
-        "user",
-    }
-    for key, value in body.items():
-        if key in done or key in _CONFIDENCE_ONLY:
-            continue
-        if key not in _ANTHROPIC_NATIVE:
-            raise Untranslatable(f"request field {key!r} has no Anthropic equivalent")
+    for key, value in _passed_through(body, _TRANSLATED | {"user"}, _ANTHROPIC_NATIVE, "Anthropic"):
         params[key] = value
     return params
 
@@ -259,23 +264,7 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
         gen["responseSchema"] = gemini_schema(schema)
     if gen:
         req["generationConfig"] = gen
-    done = {
-        "model",
-        "messages",
-        "max_tokens",
-        "max_completion_tokens",
-        "temperature",
-        "top_p",
-        "seed",
-        "stop",
-        "n",
-        "response_format",
-    }
-    for key, value in body.items():
-        if key in done or key in _CONFIDENCE_ONLY:
-            continue
-        if key not in ("safetySettings", "generationConfig", "cachedContent"):
-            raise Untranslatable(f"request field {key!r} has no Gemini equivalent")
+    for key, value in _passed_through(body, _TRANSLATED | {"seed"}, _GEMINI_NATIVE, "Gemini"):
         req[key] = {**req.get(key, {}), **value} if isinstance(value, dict) else value
     return req
 
