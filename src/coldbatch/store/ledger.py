@@ -59,6 +59,24 @@ _UPSERT_RESULT = (
 )
 
 
+def _result_row(job_id: str, o: Outcome, attempts: int) -> tuple[Any, ...]:
+    """One outcome as `_UPSERT_RESULT`'s parameters, in the results table's column order: batch
+    collection and sync results write the same row, so the order is spelled once."""
+    return (
+        job_id,
+        o.custom_id,
+        o.state,
+        attempts,
+        o.content,
+        o.error_code,
+        o.error_message,
+        o.prompt_tokens,
+        o.completion_tokens,
+        o.cached_tokens,
+        o.confidence,
+    )
+
+
 class Ledger:
     """One SQLite file, one connection (the ledger is used from the thread that opened it)."""
 
@@ -248,46 +266,14 @@ class Ledger:
             rows = []
             for o in outcomes:
                 counts[o.state] += 1
-                rows.append(
-                    (
-                        unit["job_id"],
-                        o.custom_id,
-                        o.state,
-                        unit["round"],
-                        o.content,
-                        o.error_code,
-                        o.error_message,
-                        o.prompt_tokens,
-                        o.completion_tokens,
-                        o.cached_tokens,
-                        o.confidence,
-                    )
-                )
+                rows.append(_result_row(unit["job_id"], o, unit["round"]))
             self.db.executemany(_UPSERT_RESULT, rows)
         return counts
 
     def record_results(self, job_id: str, outcomes: Sequence[Outcome], *, attempts: int = 1) -> None:
         """Upsert results that arrived one by one (sync mode), in one transaction; a success is never overwritten."""
         with self._tx():
-            self.db.executemany(
-                _UPSERT_RESULT,
-                [
-                    (
-                        job_id,
-                        o.custom_id,
-                        o.state,
-                        attempts,
-                        o.content,
-                        o.error_code,
-                        o.error_message,
-                        o.prompt_tokens,
-                        o.completion_tokens,
-                        o.cached_tokens,
-                        o.confidence,
-                    )
-                    for o in outcomes
-                ],
-            )
+            self.db.executemany(_UPSERT_RESULT, [_result_row(job_id, o, attempts) for o in outcomes])
 
     def add_rescued(self, job_id: str, ids: Sequence[str]) -> None:
         with self._tx():
