@@ -24,7 +24,7 @@ import orjson
 
 from coldbatch.core.unit_state import JobStatus, UnitState, job_allowed_from, unit_allowed_from
 from coldbatch.store import sqlite_db
-from coldbatch.store.records import Outcome, Row
+from coldbatch.store.records import Outcome, Row, decoded_job
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +106,7 @@ class Ledger:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
-        out = dict(row)
-        for key in ("options", "estimate", "report"):
-            out[key] = orjson.loads(out[key]) if out[key] else None
-        return out
+        return decoded_job(dict(row))
 
     def jobs(self) -> list[Row]:
         return [

@@ -17,7 +17,7 @@ import orjson
 
 from coldbatch.core.unit_state import JobStatus, UnitState, job_allowed_from, unit_allowed_from
 from coldbatch.store.ledger import JOB_FIELDS, UNIT_FIELDS
-from coldbatch.store.records import Entry, Outcome, Row
+from coldbatch.store.records import Entry, Outcome, Row, decoded_job
 
 __all__ = ["MemoryCache", "MemoryLedger"]
 
@@ -76,10 +76,7 @@ class MemoryLedger:
             row = self._jobs.get(job_id)
             if row is None:
                 return None
-            out = dict(row)
-        for key in ("options", "estimate", "report"):
-            out[key] = orjson.loads(out[key]) if out[key] else None
-        return out
+            return decoded_job(row)
 
     def jobs(self) -> list[Row]:
         cols = ("id", "created_at", "status", "input_path", "output_path", "updated_at")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 #: a row as the server serves it (a file, a batch, a unit, a job): column name → value
 Row = dict[str, Any]
 #: one finished request for `ServerStore.record_results`:
@@ -42,3 +44,13 @@ class Entry:
     prompt_tokens: int
     completion_tokens: int
     confidence: float | None = None  #: a label answer's probability (runner/confidence.py)
+
+
+def decoded_job(row: Row) -> Row:
+    """A stored job row as `LedgerStore.job` returns it: its JSON columns (options, estimate, report)
+    parsed, an empty one as None. Every ledger backend stores them as JSON text, so they decode here,
+    once, and the backends cannot disagree on what an empty column reads as."""
+    out = dict(row)
+    for key in ("options", "estimate", "report"):
+        out[key] = orjson.loads(out[key]) if out[key] else None
+    return out
