@@ -56,50 +56,33 @@ class Cluster:
     serve_args: list[str] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
 
+    def _shared_args(self, command: str) -> list[str]:
+        """What a serve and a worker of one cluster must agree on (engine, database, bucket, lease), built
+        once so the two kinds of process cannot be started against different backends."""
+        argv = [CLI, command, "--engine", "echo", "--store", self.store_url, "--blobs", self.blobs_url]
+        argv += ["--lease-seconds", str(self.lease_seconds)]
+        for opt in self.engine_options:
+            argv += ["--engine-option", opt]
+        return argv
+
     def add_serve(self, *, execute: bool = False) -> Proc:
         port = free_port()
         argv = [
-            CLI,
-            "serve",
-            "--engine",
-            "echo",
+            *self._shared_args("serve"),
             "--port",
             str(port),
-            "--store",
-            self.store_url,
-            "--blobs",
-            self.blobs_url,
-            "--lease-seconds",
-            str(self.lease_seconds),
             "--allow-short-windows",
             "--data-dir",
             str(self.workdir / f"serve{len(self.procs)}"),
             "--execute" if execute else "--no-execute",
             *self.serve_args,
         ]
-        for opt in self.engine_options:
-            argv += ["--engine-option", opt]
         p = Proc("serve", argv, self.workdir / f"serve{len(self.procs)}.log", port)
         self.procs.append(p)
         return p
 
     def add_worker(self) -> Proc:
-        argv = [
-            CLI,
-            "worker",
-            "--engine",
-            "echo",
-            "--store",
-            self.store_url,
-            "--blobs",
-            self.blobs_url,
-            "--lease-seconds",
-            str(self.lease_seconds),
-            "--poll-seconds",
-            "0.1",
-        ]
-        for opt in self.engine_options:
-            argv += ["--engine-option", opt]
+        argv = [*self._shared_args("worker"), "--poll-seconds", "0.1"]
         port = free_port()  # its /metrics answers once it has connected: `wait_workers` waits for that
         argv += ["--metrics-port", str(port)]
         p = Proc("worker", argv, self.workdir / f"worker{len(self.procs)}.log", port)
