@@ -113,8 +113,17 @@ class Server:
         path = self.work / "batch.jsonl"
         with path.open("w", encoding="utf-8") as fh:
             for i, text in enumerate(texts):
-                fh.write(json.dumps({"custom_id": f"t{i}", "method": "POST", "url": embedding.EMBEDDINGS,
-                                     "body": {"model": embedding.DEFAULT_EMBEDDING_MODEL, "input": text}}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "custom_id": f"t{i}",
+                            "method": "POST",
+                            "url": embedding.EMBEDDINGS,
+                            "body": {"model": embedding.DEFAULT_EMBEDDING_MODEL, "input": text},
+                        }
+                    )
+                    + "\n"
+                )
         f = self.client.files.create(file=path.open("rb"), purpose="batch")
         t = time.perf_counter()
         b = self.client.batches.create(input_file_id=f.id, endpoint=embedding.EMBEDDINGS, completion_window="24h")
@@ -128,8 +137,8 @@ class Server:
     def sync_rate(self, texts: list[str], per_request: int = 100) -> float:
         t = time.perf_counter()
         for i in range(0, len(texts), per_request):
-            r = self.client.embeddings.create(model=embedding.DEFAULT_EMBEDDING_MODEL, input=texts[i:i + per_request])
-            assert len(r.data) == len(texts[i:i + per_request])
+            r = self.client.embeddings.create(model=embedding.DEFAULT_EMBEDDING_MODEL, input=texts[i : i + per_request])
+            assert len(r.data) == len(texts[i : i + per_request])
         return len(texts) / (time.perf_counter() - t)
 
     def close(self) -> None:
@@ -155,8 +164,16 @@ def main() -> None:
         gguf = Path(d) / "all-MiniLM-L6-v2.F16.gguf"
         bert_gguf.convert(source, gguf)
         per_call = min(2048, 512 * threads())  # what the engine packs (see engines/embedding.py)
-        llm = Llama(model_path=str(gguf), embedding=True, n_ctx=512, n_batch=per_call, n_ubatch=per_call, n_seq_max=64,
-                    n_threads=threads(), verbose=False)
+        llm = Llama(
+            model_path=str(gguf),
+            embedding=True,
+            n_ctx=512,
+            n_batch=per_call,
+            n_ubatch=per_call,
+            n_seq_max=64,
+            n_threads=threads(),
+            verbose=False,
+        )
         model = embedding.EmbeddingModel(source, n_threads=threads())
         pool = multiprocessing.get_context("spawn").Pool(procs, initializer=_load_one_thread)
         pool.map(_embed_part, [[]] * procs, chunksize=1)
@@ -182,25 +199,26 @@ def main() -> None:
     print(f"""### Embeddings: `coldbatch serve` (llama-cpp engine) vs the model called directly ({len(texts)} tweets)
 
 - command: `python bench/embeddings.py --rows {a.rows} --rounds {a.rounds}`{
-    '' if a.engine_workers is None else f' --engine-workers {a.engine_workers}'}; {os.cpu_count()} CPUs, \
+        "" if a.engine_workers is None else f" --engine-workers {a.engine_workers}"
+    }; {os.cpu_count()} CPUs, \
 {platform.machine()}, Python {platform.python_version()}; date {time.strftime("%Y-%m-%d")}; load average at start \
 {load:.2f}; engine workers: {workers}; raw paths use {threads()} threads
 - all-MiniLM-L6-v2 (F16 GGUF converted from the `[local]` extra's safetensors), 384 dimensions, mean pooling
 
 | path | texts/s (median) | runs |
 |---|---:|---|
-| raw llama-cpp-python `Llama.embed(texts)`, 1 process × {threads()} threads | {med['llama']:.1f} | {runs['llama']} |
+| raw llama-cpp-python `Llama.embed(texts)`, 1 process × {threads()} threads | {med["llama"]:.1f} | {runs["llama"]} |
 | raw `EmbeddingModel.embed` (the engine's packing, no server), 1 process × {threads()} threads | \
-{med['engine']:.1f} | {runs['engine']} |
-| raw `EmbeddingModel.embed`, {procs} processes × 1 thread, texts split in {procs} | {med['procs']:.1f} | \
-{runs['procs']} |
-| Batch API: one tweet per line, create → completed | {med['batch']:.1f} | {runs['batch']} |
-| sync API: `embeddings.create(input=[100 tweets])` in a loop | {med['sync']:.1f} | {runs['sync']} |
+{med["engine"]:.1f} | {runs["engine"]} |
+| raw `EmbeddingModel.embed`, {procs} processes × 1 thread, texts split in {procs} | {med["procs"]:.1f} | \
+{runs["procs"]} |
+| Batch API: one tweet per line, create → completed | {med["batch"]:.1f} | {runs["batch"]} |
+| sync API: `embeddings.create(input=[100 tweets])` in a loop | {med["sync"]:.1f} | {runs["sync"]} |
 
-- Batch API / best raw median: **{med['batch'] / best:.0%}**; sync API / best raw: **{med['sync'] / best:.0%}** \
+- Batch API / best raw median: **{med["batch"] / best:.0%}**; sync API / best raw: **{med["sync"] / best:.0%}** \
 (goal ≥ 90 %)
-- round by round, against the best raw path of the same round: Batch API {paired['batch']}; sync API \
-{paired['sync']}
+- round by round, against the best raw path of the same round: Batch API {paired["batch"]}; sync API \
+{paired["sync"]}
 """)
 
 

@@ -36,8 +36,20 @@ ECHO_LATENCY = 0.02
 def batch_rate(args: list[str], bodies: list[dict], work: Path) -> float:
     """Requests/s of one batch of `bodies` on a `coldbatch serve ARGS` subprocess."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "coldbatch", "serve", "--port", str(port), "--data-dir",
-                             str(work / f"srv-{port}"), *args], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(work / f"srv-{port}"),
+            *args,
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench")
         for _ in range(600):
@@ -47,8 +59,12 @@ def batch_rate(args: list[str], bodies: list[dict], work: Path) -> float:
             except openai.APIConnectionError:
                 time.sleep(0.1)
         path = work / f"batch-{port}.jsonl"
-        path.write_text("".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                            "body": b}) + "\n" for i, b in enumerate(bodies)))
+        path.write_text(
+            "".join(
+                json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": b}) + "\n"
+                for i, b in enumerate(bodies)
+            )
+        )
         with path.open("rb") as fh:
             f = client.files.create(file=fh, purpose="batch")
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -86,15 +102,43 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     echo_ns = [int(x) for x in a.echo_workers.split(",") if x]
     llama_ns = [int(x) for x in a.llama_workers.split(",") if x]
-    echo = {f"echo {n}": (["--engine", "echo", "--echo-latency", str(ECHO_LATENCY), "--engine-workers", str(n),
-                           "--engine-option", "max_concurrency=1"],
-                          [{"model": "m", "messages": [{"role": "user", "content": f"r{i}"}]}
-                           for i in range(int(a.seconds * n / ECHO_LATENCY))]) for n in echo_ns}
+    echo = {
+        f"echo {n}": (
+            [
+                "--engine",
+                "echo",
+                "--echo-latency",
+                str(ECHO_LATENCY),
+                "--engine-workers",
+                str(n),
+                "--engine-option",
+                "max_concurrency=1",
+            ],
+            [
+                {"model": "m", "messages": [{"role": "user", "content": f"r{i}"}]}
+                for i in range(int(a.seconds * n / ECHO_LATENCY))
+            ],
+        )
+        for n in echo_ns
+    }
     rows = load_rows(a.tweets)
-    label_bodies = [{"model": "SmolLM2-135M-Instruct", "messages": messages(r), "temperature": 0, "max_tokens": 32,
-                     "response_format": RESPONSE_FORMAT} for r in rows]
-    llama = {f"llama {n}": (["--engine", "llama-cpp", "--engine-workers", str(n), "--engine-option",
-                             f"n_threads={max(1, cores // n)}"], label_bodies) for n in llama_ns}
+    label_bodies = [
+        {
+            "model": "SmolLM2-135M-Instruct",
+            "messages": messages(r),
+            "temperature": 0,
+            "max_tokens": 32,
+            "response_format": RESPONSE_FORMAT,
+        }
+        for r in rows
+    ]
+    llama = {
+        f"llama {n}": (
+            ["--engine", "llama-cpp", "--engine-workers", str(n), "--engine-option", f"n_threads={max(1, cores // n)}"],
+            label_bodies,
+        )
+        for n in llama_ns
+    }
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         echo_rates = median_rates(echo, a.repeat, Path(d)) if echo else {}
@@ -111,13 +155,19 @@ alternating runs; rate = completed-count slope from 10 % to 90 % of the batch
     one = echo_rates.get("echo 1")
     for n in echo_ns:
         r = echo_rates[f"echo {n}"]
-        print(f"| echo fixture, {ECHO_LATENCY * 1000:.0f} ms/request, 1 in flight per worker | {n} | {r:.1f} | "
-              f"{r / one:.2f}× | {n}× ({n / ECHO_LATENCY:.0f} req/s) |" if one else f"| echo | {n} | {r:.1f} | | |")
+        print(
+            f"| echo fixture, {ECHO_LATENCY * 1000:.0f} ms/request, 1 in flight per worker | {n} | {r:.1f} | "
+            f"{r / one:.2f}× | {n}× ({n / ECHO_LATENCY:.0f} req/s) |"
+            if one
+            else f"| echo | {n} | {r:.1f} | | |"
+        )
     first = llama_rates.get(f"llama {llama_ns[0]}") if llama_ns else None
     for n in llama_ns:
         r = llama_rates[f"llama {n}"]
-        print(f"| llama-cpp SmolLM2-135M, {a.tweets} tweets, label grammar, {max(1, cores // n)} thread(s) each | "
-              f"{n} | {r:.2f} | {r / first:.2f}× | |")
+        print(
+            f"| llama-cpp SmolLM2-135M, {a.tweets} tweets, label grammar, {max(1, cores // n)} thread(s) each | "
+            f"{n} | {r:.2f} | {r / first:.2f}× | |"
+        )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def embed(texts: list[str]) -> np.ndarray:
         out = []
         started = time.perf_counter()
         for i in range(0, len(texts), 256):
-            res = await emb.complete({"model": "m", "input": texts[i:i + 256]})
+            res = await emb.complete({"model": "m", "input": texts[i : i + 256]})
             assert res.status_code == 200, res.body
             out += [d["embedding"] for d in res.body["data"]]
         print(f"embedded {len(texts)} texts in {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -116,10 +116,23 @@ def held_out(settings: list[str], sizes: list[int]) -> None:
 
 def shipped(settings: list[str]) -> None:
     for name, test_file, ex_file, tpl, col, labels in (
-            ("demo 200 tweets", "airline-tweets-200.csv", "airline-tweets-examples.csv", "Tweet: ",
-             "airline_sentiment", LABELS),
-            ("review sentences", "review-sentences-200.csv", "review-sentences-examples.csv", "Review: ", "label",
-             ("negative", "positive"))):
+        (
+            "demo 200 tweets",
+            "airline-tweets-200.csv",
+            "airline-tweets-examples.csv",
+            "Tweet: ",
+            "airline_sentiment",
+            LABELS,
+        ),
+        (
+            "review sentences",
+            "review-sentences-200.csv",
+            "review-sentences-examples.csv",
+            "Review: ",
+            "label",
+            ("negative", "positive"),
+        ),
+    ):
         test, ex = rows(ROOT / "examples" / test_file), rows(ROOT / "examples" / ex_file)
         x_test = embed([tpl + r["text"] for r in test])
         x_ex = embed([tpl + r["text"] for r in ex])

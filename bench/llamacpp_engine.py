@@ -29,10 +29,17 @@ from coldbatch.engines.llamacpp import LlamaCppEngine, default_model_path
 
 TWEETS = Path(__file__).resolve().parents[1].parent / "shared/data/airline-tweets/Tweets.csv"
 LABELS = ["negative", "neutral", "positive"]
-SYSTEM = ("Classify the user's text. Answer with JSON {\"label\": ...} where label is exactly one of: "
-          + ", ".join(LABELS) + ".")
-SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "enum": LABELS}},
-          "required": ["label"], "additionalProperties": False}
+SYSTEM = (
+    'Classify the user\'s text. Answer with JSON {"label": ...} where label is exactly one of: '
+    + ", ".join(LABELS)
+    + "."
+)
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": LABELS}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
 RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": SCHEMA}}
 
 
@@ -64,15 +71,17 @@ class Raw:
     def __init__(self, threads: int) -> None:
         from llama_cpp import Llama, LlamaGrammar
 
-        self.llm = Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=threads, n_batch=512,
-                         verbose=False)
+        self.llm = Llama(
+            model_path=str(default_model_path()), n_ctx=2048, n_threads=threads, n_batch=512, verbose=False
+        )
         self.grammar = LlamaGrammar.from_json_schema(json.dumps(SCHEMA), verbose=False)
 
     def run(self, rows: list[dict[str, str]]) -> list[str | None]:
         answers = []
         for row in rows:
-            out: Any = self.llm.create_chat_completion(messages=messages(row), grammar=self.grammar,
-                                                       temperature=0, max_tokens=20)
+            out: Any = self.llm.create_chat_completion(
+                messages=messages(row), grammar=self.grammar, temperature=0, max_tokens=20
+            )
             answers.append(label_of(out["choices"][0]["message"]["content"]))
         return answers
 
@@ -83,9 +92,15 @@ async def run_engine(engine: LlamaCppEngine, rows: list[dict[str, str]]) -> list
 
     async def one(row: dict[str, str]) -> str | None:
         async with limit:
-            result = await engine.complete("/v1/chat/completions", {
-                "model": "gpt-4o-mini", "messages": messages(row), "temperature": 0,
-                "response_format": RESPONSE_FORMAT})
+            result = await engine.complete(
+                "/v1/chat/completions",
+                {
+                    "model": "gpt-4o-mini",
+                    "messages": messages(row),
+                    "temperature": 0,
+                    "response_format": RESPONSE_FORMAT,
+                },
+            )
         return label_of(result.body["choices"][0]["message"]["content"]) if result.ok else None
 
     return list(await asyncio.gather(*(one(row) for row in rows)))
@@ -117,7 +132,7 @@ def main() -> None:
     engine_answers: list[str | None] = []
     loads = [os.getloadavg()[0]]
     for i in range(0, len(rows), args.block):
-        block = rows[i:i + args.block]
+        block = rows[i : i + args.block]
         t_raw, a_raw = timed(raw.run, block)
         t_eng, a_eng = timed(lambda b: asyncio.run(run_engine(engine, b)), block)
         raw_time, engine_time = raw_time + t_raw, engine_time + t_eng
@@ -131,19 +146,27 @@ def main() -> None:
     raw_ok, raw_valid = accuracy(rows, raw_answers)
     eng_ok, eng_valid = accuracy(rows, engine_answers)
     print(f"### llama-cpp engine vs raw model ({n} airline tweets, labels {', '.join(LABELS)})\n")
-    print(f"{platform.machine()}, {os.cpu_count()} cores, n_threads={args.threads}, model "
-          f"{default_model_path().name}, greedy. The two paths run in alternating blocks of {args.block} rows "
-          f"so that both see the same background load (1-min load average {loads[0]:.1f} at start, "
-          f"{loads[1]:.1f} at end).\n")
+    print(
+        f"{platform.machine()}, {os.cpu_count()} cores, n_threads={args.threads}, model "
+        f"{default_model_path().name}, greedy. The two paths run in alternating blocks of {args.block} rows "
+        f"so that both see the same background load (1-min load average {loads[0]:.1f} at start, "
+        f"{loads[1]:.1f} at end).\n"
+    )
     print("| path | req/s | valid labels | accuracy vs `airline_sentiment` |")
     print("| --- | ---: | ---: | ---: |")
-    print(f"| raw `Llama.create_chat_completion` + grammar, sequential loop | {raw_rate:.2f} | "
-          f"{raw_valid}/{n} | {raw_ok / n:.1%} |")
-    print(f"| `LlamaCppEngine.complete`, concurrency {concurrency} | {engine_rate:.2f} | "
-          f"{eng_valid}/{n} | {eng_ok / n:.1%} |")
-    print(f"\nEngine / raw: **{engine_rate / raw_rate:.2f}x**. Answers that differ between the two paths: "
-          f"{sum(a != b for a, b in zip(raw_answers, engine_answers, strict=True))}/{n} (flash attention "
-          "changes near-tie logits; each path is deterministic on its own).")
+    print(
+        f"| raw `Llama.create_chat_completion` + grammar, sequential loop | {raw_rate:.2f} | "
+        f"{raw_valid}/{n} | {raw_ok / n:.1%} |"
+    )
+    print(
+        f"| `LlamaCppEngine.complete`, concurrency {concurrency} | {engine_rate:.2f} | "
+        f"{eng_valid}/{n} | {eng_ok / n:.1%} |"
+    )
+    print(
+        f"\nEngine / raw: **{engine_rate / raw_rate:.2f}x**. Answers that differ between the two paths: "
+        f"{sum(a != b for a, b in zip(raw_answers, engine_answers, strict=True))}/{n} (flash attention "
+        "changes near-tie logits; each path is deterministic on its own)."
+    )
 
 
 if __name__ == "__main__":

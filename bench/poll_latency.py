@@ -46,8 +46,15 @@ def busy(until: float) -> None:
         x += 1
 
 
-def poller_proc(base: str, batch_id: str, n: int, every: float, until: float, out: mp.Queue,  # type: ignore[type-arg]
-                stop_when_done: bool = True) -> None:
+def poller_proc(
+    base: str,
+    batch_id: str,
+    n: int,
+    every: float,
+    until: float,
+    out: mp.Queue,  # type: ignore[type-arg]
+    stop_when_done: bool = True,
+) -> None:
     async def one(i: int, client: httpx.AsyncClient) -> list[tuple[str, float, float]]:
         kind, path = ("retrieve", f"/v1/batches/{batch_id}") if i % 2 == 0 else ("list", "/v1/batches?limit=20")
         seen: list[tuple[str, float, float]] = []
@@ -88,8 +95,20 @@ def server_env(args: argparse.Namespace, work: Path) -> dict[str, str]:
 
 
 def start_server(data: Path, port: int, latency: float, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", str(latency),
-           "--data-dir", str(data), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coldbatch",
+        "serve",
+        "--engine",
+        "echo",
+        "--echo-latency",
+        str(latency),
+        "--data-dir",
+        str(data),
+        "--port",
+        str(port),
+    ]
     data.mkdir(parents=True)
     with (data / "server.log").open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
@@ -105,9 +124,22 @@ def start_server(data: Path, port: int, latency: float, env: dict[str, str]) -> 
 
 
 def batch_input(rows: int) -> bytes:
-    return b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
-        "model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": f"Review {i}: fine."}]}})
-        + b"\n" for i in range(rows))
+    return b"".join(
+        orjson.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "max_tokens": 5,
+                    "messages": [{"role": "user", "content": f"Review {i}: fine."}],
+                },
+            }
+        )
+        + b"\n"
+        for i in range(rows)
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -116,8 +148,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_once(args: argparse.Namespace, work: Path, pollers: int, load: int,
-             floor: float = 0.0) -> tuple[float, list[tuple[str, float, float]], dict[str, float]]:
+def run_once(
+    args: argparse.Namespace, work: Path, pollers: int, load: int, floor: float = 0.0
+) -> tuple[float, list[tuple[str, float, float]], dict[str, float]]:
     """One batch of `--rows` polled by `pollers`; with `floor` seconds instead, the same pollers and load
     against the server once a 10-line batch is done (the latency an idle server gets: the OS's share)."""
     port = free_port()
@@ -134,8 +167,10 @@ def run_once(args: argparse.Namespace, work: Path, pollers: int, load: int,
             hogs = [mp.Process(target=busy, args=(until,)) for _ in range(load)]
             for h in hogs:
                 h.start()
-            b = http.post("/v1/batches", json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions",
-                                               "completion_window": "24h"}).json()
+            b = http.post(
+                "/v1/batches",
+                json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+            ).json()
             while floor and http.get(f"/v1/batches/{b['id']}").json()["status"] not in TERMINAL:
                 time.sleep(0.2)
             if floor:
@@ -144,14 +179,30 @@ def run_once(args: argparse.Namespace, work: Path, pollers: int, load: int,
             q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
             k = args.poll_procs
             per = [pollers // k + (1 if i < pollers % k else 0) for i in range(k)]
-            procs = [mp.Process(target=poller_proc, args=(base, b["id"], n, args.every, until, q, not floor))
-                     for n in per if n]
+            procs = [
+                mp.Process(target=poller_proc, args=(base, b["id"], n, args.every, until, q, not floor))
+                for n in per
+                if n
+            ]
             for p in procs:
                 p.start()
             spy = None
             if args.profile and pollers:  # py-spy samples the server while it is polled (raw collapsed stacks)
-                spy_cmd = [shutil.which("py-spy") or "py-spy", "record", "-p", str(server.pid), "-r", "200",
-                           "-f", "raw", "-o", args.profile, "--nonblocking", "-d", str(int(args.cap))]
+                spy_cmd = [
+                    shutil.which("py-spy") or "py-spy",
+                    "record",
+                    "-p",
+                    str(server.pid),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    args.profile,
+                    "--nonblocking",
+                    "-d",
+                    str(int(args.cap)),
+                ]
                 spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while time.time() < until:
                 status = http.get(f"/v1/batches/{b['id']}").json()["status"]
@@ -194,8 +245,12 @@ def main() -> None:
     ap.add_argument("--src", help="run the server from DIR/coldbatch instead of the installed package")
     ap.add_argument("--plain-loop", action="store_true", help="hide uvloop and httptools from the server")
     ap.add_argument("--raw", help="write every poll here: kind, seconds since create, latency in ms")
-    ap.add_argument("--floor", type=float, default=0.0,
-                    help="also poll an idle server this many seconds under the same load (the OS's share)")
+    ap.add_argument(
+        "--floor",
+        type=float,
+        default=0.0,
+        help="also poll an idle server this many seconds under the same load (the OS's share)",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cb-poll-"))
     try:
@@ -207,25 +262,35 @@ def main() -> None:
             print(f"(data dirs and server logs kept in {work})")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"### poll latency: {args.rows:,} rows, {args.pollers} pollers every {args.every} s, {args.load} busy "
-          f"processes, server code {args.src or 'installed'}{', plain loop' if args.plain_loop else ''} "
-          f"(`python bench/poll_latency.py`)\n")
-    print(f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
-          f"load average at the end {os.getloadavg()[0]:.1f}\n")
+    print(
+        f"### poll latency: {args.rows:,} rows, {args.pollers} pollers every {args.every} s, {args.load} busy "
+        f"processes, server code {args.src or 'installed'}{', plain loop' if args.plain_loop else ''} "
+        f"(`python bench/poll_latency.py`)\n"
+    )
+    print(
+        f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}, "
+        f"load average at the end {os.getloadavg()[0]:.1f}\n"
+    )
     print("| | polls | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|")
     for kind in ("retrieve", "list", "retrieve-first", "list-first"):
         v = [t for k, _, t in seen if k == kind]
-        print(f"| {kind} | {len(v):,} | {pct(v, .5):.0f} ms | {pct(v, .9):.0f} ms | {pct(v, .99):.0f} ms | "
-              f"{max(v) * 1000 if v else float('nan'):.0f} ms |")
+        print(
+            f"| {kind} | {len(v):,} | {pct(v, 0.5):.0f} ms | {pct(v, 0.9):.0f} ms | {pct(v, 0.99):.0f} ms | "
+            f"{max(v) * 1000 if v else float('nan'):.0f} ms |"
+        )
     change = (polled / alone - 1) * 100
     print(f"\n- batch time: {alone:.2f} s without pollers, {polled:.2f} s with them ({change:+.0f} %)")
     print(f"- mean poll {statistics.fmean(t for *_, t in seen) * 1000:.1f} ms" if seen else "- no polls")
-    print(f"- CPU seconds: server {cpu_alone['server']:.1f} without pollers, {cpu['server']:.1f} with them; "
-          f"the poller processes {cpu['pollers']:.1f}")
+    print(
+        f"- CPU seconds: server {cpu_alone['server']:.1f} without pollers, {cpu['server']:.1f} with them; "
+        f"the poller processes {cpu['pollers']:.1f}"
+    )
     for kind in ("retrieve", "list") if idle else ():
         v = [t for k, _, t in idle if k == kind]
-        print(f"- idle server, same pollers and load, {args.floor:g} s: {kind} p50 {pct(v, .5):.0f} ms, "
-              f"p99 {pct(v, .99):.0f} ms ({len(v):,} polls)")
+        print(
+            f"- idle server, same pollers and load, {args.floor:g} s: {kind} p50 {pct(v, 0.5):.0f} ms, "
+            f"p99 {pct(v, 0.99):.0f} ms ({len(v):,} polls)"
+        )
     if args.raw:
         Path(args.raw).write_text("".join(f"{k}\t{at:.3f}\t{t * 1000:.1f}\n" for k, at, t in seen))
 

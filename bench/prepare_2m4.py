@@ -33,8 +33,9 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float
     run are flushed first (`sync`), so no run pays for another's writeback."""
     os.sync()
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **env} if env else None)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env} if env else None
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - t
     out = proc.stdout.read() if proc.stdout else ""
@@ -85,15 +86,19 @@ def main() -> None:
         cb_runs.append(run(cb_cmd))
         shutil.rmtree(cb_dir, ignore_errors=True)
         before_runs.append(run(cb_cmd, BEFORE_ISSUE_11))
-        print(f"naive {naive_runs[-1][0]:.2f} s, coldbatch {cb_runs[-1][0]:.2f} s, before {before_runs[-1][0]:.2f} s",
-              file=sys.stderr)  # progress, and the figures if a later step fails
+        print(
+            f"naive {naive_runs[-1][0]:.2f} s, coldbatch {cb_runs[-1][0]:.2f} s, before {before_runs[-1][0]:.2f} s",
+            file=sys.stderr,
+        )  # progress, and the figures if a later step fails
         shutil.rmtree(cb_dir, ignore_errors=True)
     cb_runs.append(run(cb_cmd))  # the last one's output is checked below
     naive_t, naive_rss = statistics.median(r[0] for r in naive_runs), max(r[1] for r in naive_runs)
     cb_t, cb_rss = statistics.median(r[0] for r in cb_runs[:ROUNDS]), max(r[1] for r in cb_runs)
     bf_t, bf_rss = statistics.median(r[0] for r in before_runs), max(r[1] for r in before_runs)
-    cpu = {name: (statistics.median(r[3] for r in rs), statistics.median(r[4] for r in rs))
-           for name, rs in (("naive", naive_runs), ("cb", cb_runs[:ROUNDS]), ("before", before_runs))}
+    cpu = {
+        name: (statistics.median(r[3] for r in rs), statistics.median(r[4] for r in rs))
+        for name, rs in (("naive", naive_runs), ("cb", cb_runs[:ROUNDS]), ("before", before_runs))
+    }
     cb_out = cb_runs[-1][2]
     manifest = json.loads(cb_out)
     val_t, val_rss, *_ = run([sys.executable, "-m", "coldbatch", "validate", str(cb_dir)])

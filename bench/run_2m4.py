@@ -49,17 +49,53 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--port", str(port),
-                               "--data-dir", str(work / "server")], stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--engine",
+            "echo",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(work / "server"),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     env = {**os.environ, "COLDBATCH_HOME": str(work / "home")}
     env.pop("OPENAI_BASE_URL", None)
     try:
         time.sleep(2.0)
-        cmd = [sys.executable, "-m", "coldbatch", "run", str(data), "--out", str(work / "output.parquet"),
-               "--model", "gpt-4o-mini", "--system", "Categorize sentiment as positive, negative or neutral.",
-               "--prompt", "{text}", "--labels", "negative,neutral,positive", "--max-tokens", "5",
-               "--id-column", "id", "--base-url", f"http://127.0.0.1:{port}/v1", "--api-key", "bench", "--yes",
-               "--poll-interval", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "run",
+            str(data),
+            "--out",
+            str(work / "output.parquet"),
+            "--model",
+            "gpt-4o-mini",
+            "--system",
+            "Categorize sentiment as positive, negative or neutral.",
+            "--prompt",
+            "{text}",
+            "--labels",
+            "negative,neutral,positive",
+            "--max-tokens",
+            "5",
+            "--id-column",
+            "id",
+            "--base-url",
+            f"http://127.0.0.1:{port}/v1",
+            "--api-key",
+            "bench",
+            "--yes",
+            "--poll-interval",
+            "1",
+        ]
         t0 = time.perf_counter()
         with (work / "client.out").open("w") as fo, (work / "client.err").open("w") as fe:
             client = subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, text=True)
@@ -89,20 +125,24 @@ def main() -> None:
     phases = [(p, (seen[i + 1][1] if i + 1 < len(seen) else total) - t) for i, (p, t) in enumerate(seen)]
     report = out.strip().splitlines()
     machine = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
-    print(f"""### run: {rows:,} rows end to end against `coldbatch serve --engine echo` \
+    print(
+        f"""### run: {rows:,} rows end to end against `coldbatch serve --engine echo` \
 (`python bench/run_2m4.py {rows}`)
 
-- machine: {machine}; date {time.strftime('%Y-%m-%d')}
+- machine: {machine}; date {time.strftime("%Y-%m-%d")}
 - echo is a test fixture (instant answers); this measures coldbatch's own overhead, client and server.
 
 | phase (sampled from the ledger every 0.25 s) | wall time | client RSS (sampled peak) |
 |---|---:|---:|
-""" + "\n".join(f"| {p} | {d:.1f} s | {peak.get(p, 0) / 2**20:,.0f} MB |" for p, d in phases) + f"""
+"""
+        + "\n".join(f"| {p} | {d:.1f} s | {peak.get(p, 0) / 2**20:,.0f} MB |" for p, d in phases)
+        + f"""
 | **total** | **{total:.1f} s** (goal ≤ 300 s) | |
 
 - peak RSS: client {client_rss:,.0f} MB (goal ≤ 500 MB), server {server_rss:,.0f} MB
-- client report: {' / '.join(report)}
-""")
+- client report: {" / ".join(report)}
+"""
+    )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,21 @@ TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 def batch_file(n: int) -> bytes:
     return b"".join(
-        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
-            "model": "gpt-4o-mini", "max_tokens": 5,
-            "messages": [{"role": "user", "content": f"Customer feedback number {i}: the delivery was late."}]}
-        }).encode() + b"\n" for i in range(n))
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "max_tokens": 5,
+                    "messages": [{"role": "user", "content": f"Customer feedback number {i}: the delivery was late."}],
+                },
+            }
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
 
 
 def run_batch(base_url: str, data: bytes, timeout: float = 1800) -> float:
@@ -84,8 +95,14 @@ def scaling(args: argparse.Namespace, work: Path) -> list[tuple[int, float]]:
     out = []
     for n in args.workers:
         store, blobs, schema = fresh_backend(args.pg)
-        cluster = Cluster(store, blobs, work, engine_options=["latency=0.02", f"max_concurrency={args.concurrency}"],
-                          lease_seconds=10, serve_args=["--chunk-lines", "500"])
+        cluster = Cluster(
+            store,
+            blobs,
+            work,
+            engine_options=["latency=0.02", f"max_concurrency={args.concurrency}"],
+            lease_seconds=10,
+            serve_args=["--chunk-lines", "500"],
+        )
         serve = cluster.add_serve()
         for _ in range(n):
             cluster.add_worker()
@@ -103,8 +120,11 @@ def scaling(args: argparse.Namespace, work: Path) -> list[tuple[int, float]]:
 
 def sqlite_server(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([CLI, "serve", "--engine", "echo", "--port", str(port), "--data-dir",
-                             str(work / f"sqlite-{port}")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [CLI, "serve", "--engine", "echo", "--port", str(port), "--data-dir", str(work / f"sqlite-{port}")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -163,15 +183,19 @@ def main() -> None:
             res = scaling(args, work)
             base = res[0][1] / res[0][0]
             for n, rps in res:
-                print(f"  {n}: {rps:,.0f} req/s = {rps / (base * n):.2f} x linear"
-                      f" [{'PASS' if rps >= 0.85 * base * n else 'FAIL'} >= 0.85]")
+                print(
+                    f"  {n}: {rps:,.0f} req/s = {rps / (base * n):.2f} x linear"
+                    f" [{'PASS' if rps >= 0.85 * base * n else 'FAIL'} >= 0.85]"
+                )
         if "sqlite" not in args.skip:
             print(f"instant echo, {args.lines:,} lines: SQLite server vs PostgreSQL + S3 with one worker:")
             res2 = versus_sqlite(args, work)
             sq = statistics.median(r for k, r in res2 if k == "sqlite")
             pg = statistics.median(r for k, r in res2 if k == "postgres")
-            print(f"  median SQLite {sq:,.0f} req/s, PostgreSQL + S3 {pg:,.0f} req/s = {pg / sq:.0%}"
-                  f" [{'PASS' if pg >= 0.5 * sq else 'FAIL'} >= 50 %]")
+            print(
+                f"  median SQLite {sq:,.0f} req/s, PostgreSQL + S3 {pg:,.0f} req/s = {pg / sq:.0%}"
+                f" [{'PASS' if pg >= 0.5 * sq else 'FAIL'} >= 50 %]"
+            )
 
 
 if __name__ == "__main__":

@@ -71,9 +71,27 @@ def build_input(n: int, workdir: Path) -> Path:
     """gen_feedback.py → CSV → `coldbatch prepare` → one shard of n chat requests."""
     csv_path, out = workdir / "feedback.csv", workdir / "prepared"
     subprocess.run([sys.executable, str(GEN_FEEDBACK), str(n), str(csv_path)], check=True)
-    subprocess.run([sys.executable, "-m", "coldbatch", "prepare", str(csv_path), "-o", str(out),
-                    "--model", "gpt-4o-mini", "--prompt", "{text}", "--id-column", "id", "--max-tokens", "5"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "prepare",
+            str(csv_path),
+            "-o",
+            str(out),
+            "--model",
+            "gpt-4o-mini",
+            "--prompt",
+            "{text}",
+            "--id-column",
+            "id",
+            "--max-tokens",
+            "5",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     shards = sorted(out.glob("*.jsonl"))
     if len(shards) != 1:
         raise SystemExit(f"expected one shard in {out}, got {len(shards)}")
@@ -99,8 +117,20 @@ class RssSampler(threading.Thread):
 
 @contextlib.contextmanager
 def server(data_dir: Path, port: int, latency: float, log: Path):  # type: ignore[no-untyped-def]
-    cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", str(latency),
-           "--data-dir", str(data_dir), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coldbatch",
+        "serve",
+        "--engine",
+        "echo",
+        "--echo-latency",
+        str(latency),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     try:
@@ -179,27 +209,29 @@ def markdown(fig: Figures, argv: list[str], latency: float) -> str:
     ok_all = fig.status == "completed" and fig.output_lines == fig.requests == fig.counts.get("completed")
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in fig.phases.items())
     verdict = "PASS" if ok_rps and ok_rss and ok_all else "FAIL"
-    return "\n".join([
-        "```",
-        f"command:   python {' '.join(argv)}",
-        f"machine:   nproc={os.cpu_count()}, {platform.machine()}, {platform.platform()}",
-        f"python:    {platform.python_version()}",
-        f"date:      {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
-        f"engine:    echo (test fixture), latency {latency} s",
-        f"input:     {fig.requests:,} requests, {fig.input_bytes / mib:.1f} MiB",
-        f"upload:    {fig.upload_s:.2f} s ({fig.input_bytes / mib / fig.upload_s:.0f} MiB/s)",
-        f"batch:     create → {fig.status} in {fig.run_s:.2f} s = {fig.rps:,.0f} req/s "
-        f"(validate+execute+write; phases as polled: {phases})",
-        f"server:    {fig.cpu_s:.2f} CPU s (user+sys) from create to {fig.status}; "
-        f"load average before the run {fig.load:.2f}",
-        f"counts:    {fig.counts}; output file {fig.output_lines:,} lines, {fig.output_bytes / mib:.1f} MiB",
-        f"download:  {fig.download_s:.2f} s",
-        f"peak RSS:  {peak / mib:.0f} MiB (VmHWM), psutil 50 ms samples max {fig.sampled_peak_bytes / mib:.0f} MiB",
-        f"goal:      ≥ {GOAL_RPS:,} req/s and ≤ {GOAL_RSS_BYTES // mib} MiB peak RSS, all requests completed",
-        f"result:    {verdict} (req/s {'ok' if ok_rps else 'LOW'}, RSS {'ok' if ok_rss else 'HIGH'}, "
-        f"results {'ok' if ok_all else 'WRONG'})",
-        "```",
-    ])
+    return "\n".join(
+        [
+            "```",
+            f"command:   python {' '.join(argv)}",
+            f"machine:   nproc={os.cpu_count()}, {platform.machine()}, {platform.platform()}",
+            f"python:    {platform.python_version()}",
+            f"date:      {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
+            f"engine:    echo (test fixture), latency {latency} s",
+            f"input:     {fig.requests:,} requests, {fig.input_bytes / mib:.1f} MiB",
+            f"upload:    {fig.upload_s:.2f} s ({fig.input_bytes / mib / fig.upload_s:.0f} MiB/s)",
+            f"batch:     create → {fig.status} in {fig.run_s:.2f} s = {fig.rps:,.0f} req/s "
+            f"(validate+execute+write; phases as polled: {phases})",
+            f"server:    {fig.cpu_s:.2f} CPU s (user+sys) from create to {fig.status}; "
+            f"load average before the run {fig.load:.2f}",
+            f"counts:    {fig.counts}; output file {fig.output_lines:,} lines, {fig.output_bytes / mib:.1f} MiB",
+            f"download:  {fig.download_s:.2f} s",
+            f"peak RSS:  {peak / mib:.0f} MiB (VmHWM), psutil 50 ms samples max {fig.sampled_peak_bytes / mib:.0f} MiB",
+            f"goal:      ≥ {GOAL_RPS:,} req/s and ≤ {GOAL_RSS_BYTES // mib} MiB peak RSS, all requests completed",
+            f"result:    {verdict} (req/s {'ok' if ok_rps else 'LOW'}, RSS {'ok' if ok_rss else 'HIGH'}, "
+            f"results {'ok' if ok_all else 'WRONG'})",
+            "```",
+        ]
+    )
 
 
 def main() -> int:

@@ -32,8 +32,9 @@ from coldbatch.engines.llamacpp import default_model_path
 def raw_rate(rows: list[dict[str, str]], flash: bool) -> tuple[float, int]:
     from llama_cpp import Llama, LlamaGrammar
 
-    llm = Llama(model_path=str(default_model_path()), n_ctx=2048, n_threads=2, n_batch=512, flash_attn=flash,
-                verbose=False)
+    llm = Llama(
+        model_path=str(default_model_path()), n_ctx=2048, n_threads=2, n_batch=512, flash_attn=flash, verbose=False
+    )
     grammar = LlamaGrammar.from_json_schema(json.dumps(SCHEMA), verbose=False)
     t = time.perf_counter()
     valid = 0
@@ -45,8 +46,21 @@ def raw_rate(rows: list[dict[str, str]], flash: bool) -> tuple[float, int]:
 
 def server_rate(rows: list[dict[str, str]], work: Path) -> tuple[float, int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "coldbatch", "serve", "--engine", "llama-cpp", "--port", str(port),
-                             "--data-dir", str(work / "srv")], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--engine",
+            "llama-cpp",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(work / "srv"),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bench")
         for _ in range(300):
@@ -58,10 +72,17 @@ def server_rate(rows: list[dict[str, str]], work: Path) -> tuple[float, int]:
         path = work / "batch.jsonl"
         with path.open("w") as fh:
             for i, row in enumerate(rows):
-                body = {"model": "SmolLM2-135M-Instruct", "messages": messages(row), "temperature": 0,
-                        "max_tokens": 32, "response_format": RESPONSE_FORMAT}
-                fh.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                     "body": body}) + "\n")
+                body = {
+                    "model": "SmolLM2-135M-Instruct",
+                    "messages": messages(row),
+                    "temperature": 0,
+                    "max_tokens": 32,
+                    "response_format": RESPONSE_FORMAT,
+                }
+                fh.write(
+                    json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+                    + "\n"
+                )
         f = client.files.create(file=path.open("rb"), purpose="batch")
         t = time.perf_counter()
         b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -71,8 +92,9 @@ def server_rate(rows: list[dict[str, str]], work: Path) -> tuple[float, int]:
         elapsed = time.perf_counter() - t
         assert b.status == "completed" and b.output_file_id, b
         lines = client.files.content(b.output_file_id).text.splitlines()
-        valid = sum(label_of(json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]) is not None
-                    for x in lines)
+        valid = sum(
+            label_of(json.loads(x)["response"]["body"]["choices"][0]["message"]["content"]) is not None for x in lines
+        )
         return len(rows) / elapsed, valid
     finally:
         proc.terminate()

@@ -44,8 +44,21 @@ class Server:
         self.restarts: list[float] = []  #: seconds from each start to a /health answer
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", "0.005",
-               "--allow-short-windows", "--data-dir", str(self.data), "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--engine",
+            "echo",
+            "--echo-latency",
+            "0.005",
+            "--allow-short-windows",
+            "--data-dir",
+            str(self.data),
+            "--port",
+            str(self.port),
+        ]
         with (self.data.parent / "server.log").open("ab") as log:
             env = {**os.environ, "PYTHONPATH": str(self.src)}
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
@@ -76,13 +89,20 @@ class Server:
         pid = self.proc.pid
         rss = fds = 0
         with contextlib.suppress(OSError):
-            rss = next(int(x.split()[1]) * 1024 for x in Path(f"/proc/{pid}/status").read_text().splitlines()
-                       if x.startswith("VmRSS:"))
+            rss = next(
+                int(x.split()[1]) * 1024
+                for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if x.startswith("VmRSS:")
+            )
             fds = len(os.listdir(f"/proc/{pid}/fd"))
         wal = self.data / "coldbatch.sqlite3-wal"
         size = sum(p.stat().st_size for p in self.data.rglob("*") if p.is_file())
-        return {"rss_mb": rss / 2**20, "fds": fds, "wal_mb": (wal.stat().st_size if wal.exists() else 0) / 2**20,
-                "data_mb": size / 2**20}
+        return {
+            "rss_mb": rss / 2**20,
+            "fds": fds,
+            "wal_mb": (wal.stat().st_size if wal.exists() else 0) / 2**20,
+            "data_mb": size / 2**20,
+        }
 
 
 def call(http: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Response | None:
@@ -94,10 +114,18 @@ def call(http: httpx.Client, method: str, path: str, **kw: Any) -> httpx.Respons
 
 
 def lines(tag: str, n: int) -> bytes:
-    return b"".join(json.dumps({"custom_id": f"{tag}-{i}", "method": "POST", "url": "/v1/chat/completions",
-                                "body": {"model": "m", "max_tokens": 5, "messages": [
-                                    {"role": "user", "content": f"{tag} line {i}"}]}}).encode() + b"\n"
-                    for i in range(n))
+    return b"".join(
+        json.dumps(
+            {
+                "custom_id": f"{tag}-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": f"{tag} line {i}"}]},
+            }
+        ).encode()
+        + b"\n"
+        for i in range(n)
+    )
 
 
 def check(http: httpx.Client, batches: dict[str, set[str]]) -> tuple[int, list[str]]:
@@ -113,8 +141,10 @@ def check(http: httpx.Client, batches: dict[str, set[str]]) -> tuple[int, list[s
                 raw = http.get(f"/v1/files/{b[key]}/content").content
                 seen += [json.loads(x)["custom_id"] for x in raw.splitlines() if x.strip()]
         if b["status"] == "expired" or sorted(seen) != sorted(ids):
-            problems.append(f"{bid} {b['status']}: {len(seen)} results for {len(ids)} inputs, "
-                            f"{len(seen) - len(set(seen))} repeated, {len(ids - set(seen))} missing")
+            problems.append(
+                f"{bid} {b['status']}: {len(seen)} results for {len(ids)} inputs, "
+                f"{len(seen) - len(set(seen))} repeated, {len(ids - set(seen))} missing"
+            )
     return len(batches), problems
 
 
@@ -125,8 +155,12 @@ def act(http: httpx.Client, rng: random.Random, batches: dict[str, set[str]], op
         tag, n = f"u{len(batches)}", rng.choice([10, 200, 2_000, 10_000])
         f = call(http, "POST", "/v1/files", files={"file": (f"{tag}.jsonl", lines(tag, n))}, data={"purpose": "batch"})
         if f is not None and f.status_code == 200:
-            b = call(http, "POST", "/v1/batches", json={"input_file_id": f.json()["id"], "endpoint":
-                                                        "/v1/chat/completions", "completion_window": "24h"})
+            b = call(
+                http,
+                "POST",
+                "/v1/batches",
+                json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+            )
             if b is not None and b.status_code == 200:
                 batches[b.json()["id"]] = {f"{tag}-{i}" for i in range(n)}
                 ops["upload+batch"] += 1
@@ -137,8 +171,12 @@ def act(http: httpx.Client, rng: random.Random, batches: dict[str, set[str]], op
         call(http, "GET", f"/v1/batches/{rng.choice(list(batches))}" if batches and r < 0.4 else "/v1/batches?limit=20")
         ops["poll"] += 1
     else:
-        call(http, "POST", "/v1/chat/completions", json={"model": "m", "max_tokens": 5, "messages": [
-            {"role": "user", "content": "hello"}]})
+        call(
+            http,
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]},
+        )
         ops["hot"] += 1
 
 
@@ -152,16 +190,24 @@ def drain(http: httpx.Client, batches: dict[str, set[str]], seconds: float) -> N
         time.sleep(1)
 
 
-def report(args: argparse.Namespace, ops: dict[str, int], kills: int, checked: int, problems: list[str],
-           samples: list[tuple[float, dict[str, float]]], restarts: list[float]) -> None:
+def report(
+    args: argparse.Namespace,
+    ops: dict[str, int],
+    kills: int,
+    checked: int,
+    problems: list[str],
+    samples: list[tuple[float, dict[str, float]]],
+    restarts: list[float],
+) -> None:
     print(f"### soak: {args.minutes:g} min, kill -9 every ~{args.kill_every:g} s (`python bench/soak.py`)\n")
     print(f"- operations: {ops}; server kills: {kills}; batches checked: {checked}")
     if restarts:
         print(f"- start to first /health answer: median {statistics.median(restarts):.1f} s, max {max(restarts):.1f} s")
     print("\n| minute | RSS | open fds | WAL | data dir |\n|---:|---:|---:|---:|---:|")
     for at, x in samples[:: max(1, int(60 / args.sample))] + samples[-1:]:
-        print(f"| {at / 60:.1f} | {x['rss_mb']:.0f} MB | {x['fds']:.0f} | {x['wal_mb']:.1f} MB | "
-              f"{x['data_mb']:.0f} MB |")
+        print(
+            f"| {at / 60:.1f} | {x['rss_mb']:.0f} MB | {x['fds']:.0f} | {x['wal_mb']:.1f} MB | {x['data_mb']:.0f} MB |"
+        )
     print(f"\n- lost or duplicated: {'none' if not problems else len(problems)}")
     for p in problems[:20]:
         print(f"  - {p}")
@@ -174,14 +220,20 @@ def main() -> None:
     ap.add_argument("--kill-every", type=float, default=45, help="mean seconds between kill -9s (0: never)")
     ap.add_argument("--drain", type=float, default=300)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--src", help="copy the server's code from DIR/coldbatch (default: this tree's src/), e.g. a "
-                                  "`git archive HEAD src | tar -x` when others are editing the tree")
+    ap.add_argument(
+        "--src",
+        help="copy the server's code from DIR/coldbatch (default: this tree's src/), e.g. a "
+        "`git archive HEAD src | tar -x` when others are editing the tree",
+    )
     args = ap.parse_args()
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="cb-soak-"))
     src = work / "src"
-    shutil.copytree(Path(args.src or Path(__file__).resolve().parents[1] / "src") / "coldbatch", src / "coldbatch",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        Path(args.src or Path(__file__).resolve().parents[1] / "src") / "coldbatch",
+        src / "coldbatch",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     server = Server(work / "data", free_port(), src)
     server.data.mkdir()
     server.start()
@@ -198,8 +250,11 @@ def main() -> None:
             if now >= next_sample:
                 samples.append((now - t0, server.sample()))
                 next_sample += args.sample
-                print(f"{(now - t0) / 60:.1f} min {samples[-1][1]} {ops} kills {server.kills}", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"{(now - t0) / 60:.1f} min {samples[-1][1]} {ops} kills {server.kills}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if now >= next_kill:
                 server.kill()
                 server.start()

@@ -34,17 +34,41 @@ from coldbatch.hotpath.client import SyncClient
 from coldbatch.testing.upstream import UpstreamServer, create_upstream
 
 ENDPOINT = "/v1/chat/completions"
-WORDS = ["great", "product", "fast", "shipping", "broke", "after", "a", "week", "support", "was", "helpful",
-         "would", "buy", "again"]
+WORDS = [
+    "great",
+    "product",
+    "fast",
+    "shipping",
+    "broke",
+    "after",
+    "a",
+    "week",
+    "support",
+    "was",
+    "helpful",
+    "would",
+    "buy",
+    "again",
+]
 
 
 def make_requests(n: int) -> list[tuple[str, dict[str, Any]]]:
     out = []
     for i in range(n):
         text = " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(8 + i % 9))
-        out.append((f"row-{i + 1}", {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [
-            {"role": "system", "content": "Classify the sentiment as positive, negative or neutral."},
-            {"role": "user", "content": f"Review {i + 1}: {text}"}]}))
+        out.append(
+            (
+                f"row-{i + 1}",
+                {
+                    "model": "gpt-4o-mini",
+                    "max_tokens": 50,
+                    "messages": [
+                        {"role": "system", "content": "Classify the sentiment as positive, negative or neutral."},
+                        {"role": "user", "content": f"Review {i + 1}: {text}"},
+                    ],
+                },
+            )
+        )
     return out
 
 
@@ -67,8 +91,9 @@ async def run_coldbatch(url: str, reqs: list[tuple[str, dict[str, Any]]], args: 
         else:
             out.failed += 1
 
-    async with SyncClient(url, "sk-bench", rpm=args.rpm, tpm=args.tpm, timeout=args.client_timeout,
-                          max_attempts=5, concurrency=64) as client:
+    async with SyncClient(
+        url, "sk-bench", rpm=args.rpm, tpm=args.tpm, timeout=args.client_timeout, max_attempts=5, concurrency=64
+    ) as client:
         t = time.perf_counter()
         await client.run_many(((k, ENDPOINT, b) for k, b in reqs), on_result)
         out.wall = time.perf_counter() - t
@@ -97,8 +122,14 @@ class APIRequest:
     attempts_left: int
     result: list[Any] = field(default_factory=list)
 
-    async def call_api(self, session: httpx.AsyncClient, request_url: str, retry_queue: asyncio.Queue[APIRequest],
-                       status_tracker: StatusTracker, out: Outcome) -> None:
+    async def call_api(
+        self,
+        session: httpx.AsyncClient,
+        request_url: str,
+        retry_queue: asyncio.Queue[APIRequest],
+        status_tracker: StatusTracker,
+        out: Outcome,
+    ) -> None:
         error: Any = None
         try:
             response = (await session.post(request_url, json=self.request_json)).json()
@@ -143,8 +174,9 @@ def num_tokens_consumed_from_request(request_json: dict[str, Any], counter: T.Co
     return num_tokens + completion_tokens
 
 
-def _read_next(requests: Any, counter: T.Counter, max_attempts: int,
-               status_tracker: StatusTracker) -> APIRequest | None:
+def _read_next(
+    requests: Any, counter: T.Counter, max_attempts: int, status_tracker: StatusTracker
+) -> APIRequest | None:
     """The cookbook's "get next request (if one is not already waiting for capacity)" step; None at the end."""
     try:
         i, (key, body) = next(requests)
@@ -172,8 +204,11 @@ async def run_cookbook(url: str, reqs: list[tuple[str, dict[str, Any]]], args: a
     requests = iter(enumerate(reqs))
     tasks: set[asyncio.Task[None]] = set()
     t = time.perf_counter()
-    async with httpx.AsyncClient(headers={"Authorization": "Bearer sk-bench"}, timeout=args.client_timeout,
-                                 limits=httpx.Limits(max_connections=None, max_keepalive_connections=100)) as session:
+    async with httpx.AsyncClient(
+        headers={"Authorization": "Bearer sk-bench"},
+        timeout=args.client_timeout,
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+    ) as session:
         while True:
             if next_request is None:
                 if not queue_of_requests_to_retry.empty():
@@ -185,9 +220,11 @@ async def run_cookbook(url: str, reqs: list[tuple[str, dict[str, Any]]], args: a
             seconds_since_update = current_time - last_update_time
             available_request_capacity = min(
                 available_request_capacity + max_requests_per_minute * seconds_since_update / 60.0,
-                max_requests_per_minute)
+                max_requests_per_minute,
+            )
             available_token_capacity = min(
-                available_token_capacity + max_tokens_per_minute * seconds_since_update / 60.0, max_tokens_per_minute)
+                available_token_capacity + max_tokens_per_minute * seconds_since_update / 60.0, max_tokens_per_minute
+            )
             last_update_time = current_time
             if next_request:
                 next_request_tokens = next_request.token_consumption
@@ -195,8 +232,9 @@ async def run_cookbook(url: str, reqs: list[tuple[str, dict[str, Any]]], args: a
                     available_request_capacity -= 1
                     available_token_capacity -= next_request_tokens
                     next_request.attempts_left -= 1
-                    task = asyncio.create_task(next_request.call_api(
-                        session, request_url, queue_of_requests_to_retry, status_tracker, out))
+                    task = asyncio.create_task(
+                        next_request.call_api(session, request_url, queue_of_requests_to_retry, status_tracker, out)
+                    )
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     next_request = None
@@ -212,51 +250,77 @@ async def run_cookbook(url: str, reqs: list[tuple[str, dict[str, Any]]], args: a
 
 # -- running and reporting ----------------------------------------------------------------------------------
 def measure(name: str, runner: Any, reqs: list[tuple[str, dict[str, Any]]], args: argparse.Namespace) -> dict[str, Any]:
-    app = create_upstream(args.rpm, args.tpm, args.error_rate, args.timeout_rate, args.latency, args.seed,
-                          hang=args.client_timeout + 2)
+    app = create_upstream(
+        args.rpm, args.tpm, args.error_rate, args.timeout_rate, args.latency, args.seed, hang=args.client_timeout + 2
+    )
     with UpstreamServer(app) as up:
         out = asyncio.run(runner(up.url, reqs, args))
         stats = up.stats()
     keys = [k for k, _ in reqs]
     admitted = stats["admitted"]
-    row = {"client": name, "wall_s": out.wall, "ok": out.ok, "failed": out.failed,
-           "lost": sum(1 for k in keys if out.reported[k] == 0),
-           "dup_reported": sum(1 for k in keys if out.reported[k] > 1),
-           "dup_executed": len(stats["duplicates"]), "late_executions": stats["timeouts"],
-           "received": stats["received"], "admitted": admitted, "429": stats["rate_limited"],
-           "pct_429": 100 * stats["rate_limited"] / max(1, stats["received"]),
-           "utilisation": 100 * admitted / (args.rpm * out.wall / 60),
-           "ok_per_min": 60 * out.ok / out.wall}
+    row = {
+        "client": name,
+        "wall_s": out.wall,
+        "ok": out.ok,
+        "failed": out.failed,
+        "lost": sum(1 for k in keys if out.reported[k] == 0),
+        "dup_reported": sum(1 for k in keys if out.reported[k] > 1),
+        "dup_executed": len(stats["duplicates"]),
+        "late_executions": stats["timeouts"],
+        "received": stats["received"],
+        "admitted": admitted,
+        "429": stats["rate_limited"],
+        "pct_429": 100 * stats["rate_limited"] / max(1, stats["received"]),
+        "utilisation": 100 * admitted / (args.rpm * out.wall / 60),
+        "ok_per_min": 60 * out.ok / out.wall,
+    }
     print(f"{name}: {row}", file=sys.stderr, flush=True)
     return row
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     cmd = "python bench/sync_600rpm.py " + " ".join(sys.argv[1:])
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, " \
-              f"Python {platform.python_version()}"
-    lines = [f"### Sync mode at {args.rpm} RPM: {args.requests:,} requests ({dt.date.today().isoformat()})", "",
-             f"- Command: `{cmd.strip()}`", f"- Machine: {machine}",
-             f"- Upstream: `coldbatch.testing.upstream`, {args.rpm} requests and {args.tpm:,} tokens per sliding "
-             f"60 s, latency {args.latency} s, injected 500s {args.error_rate:.0%}, timeouts {args.timeout_rate:.0%}; "
-             f"a fresh instance per client, in-process (uvicorn thread)", "",
-             "| client | wall | RPM utilisation | 429s | answered ok / failed | lost | duplicated "
-             "(reported / executed) | upstream admitted / received |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
+    lines = [
+        f"### Sync mode at {args.rpm} RPM: {args.requests:,} requests ({dt.date.today().isoformat()})",
+        "",
+        f"- Command: `{cmd.strip()}`",
+        f"- Machine: {machine}",
+        f"- Upstream: `coldbatch.testing.upstream`, {args.rpm} requests and {args.tpm:,} tokens per sliding "
+        f"60 s, latency {args.latency} s, injected 500s {args.error_rate:.0%}, timeouts {args.timeout_rate:.0%}; "
+        f"a fresh instance per client, in-process (uvicorn thread)",
+        "",
+        "| client | wall | RPM utilisation | 429s | answered ok / failed | lost | duplicated "
+        "(reported / executed) | upstream admitted / received |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['client']} | {r['wall_s']:.1f} s | {r['utilisation']:.1f} % | {r['429']:,} "
-                     f"({r['pct_429']:.2f} %) | {r['ok']:,} / {r['failed']:,} | {r['lost']} | "
-                     f"{r['dup_reported']} / {r['dup_executed']} | {r['admitted']:,} / {r['received']:,} |")
+        lines.append(
+            f"| {r['client']} | {r['wall_s']:.1f} s | {r['utilisation']:.1f} % | {r['429']:,} "
+            f"({r['pct_429']:.2f} %) | {r['ok']:,} / {r['failed']:,} | {r['lost']} | "
+            f"{r['dup_reported']} / {r['dup_executed']} | {r['admitted']:,} / {r['received']:,} |"
+        )
     if len(rows) == 2 and rows[0]["wall_s"] and rows[1]["wall_s"]:
-        lines += ["", f"Ratio: coldbatch finished in {rows[0]['wall_s'] / rows[1]['wall_s']:.2f}x the cookbook's "
-                  f"wall time ({rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x its throughput); "
-                  f"the ideal at an even {args.rpm} RPM is {args.requests / args.rpm * 60:.0f} s."]
-    lines.append("RPM utilisation = requests the upstream admitted / (RPM x wall minutes). A sliding window admits a "
-                 "whole minute's budget at once, so a client that bursts can exceed 100 % on a run of a few minutes; "
-                 "its steady rate after the first minute is still at most the limit.")
+        lines += [
+            "",
+            f"Ratio: coldbatch finished in {rows[0]['wall_s'] / rows[1]['wall_s']:.2f}x the cookbook's "
+            f"wall time ({rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x its throughput); "
+            f"the ideal at an even {args.rpm} RPM is {args.requests / args.rpm * 60:.0f} s.",
+        ]
+    lines.append(
+        "RPM utilisation = requests the upstream admitted / (RPM x wall minutes). A sliding window admits a "
+        "whole minute's budget at once, so a client that bursts can exceed 100 % on a run of a few minutes; "
+        "its steady rate after the first minute is still at most the limit."
+    )
     if any(r["late_executions"] for r in rows):
-        lines.append("Timed-out attempts that the upstream executed anyway (then retried): "
-                     + ", ".join(f"{r['client']} {r['late_executions']}" for r in rows) + ".")
+        lines.append(
+            "Timed-out attempts that the upstream executed anyway (then retried): "
+            + ", ".join(f"{r['client']} {r['late_executions']}" for r in rows)
+            + "."
+        )
     return "\n".join(lines)
 
 

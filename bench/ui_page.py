@@ -61,9 +61,18 @@ def fill(data_dir: Path, batches: int) -> None:
         owner = owner_id(KEY if i % 2 == 0 else OTHER)
         final = rnd.choices(list(STATUS_PATHS), weights=[80, 5, 3, 7, 5])[0]
         created, total = now + i, rnd.randint(1, 50_000)
-        row = {"id": f"batch_bench{i:08d}", "owner": owner, "endpoint": "/v1/chat/completions", "model": "gpt-4o-mini",
-               "input_file_id": f"file-bench{i:08d}", "completion_window": "24h", "status": "validating",
-               "created_at": created, "expires_at": created + 86_400, "metadata": {"description": f"job {i}"}}
+        row = {
+            "id": f"batch_bench{i:08d}",
+            "owner": owner,
+            "endpoint": "/v1/chat/completions",
+            "model": "gpt-4o-mini",
+            "input_file_id": f"file-bench{i:08d}",
+            "completion_window": "24h",
+            "status": "validating",
+            "created_at": created,
+            "expires_at": created + 86_400,
+            "metadata": {"description": f"job {i}"},
+        }
         store.create_batch(row)
         prev, at = "validating", created
         for status in STATUS_PATHS[final]:
@@ -71,16 +80,32 @@ def fill(data_dir: Path, batches: int) -> None:
             db.execute("INSERT INTO batch_events VALUES (?, ?, ?, ?, NULL)", (row["id"], prev, status, at))
             prev = status
         done = total if final == "completed" else rnd.randint(0, total)
-        db.execute(f"UPDATE batches SET status = ?, total = ?, completed = ?, {final}_at = ? WHERE id = ?",
-                   (final, total, done, at, row["id"]))
+        db.execute(
+            f"UPDATE batches SET status = ?, total = ?, completed = ?, {final}_at = ? WHERE id = ?",
+            (final, total, done, at, row["id"]),
+        )
     db.execute("COMMIT")
     store.close()
 
 
 @contextlib.contextmanager
 def server(data_dir: Path, port: int, log: Path) -> Iterator[str]:
-    cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--data-dir", str(data_dir),
-           "--port", str(port), "--api-key", KEY, "--api-key", OTHER]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coldbatch",
+        "serve",
+        "--engine",
+        "echo",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--api-key",
+        KEY,
+        "--api-key",
+        OTHER,
+    ]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
     root = f"http://127.0.0.1:{port}"
@@ -105,8 +130,9 @@ def server(data_dir: Path, port: int, log: Path) -> Iterator[str]:
             proc.wait()
 
 
-def timed(http: httpx.Client, path: str, server_ms: dict[str, list[float]], wall_ms: dict[str, list[float]],
-          name: str) -> float:
+def timed(
+    http: httpx.Client, path: str, server_ms: dict[str, list[float]], wall_ms: dict[str, list[float]], name: str
+) -> float:
     t = time.perf_counter()
     r = http.get(path)
     wall = (time.perf_counter() - t) * 1000
@@ -118,8 +144,13 @@ def timed(http: httpx.Client, path: str, server_ms: dict[str, list[float]], wall
     return wall
 
 
-PAGE = (("/ui/", "GET /ui/ (HTML)"), ("/ui/static/app.js", "app.js"), ("/ui/static/style.css", "style.css"),
-        ("/ui/api/batches?page=1", "api/batches page 1"), ("/ui/api/overview", "api/overview"))
+PAGE = (
+    ("/ui/", "GET /ui/ (HTML)"),
+    ("/ui/static/app.js", "app.js"),
+    ("/ui/static/style.css", "style.css"),
+    ("/ui/api/batches?page=1", "api/batches page 1"),
+    ("/ui/api/overview", "api/overview"),
+)
 
 
 def measure(root: str, batches: int, loads: int) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
@@ -162,16 +193,20 @@ def main() -> None:
     print(f"machine:   nproc={len(os.sched_getaffinity(0))}, {platform.machine()}, {platform.platform()}")
     print(f"date:      {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S} UTC; load average {os.getloadavg()[0]:.2f}")
     print(f"store:     {args.batches:,} batches of the key + {args.batches:,} of another (filled in {fill_s:.1f} s)")
-    print(f"page load: /ui/ + app.js + style.css + page 1 + overview, server times summed: "
-          f"median {statistics.median(page_ms):.1f} ms, p95 {p(page_ms, 0.95):.1f} ms, max {max(page_ms):.1f} ms")
+    print(
+        f"page load: /ui/ + app.js + style.css + page 1 + overview, server times summed: "
+        f"median {statistics.median(page_ms):.1f} ms, p95 {p(page_ms, 0.95):.1f} ms, max {max(page_ms):.1f} ms"
+    )
     print(f"{'request':<34} {'server ms (median / p95 / max)':>32} {'round trip ms (median / p95)':>30}")
     for name, walls in wall_ms.items():
         srv = server_ms.get(name)
         s = f"{statistics.median(srv):.2f} / {p(srv, 0.95):.2f} / {max(srv):.2f}" if srv else "—"
         print(f"{name:<34} {s:>32} {statistics.median(walls):>18.2f} / {p(walls, 0.95):.2f}")
     verdict = "PASS" if max(page_ms) < GOAL_MS else "FAIL"
-    print(f"goal:      every page load < {GOAL_MS:.0f} ms server time: {verdict} "
-          f"(worst page load {max(page_ms):.1f} ms, worst single request {worst:.2f} ms)")
+    print(
+        f"goal:      every page load < {GOAL_MS:.0f} ms server time: {verdict} "
+        f"(worst page load {max(page_ms):.1f} ms, worst single request {worst:.2f} ms)"
+    )
     print("```")
 
 

@@ -40,8 +40,7 @@ class LineError:
         return f"{where}: {self.code}: {self.message}{param}"
 
     def to_json(self) -> dict[str, object]:
-        return {"file": self.file, "line": self.line, "code": self.code, "param": self.param,
-                "message": self.message}
+        return {"file": self.file, "line": self.line, "code": self.code, "param": self.param, "message": self.message}
 
 
 class ColdbatchError(Exception):
@@ -104,8 +103,16 @@ class ApiError(ColdbatchError):
     into a response. `should_retry=False` adds `x-should-retry: false` (the SDK otherwise retries 409s).
     """
 
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, should_retry: bool | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.should_retry = should_retry

@@ -16,8 +16,14 @@ from coldbatch.protocol.limits import Limits
 __all__ = ["expand_paths", "iter_lines", "validate_file"]
 
 
-def validate_file(path: str | Path, *, endpoint: str | None = None, models: Collection[str] | None = None,
-                  limits: Limits | None = None, max_errors: int = 1000) -> Report:
+def validate_file(
+    path: str | Path,
+    *,
+    endpoint: str | None = None,
+    models: Collection[str] | None = None,
+    limits: Limits | None = None,
+    max_errors: int = 1000,
+) -> Report:
     """Check one batch input file; returns a `Report` listing every broken rule (capped at max_errors).
 
     Raises:

@@ -30,8 +30,7 @@ def free_port() -> int:
 
 def env_for(home: Path) -> dict[str, str]:
     """The environment of a CLI subprocess: its own COLDBATCH_HOME, nothing inherited that changes behaviour."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("COLDBATCH_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COLDBATCH_", "OPENAI_"))}
     env["COLDBATCH_HOME"] = str(home)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -61,14 +60,30 @@ class EchoServer:
 
 
 @contextlib.contextmanager
-def echo_server(data_dir: Path, *, latency: float = 0.0, failure_rate: float = 0.0,
-                extra: Sequence[str] = ()) -> Iterator[EchoServer]:
+def echo_server(
+    data_dir: Path, *, latency: float = 0.0, failure_rate: float = 0.0, extra: Sequence[str] = ()
+) -> Iterator[EchoServer]:
     """A `coldbatch serve --engine echo` process on a free loopback port; stopped (by its pid) at the end."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = data_dir.parent / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", str(latency),
-           "--echo-failure-rate", str(failure_rate), "--data-dir", str(data_dir), "--port", str(port), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coldbatch",
+        "serve",
+        "--engine",
+        "echo",
+        "--echo-latency",
+        str(latency),
+        "--echo-failure-rate",
+        str(failure_rate),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        *extra,
+    ]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env_for(data_dir.parent / "srv-home"))
     srv = EchoServer(f"http://127.0.0.1:{port}/v1", proc, log)
@@ -98,8 +113,14 @@ def echo_server(data_dir: Path, *, latency: float = 0.0, failure_rate: float = 0
 
 def coldbatch(home: Path, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`python -m coldbatch ARGS` with COLDBATCH_HOME=home, to completion."""
-    return subprocess.run([sys.executable, "-m", "coldbatch", *map(str, args)], env=env_for(home), text=True,
-                          capture_output=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "coldbatch", *map(str, args)],
+        env=env_for(home),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def job_id_from(stderr: str) -> str:

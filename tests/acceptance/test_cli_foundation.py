@@ -36,8 +36,22 @@ def requests_in(folder: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def tweets_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tweets") / "out"
-    result = cli("prepare", TWEETS, "--out", out, "-m", "gpt-4o-mini", "-p", PROMPT, "--id-column", "tweet_id",
-                 "--on-duplicate-id", "suffix", "--max-requests", "5000")
+    result = cli(
+        "prepare",
+        TWEETS,
+        "--out",
+        out,
+        "-m",
+        "gpt-4o-mini",
+        "-p",
+        PROMPT,
+        "--id-column",
+        "tweet_id",
+        "--on-duplicate-id",
+        "suffix",
+        "--max-requests",
+        "5000",
+    )
     assert result.exit_code == 0, result.output
     assert "14,640 rows → 14,640 requests in 3 shard(s)" in result.stdout
     assert "155 repeated id(s) sent as 'ID~n'" in result.stdout
@@ -59,20 +73,30 @@ def test_prepare_tweets_refuses_repeated_ids_by_default_and_lists_them(tmp_path:
 @needs_tweets
 def test_prepare_tweets_with_suffixed_ids_gives_valid_shards(tweets_out: Path) -> None:
     m = manifest(tweets_out)
-    assert m["totals"] == {"rows": 14_640, "requests": 14_640, "bytes": sum(s["bytes"] for s in m["shards"]),
-                           "shards": 3, "rejected": 0, "renamed_ids": 155}
+    assert m["totals"] == {
+        "rows": 14_640,
+        "requests": 14_640,
+        "bytes": sum(s["bytes"] for s in m["shards"]),
+        "shards": 3,
+        "rejected": 0,
+        "renamed_ids": 155,
+    }
     for s in m["shards"]:
         blob = (tweets_out / s["path"]).read_bytes()
-        assert (s["requests"], s["bytes"], s["sha256"]) == (blob.count(b"\n"), len(blob),
-                                                             hashlib.sha256(blob).hexdigest())
+        assert (s["requests"], s["bytes"], s["sha256"]) == (
+            blob.count(b"\n"),
+            len(blob),
+            hashlib.sha256(blob).hexdigest(),
+        )
         assert s["requests"] <= 5000 and s["model"] == "gpt-4o-mini"
     reqs = requests_in(tweets_out)
     ids = [r["custom_id"] for r in reqs]
     assert len(set(ids)) == 14_640
     assert ids[12040] == "570308309682675712~2" and ids[11879] == "570308309682675712"
     assert sum("~" in i for i in ids) == 155
-    assert reqs[0]["body"]["messages"] == [{"role": "user", "content": "Sentiment of this tweet: "
-                                            "@VirginAmerica What @dhepburn said."}]
+    assert reqs[0]["body"]["messages"] == [
+        {"role": "user", "content": "Sentiment of this tweet: @VirginAmerica What @dhepburn said."}
+    ]
     result = cli("validate", tweets_out)
     assert result.exit_code == 0, result.output
     assert "3 file(s), 14,640 request(s): valid" in result.stdout
@@ -81,8 +105,22 @@ def test_prepare_tweets_with_suffixed_ids_gives_valid_shards(tweets_out: Path) -
 @needs_tweets
 def test_prepare_tweets_twice_is_byte_identical(tweets_out: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    cli("prepare", TWEETS, "--out", again, "-m", "gpt-4o-mini", "-p", PROMPT, "--id-column", "tweet_id",
-        "--on-duplicate-id", "suffix", "--max-requests", "5000")
+    cli(
+        "prepare",
+        TWEETS,
+        "--out",
+        again,
+        "-m",
+        "gpt-4o-mini",
+        "-p",
+        PROMPT,
+        "--id-column",
+        "tweet_id",
+        "--on-duplicate-id",
+        "suffix",
+        "--max-requests",
+        "5000",
+    )
     files = sorted(p.name for p in tweets_out.iterdir())
     assert files == sorted(p.name for p in again.iterdir())
     assert all((tweets_out / f).read_bytes() == (again / f).read_bytes() for f in files)
@@ -109,11 +147,15 @@ def test_missing_template_column_is_a_usage_error_naming_the_columns(tmp_path: P
 
 def test_awkward_rows_are_sent_repaired_or_reported(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
-    src.write_bytes(b'id,text\r\n1,"She said ""hi"",\nthen left"\r\n2,\r\n3,caf\xe9 \xff\r\n4,' + b"w" * 5000 +
-                    b'\r\n5,"\xf0\x9f\x98\x80 \\ done"\r\n')
+    src.write_bytes(
+        b'id,text\r\n1,"She said ""hi"",\nthen left"\r\n2,\r\n3,caf\xe9 \xff\r\n4,'
+        + b"w" * 5000
+        + b'\r\n5,"\xf0\x9f\x98\x80 \\ done"\r\n'
+    )
     out = tmp_path / "out"
-    result = cli("prepare", src, "--out", out, "-m", "m", "-p", "{text}", "--id-column", "id",
-                 "--max-line-bytes", "2000")
+    result = cli(
+        "prepare", src, "--out", out, "-m", "m", "-p", "{text}", "--id-column", "id", "--max-line-bytes", "2000"
+    )
     assert result.exit_code == 0, result.output
     assert "2 row(s) not sent" in result.stdout and "1 cell(s) were not valid UTF-8" in result.stdout
     sent = {r["custom_id"]: r["body"]["messages"][0]["content"] for r in requests_in(out)}
@@ -130,8 +172,9 @@ def test_shards_respect_max_requests_and_max_bytes(tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"text": f"row {i} " + "x" * (i % 50)}) + "\n" for i in range(100)))
     out = tmp_path / "out"
-    result = cli("prepare", src, "--out", out, "-m", "m", "-p", "{text}", "--max-requests", "9", "--max-bytes",
-                 "1300", "--json")
+    result = cli(
+        "prepare", src, "--out", out, "-m", "m", "-p", "{text}", "--max-requests", "9", "--max-bytes", "1300", "--json"
+    )
     assert result.exit_code == 0, result.output
     m = json.loads(result.stdout)
     assert m == manifest(out)
@@ -143,10 +186,19 @@ def test_shards_respect_max_requests_and_max_bytes(tmp_path: Path) -> None:
 
 
 def _broken_file(tmp_path: Path) -> Path:
-    good = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}
-    lines = [json.dumps(good), "{oops", json.dumps({**good, "method": "GET"}), json.dumps(good),
-             json.dumps({**good, "custom_id": "b", "body": {**good["body"], "stream": True}})]
+    good = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    lines = [
+        json.dumps(good),
+        "{oops",
+        json.dumps({**good, "method": "GET"}),
+        json.dumps(good),
+        json.dumps({**good, "custom_id": "b", "body": {**good["body"], "stream": True}}),
+    ]
     path = tmp_path / "batch.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -162,7 +214,8 @@ def test_validate_reports_every_error_as_file_line_code_message(tmp_path: Path) 
         f"{path}:3: duplicate_custom_id: The custom_id 'a' is a duplicate of the request on line 1. [custom_id]",
         f"{path}:3: invalid_request: Invalid method 'GET': the Batch API only accepts 'POST'. [method]",
         f"{path}:4: duplicate_custom_id: The custom_id 'a' is a duplicate of the request on line 1. [custom_id]",
-        f"{path}:5: streaming_unsupported: Streaming is not supported in the Batch API. [body.stream]"]
+        f"{path}:5: streaming_unsupported: Streaming is not supported in the Batch API. [body.stream]",
+    ]
     assert "1 file(s), 4 request(s): invalid (5 error(s) in 1 file(s))" in result.stderr
 
 
@@ -182,13 +235,26 @@ def test_validate_json_report(tmp_path: Path) -> None:
     (f,) = data["files"]
     assert (f["file"], f["requests"], f["total_errors"], len(f["errors"])) == (str(path), 4, 5, 2)
     assert f["bytes"] == path.stat().st_size
-    assert f["errors"][0] == {"file": str(path), "line": 2, "code": "invalid_json_line", "param": None,
-                              "message": f["errors"][0]["message"]}
+    assert f["errors"][0] == {
+        "file": str(path),
+        "line": 2,
+        "code": "invalid_json_line",
+        "param": None,
+        "message": f["errors"][0]["message"],
+    }
 
 
-@pytest.mark.parametrize("args", [["validate"], ["validate", "missing.jsonl"], ["validate", "x", "--max-errors", "0"],
-                                  ["validate", "x", "--endpoint", "/v1/nope"], ["prepare", "x"],
-                                  ["estimate", "x", "-p", "{text}"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["validate"],
+        ["validate", "missing.jsonl"],
+        ["validate", "x", "--max-errors", "0"],
+        ["validate", "x", "--endpoint", "/v1/nope"],
+        ["prepare", "x"],
+        ["estimate", "x", "-p", "{text}"],
+    ],
+)
 def test_usage_errors_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x").write_text("id,text\n1,a\n")
@@ -198,8 +264,17 @@ def test_usage_errors_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ar
 
 def test_validate_a_clean_file_exits_0(tmp_path: Path) -> None:
     path = tmp_path / "ok.jsonl"
-    path.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/embeddings",
-                                "body": {"model": "text-embedding-3-small", "input": "hi"}}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "custom_id": "a",
+                "method": "POST",
+                "url": "/v1/embeddings",
+                "body": {"model": "text-embedding-3-small", "input": "hi"},
+            }
+        )
+        + "\n"
+    )
     result = cli("validate", path, "--endpoint", "/v1/embeddings", "--models", "text-embedding-3-small, x")
     assert result.exit_code == 0, result.output
     assert "1 file(s), 1 request(s): valid" in result.stdout
@@ -229,11 +304,30 @@ def test_estimate_a_dataset_prints_the_table_and_json(tmp_path: Path) -> None:
 def test_the_installed_command_prepares_and_validates_tweets(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run = [sys.executable, "-m", "coldbatch"]
-    prep = subprocess.run([*run, "prepare", str(TWEETS), "--out", str(out), "-m", "gpt-4o-mini", "-p", PROMPT,
-                           "--id-column", "tweet_id", "--on-duplicate-id", "suffix"],
-                          capture_output=True, text=True, timeout=120, check=False)
+    prep = subprocess.run(
+        [
+            *run,
+            "prepare",
+            str(TWEETS),
+            "--out",
+            str(out),
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            PROMPT,
+            "--id-column",
+            "tweet_id",
+            "--on-duplicate-id",
+            "suffix",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert prep.returncode == 0, prep.stderr
-    check = subprocess.run([*run, "validate", str(out), "--json"], capture_output=True, text=True, timeout=120,
-                           check=False)
+    check = subprocess.run(
+        [*run, "validate", str(out), "--json"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert check.returncode == 0, check.stderr
     assert json.loads(check.stdout)["files"][0]["requests"] == 14_640

@@ -19,12 +19,34 @@ def test_a_late_batch_job_is_rescued_through_the_sync_path_before_its_deadline(t
         w = csv.writer(fh)
         w.writerow(["id", "text"])
         w.writerows((f"r{i}", f"review {i}: the flight was fine") for i in range(120))
-    with echo_server(tmp_path / "slow", latency=20.0) as slow, \
-            UpstreamServer(create_upstream(rpm=100_000, tpm=10_000_000)) as fast:
+    with (
+        echo_server(tmp_path / "slow", latency=20.0) as slow,
+        UpstreamServer(create_upstream(rpm=100_000, tpm=10_000_000)) as fast,
+    ):
         t = time.monotonic()
-        res = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "out.csv", "-m", "gpt-4o-mini", "-p",
-                        "Say {text}", "--mode", "batch", "--deadline", "12s", "--yes", "--poll-interval", "0.3",
-                        "--base-url", slow.base_url, "--sync-base-url", fast.url + "/v1", timeout=120)
+        res = coldbatch(
+            tmp_path / "home",
+            "run",
+            data,
+            "--out",
+            tmp_path / "out.csv",
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Say {text}",
+            "--mode",
+            "batch",
+            "--deadline",
+            "12s",
+            "--yes",
+            "--poll-interval",
+            "0.3",
+            "--base-url",
+            slow.base_url,
+            "--sync-base-url",
+            fast.url + "/v1",
+            timeout=120,
+        )
         took = time.monotonic() - t
         batches = slow.batches()
     assert res.returncode == 0, res.stderr[-3000:]

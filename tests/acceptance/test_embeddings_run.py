@@ -20,8 +20,9 @@ pytest.importorskip("llama_cpp")
 
 from coldbatch.engines import embedding
 
-pytestmark = pytest.mark.skipif(embedding.default_embedding_source() is None,
-                                reason="the [local] extra's embedding model is not installed")
+pytestmark = pytest.mark.skipif(
+    embedding.default_embedding_source() is None, reason="the [local] extra's embedding model is not installed"
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "airline-tweets-200.csv"
 EXTRA = [  # (tweet_id, text): two close in meaning, one unrelated, and repeats of earlier texts
@@ -49,9 +50,30 @@ def _run(tmp_path: Path, data: Path, out: Path, *extra: str) -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_BASE_URL", "OPENAI_API_KEY")}
     env["COLDBATCH_HOME"] = str(tmp_path / "home")
     res = subprocess.run(
-        [sys.executable, "-m", "coldbatch", "run", str(data), "--out", str(out), "--endpoint", "/v1/embeddings",
-         "--input-column", "text", "--id-column", "tweet_id", "--poll-interval", "0.5", "--yes", *extra],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "run",
+            str(data),
+            "--out",
+            str(out),
+            "--endpoint",
+            "/v1/embeddings",
+            "--input-column",
+            "text",
+            "--id-column",
+            "tweet_id",
+            "--poll-interval",
+            "0.5",
+            "--yes",
+            *extra,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 

@@ -160,8 +160,17 @@ def test_an_endpoint_the_engine_lacks_is_refused_before_anything_is_sent(tmp_pat
     pytest.importorskip("llama_cpp")
     chat_only = ["--engine", "llama-cpp", "--engine-option", "embeddings=false", "--engine-workers", "1"]
     with echo_server(tmp_path / "srv", extra=chat_only) as srv:
-        code, _, err = _run(tmp_path / "home", srv.base_url, _rows(tmp_path, 5), "--endpoint", "/v1/embeddings",
-                            "--input-column", "text", "--model", "SmolLM2-135M-Instruct")
+        code, _, err = _run(
+            tmp_path / "home",
+            srv.base_url,
+            _rows(tmp_path, 5),
+            "--endpoint",
+            "/v1/embeddings",
+            "--input-column",
+            "text",
+            "--model",
+            "SmolLM2-135M-Instruct",
+        )
         assert code == 2, err
         assert "does not serve /v1/embeddings (it serves /v1/chat/completions" in err, err
         assert srv.batches() == [] and srv.files() == []

@@ -26,7 +26,7 @@ LABELS = "negative,neutral,positive"
 
 def _sample(tmp_path: Path, n: int, start: int = 0) -> tuple[Path, list[dict[str, str]]]:
     with (EXAMPLES / "airline-tweets-200.csv").open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))[start:start + n]
+        rows = list(csv.DictReader(fh))[start : start + n]
     path = tmp_path / f"tweets-{start}-{n}.csv"
     _write(path, rows)
     return path, rows
@@ -41,9 +41,30 @@ def _write(path: Path, rows: list[dict[str, str]]) -> None:
 
 def _run(tmp_path: Path, inp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "coldbatch", "run", str(inp), "--out", str(out), "--prompt", "Tweet: {text}",
-         "--labels", LABELS, "--id-column", "tweet_id", "--poll-interval", "0.5", "--yes", *extra],
-        env=env_for(tmp_path / "home"), capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "run",
+            str(inp),
+            "--out",
+            str(out),
+            "--prompt",
+            "Tweet: {text}",
+            "--labels",
+            LABELS,
+            "--id-column",
+            "tweet_id",
+            "--poll-interval",
+            "0.5",
+            "--yes",
+            *extra,
+        ],
+        env=env_for(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -99,13 +120,20 @@ def test_examples_that_are_rows_being_labelled_are_left_out_and_said_so(tmp_path
     assert len(_read(out)) == 4
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda rows: rows[3].update(label="happy"),
-     "ex.csv, line 5, field 'label': 'happy' is not one of --labels negative, neutral, positive"),
-    (lambda rows: rows[1].update(text=""), "ex.csv, line 3, field 'text': empty"),
-    (lambda rows: [r.update(label="neutral") for r in rows if r["label"] == "positive"],
-     "no example labelled 'positive'"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda rows: rows[3].update(label="happy"),
+            "ex.csv, line 5, field 'label': 'happy' is not one of --labels negative, neutral, positive",
+        ),
+        (lambda rows: rows[1].update(text=""), "ex.csv, line 3, field 'text': empty"),
+        (
+            lambda rows: [r.update(label="neutral") for r in rows if r["label"] == "positive"],
+            "no example labelled 'positive'",
+        ),
+    ],
+)
 def test_a_bad_examples_file_is_refused_naming_file_line_and_field(tmp_path: Path, edit, message) -> None:  # type: ignore[no-untyped-def]
     inp, _ = _sample(tmp_path, 4)
     with (EXAMPLES / "airline-tweets-examples.csv").open(newline="", encoding="utf-8") as fh:

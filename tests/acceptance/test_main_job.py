@@ -29,10 +29,37 @@ def test_embedded_default_labels_every_row(tmp_path: Path) -> None:
     env["COLDBATCH_HOME"] = str(tmp_path / "home")
     out = tmp_path / "labelled.csv"
     res = subprocess.run(
-        [sys.executable, "-m", "coldbatch", "run", str(sample), "--out", str(out), "--model", "SmolLM2-135M-Instruct",
-         "--prompt", "Tweet: {text}", "--labels", ",".join(LABELS), "--max-tokens", "32", "--temperature", "0",
-         "--id-column", "tweet_id", "--poll-interval", "0.5", "--mode", "batch", "--yes"],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "run",
+            str(sample),
+            "--out",
+            str(out),
+            "--model",
+            "SmolLM2-135M-Instruct",
+            "--prompt",
+            "Tweet: {text}",
+            "--labels",
+            ",".join(LABELS),
+            "--max-tokens",
+            "32",
+            "--temperature",
+            "0",
+            "--id-column",
+            "tweet_id",
+            "--poll-interval",
+            "0.5",
+            "--mode",
+            "batch",
+            "--yes",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     with out.open(newline="", encoding="utf-8") as fh:
         got = list(csv.DictReader(fh))

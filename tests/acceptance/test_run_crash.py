@@ -53,19 +53,41 @@ LABELS = "negative,neutral,positive"
 
 def _dataset(path: Path) -> Path:
     rng = random.Random(7)
-    words = ["late", "great", "lost bag", "thanks", "delayed", "crew", "seat", "refund", "\"quoted\"", "a, b"]
+    words = ["late", "great", "lost bag", "thanks", "delayed", "crew", "seat", "refund", '"quoted"', "a, b"]
     with path.open("w", encoding="utf-8") as fh:
         fh.write("id,text,n\n")
         for i in range(1, ROWS + 1):
             text = " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))
-            fh.write(f"r{i:05d},\"{text.replace(chr(34), chr(34) * 2)} #{i}\",{i}\n")
+            fh.write(f'r{i:05d},"{text.replace(chr(34), chr(34) * 2)} #{i}",{i}\n')
     return path
 
 
 def _job_args(data: Path, out: Path, base_url: str, *more: str) -> list[str]:
-    return [str(data), "--out", str(out), "-m", "gpt-4o-mini", "-p", "Sentiment of: {text}", "--id-column", "id",
-            "--labels", LABELS, "--max-requests", str(MAX_REQUESTS), "--base-url", base_url, "--yes",
-            "--poll-interval", "0.2", "--max-attempts", str(MAX_ATTEMPTS), "--mode", "batch", *more]
+    return [
+        str(data),
+        "--out",
+        str(out),
+        "-m",
+        "gpt-4o-mini",
+        "-p",
+        "Sentiment of: {text}",
+        "--id-column",
+        "id",
+        "--labels",
+        LABELS,
+        "--max-requests",
+        str(MAX_REQUESTS),
+        "--base-url",
+        base_url,
+        "--yes",
+        "--poll-interval",
+        "0.2",
+        "--max-attempts",
+        str(MAX_ATTEMPTS),
+        "--mode",
+        "batch",
+        *more,
+    ]
 
 
 # -- the ledger, read directly ------------------------------------------------------------------------------
@@ -79,10 +101,12 @@ def _ledger_state(home: Path) -> dict[str, Any]:
         job = db.execute("SELECT id, status FROM jobs ORDER BY created_at LIMIT 1").fetchone()
         if job is None:
             return {"job": None, "status": None, "units": []}
-        units = db.execute("SELECT id, round, state, try, batch_id, batch_status FROM units WHERE job_id = ? "
-                           "ORDER BY id", (job[0],)).fetchall()
-        results = db.execute("SELECT state, COUNT(*) FROM results WHERE job_id = ? GROUP BY state",
-                             (job[0],)).fetchall()
+        units = db.execute(
+            "SELECT id, round, state, try, batch_id, batch_status FROM units WHERE job_id = ? ORDER BY id", (job[0],)
+        ).fetchall()
+        results = db.execute(
+            "SELECT state, COUNT(*) FROM results WHERE job_id = ? GROUP BY state", (job[0],)
+        ).fetchall()
     except sqlite3.OperationalError:  # the tables are not there yet
         return {"job": None, "status": None, "units": []}
     finally:
@@ -117,14 +141,14 @@ def _fingerprint(st: dict[str, Any]) -> str:
 def _start(home: Path, args: list[str]) -> subprocess.Popen[bytes]:
     log = (home.parent / "crash-cli.log").open("ab")
     try:
-        return subprocess.Popen([sys.executable, "-m", "coldbatch", *args], env=env_for(home), stdout=log,
-                                stderr=log)
+        return subprocess.Popen([sys.executable, "-m", "coldbatch", *args], env=env_for(home), stdout=log, stderr=log)
     finally:
         log.close()
 
 
-def _wait_or_kill(proc: subprocess.Popen[bytes], home: Path, before: str, cap: float,
-                  after_change: float | None) -> tuple[int | None, float, float | None]:
+def _wait_or_kill(
+    proc: subprocess.Popen[bytes], home: Path, before: str, cap: float, after_change: float | None
+) -> tuple[int | None, float, float | None]:
     """Kill -9 `proc` at `cap` seconds, or `after_change` s after it first changed the ledger if sooner.
 
     Returns (exit code, None when killed; seconds from start to the kill or exit; seconds to the first change).
@@ -168,8 +192,9 @@ def _crash_until_done(home: Path, run_args: list[str], startup: float) -> tuple[
         st_before = _ledger_state(home)
         job = st_before["job"]
         args = ["resume", job, "--yes"] if job else ["run", *run_args, "--name", "crash"]
-        done_killing = len(kills) >= MAX_KILLS or (len(kills) >= MIN_KILLS and
-                                                   (finished or time.monotonic() - started > DEADLINE_S))
+        done_killing = len(kills) >= MAX_KILLS or (
+            len(kills) >= MIN_KILLS and (finished or time.monotonic() - started > DEADLINE_S)
+        )
         s_est = min(first_changes[-3:]) if first_changes else startup
         r = rng.random()
         after_change: float | None = None
@@ -181,8 +206,9 @@ def _crash_until_done(home: Path, run_args: list[str], startup: float) -> tuple[
         elif r < 0.15:
             cap, kind = rng.uniform(0.02, 0.9 * s_est), "start-up"
         else:
-            after_change = (rng.uniform(0.0, 0.08) if r < 0.55 else rng.uniform(0.08, 0.5) if r < 0.85 else
-                            rng.uniform(0.5, 1.5))
+            after_change = (
+                rng.uniform(0.0, 0.08) if r < 0.55 else rng.uniform(0.08, 0.5) if r < 0.85 else rng.uniform(0.5, 1.5)
+            )
             cap, kind = s_est + 2.0, f"mid-step+{after_change:.2f}"
         proc = _start(home, args)
         rc, elapsed, changed = _wait_or_kill(proc, home, _fingerprint(st_before), cap, after_change)
@@ -192,9 +218,18 @@ def _crash_until_done(home: Path, run_args: list[str], startup: float) -> tuple[
             if done_killing:
                 raise AssertionError("the final resume did not finish")
             st = _ledger_state(home)
-            kills.append({"n": len(kills) + 1, "cmd": args[0], "kind": kind, "at": round(elapsed, 3),
-                          "after_done": finished, "phase": _phase(st), "phase_before": _phase(st_before),
-                          "progressed": _fingerprint(st) != _fingerprint(st_before)})
+            kills.append(
+                {
+                    "n": len(kills) + 1,
+                    "cmd": args[0],
+                    "kind": kind,
+                    "at": round(elapsed, 3),
+                    "after_done": finished,
+                    "phase": _phase(st),
+                    "phase_before": _phase(st_before),
+                    "progressed": _fingerprint(st) != _fingerprint(st_before),
+                }
+            )
             continue
         log = (home.parent / "crash-cli.log").read_text(errors="replace")
         assert rc == 0, f"{args[0]} exited {rc}:\n{log[-3000:]}"
@@ -235,14 +270,16 @@ def _without(path: Path, column: str) -> tuple[list[str], list[list[str]]]:
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     i = rows[0].index(column)
-    return rows[0][:i] + rows[0][i + 1:], [r[:i] + r[i + 1:] for r in rows[1:]]
+    return rows[0][:i] + rows[0][i + 1 :], [r[:i] + r[i + 1 :] for r in rows[1:]]
 
 
 def _check_server(srv: EchoServer, job: str, home: Path) -> dict[str, int]:
     """One batch per (unit, try) of the ledger and nothing else; one upload per unit; retries = failed rows."""
     db = sqlite3.connect(f"file:{home / 'ledger.sqlite3'}?mode=ro", uri=True)
-    units = {r[0]: {"round": r[1], "try": r[2], "batch_id": r[3], "file_id": r[4], "state": r[5]} for r in db.execute(
-        "SELECT id, round, try, batch_id, file_id, state FROM units WHERE job_id = ?", (job,))}
+    units = {
+        r[0]: {"round": r[1], "try": r[2], "batch_id": r[3], "file_id": r[4], "state": r[5]}
+        for r in db.execute("SELECT id, round, try, batch_id, file_id, state FROM units WHERE job_id = ?", (job,))
+    }
     db.close()
     assert all(u["state"] == "collected" for u in units.values()), units
 
@@ -252,12 +289,16 @@ def _check_server(srv: EchoServer, job: str, home: Path) -> dict[str, int]:
     assert not dup, f"a unit's try was submitted more than once: {dup}"
     expected = {(str(i), str(t)) for i, u in units.items() for t in range(1, u["try"] + 1)}
     assert set(tags) == expected, (sorted(tags), sorted(expected))
-    by_unit = {int(b["metadata"]["coldbatch_unit"]): b for b in batches
-               if b["metadata"]["coldbatch_try"] == str(units[int(b["metadata"]["coldbatch_unit"])]["try"])}
+    by_unit = {
+        int(b["metadata"]["coldbatch_unit"]): b
+        for b in batches
+        if b["metadata"]["coldbatch_try"] == str(units[int(b["metadata"]["coldbatch_unit"])]["try"])
+    }
     assert {i: b["id"] for i, b in by_unit.items()} == {i: u["batch_id"] for i, u in units.items()}
 
-    uploads = collections.Counter(f["filename"] for f in srv.files()
-                                  if f["purpose"] == "batch" and f["filename"].startswith(job))
+    uploads = collections.Counter(
+        f["filename"] for f in srv.files() if f["purpose"] == "batch" and f["filename"].startswith(job)
+    )
     assert all(n == 1 for n in uploads.values()), f"uploaded twice: {uploads}"
     assert set(uploads) == {f"{job}.u{i}.jsonl" for i in units}
 
@@ -290,16 +331,21 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_output(tmp
     home.mkdir()
     out = tmp_path / "crash.csv"
     # every shard's batch runs at once (as at a large provider), so each round lasts ~1 s of latency
-    with echo_server(tmp_path / "crash-server", latency=LATENCY, failure_rate=FAILURE_RATE,
-                     extra=["--running-batches", "64"]) as srv:
+    with echo_server(
+        tmp_path / "crash-server", latency=LATENCY, failure_rate=FAILURE_RATE, extra=["--running-batches", "64"]
+    ) as srv:
         job, kills = _crash_until_done(home, _job_args(dataset, out, srv.base_url, "--keep-remote-files"), startup)
         counts = _check_server(srv, job, home)
 
-    print(f"\nstart-up {startup:.2f} s; reference run (and a resume) {t_ref:.1f} s; {len(kills)} kills; "
-          f"whole test {time.monotonic() - t_start:.1f} s")
+    print(
+        f"\nstart-up {startup:.2f} s; reference run (and a resume) {t_ref:.1f} s; {len(kills)} kills; "
+        f"whole test {time.monotonic() - t_start:.1f} s"
+    )
     for k in kills:
-        print(f"  kill {k['n']:2d} {k['cmd']:6s} at {k['at']:5.2f} s ({k['kind']:15s}): {k['phase_before']:>31s} → "
-              f"{k['phase']:<31s} {'(ledger changed)' if k['progressed'] else ''}")
+        print(
+            f"  kill {k['n']:2d} {k['cmd']:6s} at {k['at']:5.2f} s ({k['kind']:15s}): {k['phase_before']:>31s} → "
+            f"{k['phase']:<31s} {'(ledger changed)' if k['progressed'] else ''}"
+        )
     print(f"  server: {counts}")
     phases = collections.Counter(k["phase"] for k in kills)
     print(f"  phases at kill: {dict(phases)}")

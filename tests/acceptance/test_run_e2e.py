@@ -208,8 +208,19 @@ def test_max_cost_with_an_unpriced_model_refuses_rather_than_guessing(tmp_path: 
 # -- (c) housekeeping ---------------------------------------------------------------------------------------
 def test_housekeeping_deletes_remote_files_unless_keep_remote_files(tmp_path: Path) -> None:
     data = _small_csv(tmp_path / "rows.csv", 120)
-    common = ["-m", "gpt-4o-mini", "-p", "Say {text}", "--max-requests", "50", "--yes", "--poll-interval", "0.2",
-              "--mode", "batch"]
+    common = [
+        "-m",
+        "gpt-4o-mini",
+        "-p",
+        "Say {text}",
+        "--max-requests",
+        "50",
+        "--yes",
+        "--poll-interval",
+        "0.2",
+        "--mode",
+        "batch",
+    ]
     with echo_server(tmp_path / "srv", failure_rate=0.2) as srv:
         res = coldbatch(
             tmp_path / "home", "run", data, "--out", tmp_path / "a.csv", "--base-url", srv.base_url, *common
@@ -396,18 +407,56 @@ def test_an_expired_batch_keeps_its_finished_results_and_only_the_rest_is_sent_a
 def test_schema_answers_become_columns_and_invalid_ones_are_reported_with_their_text(tmp_path: Path) -> None:
     data = _small_csv(tmp_path / "rows.csv", 30)
     good = tmp_path / "sentiment.json"
-    good.write_text('{"type": "object", "properties": {"sentiment": {"type": "string", "enum": '
-                    '["late", "fine", "great"]}}, "required": ["sentiment"], "additionalProperties": false}')
+    good.write_text(
+        '{"type": "object", "properties": {"sentiment": {"type": "string", "enum": '
+        '["late", "fine", "great"]}}, "required": ["sentiment"], "additionalProperties": false}'
+    )
     strict = tmp_path / "strict.json"  # the echo fixture answers only the enum field: "reason" is always missing
-    strict.write_text('{"type": "object", "properties": {"sentiment": {"type": "string", "enum": ["late", "fine"]},'
-                      ' "reason": {"type": "string"}}, "required": ["sentiment", "reason"]}')
+    strict.write_text(
+        '{"type": "object", "properties": {"sentiment": {"type": "string", "enum": ["late", "fine"]},'
+        ' "reason": {"type": "string"}}, "required": ["sentiment", "reason"]}'
+    )
     with echo_server(tmp_path / "srv") as srv:
-        ok = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "ok.csv", "-m", "gpt-4o-mini", "-p",
-                       "Say {text}", "--schema", good, "--yes", "--poll-interval", "0.2", "--base-url", srv.base_url,
-                       "--mode", "batch")
-        bad = coldbatch(tmp_path / "home", "run", data, "--out", tmp_path / "bad.csv", "-m", "gpt-4o-mini", "-p",
-                        "Say {text}", "--schema", strict, "--yes", "--poll-interval", "0.2", "--base-url",
-                        srv.base_url, "--mode", "batch")
+        ok = coldbatch(
+            tmp_path / "home",
+            "run",
+            data,
+            "--out",
+            tmp_path / "ok.csv",
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Say {text}",
+            "--schema",
+            good,
+            "--yes",
+            "--poll-interval",
+            "0.2",
+            "--base-url",
+            srv.base_url,
+            "--mode",
+            "batch",
+        )
+        bad = coldbatch(
+            tmp_path / "home",
+            "run",
+            data,
+            "--out",
+            tmp_path / "bad.csv",
+            "-m",
+            "gpt-4o-mini",
+            "-p",
+            "Say {text}",
+            "--schema",
+            strict,
+            "--yes",
+            "--poll-interval",
+            "0.2",
+            "--base-url",
+            srv.base_url,
+            "--mode",
+            "batch",
+        )
     assert ok.returncode == 0 and bad.returncode == 5, (ok.stderr[-2000:], bad.stderr[-2000:])  # bad: none valid
     rows = read_csv(tmp_path / "ok.csv")
     assert len(rows) == 30 and all(r["sentiment"] in ("late", "fine", "great") and r["error"] == "" for r in rows)

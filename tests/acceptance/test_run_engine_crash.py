@@ -42,10 +42,36 @@ def test_the_job_survives_a_kill_9_of_its_model_worker(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "coldbatch", "run", str(sample), "--out", str(out), "--prompt", "Tweet: {text}",
-             "--model", "SmolLM2-135M-Instruct", "--labels", ",".join(LABELS), "--max-tokens", "16",
-             "--temperature", "0", "--id-column", "tweet_id", "--poll-interval", "0.5", "--mode", "batch", "--yes"],
-            env=env_for(tmp_path / "home"), stdout=fh, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "coldbatch",
+                "run",
+                str(sample),
+                "--out",
+                str(out),
+                "--prompt",
+                "Tweet: {text}",
+                "--model",
+                "SmolLM2-135M-Instruct",
+                "--labels",
+                ",".join(LABELS),
+                "--max-tokens",
+                "16",
+                "--temperature",
+                "0",
+                "--id-column",
+                "tweet_id",
+                "--poll-interval",
+                "0.5",
+                "--mode",
+                "batch",
+                "--yes",
+            ],
+            env=env_for(tmp_path / "home"),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     killed: list[int] = []
     try:
         deadline = time.monotonic() + 240

@@ -82,12 +82,13 @@ class Server:
 
             bucket, _, prefix = self.settings.blobs_url[5:].partition("/")
             s3 = boto3.client("s3")
-            keys = [o["Key"][len(prefix) + 1:] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+            keys = [o["Key"][len(prefix) + 1 :] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
             ups = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
             return sorted(keys + [f"tmp/{u['Key']}" for u in ups])
         root = self.settings.data_dir / "files"
-        return sorted([p.name for p in root.iterdir() if p.name != "tmp"] +
-                      [f"tmp/{p.name}" for p in (root / "tmp").iterdir()])
+        return sorted(
+            [p.name for p in root.iterdir() if p.name != "tmp"] + [f"tmp/{p.name}" for p in (root / "tmp").iterdir()]
+        )
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for r in self.requests if r == (method, path))
@@ -96,8 +97,17 @@ class Server:
 def _start(settings: ServerSettings, engine: Engine) -> tuple[Server, Callable[[], None]]:
     seen: list[tuple[str, str]] = []
     app = _CountRequests(create_app(settings, engine), seen)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                            timeout_graceful_shutdown=2, loop="asyncio", http="h11", ws="none")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+        loop="asyncio",
+        http="h11",
+        ws="none",
+    )
     userver = uvicorn.Server(config)
     thread = threading.Thread(target=userver.run, name="uvicorn-contract", daemon=True)
     thread.start()
@@ -152,8 +162,9 @@ def serve(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> Itera
         n += 1
         base = ServerSettings(data_dir=tmp_path / f"server{n}", allow_short_windows=True, executor=FAST)
         if where is not None:
-            base = replace(base, store_url=where.store_url, blobs_url=f"{where.blobs_url}{n}",
-                           lease_seconds=SCALEOUT_LEASE_SECONDS)
+            base = replace(
+                base, store_url=where.store_url, blobs_url=f"{where.blobs_url}{n}", lease_seconds=SCALEOUT_LEASE_SECONDS
+            )
         srv, stop = _start(replace(base, **overrides), engine or EchoEngine())
         stops.append(stop)
         return srv

@@ -18,8 +18,12 @@ KEYS = ["sk-alice", "sk-bob"]
 
 
 def _line(cid: str, **body: Any) -> dict[str, Any]:
-    return {"custom_id": cid, "method": "POST", "url": CHAT,
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {cid}"}], **body}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {cid}"}], **body},
+    }
 
 
 def _batch(client: openai.OpenAI, lines: list[dict[str, Any]], wait: bool = True) -> Any:
@@ -85,7 +89,13 @@ def test_a_key_sees_only_its_own_batches_and_files(serve: ServeFactory) -> None:
     alice, bob = _session(srv, "sk-alice"), _session(srv, "sk-bob")
     assert [b["id"] for b in alice.get("/ui/api/batches").json()["batches"]] == [mine.id]
     assert bob.get("/ui/api/batches").json() | {"now": 0} == {
-        "now": 0, "page": 1, "per_page": 25, "total": 0, "counts": {}, "batches": []}
+        "now": 0,
+        "page": 1,
+        "per_page": 25,
+        "total": 0,
+        "counts": {},
+        "batches": [],
+    }
     assert bob.get(f"/ui/api/batches/{mine.id}").status_code == 404
     assert bob.post(f"/ui/api/batches/{mine.id}/cancel").status_code == 404
     assert bob.get(f"/ui/files/{mine.output_file_id}/content").status_code == 404
@@ -107,10 +117,15 @@ def test_batch_detail_has_events_and_errors_with_line_numbers(server: Server) ->
     assert d.status_code == 200 and "app;dur=" in d.headers["server-timing"]
     body = d.json()
     assert [(e["from_status"], e["to_status"]) for e in body["events"]] == [
-        (None, "validating"), ("validating", "in_progress"), ("in_progress", "finalizing"),
-        ("finalizing", "completed")]
+        (None, "validating"),
+        ("validating", "in_progress"),
+        ("in_progress", "finalizing"),
+        ("finalizing", "completed"),
+    ]
     assert [(e["line"], e["custom_id"], e["status_code"], e["code"]) for e in body["errors"]] == [
-        (2, "bad2", 400, "echo_fail"), (4, "bad4", 503, "echo_fail")]
+        (2, "bad2", 400, "echo_fail"),
+        (4, "bad4", 503, "echo_fail"),
+    ]
     assert body["input_file"]["id"] == b.input_file_id
 
 

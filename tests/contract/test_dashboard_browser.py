@@ -29,19 +29,27 @@ from .test_jobs_ui import JOB, make_ledger
 
 CHROMIUM = Path(os.environ.get("COLDBATCH_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it)",
-                allow_module_level=True)
+    pytest.skip(
+        f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it)", allow_module_level=True
+    )
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
-axe = pytest.importorskip("axe_playwright_python.sync_playwright",
-                          reason="axe-playwright-python is not installed (pip install -e .[dev])")
+axe = pytest.importorskip(
+    "axe_playwright_python.sync_playwright", reason="axe-playwright-python is not installed (pip install -e .[dev])"
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("COLDBATCH_SCREENSHOTS", REPO / "out" / "screenshots"))
 CHAT = "/v1/chat/completions"
 KEYS = ["sk-alice", "sk-bob"]
 TIMEOUT_MS = 30_000
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--no-first-run",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +73,10 @@ def shot(page: Any, name: str) -> None:
     """A screenshot of the page, after axe-core (WCAG 2 A and AA rules: contrast, labels, names, landmarks…)
     found nothing to report on it."""
     found = axe.Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21aa"]}})
-    problems = [f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:3]}"
-                for v in found.response["violations"]]
+    problems = [
+        f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:3]}"
+        for v in found.response["violations"]
+    ]
     assert found.response["passes"], "axe-core checked nothing"
     assert problems == [], f"accessibility on {name}: {problems}"
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -76,13 +86,18 @@ def shot(page: Any, name: str) -> None:
 def submit(client: openai.OpenAI, lines: list[dict[str, Any]], description: str) -> Any:
     data = b"".join(json.dumps(ln).encode() + b"\n" for ln in lines)
     f = client.files.create(file=("reviews.jsonl", data, "application/jsonl"), purpose="batch")
-    return client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
-                                 metadata={"description": description})
+    return client.batches.create(
+        input_file_id=f.id, endpoint=CHAT, completion_window="24h", metadata={"description": description}
+    )
 
 
 def line(cid: str, **body: Any) -> dict[str, Any]:
-    return {"custom_id": cid, "method": "POST", "url": CHAT,
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Review {cid}"}], **body}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Review {cid}"}], **body},
+    }
 
 
 def wait_status(page: Any, status: str) -> None:

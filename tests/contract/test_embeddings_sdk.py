@@ -17,8 +17,9 @@ pytest.importorskip("llama_cpp")
 from coldbatch.engines import embedding
 from coldbatch.engines.pool import open_engine
 
-pytestmark = pytest.mark.skipif(embedding.default_embedding_source() is None,
-                                reason="the [local] extra's embedding model is not installed")
+pytestmark = pytest.mark.skipif(
+    embedding.default_embedding_source() is None, reason="the [local] extra's embedding model is not installed"
+)
 
 MODEL = "all-MiniLM-L6-v2"
 CANCELLED = "My flight was cancelled and I missed my connection."
@@ -68,8 +69,17 @@ def test_batch_of_embeddings_lines(client: openai.OpenAI) -> None:
     texts += [CANCELLED, CLOSE, UNRELATED, CANCELLED]
     buf = io.StringIO()
     for i, text in enumerate(texts):
-        buf.write(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings",
-                              "body": {"model": MODEL, "input": text}}) + "\n")
+        buf.write(
+            json.dumps(
+                {
+                    "custom_id": f"r{i}",
+                    "method": "POST",
+                    "url": "/v1/embeddings",
+                    "body": {"model": MODEL, "input": text},
+                }
+            )
+            + "\n"
+        )
     f = client.files.create(file=("embed.jsonl", buf.getvalue().encode()), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
     deadline = time.monotonic() + 120

@@ -33,8 +33,12 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     def make(size: int) -> Path:
         mnt = tmp_path / f"disk{len(mounts)}"
         mnt.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode:
             pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
         mounts.append(mnt)
@@ -49,8 +53,9 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
 def test_a_big_json_body_is_413_before_it_is_read_whole(server: Server, client: openai.OpenAI) -> None:
     f = upload(client, [req("a")])
     with pytest.raises(openai.APIStatusError) as ei:
-        client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
-                              extra_body={"padding": "x" * (2 * MB)})
+        client.batches.create(
+            input_file_id=f.id, endpoint=CHAT, completion_window="24h", extra_body={"padding": "x" * (2 * MB)}
+        )
     assert_envelope(ei.value, 413, code="request_too_large")
     assert server.count("POST", "/v1/batches") == 1  # the SDK did not retry it
 
@@ -72,8 +77,9 @@ def test_synchronous_requests_may_be_as_big_as_a_batch_line_and_no_bigger(client
 
 
 # -- 2: full disk on upload ----------------------------------------------------------------------------------
-def test_a_full_disk_on_upload_is_507_retried_and_leaves_nothing(small_disk: Callable[[int], Path],
-                                                                  serve: ServeFactory) -> None:
+def test_a_full_disk_on_upload_is_507_retried_and_leaves_nothing(
+    small_disk: Callable[[int], Path], serve: ServeFactory
+) -> None:
     srv = serve(data_dir=small_disk(3 * MB))
     with pytest.raises(openai.APIStatusError) as ei:
         srv.client().files.create(file=("big.jsonl", b"x" * (5 * MB)), purpose="batch")
@@ -111,7 +117,8 @@ def _slow_batch(srv: Server, n: int) -> tuple[openai.OpenAI, str]:
 
 
 def test_a_full_disk_pauses_a_running_batch_which_resumes_when_space_returns(
-        small_disk: Callable[[int], Path], serve: ServeFactory, caplog: pytest.LogCaptureFixture) -> None:
+    small_disk: Callable[[int], Path], serve: ServeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     disk = small_disk(32 * MB)
     srv = serve(EchoEngine(latency=0.05, max_concurrency=64), data_dir=disk / "data")
     client, bid = _slow_batch(srv, 5_000)
@@ -135,10 +142,14 @@ def test_a_full_disk_pauses_a_running_batch_which_resumes_when_space_returns(
 
 
 def test_a_batch_that_cannot_store_results_for_too_long_fails_with_a_clear_error(
-        small_disk: Callable[[int], Path], serve: ServeFactory) -> None:
+    small_disk: Callable[[int], Path], serve: ServeFactory
+) -> None:
     disk = small_disk(32 * MB)
-    srv = serve(EchoEngine(latency=0.05, max_concurrency=64), data_dir=disk / "data",
-                executor=replace(FAST, disk_full_seconds=1.0, disk_retry_max_seconds=0.2))
+    srv = serve(
+        EchoEngine(latency=0.05, max_concurrency=64),
+        data_dir=disk / "data",
+        executor=replace(FAST, disk_full_seconds=1.0, disk_retry_max_seconds=0.2),
+    )
     client, bid = _slow_batch(srv, 5_000)
     filler = _fill(disk)
     failed = wait(client, bid, timeout=30)
@@ -161,15 +172,19 @@ def test_a_raw_bytes_jsonl_upload_runs_as_a_batch_through_the_sdk(client: openai
     assert done.status == "completed" and done.request_counts is not None and done.request_counts.completed == 2
 
 
-@pytest.mark.parametrize("name, data", [
-    ("input.json", b'{"custom_id": "a"}\n'),  # JSONL content, wrong extension: still refused
-    ("input.csv", b'{"custom_id": "a"}\n'),
-    ("upload", b"id,text\n1,hello\n"),  # no extension, not JSONL
-    ("upload", b"[1, 2]\n"),
-    ("upload", b"\x89PNG\r\n\x1a\n"),
-])
-def test_uploads_that_are_not_jsonl_by_name_or_content_are_refused(client: openai.OpenAI, name: str,
-                                                                    data: bytes) -> None:
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("input.json", b'{"custom_id": "a"}\n'),  # JSONL content, wrong extension: still refused
+        ("input.csv", b'{"custom_id": "a"}\n'),
+        ("upload", b"id,text\n1,hello\n"),  # no extension, not JSONL
+        ("upload", b"[1, 2]\n"),
+        ("upload", b"\x89PNG\r\n\x1a\n"),
+    ],
+)
+def test_uploads_that_are_not_jsonl_by_name_or_content_are_refused(
+    client: openai.OpenAI, name: str, data: bytes
+) -> None:
     with pytest.raises(openai.BadRequestError) as ei:
         client.files.create(file=(name, data), purpose="batch")
     assert_envelope(ei.value, 400, message="Invalid file format for Batch API. Must be .jsonl")
@@ -179,8 +194,7 @@ def test_uploads_that_are_not_jsonl_by_name_or_content_are_refused(client: opena
 @pytest.mark.parametrize("cap", [{"max_tokens": 5}, {"max_completion_tokens": 5}])
 def test_echo_answers_are_cut_at_max_tokens_like_a_model(client: openai.OpenAI, cap: dict[str, int]) -> None:
     text = "Tweet: @united thanks for the great flight today, the crew were lovely and the food was fine"
-    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}],
-                                       **cap)  # type: ignore[call-overload]
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}], **cap)  # type: ignore[call-overload]
     assert r.usage is not None and r.usage.completion_tokens == 5  # was 13-16 with max_tokens 5
     assert r.choices[0].finish_reason == "length" and text.startswith(r.choices[0].message.content or "-")
     whole = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=5)

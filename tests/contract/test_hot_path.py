@@ -10,8 +10,15 @@ from coldbatch.engines.echo import EchoEngine
 
 def test_a_sync_request_is_answered_while_a_long_batch_runs(serve) -> None:  # type: ignore[no-untyped-def]
     client = serve(EchoEngine(latency=0.3, max_concurrency=2)).client()
-    lines = [{"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
-              "body": {"model": "m", "messages": [{"role": "user", "content": f"row {i}"}]}} for i in range(40)]
+    lines = [
+        {
+            "custom_id": f"c{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "m", "messages": [{"role": "user", "content": f"row {i}"}]},
+        }
+        for i in range(40)
+    ]
     f = client.files.create(file=("b.jsonl", "\n".join(json.dumps(x) for x in lines).encode()), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
     while client.batches.retrieve(batch.id).status != "in_progress":

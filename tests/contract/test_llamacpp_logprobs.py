@@ -12,12 +12,24 @@ pytest.importorskip("llama_cpp")
 
 from coldbatch.engines.pool import open_engine
 
-MESSAGES = [{"role": "system", "content": "Answer in one short sentence."},
-            {"role": "user", "content": "What colour is the sky on a clear day?"}]
+MESSAGES = [
+    {"role": "system", "content": "Answer in one short sentence."},
+    {"role": "user", "content": "What colour is the sky on a clear day?"},
+]
 LABELS = ["negative", "neutral", "positive"]
-LABEL_FORMAT = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": {
-    "type": "object", "properties": {"label": {"type": "string", "enum": LABELS}}, "required": ["label"],
-    "additionalProperties": False}}}
+LABEL_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "label",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": LABELS}},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 @pytest.fixture
@@ -26,10 +38,12 @@ def client(serve):  # type: ignore[no-untyped-def]
 
 
 def test_logprobs_describe_each_answer_token_and_leave_the_answer_alone(client: openai.OpenAI) -> None:
-    plain = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=MESSAGES, temperature=0,
-                                           max_tokens=12)
-    got = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=MESSAGES, temperature=0,
-                                         max_tokens=12, logprobs=True, top_logprobs=3)
+    plain = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=MESSAGES, temperature=0, max_tokens=12
+    )
+    got = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct", messages=MESSAGES, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3
+    )
     choice = got.choices[0]
     assert choice.message.content == plain.choices[0].message.content  # same greedy answer
     assert plain.choices[0].logprobs is None
@@ -44,10 +58,17 @@ def test_logprobs_describe_each_answer_token_and_leave_the_answer_alone(client: 
         assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == pytest.approx(t.logprob)
     # a label answer: the tokens spell the grammar-constrained answer; their logprobs are the model's own
     got = client.chat.completions.create(
-        model="SmolLM2-135M-Instruct", temperature=0, max_tokens=32, logprobs=True, top_logprobs=5,
+        model="SmolLM2-135M-Instruct",
+        temperature=0,
+        max_tokens=32,
+        logprobs=True,
+        top_logprobs=5,
         response_format=LABEL_FORMAT,  # type: ignore[arg-type]
-        messages=[{"role": "system", "content": f"Classify the sentiment as one of: {', '.join(LABELS)}."},
-                  {"role": "user", "content": "Tweet: @united thank you, the crew was wonderful!"}])
+        messages=[
+            {"role": "system", "content": f"Classify the sentiment as one of: {', '.join(LABELS)}."},
+            {"role": "user", "content": "Tweet: @united thank you, the crew was wonderful!"},
+        ],
+    )
     tokens = got.choices[0].logprobs.content  # type: ignore[union-attr]
     assert tokens is not None
     text = b"".join(bytes(t.bytes or []) for t in tokens).decode()
@@ -56,9 +77,11 @@ def test_logprobs_describe_each_answer_token_and_leave_the_answer_alone(client: 
 
 
 def test_bad_logprobs_options_are_400s_that_name_the_option(client: openai.OpenAI) -> None:
-    for extra, param in (({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-                         ({"top_logprobs": 2}, "top_logprobs"), ({"logprobs": "yes"}, "logprobs")):
+    for extra, param in (
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": "yes"}, "logprobs"),
+    ):
         with pytest.raises(openai.BadRequestError) as err:
-            client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=MESSAGES, max_tokens=4,
-                                           **extra)  # type: ignore[arg-type]
+            client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=MESSAGES, max_tokens=4, **extra)  # type: ignore[arg-type]
         assert err.value.param == param, extra  # type: ignore[attr-defined]

@@ -17,8 +17,12 @@ from coldbatch.engines.pool import open_engine
 
 TWEETS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "airline-tweets" / "Tweets.csv"
 LABELS = ["negative", "neutral", "positive"]
-SCHEMA = {"type": "object", "properties": {"label": {"type": "string", "enum": LABELS}}, "required": ["label"],
-          "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": LABELS}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
 
 
 def test_sdk_workflow_on_20_tweets_answers_labels(serve) -> None:  # type: ignore[no-untyped-def]
@@ -26,13 +30,23 @@ def test_sdk_workflow_on_20_tweets_answers_labels(serve) -> None:  # type: ignor
         rows = [r for _, r in zip(range(20), csv.DictReader(fh), strict=False)]
     buf = io.StringIO()
     for r in rows:
-        body = {"model": "SmolLM2-135M-Instruct", "temperature": 0, "max_tokens": 32,
-                "messages": [{"role": "system", "content": "Label the tweet's sentiment."},
-                             {"role": "user", "content": r["text"]}],
-                "response_format": {"type": "json_schema", "json_schema": {"name": "label", "strict": True,
-                                                                           "schema": SCHEMA}}}
-        buf.write(json.dumps({"custom_id": r["tweet_id"], "method": "POST", "url": "/v1/chat/completions",
-                              "body": body}) + "\n")
+        body = {
+            "model": "SmolLM2-135M-Instruct",
+            "temperature": 0,
+            "max_tokens": 32,
+            "messages": [
+                {"role": "system", "content": "Label the tweet's sentiment."},
+                {"role": "user", "content": r["text"]},
+            ],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "label", "strict": True, "schema": SCHEMA},
+            },
+        }
+        buf.write(
+            json.dumps({"custom_id": r["tweet_id"], "method": "POST", "url": "/v1/chat/completions", "body": body})
+            + "\n"
+        )
     client = serve(open_engine("llama-cpp")).client()  # in worker processes, as `coldbatch serve` runs it
     f = client.files.create(file=("tweets.jsonl", buf.getvalue().encode()), purpose="batch")
     batch = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")

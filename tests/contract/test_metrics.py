@@ -17,8 +17,12 @@ KEY_LABELS = {"api_key", "key", "owner", "tenant", "user"}
 
 
 def _line(cid: str, **body: Any) -> dict[str, Any]:
-    return {"custom_id": cid, "method": "POST", "url": CHAT,
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hello {cid}"}], **body}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hello {cid}"}], **body},
+    }
 
 
 def _run(client: openai.OpenAI, lines: list[dict[str, Any]], timeout: float = 20.0) -> tuple[Any, int]:
@@ -82,8 +86,7 @@ def test_sync_requests_are_counted_by_outcome(server: Server) -> None:
     assert _get(m, "coldbatch_requests_total", **sync, outcome="completed") == 1
     assert _get(m, "coldbatch_requests_total", **sync, outcome="failed") == 1
     assert _get(m, "coldbatch_tokens_total", **sync, type="input") > 0
-    assert _get(m, "coldbatch_sync_request_duration_seconds_count", endpoint=CHAT, model="m1",
-                outcome="completed") == 1
+    assert _get(m, "coldbatch_sync_request_duration_seconds_count", endpoint=CHAT, model="m1", outcome="completed") == 1
     assert _get(m, "coldbatch_queue_wait_seconds_count", queue="hot") == 2
 
 

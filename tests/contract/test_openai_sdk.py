@@ -66,8 +66,9 @@ def jsonl(lines: Iterable[dict[str, Any] | str | bytes]) -> bytes:
     return b"".join(x + b"\n" for x in out)
 
 
-def upload(client: openai.OpenAI, lines: Iterable[dict[str, Any] | str | bytes] | bytes,
-           name: str = "input.jsonl") -> FileObject:
+def upload(
+    client: openai.OpenAI, lines: Iterable[dict[str, Any] | str | bytes] | bytes, name: str = "input.jsonl"
+) -> FileObject:
     data = lines if isinstance(lines, bytes) else jsonl(lines)
     return client.files.create(file=(name, data, "application/jsonl"), purpose="batch")
 
@@ -84,11 +85,16 @@ def wait(client: openai.OpenAI, batch_id: str, until: Iterable[str] = TERMINAL, 
         time.sleep(0.05)
 
 
-def run_batch(client: openai.OpenAI, lines: Iterable[dict[str, Any] | str | bytes] | bytes, endpoint: str = CHAT,
-              **create: Any) -> Batch:
+def run_batch(
+    client: openai.OpenAI, lines: Iterable[dict[str, Any] | str | bytes] | bytes, endpoint: str = CHAT, **create: Any
+) -> Batch:
     f = upload(client, lines)
-    b = client.batches.create(input_file_id=f.id, endpoint=endpoint,  # type: ignore[arg-type]
-                              completion_window=create.pop("completion_window", "24h"), **create)
+    b = client.batches.create(
+        input_file_id=f.id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window=create.pop("completion_window", "24h"),
+        **create,
+    )
     return wait(client, b.id)
 
 
@@ -109,8 +115,14 @@ def error_codes(b: Batch) -> list[tuple[str | None, int | None, str | None]]:
     return [(e.code, e.line, e.param) for e in b.errors.data]
 
 
-def assert_envelope(err: openai.APIStatusError, status: int, *, code: str | None = None,
-                    param: str | None = None, message: str | None = None) -> dict[str, Any]:
+def assert_envelope(
+    err: openai.APIStatusError,
+    status: int,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
     """The SDK raised for `status`, and the body is OpenAI's `{"error": {message, type, param, code}}`."""
     assert err.status_code == status
     body = err.response.json()
@@ -163,13 +175,15 @@ def test_01_file_create_fields(client: openai.OpenAI, tmp_path: Path) -> None:
 @needs_sdk((1, 100), "files.create(expires_after=...) arrived in 1.100.0")
 def test_02_expires_after_form_fields(client: openai.OpenAI) -> None:
     data = jsonl([req("a")])
-    f = client.files.create(file=("a.jsonl", data), purpose="batch",
-                            expires_after={"anchor": "created_at", "seconds": 3600})
+    f = client.files.create(
+        file=("a.jsonl", data), purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600}
+    )
     assert f.expires_at == f.created_at + 3600
     for seconds in (3599, THIRTY_DAYS + 1):
         with pytest.raises(openai.BadRequestError) as ei:
-            client.files.create(file=("a.jsonl", data), purpose="batch",
-                                expires_after={"anchor": "created_at", "seconds": seconds})
+            client.files.create(
+                file=("a.jsonl", data), purpose="batch", expires_after={"anchor": "created_at", "seconds": seconds}
+            )
         assert_envelope(ei.value, 400, param="expires_after.seconds", code="invalid_value")
 
 
@@ -261,13 +275,17 @@ def test_05_files_list_pagination(server: Server, client: openai.OpenAI) -> None
 # -- 6: create ------------------------------------------------------------------------------------------------
 def test_06_batch_create_fields(client: openai.OpenAI) -> None:
     f = upload(client, [req("a")])
-    b = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
-                              metadata={"run": "r1", "team": "x"})
+    b = client.batches.create(
+        input_file_id=f.id, endpoint=CHAT, completion_window="24h", metadata={"run": "r1", "team": "x"}
+    )
     assert isinstance(b, Batch) and b.id.startswith("batch_")
     assert (b.object, b.status, b.completion_window, b.endpoint) == ("batch", "validating", "24h", CHAT)
     assert b.input_file_id == f.id and b.metadata == {"run": "r1", "team": "x"}
-    assert b.request_counts is not None and (b.request_counts.total, b.request_counts.completed,
-                                             b.request_counts.failed) == (0, 0, 0)
+    assert b.request_counts is not None and (
+        b.request_counts.total,
+        b.request_counts.completed,
+        b.request_counts.failed,
+    ) == (0, 0, 0)
     assert isinstance(b.created_at, int) and b.expires_at == b.created_at + DAY
     assert b.output_file_id is None and b.error_file_id is None and b.errors is None
 
@@ -275,22 +293,38 @@ def test_06_batch_create_fields(client: openai.OpenAI) -> None:
 def test_06_create_missing_input_file_id(server: Server, client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as ei:
         client.post("/batches", cast_to=Batch, body={"endpoint": CHAT, "completion_window": "24h"})
-    assert_envelope(ei.value, 400, code="missing_required_parameter", param="input_file_id",
-                    message="Missing required parameter: 'input_file_id'.")
+    assert_envelope(
+        ei.value,
+        400,
+        code="missing_required_parameter",
+        param="input_file_id",
+        message="Missing required parameter: 'input_file_id'.",
+    )
     r = server.http().post("/v1/batches", json={"endpoint": CHAT, "completion_window": "24h"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input_file_id"
 
 
-@pytest.mark.parametrize(("create", "code", "param"), [
-    ({"endpoint": "/v1/invalid/endpoint"}, "invalid_value", "endpoint"),
-    ({"completion_window": "48h"}, "invalid_value", "completion_window"),
-    ({"completion_window": "1h"}, "invalid_value", "completion_window"),  # only "24h" unless allow_short_windows
-    ({"metadata": {"tags": ["a", "b"]}}, "invalid_type", "metadata.tags"),
-    ({"metadata": {f"k{i}": "v" for i in range(17)}}, None, "metadata"),
-    ({"metadata": {"k" * 65: "v"}}, None, "metadata"),
-    ({"metadata": {"k": "v" * 513}}, None, "metadata.k"),
-], ids=["endpoint", "window-48h", "window-1h-strict", "metadata-type", "metadata-17-keys", "metadata-key-65",
-        "metadata-value-513"])
+@pytest.mark.parametrize(
+    ("create", "code", "param"),
+    [
+        ({"endpoint": "/v1/invalid/endpoint"}, "invalid_value", "endpoint"),
+        ({"completion_window": "48h"}, "invalid_value", "completion_window"),
+        ({"completion_window": "1h"}, "invalid_value", "completion_window"),  # only "24h" unless allow_short_windows
+        ({"metadata": {"tags": ["a", "b"]}}, "invalid_type", "metadata.tags"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, None, "metadata"),
+        ({"metadata": {"k" * 65: "v"}}, None, "metadata"),
+        ({"metadata": {"k": "v" * 513}}, None, "metadata.k"),
+    ],
+    ids=[
+        "endpoint",
+        "window-48h",
+        "window-1h-strict",
+        "metadata-type",
+        "metadata-17-keys",
+        "metadata-key-65",
+        "metadata-value-513",
+    ],
+)
 def test_06_create_rejected(serve: ServeFactory, create: dict[str, Any], code: str | None, param: str) -> None:
     srv = serve(allow_short_windows=False)
     client = srv.client()
@@ -304,24 +338,33 @@ def test_06_create_rejected(serve: ServeFactory, create: dict[str, Any], code: s
 
 def test_06_metadata_at_the_limits(client: openai.OpenAI) -> None:
     meta = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
-    b = client.batches.create(input_file_id=upload(client, [req("a")]).id, endpoint=CHAT, completion_window="24h",
-                              metadata=meta)
+    b = client.batches.create(
+        input_file_id=upload(client, [req("a")]).id, endpoint=CHAT, completion_window="24h", metadata=meta
+    )
     assert b.metadata == meta
 
 
 @needs_sdk((1, 100), "batches.create(output_expires_after=...) arrived in 1.100.0")
 def test_06_output_expires_after(client: openai.OpenAI) -> None:
     f = upload(client, [req("a"), req("b", echo_fail=400)])
-    b = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
-                              output_expires_after={"anchor": "created_at", "seconds": 7200})
+    b = client.batches.create(
+        input_file_id=f.id,
+        endpoint=CHAT,
+        completion_window="24h",
+        output_expires_after={"anchor": "created_at", "seconds": 7200},
+    )
     done = wait(client, b.id)
     for fid in (done.output_file_id, done.error_file_id):
         assert fid
         out = client.files.retrieve(fid)
         assert out.expires_at == out.created_at + 7200
     with pytest.raises(openai.BadRequestError) as ei:
-        client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
-                              output_expires_after={"anchor": "created_at", "seconds": 60})
+        client.batches.create(
+            input_file_id=f.id,
+            endpoint=CHAT,
+            completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 60},
+        )
     assert_envelope(ei.value, 400, param="output_expires_after.seconds")
 
 
@@ -344,11 +387,19 @@ def test_07_happy_path(server: Server, client: openai.OpenAI, endpoint: str) -> 
         check_output_line(row, ok=True)
     assert sorted(r["custom_id"] for r in rows) == ["r0", "r1", "r2"]
     body = rows[0]["response"]["body"]
-    expected_object = {CHAT: "chat.completion", RESPONSES: "response", EMBEDDINGS: "list",
-                       COMPLETIONS: "text_completion", MODERATIONS: None}[endpoint]
+    expected_object = {
+        CHAT: "chat.completion",
+        RESPONSES: "response",
+        EMBEDDINGS: "list",
+        COMPLETIONS: "text_completion",
+        MODERATIONS: None,
+    }[endpoint]
     assert body.get("object") == expected_object
-    sdk_type = {CHAT: openai.types.chat.ChatCompletion, COMPLETIONS: openai.types.Completion,
-                EMBEDDINGS: openai.types.CreateEmbeddingResponse}.get(endpoint)
+    sdk_type = {
+        CHAT: openai.types.chat.ChatCompletion,
+        COMPLETIONS: openai.types.Completion,
+        EMBEDDINGS: openai.types.CreateEmbeddingResponse,
+    }.get(endpoint)
     if sdk_type is not None:  # the bodies are what the synchronous endpoint's SDK type expects
         sdk_type.model_validate(body)
 
@@ -384,10 +435,17 @@ GOOD = req("good")
 VALIDATION_CASES: dict[str, tuple[list[Any] | bytes, list[tuple[str, int | None, str | None]]]] = {
     "invalid_json_line": ([GOOD, '{"custom_id": "x", not json', req("other")], [("invalid_json_line", 2, None)]),
     "missing_fields": (
-        [{k: v for k, v in req(f"m{i}").items() if k != key} for i, key in
-         enumerate(("custom_id", "method", "url", "body"))],
-        [("missing_required_parameter", 1, "custom_id"), ("missing_required_parameter", 2, "method"),
-         ("missing_required_parameter", 3, "url"), ("missing_required_parameter", 4, "body")]),
+        [
+            {k: v for k, v in req(f"m{i}").items() if k != key}
+            for i, key in enumerate(("custom_id", "method", "url", "body"))
+        ],
+        [
+            ("missing_required_parameter", 1, "custom_id"),
+            ("missing_required_parameter", 2, "method"),
+            ("missing_required_parameter", 3, "url"),
+            ("missing_required_parameter", 4, "body"),
+        ],
+    ),
     "invalid_url": ([GOOD, req("e", EMBEDDINGS)], [("invalid_url", 2, "url")]),
     "streaming_unsupported": ([GOOD, req("s", stream=True)], [("streaming_unsupported", 2, "body.stream")]),
     "duplicate_custom_id": ([GOOD, req("x"), req("good")], [("duplicate_custom_id", 3, "custom_id")]),
@@ -510,12 +568,17 @@ def test_12_expiry(serve: ServeFactory) -> None:
         check_output_line(row, ok=True)
     for row in errors:
         assert row["response"] is None
-        assert row["error"] == {"code": "batch_expired",
-                                "message": "This request could not be executed before the completion window expired."}
+        assert row["error"] == {
+            "code": "batch_expired",
+            "message": "This request could not be executed before the completion window expired.",
+        }
     assert sorted(r["custom_id"] for r in outputs + errors) == sorted(f"r{i}" for i in range(n))
     assert b.request_counts is not None
-    assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (n, len(outputs),
-                                                                                            len(errors))
+    assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (
+        n,
+        len(outputs),
+        len(errors),
+    )
     with pytest.raises(openai.ConflictError):
         client.batches.cancel(b.id)
 
@@ -639,8 +702,13 @@ def test_19_usage(server: Server, client: openai.OpenAI) -> None:
     obj = raw(server, f"/v1/batches/{b.id}")
     assert obj["model"] == "m"
     usage = obj["usage"]
-    assert set(usage) == {"input_tokens", "input_tokens_details", "output_tokens", "output_tokens_details",
-                          "total_tokens"}
+    assert set(usage) == {
+        "input_tokens",
+        "input_tokens_details",
+        "output_tokens",
+        "output_tokens_details",
+        "total_tokens",
+    }
     assert usage["input_tokens"] == sum(u["prompt_tokens"] for u in per_line) > 0
     assert usage["output_tokens"] == sum(u["completion_tokens"] for u in per_line)
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
@@ -687,15 +755,24 @@ def test_auth_required(serve: ServeFactory) -> None:
     srv = serve(api_keys=["k1", "k2"])
     for key in ("wrong", "k1x", "Bearer k1", "K1"):
         c = srv.client(api_key=key)
-        for call in (c.files.list, c.batches.list, lambda c=c: c.batches.retrieve("batch_x"),
-                     lambda c=c: upload(c, [req("a")])):
+        for call in (
+            c.files.list,
+            c.batches.list,
+            lambda c=c: c.batches.retrieve("batch_x"),
+            lambda c=c: upload(c, [req("a")]),
+        ):
             with pytest.raises(openai.AuthenticationError) as ei:
                 call()
             assert_envelope(ei.value, 401, code="invalid_api_key")
     no_key = srv.http(None)
-    for r in (no_key.get("/v1/files"), no_key.get("/v1/batches"), no_key.post(CHAT, json=BODIES[CHAT]),
-              no_key.get("/v1/models"), no_key.get("/v1/batches", headers={"authorization": "Basic azE6"}),
-              no_key.get("/v1/batches", headers={"authorization": "Bearer"})):
+    for r in (
+        no_key.get("/v1/files"),
+        no_key.get("/v1/batches"),
+        no_key.post(CHAT, json=BODIES[CHAT]),
+        no_key.get("/v1/models"),
+        no_key.get("/v1/batches", headers={"authorization": "Basic azE6"}),
+        no_key.get("/v1/batches", headers={"authorization": "Bearer"}),
+    ):
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
     assert srv.count("GET", "/v1/files") == 5  # 4 SDK calls + 1 raw: a 401 is not retried
     assert srv.client(api_key="k1").batches.list().data == []
@@ -707,8 +784,13 @@ def test_keys_are_isolated(serve: ServeFactory) -> None:
     one, two = srv.client(api_key="k1"), srv.client(api_key="k2")
     f = upload(one, [req("a")])
     b = one.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
-    for call, arg in ((two.files.retrieve, f.id), (two.files.content, f.id), (two.files.delete, f.id),
-                      (two.batches.retrieve, b.id), (two.batches.cancel, b.id)):
+    for call, arg in (
+        (two.files.retrieve, f.id),
+        (two.files.content, f.id),
+        (two.files.delete, f.id),
+        (two.batches.retrieve, b.id),
+        (two.batches.cancel, b.id),
+    ):
         with pytest.raises(openai.NotFoundError):
             call(arg)
     assert two.files.list().data == [] and two.batches.list().data == []
@@ -737,8 +819,10 @@ def test_path_like_filenames_rejected(server: Server, client: openai.OpenAI, tmp
 @pytest.mark.parametrize("filename", [b"x\x00.jsonl", b"x\x1b.jsonl", b"../raw.jsonl", b"a\\b.jsonl"])
 def test_control_characters_in_raw_filenames_rejected(server: Server, filename: bytes) -> None:
     """httpx percent-encodes control characters in filenames; a hand-made body can still send them raw."""
-    body = (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
-            b'--b\r\nContent-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n\r\n{}\r\n--b--\r\n')
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n\r\n{}\r\n--b--\r\n'
+    )
     r = server.http().post("/v1/files", content=body, headers={"content-type": "multipart/form-data; boundary=b"})
     assert r.status_code == 400, r.text
     assert raw(server, "/v1/files")["data"] == []
@@ -756,16 +840,36 @@ BAD_CREATE = [
     {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h", "metadata": "x"},
     {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h", "metadata": {"k": None}},
     {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h", "metadata": {"k": {"a": "b"}}},
-    {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h",
-     "output_expires_after": {"anchor": "created_at", "seconds": "x"}},
-    {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h",
-     "output_expires_after": {"anchor": "created_at", "seconds": [1]}},
-    {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h",
-     "output_expires_after": {"anchor": "created_at", "seconds": 10**30}},
-    {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h",
-     "output_expires_after": {"anchor": "created_at", "seconds": True}},
-    {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h",
-     "output_expires_after": {"anchor": "created_at", "seconds": 3600.5}},
+    {
+        "input_file_id": "f",
+        "endpoint": CHAT,
+        "completion_window": "24h",
+        "output_expires_after": {"anchor": "created_at", "seconds": "x"},
+    },
+    {
+        "input_file_id": "f",
+        "endpoint": CHAT,
+        "completion_window": "24h",
+        "output_expires_after": {"anchor": "created_at", "seconds": [1]},
+    },
+    {
+        "input_file_id": "f",
+        "endpoint": CHAT,
+        "completion_window": "24h",
+        "output_expires_after": {"anchor": "created_at", "seconds": 10**30},
+    },
+    {
+        "input_file_id": "f",
+        "endpoint": CHAT,
+        "completion_window": "24h",
+        "output_expires_after": {"anchor": "created_at", "seconds": True},
+    },
+    {
+        "input_file_id": "f",
+        "endpoint": CHAT,
+        "completion_window": "24h",
+        "output_expires_after": {"anchor": "created_at", "seconds": 3600.5},
+    },
     {"input_file_id": "f", "endpoint": CHAT, "completion_window": "24h", "output_expires_after": "1h"},
 ]
 
@@ -781,24 +885,30 @@ def test_malformed_json_body_is_400(server: Server, content: bytes) -> None:
 
 @pytest.mark.parametrize("body", BAD_CREATE, ids=range(len(BAD_CREATE)))
 def test_badly_typed_create_is_400(server: Server, body: dict[str, Any]) -> None:
-    r = server.http().post("/v1/batches", content=json.dumps(body),
-                           headers={"content-type": "application/json"})
+    r = server.http().post("/v1/batches", content=json.dumps(body), headers={"content-type": "application/json"})
     assert r.status_code == 400, (body, r.text)
     assert set(r.json()["error"]) == ENVELOPE_KEYS and r.json()["error"]["param"]
     assert raw(server, "/v1/batches")["data"] == []
 
 
-@pytest.mark.parametrize(("content", "ctype"), [
-    (b'{"purpose": "batch"}', "application/json"),
-    (b"purpose=batch&file=x", "application/x-www-form-urlencoded"),
-    (b"purpose=batch", None),
-    (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--\r\n", "multipart/form-data"),
-    (b"--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n--b--\r\n",
-     "multipart/form-data; boundary=b"),  # no file part
-    (b"garbage without any boundary", "multipart/form-data; boundary=b"),
-    (b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n\r\n{}\r\n--b--\r\n",
-     "multipart/form-data; boundary=b"),  # no purpose
-])
+@pytest.mark.parametrize(
+    ("content", "ctype"),
+    [
+        (b'{"purpose": "batch"}', "application/json"),
+        (b"purpose=batch&file=x", "application/x-www-form-urlencoded"),
+        (b"purpose=batch", None),
+        (b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n', "multipart/form-data"),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+        ),  # no file part
+        (b"garbage without any boundary", "multipart/form-data; boundary=b"),
+        (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{}\r\n--b--\r\n',
+            "multipart/form-data; boundary=b",
+        ),  # no purpose
+    ],
+)
 def test_non_multipart_upload_is_400(server: Server, content: bytes, ctype: str | None) -> None:
     headers = {"content-type": ctype} if ctype else {}
     r = server.http().post("/v1/files", content=content, headers=headers)

@@ -27,8 +27,9 @@ except ImportError:  # pragma: no cover - older SDKs
 def test_every_route_is_in_the_document(server: Server) -> None:
     doc = server.http(None).get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
-    missing = [(path, m) for path, _, methods in routes.ROUTES for m in methods
-               if m.lower() not in doc["paths"].get(path, {})]
+    missing = [
+        (path, m) for path, _, methods in routes.ROUTES for m in methods if m.lower() not in doc["paths"].get(path, {})
+    ]
     assert missing == []
 
 
@@ -63,7 +64,8 @@ def checked(server: Server) -> tuple[Callable[[httpx.Response], None], Seen]:
 
 
 def test_a_session_of_real_responses_matches_the_document(
-        server: Server, checked: tuple[Callable[[httpx.Response], None], Seen]) -> None:
+    server: Server, checked: tuple[Callable[[httpx.Response], None], Seen]
+) -> None:
     hook, seen = checked
     client = server.client(http_client=httpx.Client(event_hooks={"response": [hook]}), max_retries=0)
     f = upload(client, [req("a"), req("b")])
@@ -72,16 +74,21 @@ def test_a_session_of_real_responses_matches_the_document(
     b = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h", metadata={"k": "v"})
     wait(client, b.id)
     client.batches.list()
-    g = client.batches.create(input_file_id=upload(client, jsonl([req("c")])).id, endpoint=CHAT,
-                              completion_window="24h")
+    g = client.batches.create(
+        input_file_id=upload(client, jsonl([req("c")])).id, endpoint=CHAT, completion_window="24h"
+    )
     with contextlib.suppress(openai.ConflictError):  # it finished first: that 409 is checked against the document
         client.batches.cancel(g.id)
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     client.models.list()
-    for bad in (lambda: client.batches.retrieve("batch_nope"), lambda: client.files.retrieve("file-nope"),
-                lambda: client.files.create(file=("x.txt", b"x"), purpose="batch"),
-                lambda: client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h",
-                                              extra_body={"pad": "x" * 2_000_000})):
+    for bad in (
+        lambda: client.batches.retrieve("batch_nope"),
+        lambda: client.files.retrieve("file-nope"),
+        lambda: client.files.create(file=("x.txt", b"x"), purpose="batch"),
+        lambda: client.batches.create(
+            input_file_id=f.id, endpoint=CHAT, completion_window="24h", extra_body={"pad": "x" * 2_000_000}
+        ),
+    ):
         with pytest.raises(openai.APIStatusError):
             bad()
     assert {200, 400, 404, 413} <= {status for *_, status in seen} and len(seen) > 15

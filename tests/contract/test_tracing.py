@@ -20,8 +20,12 @@ CHAT = "/v1/chat/completions"
 
 
 def _line(cid: str, **body: Any) -> dict[str, Any]:
-    return {"custom_id": cid, "method": "POST", "url": CHAT,
-            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {cid}"}], **body}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": CHAT,
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {cid}"}], **body},
+    }
 
 
 def test_a_batch_is_one_span_with_a_genai_span_per_request(serve: ServeFactory) -> None:

@@ -65,13 +65,16 @@ def _reference(weights: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
     x = norm(x + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm")
     for i in range(6):
         p = f"encoder.layer.{i}."
-        q, k, v = (lin(x, p + f"attention.self.{t}").reshape(n, heads, -1).transpose(1, 0, 2)
-                   for t in ("query", "key", "value"))
+        q, k, v = (
+            lin(x, p + f"attention.self.{t}").reshape(n, heads, -1).transpose(1, 0, 2)
+            for t in ("query", "key", "value")
+        )
         a = q @ k.transpose(0, 2, 1) / math.sqrt(q.shape[-1])
         a = np.exp(a - a.max(-1, keepdims=True))
         a = (a / a.sum(-1, keepdims=True)) @ v
-        x = norm(lin(a.transpose(1, 0, 2).reshape(n, -1), p + "attention.output.dense") + x,
-                 p + "attention.output.LayerNorm")
+        x = norm(
+            lin(a.transpose(1, 0, 2).reshape(n, -1), p + "attention.output.dense") + x, p + "attention.output.LayerNorm"
+        )
         h = lin(x, p + "intermediate.dense")
         x = norm(lin(0.5 * h * (1 + erf(h / math.sqrt(2))), p + "output.dense") + x, p + "output.LayerNorm")
     e = x.mean(0)
@@ -169,19 +172,22 @@ def test_concurrent_requests_each_get_their_own_vector(engine):
     assert np.abs(got - alone).max() < 1e-3
 
 
-@pytest.mark.parametrize(("body", "fragment"), [
-    ({"model": "m"}, "non-empty"),
-    ({"model": "m", "input": []}, "non-empty"),
-    ({"model": "m", "input": ""}, "must not be empty"),
-    ({"model": "m", "input": ["ok", 3]}, "array of strings"),
-    ({"model": "m", "input": [[10 ** 9]]}, "cl100k_base does not have"),
-    ({"model": "m", "input": [[1, 2], []]}, "token arrays"),
-    ({"model": "m", "input": [{"text": "x"}]}, "string"),
-    ({"model": "m", "input": ["x"] * 2049}, "at most 2048"),
-    ({"model": "m", "input": "x", "dimensions": 64}, "dimensions"),
-    ({"model": "m", "input": "x", "encoding_format": "hex"}, "encoding_format"),
-    ({"model": "m", "input": "word " * 600}, "at most 512"),
-])
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"model": "m"}, "non-empty"),
+        ({"model": "m", "input": []}, "non-empty"),
+        ({"model": "m", "input": ""}, "must not be empty"),
+        ({"model": "m", "input": ["ok", 3]}, "array of strings"),
+        ({"model": "m", "input": [[10**9]]}, "cl100k_base does not have"),
+        ({"model": "m", "input": [[1, 2], []]}, "token arrays"),
+        ({"model": "m", "input": [{"text": "x"}]}, "string"),
+        ({"model": "m", "input": ["x"] * 2049}, "at most 2048"),
+        ({"model": "m", "input": "x", "dimensions": 64}, "dimensions"),
+        ({"model": "m", "input": "x", "encoding_format": "hex"}, "encoding_format"),
+        ({"model": "m", "input": "word " * 600}, "at most 512"),
+    ],
+)
 def test_bad_bodies_are_400_results(engine, body, fragment):
     result = embed(engine, body)
     assert result.status_code == 400

@@ -52,8 +52,18 @@ class Server:
 def serve(tmp: Path, *args: str) -> Iterator[Server]:
     port = free_port()
     log = tmp / f"serve-{port}.log"
-    cmd = [sys.executable, "-m", "coldbatch", "serve", "--data-dir", str(tmp / "data"), "--port", str(port),
-           "--allow-short-windows", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "coldbatch",
+        "serve",
+        "--data-dir",
+        str(tmp / "data"),
+        "--port",
+        str(port),
+        "--allow-short-windows",
+        *args,
+    ]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env_for(tmp / "home"))
     srv = Server(proc, port, log)
@@ -99,8 +109,12 @@ def settled_health(srv: Server, timeout: float = 60) -> dict[str, Any]:
 def create_batch(c: openai.OpenAI, tmp: Path, bodies: Sequence[dict[str, Any]]) -> Any:
     """Upload `bodies` as a chat batch file (custom_ids r0, r1, ...) and create the batch."""
     path = tmp / f"in-{time.monotonic_ns()}.jsonl"
-    path.write_bytes(b"".join(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
-                                            "body": b}) + b"\n" for i, b in enumerate(bodies)))
+    path.write_bytes(
+        b"".join(
+            orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": b}) + b"\n"
+            for i, b in enumerate(bodies)
+        )
+    )
     with path.open("rb") as fh:
         f = c.files.create(file=fh, purpose="batch")
     return c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
@@ -150,8 +164,12 @@ def test_crashing_requests_are_retried_once_then_reported_and_the_batch_complete
         assert len(poison) < health["workers"]["crashes"] <= 2 * len(poison)
         assert not first & set(health["workers"]["pids"])  # the workers that died were replaced
         with srv.client() as c:  # and the server still answers
-            assert c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}]) \
-                .choices[0].message.content == "hi"
+            assert (
+                c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+                .choices[0]
+                .message.content
+                == "hi"
+            )
 
 
 def test_a_hot_request_that_crashes_its_worker_gets_a_500_with_the_code(tmp_path: Path) -> None:
@@ -166,8 +184,9 @@ def test_a_hot_request_that_crashes_its_worker_gets_a_500_with_the_code(tmp_path
 
 def test_a_worker_that_keeps_crashing_at_start_is_given_up_and_reported_once(tmp_path: Path) -> None:
     marker = tmp_path / "crash-now"
-    with serve(tmp_path, "--engine", "echo", "--engine-workers", "1",
-               "--engine-option", f"crash_at_start_if={marker}") as srv:
+    with serve(
+        tmp_path, "--engine", "echo", "--engine-workers", "1", "--engine-option", f"crash_at_start_if={marker}"
+    ) as srv:
         assert srv.health()[0] == 200
         marker.touch()  # from now on a new worker segfaults while it starts
         r = httpx.post(srv.base + "/v1/chat/completions", json=chat("x", echo_crash="kill"), timeout=60)
@@ -190,18 +209,51 @@ def test_serve_refuses_to_start_when_its_workers_cannot(tmp_path: Path) -> None:
     marker = tmp_path / "crash"
     marker.touch()
     port = free_port()
-    r = subprocess.run([sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--engine-workers", "1",
-                        "--engine-option", f"crash_at_start_if={marker}", "--port", str(port),
-                        "--data-dir", str(tmp_path / "d")], env=env_for(tmp_path / "h"), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--engine",
+            "echo",
+            "--engine-workers",
+            "1",
+            "--engine-option",
+            f"crash_at_start_if={marker}",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        env=env_for(tmp_path / "h"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "could not start in a worker process" in r.stderr and "SIGSEGV" in r.stderr
 
 
 def test_an_unknown_engine_option_is_one_clear_line(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "coldbatch", "serve", "--engine", "echo",
-                        "--engine-option", "latency_ms=3", "--data-dir", str(tmp_path / "d")],
-                       env=env_for(tmp_path / "h"), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--engine",
+            "echo",
+            "--engine-option",
+            "latency_ms=3",
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        env=env_for(tmp_path / "h"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0
     assert "has no option 'latency_ms'" in r.stderr and "latency" in r.stderr
     assert "Traceback" not in r.stderr
@@ -222,16 +274,33 @@ def test_native_engines_never_run_in_the_server_process() -> None:
 
 
 # -- the real local model --------------------------------------------------------------------------------------
-LABEL_FORMAT = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": {
-    "type": "object", "properties": {"label": {"type": "string", "enum": ["negative", "neutral", "positive"]}},
-    "required": ["label"], "additionalProperties": False}}}
+LABEL_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "label",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": ["negative", "neutral", "positive"]}},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 def test_kill_9_of_a_llama_cpp_worker_mid_batch_loses_nothing(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
-    bodies = [{"model": "SmolLM2-135M-Instruct", "temperature": 0, "max_tokens": 16, "response_format": LABEL_FORMAT,
-               "messages": [{"role": "user", "content": f"Tweet {i}: the flight was {'late' if i % 2 else 'fine'}"}]}
-              for i in range(40)]
+    bodies = [
+        {
+            "model": "SmolLM2-135M-Instruct",
+            "temperature": 0,
+            "max_tokens": 16,
+            "response_format": LABEL_FORMAT,
+            "messages": [{"role": "user", "content": f"Tweet {i}: the flight was {'late' if i % 2 else 'fine'}"}],
+        }
+        for i in range(40)
+    ]
     with serve(tmp_path, "--engine", "llama-cpp", "--engine-workers", "2") as srv:
         maps = Path(f"/proc/{srv.proc.pid}/maps")
         if maps.exists():  # the server itself never loads llama.cpp
@@ -264,8 +333,25 @@ def test_a_model_file_that_is_not_gguf_is_refused_at_start(tmp_path: Path) -> No
     pytest.importorskip("llama_cpp")
     fake = tmp_path / "model.gguf"
     fake.write_text("not a model")
-    r = subprocess.run([sys.executable, "-m", "coldbatch", "serve", "--engine", "llama-cpp", "--model-path", str(fake),
-                        "--port", str(free_port()), "--data-dir", str(tmp_path / "d")],
-                       env=env_for(tmp_path / "h"), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--engine",
+            "llama-cpp",
+            "--model-path",
+            str(fake),
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path / "d"),
+        ],
+        env=env_for(tmp_path / "h"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert f"{fake} is not a GGUF model file" in r.stderr and "Traceback" not in r.stderr

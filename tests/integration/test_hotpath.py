@@ -66,8 +66,9 @@ def run(client: SyncClient, bodies: dict[str, dict[str, Any]]) -> tuple[dict[str
     async def go() -> float:
         async with client:
             t = time.monotonic()
-            await client.run_many(((k, L.CHAT, b) for k, b in bodies.items()),
-                                  lambda k, r: reported.setdefault(k, []).append(r))
+            await client.run_many(
+                ((k, L.CHAT, b) for k, b in bodies.items()), lambda k, r: reported.setdefault(k, []).append(r)
+            )
             return time.monotonic() - t
 
     return reported, asyncio.run(go())
@@ -123,8 +124,11 @@ def test_hot_calls_pass_queued_batch_work(upstream: Start) -> None:
     async def go() -> tuple[float, int]:
         done: list[str] = []
         async with SyncClient(up.url, rpm=60, window=WINDOW, timeout=5, concurrency=8) as client:
-            batch = asyncio.create_task(client.run_many(((k, L.CHAT, b) for k, b in cold.items()),
-                                                        lambda k, r: done.append(k), priority=LM.COLD))
+            batch = asyncio.create_task(
+                client.run_many(
+                    ((k, L.CHAT, b) for k, b in cold.items()), lambda k, r: done.append(k), priority=LM.COLD
+                )
+            )
             await asyncio.sleep(0.6)
             t = time.monotonic()
             hot = await client.call(L.CHAT, body(-1), priority=LM.HOT)

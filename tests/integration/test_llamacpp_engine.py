@@ -20,11 +20,23 @@ from coldbatch.errors import ConfigError
 CHAT = "/v1/chat/completions"
 TWEETS = Path(__file__).resolve().parents[2].parent / "shared/data/airline-tweets/Tweets.csv"
 LABELS = ["negative", "neutral", "positive"]
-LABEL_FORMAT = {"type": "json_schema", "json_schema": {"name": "label", "strict": True, "schema": {
-    "type": "object", "properties": {"label": {"type": "string", "enum": LABELS}},
-    "required": ["label"], "additionalProperties": False}}}
-SYSTEM = "Classify the user's text. Answer with JSON {\"label\": ...} where label is exactly one of: " \
-         "negative, neutral, positive."
+LABEL_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "label",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": LABELS}},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+    },
+}
+SYSTEM = (
+    'Classify the user\'s text. Answer with JSON {"label": ...} where label is exactly one of: '
+    "negative, neutral, positive."
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +56,12 @@ def chat(text: str, **extra) -> dict:
 
 
 def label_body(text: str) -> dict:
-    return {"model": "gpt-4o-mini", "temperature": 0, "response_format": LABEL_FORMAT,
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]}
+    return {
+        "model": "gpt-4o-mini",
+        "temperature": 0,
+        "response_format": LABEL_FORMAT,
+        "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
+    }
 
 
 def tweets(n: int) -> list[dict[str, str]]:
@@ -120,22 +136,25 @@ def test_json_object_and_stop(engine):
     stop = full[4:7]
     assert stop.strip(), full
     cut = complete(engine, chat("Name three colors.", max_tokens=12, stop=[stop])).body
-    assert cut["choices"][0]["message"]["content"] == full[:full.find(stop)]
+    assert cut["choices"][0]["message"]["content"] == full[: full.find(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
 
 
-@pytest.mark.parametrize(("endpoint", "body", "param"), [
-    ("/v1/completions", {"model": "m", "prompt": "hi"}, "url"),
-    (CHAT, {"model": "m"}, "messages"),
-    (CHAT, {"model": "m", "messages": []}, "messages"),
-    (CHAT, {"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
-    (CHAT, chat("hi", max_tokens=0), "max_tokens"),
-    (CHAT, chat("hi", temperature=3), "temperature"),
-    (CHAT, chat("hi", stream=True), "stream"),
-    (CHAT, chat("hi", n=2), "n"),
-    (CHAT, chat("hi", response_format={"type": "json_schema"}), "response_format"),
-    (CHAT, chat("hi", max_tokens=4096), "messages"),
-])
+@pytest.mark.parametrize(
+    ("endpoint", "body", "param"),
+    [
+        ("/v1/completions", {"model": "m", "prompt": "hi"}, "url"),
+        (CHAT, {"model": "m"}, "messages"),
+        (CHAT, {"model": "m", "messages": []}, "messages"),
+        (CHAT, {"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+        (CHAT, chat("hi", max_tokens=0), "max_tokens"),
+        (CHAT, chat("hi", temperature=3), "temperature"),
+        (CHAT, chat("hi", stream=True), "stream"),
+        (CHAT, chat("hi", n=2), "n"),
+        (CHAT, chat("hi", response_format={"type": "json_schema"}), "response_format"),
+        (CHAT, chat("hi", max_tokens=4096), "messages"),
+    ],
+)
 def test_bad_bodies_are_400_results(engine, endpoint, body, param):
     result = complete(engine, body, endpoint)
     assert result.status_code == 400 and not result.ok

@@ -37,8 +37,9 @@ def _libraries() -> list[Path]:
 def test_the_library_has_no_avx512_or_amx_instructions() -> None:
     """Any AVX2 CPU can run it: no zmm register (AVX-512) or tile instruction (AMX) appears anywhere."""
     for lib in _libraries():
-        code = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True,
-                              text=True, check=True).stdout
+        code = subprocess.run(
+            ["objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True, check=True
+        ).stdout
         assert re.search(r"\bv\w+\s+.*%ymm", code) or "ggml-cpu" not in lib.name, f"{lib.name}: no AVX2 code?"
         wide = re.findall(r"^.*(?:%zmm\d|%k[1-7]\b|\btile\w+|\bldtilecfg).*$", code, re.MULTILINE)
         assert not wide, f"{lib.name} uses instructions beyond AVX2, e.g. {wide[:3]}"
@@ -51,10 +52,12 @@ def test_the_build_reports_no_amx_or_avx512() -> None:
 
 def test_the_engine_loads_weights_without_extra_buffer_types(tmp_path: Path) -> None:
     """llama.cpp logs one line per weight buffer; only the plain CPU buffer may appear (no AMX, no repack)."""
-    script = ("from coldbatch.engines.llamacpp import LlamaCppEngine\n"
-              "import asyncio\n"
-              "e = LlamaCppEngine(verbose=True, n_ctx=256)\n"
-              "asyncio.run(e.aclose())\n")
+    script = (
+        "from coldbatch.engines.llamacpp import LlamaCppEngine\n"
+        "import asyncio\n"
+        "e = LlamaCppEngine(verbose=True, n_ctx=256)\n"
+        "asyncio.run(e.aclose())\n"
+    )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     buffers = re.findall(r"(\S+) model buffer size", r.stderr)

@@ -28,8 +28,17 @@ def limited_upstream(state: dict[str, Any]) -> Starlette:
         await request.body()
         if state["in_flight"] >= state.get("limit", LIMIT):
             state["refused"] += 1
-            return JSONResponse({"error": {"message": "too many concurrent requests", "type": "rate_limit",
-                                           "param": None, "code": None}}, status_code=429)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "too many concurrent requests",
+                        "type": "rate_limit",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status_code=429,
+            )
         state["in_flight"] += 1
         state["peak_late"] = max(state["peak_late"], state["in_flight"]) if time.monotonic() > state["late"] else 0
         state["peak"] = max(state.get("peak", 0), state["in_flight"])
@@ -38,10 +47,16 @@ def limited_upstream(state: dict[str, Any]) -> Starlette:
         finally:
             state["in_flight"] -= 1
         state["served"] += 1
-        return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                          "finish_reason": "stop"}],
-                             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        return JSONResponse(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
 

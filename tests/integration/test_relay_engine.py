@@ -46,8 +46,11 @@ def upstream() -> Iterator[UpstreamServer]:
 @pytest.fixture
 def relay_server(upstream: UpstreamServer, tmp_path: Path) -> Iterator[UpstreamServer]:
     engine = RelayEngine(upstream.url + "/v1", rpm=6000, max_attempts=ATTEMPTS, concurrency=16)
-    settings = ServerSettings(data_dir=tmp_path / "relay", allow_short_windows=True,
-                              executor=ExecutorConfig(poll_seconds=0.05, flush_seconds=0.05))
+    settings = ServerSettings(
+        data_dir=tmp_path / "relay",
+        allow_short_windows=True,
+        executor=ExecutorConfig(poll_seconds=0.05, flush_seconds=0.05),
+    )
     server = UpstreamServer(create_app(settings, engine), lifespan="on")
     server.start()
     yield server
@@ -55,8 +58,11 @@ def relay_server(upstream: UpstreamServer, tmp_path: Path) -> Iterator[UpstreamS
 
 
 def line(i: int) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 5,
-                            "messages": [{"role": "user", "content": f"line {i}"}]}
+    body: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": f"line {i}"}],
+    }
     if i % 10 == 3:
         body["echo_fail"] = 400  # the upstream refuses it: no retry
     elif i % 10 == 7:
@@ -79,19 +85,26 @@ def run_batch(http: httpx.Client, lines: list[dict[str, Any]]) -> dict[str, Any]
     data = b"".join(orjson.dumps(x) + b"\n" for x in lines)
     f = http.post("/v1/files", data={"purpose": "batch"}, files={"file": ("in.jsonl", data, "application/jsonl")})
     assert f.status_code == 200, f.text
-    b = http.post("/v1/batches", json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions",
-                                       "completion_window": "24h"})
+    b = http.post(
+        "/v1/batches",
+        json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+    )
     assert b.status_code == 200, b.text
     deadline = time.monotonic() + 30
-    while (batch := http.get(f"/v1/batches/{b.json()['id']}").json())["status"] not in {"completed", "failed",
-                                                                                          "expired", "cancelled"}:
+    while (batch := http.get(f"/v1/batches/{b.json()['id']}").json())["status"] not in {
+        "completed",
+        "failed",
+        "expired",
+        "cancelled",
+    }:
         assert time.monotonic() < deadline, batch
         time.sleep(0.05)
     return dict(batch)
 
 
 def test_a_batch_runs_against_the_upstream_with_per_line_errors_in_the_error_file(
-        upstream: UpstreamServer, relay_server: UpstreamServer) -> None:
+    upstream: UpstreamServer, relay_server: UpstreamServer
+) -> None:
     lines = [line(i) for i in range(40)]
     with httpx.Client(base_url=relay_server.url, timeout=10) as http:
         batch = run_batch(http, lines)
@@ -138,14 +151,33 @@ def _free_port() -> int:
 
 
 def test_coldbatch_serve_relay_from_the_command_line(upstream: UpstreamServer, tmp_path: Path) -> None:
-    missing = subprocess.run([sys.executable, "-m", "coldbatch", "serve", "--engine", "relay"],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "coldbatch", "serve", "--engine", "relay"], capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 2 and "--upstream" in missing.stderr
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("COLDBATCH_")} | {"COLDBATCH_UPSTREAM_KEY": "sk-up"}
-    proc = subprocess.Popen([sys.executable, "-m", "coldbatch", "serve", "--engine", "relay", "--upstream",
-                             upstream.url + "/v1", "--rpm", "600", "--port", str(port), "--data-dir",
-                             str(tmp_path / "cli")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--engine",
+            "relay",
+            "--upstream",
+            upstream.url + "/v1",
+            "--rpm",
+            "600",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "cli"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             deadline = time.monotonic() + 30

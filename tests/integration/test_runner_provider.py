@@ -53,19 +53,33 @@ class LoseAnswers:
                     return None
 
                 await self.app(scope, receive, drop)
-                await JSONResponse({"error": {"message": "bad gateway", "type": "server_error", "param": None,
-                                              "code": None}}, status_code=502)(scope, receive, send)
+                await JSONResponse(
+                    {"error": {"message": "bad gateway", "type": "server_error", "param": None, "code": None}},
+                    status_code=502,
+                )(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, LoseAnswers]]:
-    settings = ServerSettings(data_dir=tmp_path / "srv", allow_short_windows=True,
-                              executor=ExecutorConfig(poll_seconds=0.05, flush_seconds=0.05))
+    settings = ServerSettings(
+        data_dir=tmp_path / "srv",
+        allow_short_windows=True,
+        executor=ExecutorConfig(poll_seconds=0.05, flush_seconds=0.05),
+    )
     app = LoseAnswers(create_app(settings, EchoEngine()))
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", loop="asyncio",
-                            http="h11", ws="none", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="on",
+        loop="asyncio",
+        http="h11",
+        ws="none",
+        timeout_graceful_shutdown=2,
+    )
     userver = uvicorn.Server(config)
     thread = threading.Thread(target=userver.run, daemon=True)
     thread.start()
@@ -90,9 +104,13 @@ def _job(tmp: Path, base_url: str) -> tuple[Ledger, str]:
         w.writerow(["text"])
         w.writerows([[f"line {i}"] for i in range(30)])
     ledger = Ledger(tmp / "home" / "ledger.sqlite3")
-    opts = RunOptions(spec=RequestSpec(model="gpt-4o-mini", prompt="Say {text}").describe(),
-                      limits=asdict(Limits(max_requests=10)), poll_interval=0.05, keep_remote_files=True,
-                      provider=base_url)
+    opts = RunOptions(
+        spec=RequestSpec(model="gpt-4o-mini", prompt="Say {text}").describe(),
+        limits=asdict(Limits(max_requests=10)),
+        poll_interval=0.05,
+        keep_remote_files=True,
+        provider=base_url,
+    )
     ledger.create_job("j", str(inp), str(tmp / "out.csv"), asdict(opts))
     return ledger, "j"
 
@@ -113,8 +131,9 @@ def _run(tmp: Path, base_url: str) -> tuple[Ledger, dict[str, Any]]:
 
 
 @pytest.mark.parametrize("path", ["/v1/files", "/v1/batches"])
-def test_a_lost_answer_to_a_paid_call_never_makes_a_second_object(tmp_path: Path,
-                                                                  server: tuple[str, LoseAnswers], path: str) -> None:
+def test_a_lost_answer_to_a_paid_call_never_makes_a_second_object(
+    tmp_path: Path, server: tuple[str, LoseAnswers], path: str
+) -> None:
     base_url, app = server
     app.lose[("POST", path)] = 2  # the first two answers are lost: two units' calls took effect unseen
     ledger, report = _run(tmp_path, base_url)

@@ -70,9 +70,23 @@ class Server:
     def __init__(self, data_dir: Path, log: Path) -> None:
         self.port = _free_port()
         self.log = log
-        cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", str(LATENCY),
-               "--echo-failure-rate", str(FAILURE_RATE), "--allow-short-windows", "--data-dir", str(data_dir),
-               "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "coldbatch",
+            "serve",
+            "--engine",
+            "echo",
+            "--echo-latency",
+            str(LATENCY),
+            "--echo-failure-rate",
+            str(FAILURE_RATE),
+            "--allow-short-windows",
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(self.port),
+        ]
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
@@ -119,16 +133,21 @@ def _input_file(path: Path, k: int) -> set[str]:
         for i in range(LINES):
             cid = f"b{k}-{i:05d}"
             ids.add(cid)
-            body = {"model": "gpt-4o-mini", "max_tokens": 5,
-                    "messages": [{"role": "user", "content": f"Review {i} of batch {k}: the kettle was okay."}]}
-            fh.write(orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-                                   "body": body}) + b"\n")
+            body = {
+                "model": "gpt-4o-mini",
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": f"Review {i} of batch {k}: the kettle was okay."}],
+            }
+            fh.write(
+                orjson.dumps({"custom_id": cid, "method": "POST", "url": "/v1/chat/completions", "body": body}) + b"\n"
+            )
     return ids
 
 
 # -- the kill loop ------------------------------------------------------------------------------------------
-def _watch_then_kill(server: Server, delay: float, allow_finalizing: bool, last: dict[str, str]) -> tuple[
-        dict[str, str], bool]:
+def _watch_then_kill(
+    server: Server, delay: float, allow_finalizing: bool, last: dict[str, str]
+) -> tuple[dict[str, str], bool]:
     """Poll statuses until `delay` passes (or, if allowed, a batch is seen finalizing); then SIGKILL.
     Returns the statuses seen last before the kill and whether the finalizing trigger fired."""
     seen, fired = dict(last), False
@@ -169,8 +188,9 @@ def test_kill_and_restart_until_done(tmp_path: Path) -> None:
     server.wait_ready()
     file_ids = []
     for p, _ in inputs:
-        r = server.http.post("/v1/files", data={"purpose": "batch"},
-                             files={"file": (p.name, p.read_bytes(), "application/jsonl")})
+        r = server.http.post(
+            "/v1/files", data={"purpose": "batch"}, files={"file": (p.name, p.read_bytes(), "application/jsonl")}
+        )
         assert r.status_code == 200, r.text
         file_ids.append(r.json()["id"])
 
@@ -185,9 +205,14 @@ def test_kill_and_restart_until_done(tmp_path: Path) -> None:
                 server.wait_ready()
             created = False
             while len(batch_ids) < BATCHES and CREATE_AT_ROUND[len(batch_ids)] <= rnd:
-                r = server.http.post("/v1/batches", json={"input_file_id": file_ids[len(batch_ids)],
-                                                          "endpoint": "/v1/chat/completions",
-                                                          "completion_window": "24h"})
+                r = server.http.post(
+                    "/v1/batches",
+                    json={
+                        "input_file_id": file_ids[len(batch_ids)],
+                        "endpoint": "/v1/chat/completions",
+                        "completion_window": "24h",
+                    },
+                )
                 assert r.status_code == 200, r.text
                 batch_ids.append(r.json()["id"])
                 statuses[r.json()["id"]] = r.json()["status"]
@@ -199,8 +224,15 @@ def test_kill_and_restart_until_done(tmp_path: Path) -> None:
                 delay = _draw_delay(rng)
                 statuses, fired = _watch_then_kill(server, delay, finalizing_left > 0, statuses)
             finalizing_left -= fired
-            kills.append({"round": rnd, "delay": round(delay, 3), "finalizing_trigger": fired,
-                          "statuses": [statuses.get(b, "?") for b in batch_ids], **_left_behind(data_dir)})
+            kills.append(
+                {
+                    "round": rnd,
+                    "delay": round(delay, 3),
+                    "finalizing_trigger": fired,
+                    "statuses": [statuses.get(b, "?") for b in batch_ids],
+                    **_left_behind(data_dir),
+                }
+            )
             assert time.monotonic() - started < DEADLINE_S, _kill_table(kills)
             if rnd + 1 >= MIN_KILLS and len(batch_ids) == BATCHES and TERMINAL.issuperset(statuses.values()):
                 break
@@ -226,19 +258,26 @@ def _left_behind(data_dir: Path) -> dict[str, int]:
     finally:
         db.close()
     blobs = {p.name for p in (data_dir / "files").iterdir() if p.is_file()}
-    return {"parts": len(list((data_dir / "files" / "tmp").glob("*.part"))),
-            "unregistered": len(blobs - registered)}
+    return {"parts": len(list((data_dir / "files" / "tmp").glob("*.part"))), "unregistered": len(blobs - registered)}
 
 
 def _kill_table(kills: list[dict[str, Any]]) -> str:
     rows = ["round  delay_s  trigger     tmp parts  unregistered blobs  statuses of batches 0..n at the kill"]
-    rows += [f"{k['round']:>5}  {k['delay']:>7.3f}  {'finalizing' if k['finalizing_trigger'] else 'delay':<10}  "
-             f"{k['parts']:>9}  {k['unregistered']:>18}  {', '.join(k['statuses'])}" for k in kills]
+    rows += [
+        f"{k['round']:>5}  {k['delay']:>7.3f}  {'finalizing' if k['finalizing_trigger'] else 'delay':<10}  "
+        f"{k['parts']:>9}  {k['unregistered']:>18}  {', '.join(k['statuses'])}"
+        for k in kills
+    ]
     return "\n".join(rows)
 
 
-def _check_results(server: Server, file_ids: list[str], batch_ids: list[str],
-                   inputs: list[tuple[Path, set[str]]], kills: list[dict[str, Any]]) -> None:
+def _check_results(
+    server: Server,
+    file_ids: list[str],
+    batch_ids: list[str],
+    inputs: list[tuple[Path, set[str]]],
+    kills: list[dict[str, Any]],
+) -> None:
     table = _kill_table(kills)
     assert len(kills) >= MIN_KILLS, table
     hit = {s for k in kills for s in k["statuses"]}
@@ -287,10 +326,18 @@ def _check_data_dir(data_dir: Path, file_ids: list[str], batch_ids: list[str]) -
         registered = {r[0] for r in db.execute("SELECT id FROM files WHERE deleted = 0")}
         assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 0
         for bid in batch_ids:
-            chain = [tuple(r) for r in db.execute(
-                "SELECT from_status, to_status FROM batch_events WHERE batch_id = ? ORDER BY rowid", (bid,))]
-            assert chain == [(None, "validating"), ("validating", "in_progress"), ("in_progress", "finalizing"),
-                             ("finalizing", "completed")], (bid, chain)
+            chain = [
+                tuple(r)
+                for r in db.execute(
+                    "SELECT from_status, to_status FROM batch_events WHERE batch_id = ? ORDER BY rowid", (bid,)
+                )
+            ]
+            assert chain == [
+                (None, "validating"),
+                ("validating", "in_progress"),
+                ("in_progress", "finalizing"),
+                ("finalizing", "completed"),
+            ], (bid, chain)
     finally:
         db.close()
     on_disk = {p.name for p in (data_dir / "files").iterdir() if p.is_file()}
@@ -313,22 +360,54 @@ def _setup(tmp_path: Path, n: int) -> tuple[SqliteStore, LocalBlobStore, set[str
     ids = {f"r{i}" for i in range(n)}
     with (tmp_path / "in.jsonl").open("wb") as fh:
         for i in range(n):
-            fh.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {
-                "model": "m", "messages": [{"role": "user", "content": f"hello {i}"}]}}) + b"\n")
+            fh.write(
+                orjson.dumps(
+                    {
+                        "custom_id": f"r{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"model": "m", "messages": [{"role": "user", "content": f"hello {i}"}]},
+                    }
+                )
+                + b"\n"
+            )
     shutil.copy(tmp_path / "in.jsonl", blobs.path("file-in"))
     now = int(time.time())
-    store.create_file({"id": "file-in", "owner": "local", "filename": "in.jsonl", "purpose": "batch",
-                       "bytes": blobs.path("file-in").stat().st_size, "created_at": now, "expires_at": None})
-    store.create_batch({"id": BID, "owner": "local", "endpoint": "/v1/chat/completions",
-                        "input_file_id": "file-in", "completion_window": "24h", "status": "validating",
-                        "created_at": now, "expires_at": now + 86_400})
+    store.create_file(
+        {
+            "id": "file-in",
+            "owner": "local",
+            "filename": "in.jsonl",
+            "purpose": "batch",
+            "bytes": blobs.path("file-in").stat().st_size,
+            "created_at": now,
+            "expires_at": None,
+        }
+    )
+    store.create_batch(
+        {
+            "id": BID,
+            "owner": "local",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": "file-in",
+            "completion_window": "24h",
+            "status": "validating",
+            "created_at": now,
+            "expires_at": now + 86_400,
+        }
+    )
     return store, blobs, ids
 
 
 def _executor(store: SqliteStore, blobs: LocalBlobStore, failure_rate: float = 0.2) -> Executor:
     engine = EchoEngine(failure_rate=failure_rate, seed=1)
-    return Executor(store, blobs, engine, Slots(engine.info.max_concurrency),
-                    config=ExecutorConfig(group_size=64, flush_seconds=0.01))
+    return Executor(
+        store,
+        blobs,
+        engine,
+        Slots(engine.info.max_concurrency),
+        config=ExecutorConfig(group_size=64, flush_seconds=0.01),
+    )
 
 
 def _result_ids(store: SqliteStore, blobs: LocalBlobStore, bid: str) -> tuple[list[str], dict[str, bytes]]:
@@ -346,8 +425,9 @@ def _result_ids(store: SqliteStore, blobs: LocalBlobStore, bid: str) -> tuple[li
 
 
 @pytest.mark.parametrize("final", [S.COMPLETED, S.CANCELLED])
-def test_crash_between_result_blobs_and_final_transition(tmp_path: Path, final: S,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_between_result_blobs_and_final_transition(
+    tmp_path: Path, final: S, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, blobs, ids = _setup(tmp_path, 300)
     ex = _executor(store, blobs)
     if final == S.CANCELLED:  # cancel after the first group is logged: some lines never run
@@ -377,7 +457,8 @@ def test_crash_between_result_blobs_and_final_transition(tmp_path: Path, final: 
     assert written, "the result blobs should have been written before the final transition"
     assert store.get_batch(BID, None)["status"] == (S.FINALIZING if final == S.COMPLETED else S.CANCELLING)
     assert [f["id"] for f in store.list_files("local", purpose=None, after=None, limit=100, order="asc")[0]] == [
-        "file-in"], "result files must not be visible before the final transition"
+        "file-in"
+    ], "result files must not be visible before the final transition"
     monkeypatch.undo()
 
     # restart: a new store connection and executor on the same folder
@@ -432,15 +513,33 @@ def test_recover_sweeps_what_a_crash_left_behind(tmp_path: Path) -> None:
 
     blob("file-orphan")  # an upload killed between the rename and its row
     blob("file-gone")  # a deleted file, no unfinished batch reads it
-    store.create_file({"id": "file-gone", "owner": "local", "filename": "g.jsonl", "purpose": "batch", "bytes": 2,
-                       "created_at": 0, "expires_at": None})
+    store.create_file(
+        {
+            "id": "file-gone",
+            "owner": "local",
+            "filename": "g.jsonl",
+            "purpose": "batch",
+            "bytes": 2,
+            "created_at": 0,
+            "expires_at": None,
+        }
+    )
     store.delete_file("file-gone", "local")
     store.delete_file("file-in", "local")  # deleted, but batch BID still reads it
     os.utime(blobs.path("file-in"), (old, old))
     # a terminal batch whose log survived a crash right after its final transition
-    store.create_batch({"id": "batch_done", "owner": "local", "endpoint": "/v1/chat/completions",
-                        "input_file_id": "file-gone", "completion_window": "24h", "status": "validating",
-                        "created_at": 0, "expires_at": 86_400})
+    store.create_batch(
+        {
+            "id": "batch_done",
+            "owner": "local",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": "file-gone",
+            "completion_window": "24h",
+            "status": "validating",
+            "created_at": 0,
+            "expires_at": 86_400,
+        }
+    )
     store.transition("batch_done", S.IN_PROGRESS, 1, total=1)
     store.record_results("batch_done", [("r0", 1, True, b"{}", 1, 0, 1)])
     store.transition("batch_done", S.FINALIZING, 2)

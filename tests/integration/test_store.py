@@ -35,11 +35,25 @@ def store(tmp_path: Path) -> SqliteStore:
 
 
 def _batch(store: SqliteStore, bid: str = "batch_1", status: S = S.VALIDATING) -> str:
-    store.create_batch({"id": bid, "owner": "local", "endpoint": "/v1/chat/completions", "input_file_id": "file-in",
-                        "completion_window": "24h", "status": S.VALIDATING.value, "created_at": NOW,
-                        "expires_at": NOW + 86_400})
-    path = {S.VALIDATING: [], S.IN_PROGRESS: [S.IN_PROGRESS], S.FINALIZING: [S.IN_PROGRESS, S.FINALIZING],
-            S.CANCELLING: [S.IN_PROGRESS, S.CANCELLING], S.COMPLETED: [S.IN_PROGRESS, S.FINALIZING, S.COMPLETED]}
+    store.create_batch(
+        {
+            "id": bid,
+            "owner": "local",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": "file-in",
+            "completion_window": "24h",
+            "status": S.VALIDATING.value,
+            "created_at": NOW,
+            "expires_at": NOW + 86_400,
+        }
+    )
+    path = {
+        S.VALIDATING: [],
+        S.IN_PROGRESS: [S.IN_PROGRESS],
+        S.FINALIZING: [S.IN_PROGRESS, S.FINALIZING],
+        S.CANCELLING: [S.IN_PROGRESS, S.CANCELLING],
+        S.COMPLETED: [S.IN_PROGRESS, S.FINALIZING, S.COMPLETED],
+    }
     for to in path[status]:
         assert store.transition(bid, to, NOW, **({"total": 10} if to == S.IN_PROGRESS else {}))
     return bid
@@ -56,11 +70,21 @@ def _status(store: SqliteStore, bid: str) -> str:
 
 
 # -- transitions ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("start", "to"), [
-    (S.VALIDATING, S.COMPLETED), (S.VALIDATING, S.FINALIZING), (S.IN_PROGRESS, S.VALIDATING),
-    (S.IN_PROGRESS, S.CANCELLED), (S.FINALIZING, S.CANCELLING), (S.FINALIZING, S.IN_PROGRESS),
-    (S.CANCELLING, S.COMPLETED), (S.COMPLETED, S.CANCELLING), (S.COMPLETED, S.FAILED), (S.COMPLETED, S.COMPLETED),
-])
+@pytest.mark.parametrize(
+    ("start", "to"),
+    [
+        (S.VALIDATING, S.COMPLETED),
+        (S.VALIDATING, S.FINALIZING),
+        (S.IN_PROGRESS, S.VALIDATING),
+        (S.IN_PROGRESS, S.CANCELLED),
+        (S.FINALIZING, S.CANCELLING),
+        (S.FINALIZING, S.IN_PROGRESS),
+        (S.CANCELLING, S.COMPLETED),
+        (S.COMPLETED, S.CANCELLING),
+        (S.COMPLETED, S.FAILED),
+        (S.COMPLETED, S.COMPLETED),
+    ],
+)
 def test_transition_refuses_illegal_moves(store: SqliteStore, start: S, to: S) -> None:
     bid = _batch(store, status=start)
     events = store.events(bid)
@@ -75,8 +99,9 @@ def test_transition_on_unknown_batch_is_refused(store: SqliteStore) -> None:
     assert store.events("batch_nope") == []
 
 
-@pytest.mark.parametrize("moves", [(S.CANCELLING, S.FINALIZING), (S.FINALIZING, S.FINALIZING),
-                                   (S.CANCELLING, S.EXPIRED)])
+@pytest.mark.parametrize(
+    "moves", [(S.CANCELLING, S.FINALIZING), (S.FINALIZING, S.FINALIZING), (S.CANCELLING, S.EXPIRED)]
+)
 def test_concurrent_transitions_exactly_one_wins(tmp_path: Path, moves: tuple[S, S]) -> None:
     path = tmp_path / "db.sqlite3"
     setup = SqliteStore(path)
@@ -109,8 +134,12 @@ def test_events_record_each_transition_once(store: SqliteStore) -> None:
     assert store.transition(bid, S.CANCELLING, NOW + 3)
     assert not store.transition(bid, S.FINALIZING, NOW + 4)
     assert store.transition(bid, S.CANCELLED, NOW + 5)
-    assert store.events(bid) == [(None, "validating"), ("validating", "in_progress"), ("in_progress", "cancelling"),
-                                 ("cancelling", "cancelled")]
+    assert store.events(bid) == [
+        (None, "validating"),
+        ("validating", "in_progress"),
+        ("in_progress", "cancelling"),
+        ("cancelling", "cancelled"),
+    ]
     ats = [r[0] for r in store.db.execute("SELECT at FROM batch_events WHERE batch_id = ? ORDER BY rowid", (bid,))]
     assert ats == [NOW, NOW + 1, NOW + 3, NOW + 5]
     b = store.get_batch(bid, None)
@@ -119,8 +148,15 @@ def test_events_record_each_transition_once(store: SqliteStore) -> None:
 
 
 def _result_file(fid: str) -> dict[str, Any]:
-    return {"id": fid, "owner": "local", "filename": "out.jsonl", "purpose": "batch_output", "bytes": 5,
-            "created_at": NOW, "expires_at": None}
+    return {
+        "id": fid,
+        "owner": "local",
+        "filename": "out.jsonl",
+        "purpose": "batch_output",
+        "bytes": 5,
+        "created_at": NOW,
+        "expires_at": None,
+    }
 
 
 def test_result_files_are_registered_only_by_the_winning_transition(store: SqliteStore) -> None:
@@ -158,8 +194,12 @@ def test_record_results_ignores_duplicates_and_counts_only_inserted_rows(store: 
     assert (b["input_tokens"], b["cached_tokens"], b["output_tokens"]) == (17, 2, 4)
     assert store.done_lines(bid) == {1, 2, 3, 4}
     logged = list(store.iter_results(bid))
-    assert [(cid, line, ok) for cid, line, ok, _ in logged] == [("a", 1, True), ("b", 2, False), ("c", 3, True),
-                                                                 ("d", 4, False)]
+    assert [(cid, line, ok) for cid, line, ok, _ in logged] == [
+        ("a", 1, True),
+        ("b", 2, False),
+        ("c", 3, True),
+        ("d", 4, False),
+    ]
     assert logged[1][3] == b'{"custom_id":"b"}'
 
 
@@ -185,7 +225,7 @@ def test_concurrent_record_results_count_each_row_once(tmp_path: Path) -> None:
     def log(part: list[ResultRow]) -> None:
         s = SqliteStore(path)
         for i in range(0, len(part), 50):
-            s.record_results(bid, part[i:i + 50])
+            s.record_results(bid, part[i : i + 50])
         s.close()
 
     threads = [threading.Thread(target=log, args=(rows[k:] + rows[:k],)) for k in (0, 125, 250, 375)]
@@ -307,10 +347,11 @@ def test_results_logged_before_the_by_line_migration_survive_it(tmp_path: Path) 
         if statement.strip():
             db.execute(statement)
     db.execute("INSERT INTO schema_migrations VALUES ('0001_init.sql', 0)")
-    db.executemany("INSERT INTO results VALUES ('batch_x', ?, ?, 1, ?)",
-                   [(f"id-{n}", n, f'{{"n":{n}}}'.encode()) for n in (3, 1, 2)])
+    db.executemany(
+        "INSERT INTO results VALUES ('batch_x', ?, ?, 1, ?)",
+        [(f"id-{n}", n, f'{{"n":{n}}}'.encode()) for n in (3, 1, 2)],
+    )
     db.close()
     store = SqliteStore(path)
     assert store.done_lines("batch_x") == {1, 2, 3}
-    assert [(cid, line) for cid, line, _, _ in store.iter_results("batch_x")] == [("id-1", 1), ("id-2", 2),
-                                                                                    ("id-3", 3)]
+    assert [(cid, line) for cid, line, _, _ in store.iter_results("batch_x")] == [("id-1", 1), ("id-2", 2), ("id-3", 3)]

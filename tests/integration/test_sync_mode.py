@@ -44,8 +44,7 @@ def _data(path: Path, n: int) -> Path:
 
 
 def _args(data: Path, out: Path, *more: str) -> list[str]:
-    return [str(data), "--out", str(out), "-m", "gpt-4o-mini", "-p", "Say {text}", "--id-column", "id", "--yes",
-            *more]
+    return [str(data), "--out", str(out), "-m", "gpt-4o-mini", "-p", "Say {text}", "--id-column", "id", "--yes", *more]
 
 
 def _bodies(home: Path, job: str) -> dict[str, str]:
@@ -57,8 +56,9 @@ def _bodies(home: Path, job: str) -> dict[str, str]:
         for line in f.read_bytes().splitlines():
             if line.strip():
                 req = orjson.loads(line)
-                out[req["custom_id"]] = hashlib.sha256(orjson.dumps(req["body"], option=orjson.OPT_SORT_KEYS)
-                                                       ).hexdigest()[:20]
+                out[req["custom_id"]] = hashlib.sha256(
+                    orjson.dumps(req["body"], option=orjson.OPT_SORT_KEYS)
+                ).hexdigest()[:20]
     return out
 
 
@@ -78,13 +78,44 @@ def _recorded(home: Path) -> dict[str, str]:
 def test_sync_mode_against_a_rate_limited_faulty_upstream(tmp_path: Path) -> None:
     n = 300
     data, out, home = _data(tmp_path / "in.csv", n), tmp_path / "out.csv", tmp_path / "home"
-    with UpstreamServer(create_upstream(rpm=600, tpm=2_000_000, error_rate=0.1, timeout_rate=0.05, latency=0.01,
-                                        seed=7, hang=0.8, window=float(WINDOW))) as up:
+    with UpstreamServer(
+        create_upstream(
+            rpm=600,
+            tpm=2_000_000,
+            error_rate=0.1,
+            timeout_rate=0.05,
+            latency=0.01,
+            seed=7,
+            hang=0.8,
+            window=float(WINDOW),
+        )
+    ) as up:
         t = time.monotonic()
-        res = coldbatch(home, "run", *_args(data, out, "--mode", "sync", "--base-url", up.url + "/v1",
-                                            "--api-key", "sk-test", "--rpm", "600", "--rate-window", WINDOW,
-                                            "--request-timeout", "0.3", "--max-attempts", "2", "--concurrency", "32"),
-                        timeout=60)
+        res = coldbatch(
+            home,
+            "run",
+            *_args(
+                data,
+                out,
+                "--mode",
+                "sync",
+                "--base-url",
+                up.url + "/v1",
+                "--api-key",
+                "sk-test",
+                "--rpm",
+                "600",
+                "--rate-window",
+                WINDOW,
+                "--request-timeout",
+                "0.3",
+                "--max-attempts",
+                "2",
+                "--concurrency",
+                "32",
+            ),
+            timeout=60,
+        )
         elapsed = time.monotonic() - t
         stats = up.stats()
     assert res.returncode in (0, 4), res.stderr[-3000:]  # 4: rows still failing after 2 attempts (issue 16)
@@ -114,10 +145,25 @@ def test_kill_9_then_resume_sends_only_what_has_no_recorded_answer(tmp_path: Pat
     n = 400
     data, out, home = _data(tmp_path / "in.csv", n), tmp_path / "out.csv", tmp_path / "home"
     with UpstreamServer(create_upstream(rpm=100_000, tpm=100_000_000, latency=0.05, window=float(WINDOW))) as up:
-        sync = ["--mode", "sync", "--base-url", up.url + "/v1", "--api-key", "sk-test", "--concurrency", "4",
-                "--rate-window", WINDOW]
-        proc = subprocess.Popen([sys.executable, "-m", "coldbatch", "run", *_args(data, out, *sync)],
-                                env=env_for(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sync = [
+            "--mode",
+            "sync",
+            "--base-url",
+            up.url + "/v1",
+            "--api-key",
+            "sk-test",
+            "--concurrency",
+            "4",
+            "--rate-window",
+            WINDOW,
+        ]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "coldbatch", "run", *_args(data, out, *sync)],
+            env=env_for(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 30
             while len(_recorded(home)) < 60:
@@ -163,13 +209,19 @@ def test_the_router_sends_a_tiny_job_sync_and_a_large_one_as_batches(tmp_path: P
     data = _data(tmp_path / "in.csv", 12)
     home, home_b = tmp_path / "home", tmp_path / "home-b"  # two homes: the second job must not hit the cache
     with echo_server(tmp_path / "srv") as srv:
-        small = coldbatch(home, "run", *_args(data, tmp_path / "a.csv", "--base-url", srv.base_url,
-                                              "--poll-interval", "0.2"))
+        small = coldbatch(
+            home, "run", *_args(data, tmp_path / "a.csv", "--base-url", srv.base_url, "--poll-interval", "0.2")
+        )
         assert small.returncode == 0, small.stderr[-3000:]
         assert "mode: sync (12 request(s) to send <= --sync-threshold 1,000" in small.stderr
         job_small = job_id_from(small.stderr)
-        large = coldbatch(home_b, "run", *_args(data, tmp_path / "b.csv", "--base-url", srv.base_url,
-                                              "--poll-interval", "0.2", "--sync-threshold", "10"))
+        large = coldbatch(
+            home_b,
+            "run",
+            *_args(
+                data, tmp_path / "b.csv", "--base-url", srv.base_url, "--poll-interval", "0.2", "--sync-threshold", "10"
+            ),
+        )
         assert large.returncode == 0, large.stderr[-3000:]
         assert "mode: batch (12 requests to send > --sync-threshold 10" in large.stderr
         job_large = job_id_from(large.stderr)

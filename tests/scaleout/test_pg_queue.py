@@ -16,9 +16,18 @@ NOW = int(time.time())
 
 
 def _running(store: PgStore, batch_id: str, chunks: int, lines: int) -> None:
-    store.create_batch({"id": batch_id, "owner": "o", "endpoint": "/v1/chat/completions", "input_file_id": "file-x",
-                        "completion_window": "24h", "status": "validating", "created_at": NOW,
-                        "expires_at": NOW + 86_400})
+    store.create_batch(
+        {
+            "id": batch_id,
+            "owner": "o",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": "file-x",
+            "completion_window": "24h",
+            "status": "validating",
+            "created_at": NOW,
+            "expires_at": NOW + 86_400,
+        }
+    )
     plan = [(c * lines + 1, (c + 1) * lines, 0, 0, lines) for c in range(chunks)]
     assert store.transition(batch_id, S.IN_PROGRESS, NOW, chunks=plan, total=chunks * lines)
 

@@ -24,18 +24,44 @@ TWEETS = Path(__file__).resolve().parents[3] / "shared" / "data" / "airline-twee
 def _run(base_url: str, out: Path, home: Path) -> None:
     """The README's job, in batch mode, against `base_url`."""
     env = {**os.environ, "COLDBATCH_HOME": str(home)}
-    cmd = [CLI, "run", str(TWEETS), "--out", str(out), "--base-url", base_url + "/v1", "--api-key", "sk-test",
-           "--model", "gpt-4o-mini", "--prompt", "Tweet: {text}", "--labels", "negative,neutral,positive",
-           "--id-column", "tweet_id", "--on-duplicate-id", "suffix", "--mode", "batch", "--yes", "--no-cache",
-           "--poll-interval", "1"]
+    cmd = [
+        CLI,
+        "run",
+        str(TWEETS),
+        "--out",
+        str(out),
+        "--base-url",
+        base_url + "/v1",
+        "--api-key",
+        "sk-test",
+        "--model",
+        "gpt-4o-mini",
+        "--prompt",
+        "Tweet: {text}",
+        "--labels",
+        "negative,neutral,positive",
+        "--id-column",
+        "tweet_id",
+        "--on-duplicate-id",
+        "suffix",
+        "--mode",
+        "batch",
+        "--yes",
+        "--no-cache",
+        "--poll-interval",
+        "1",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _sqlite_server(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([CLI, "serve", "--engine", "echo", "--port", str(port), "--data-dir", str(tmp / "single")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [CLI, "serve", "--engine", "echo", "--port", str(port), "--data-dir", str(tmp / "single")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

@@ -61,8 +61,14 @@ class FakeProvider:
         self._hook("upload", "before")
         data = path.read_bytes()
         fid = f"file-{next(self._ids)}"
-        self.files[fid] = {"id": fid, "filename": filename, "bytes": len(data), "created_at": int(time.time()),
-                           "purpose": "batch", "seq": next(self._seq)}
+        self.files[fid] = {
+            "id": fid,
+            "filename": filename,
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "purpose": "batch",
+            "seq": next(self._seq),
+        }
         self.blobs[fid] = data
         self._hook("upload", "after")
         return dict(self.files[fid])
@@ -91,21 +97,37 @@ class FakeProvider:
             return None
         fid = f"file-{next(self._ids)}"
         data = b"".join(x + b"\n" for x in lines)
-        self.files[fid] = {"id": fid, "filename": f"{kind}.jsonl", "bytes": len(data), "created_at": int(time.time()),
-                           "purpose": "batch_output", "seq": next(self._seq)}
+        self.files[fid] = {
+            "id": fid,
+            "filename": f"{kind}.jsonl",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "purpose": "batch_output",
+            "seq": next(self._seq),
+        }
         self.blobs[fid] = data
         return fid
 
     # -- batches ------------------------------------------------------------------------------------------
-    async def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str],
-                           completion_window: str) -> dict[str, Any]:
+    async def create_batch(
+        self, file_id: str, endpoint: str, metadata: dict[str, str], completion_window: str
+    ) -> dict[str, Any]:
         self.calls["create_batch"] += 1
         self._hook("create_batch", "before")
         assert file_id in self.files, f"batch on a missing file {file_id}"
         bid = f"batch_{next(self._ids)}"
-        self.batches[bid] = {"id": bid, "status": "validating", "input_file_id": file_id, "endpoint": endpoint,
-                             "metadata": dict(metadata), "created_at": int(time.time()), "output_file_id": None,
-                             "error_file_id": None, "errors": None, "seq": next(self._seq)}
+        self.batches[bid] = {
+            "id": bid,
+            "status": "validating",
+            "input_file_id": file_id,
+            "endpoint": endpoint,
+            "metadata": dict(metadata),
+            "created_at": int(time.time()),
+            "output_file_id": None,
+            "error_file_id": None,
+            "errors": None,
+            "seq": next(self._seq),
+        }
         self._hook("create_batch", "after")
         return dict(self.batches[bid])
 
@@ -121,8 +143,10 @@ class FakeProvider:
             fate = self.fate(b)
             if fate.startswith("failed:"):
                 b["status"] = "failed"
-                b["errors"] = {"object": "list", "data": [{"code": fate[7:], "message": f"batch failed: {fate[7:]}",
-                                                           "line": None, "param": None}]}
+                b["errors"] = {
+                    "object": "list",
+                    "data": [{"code": fate[7:], "message": f"batch failed: {fate[7:]}", "line": None, "param": None}],
+                }
             elif fate == "running":
                 b["status"] = "in_progress"
             else:
@@ -138,27 +162,47 @@ class FakeProvider:
             cid = req["custom_id"]
             if i >= stop or (fate == "cancelled-by-provider" and i >= len(lines) // 2):
                 code = "batch_expired" if fate.startswith("expired") else "batch_cancelled"
-                err.append(orjson.dumps({"id": "r", "custom_id": cid, "response": None,
-                                         "error": {"code": code, "message": code}}))
+                err.append(
+                    orjson.dumps(
+                        {"id": "r", "custom_id": cid, "response": None, "error": {"code": code, "message": code}}
+                    )
+                )
                 continue
             self.executed[cid] += 1
             ans = self.answer(cid, req["body"], self.executed[cid])
             if ans is None:
                 continue
             if ans[0] == "ok":
-                body = {"choices": [{"message": {"role": "assistant", "content": ans[1]}}],
-                        "usage": {"prompt_tokens": 10, "completion_tokens": 2,
-                                  "prompt_tokens_details": {"cached_tokens": 4}}}
-                out.append(orjson.dumps({"id": "r", "custom_id": cid, "response": {"status_code": 200, "body": body},
-                                         "error": None}))
+                body = {
+                    "choices": [{"message": {"role": "assistant", "content": ans[1]}}],
+                    "usage": {
+                        "prompt_tokens": 10,
+                        "completion_tokens": 2,
+                        "prompt_tokens_details": {"cached_tokens": 4},
+                    },
+                }
+                out.append(
+                    orjson.dumps(
+                        {"id": "r", "custom_id": cid, "response": {"status_code": 200, "body": body}, "error": None}
+                    )
+                )
             else:
                 status, code, message = ans
-                err.append(orjson.dumps({"id": "r", "custom_id": cid, "response": {
-                    "status_code": status, "body": {"error": {"message": message, "code": code}}}, "error": None}))
+                err.append(
+                    orjson.dumps(
+                        {
+                            "id": "r",
+                            "custom_id": cid,
+                            "response": {"status_code": status, "body": {"error": {"message": message, "code": code}}},
+                            "error": None,
+                        }
+                    )
+                )
         b["output_file_id"] = self._store("output", out)
         b["error_file_id"] = self._store("error", err)
-        b["status"] = ("expired" if fate.startswith("expired") else
-                       "cancelled" if fate == "cancelled-by-provider" else "completed")
+        b["status"] = (
+            "expired" if fate.startswith("expired") else "cancelled" if fate == "cancelled-by-provider" else "completed"
+        )
 
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         self.calls["cancel"] += 1
@@ -170,8 +214,9 @@ class FakeProvider:
             for line in self.blobs.get(b["error_file_id"] or "", b"").splitlines():
                 assert b"batch_expired" in line
             if b["error_file_id"]:
-                self.blobs[b["error_file_id"]] = self.blobs[b["error_file_id"]].replace(b"batch_expired",
-                                                                                      b"batch_cancelled")
+                self.blobs[b["error_file_id"]] = self.blobs[b["error_file_id"]].replace(
+                    b"batch_expired", b"batch_cancelled"
+                )
         return dict(b)
 
     async def aclose(self) -> None:

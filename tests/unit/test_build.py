@@ -37,24 +37,59 @@ def expected_chat(cid: str, content: str, spec: RequestSpec) -> dict[str, Any]:
     messages = [{"role": "user", "content": content}]
     if spec.system_text is not None:
         messages.insert(0, {"role": "system", "content": spec.system_text})
-    return {"custom_id": cid, "method": "POST", "url": L.CHAT,
-            "body": {"model": spec.model, "messages": messages, **spec.extra_body()}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": L.CHAT,
+        "body": {"model": spec.model, "messages": messages, **spec.extra_body()},
+    }
 
 
 # Text that JSON must escape: quotes, backslashes, every control character, the JS line separators,
 # surrogate-pair emoji, and invisible or combining characters.
-_tricky = st.sampled_from(['"', "\\", "\n", "\r", "\t", "\x00", "\x1f", "\x7f", "\u2028", "\u2029", "\ufeff",
-                           "\u200b", "😀", "👩‍👩‍👧", "é", "\U0010ffff", "</script>", "{", "}", "~"])
+_tricky = st.sampled_from(
+    [
+        '"',
+        "\\",
+        "\n",
+        "\r",
+        "\t",
+        "\x00",
+        "\x1f",
+        "\x7f",
+        "\u2028",
+        "\u2029",
+        "\ufeff",
+        "\u200b",
+        "😀",
+        "👩‍👩‍👧",
+        "é",
+        "\U0010ffff",
+        "</script>",
+        "{",
+        "}",
+        "~",
+    ]
+)
 _texts = st.lists(st.text(max_size=8) | _tricky, max_size=6).map("".join)
 
 
 @settings(max_examples=150)
-@given(st.lists(st.tuples(_texts.filter(lambda s: s.strip() != ""), _texts), min_size=1, max_size=12),
-       st.sampled_from([None, "Be brief.", 'Say "yes" \\ or\nno']))
+@given(
+    st.lists(st.tuples(_texts.filter(lambda s: s.strip() != ""), _texts), min_size=1, max_size=12),
+    st.sampled_from([None, "Be brief.", 'Say "yes" \\ or\nno']),
+)
 def test_built_lines_decode_to_the_exact_request(rows: list[tuple[str, str]], system: str | None) -> None:
     ids = [f"{i}:{cid}" for i, (cid, _) in enumerate(rows)]
-    spec = RequestSpec(model="gpt-4o-mini", prompt="Q {text} ✓ {{x}}", system=system, id_column="id",
-                       max_tokens=5, temperature=0.5, body={"seed": 1, "metadata": {"k": "\u2028"}})
+    spec = RequestSpec(
+        model="gpt-4o-mini",
+        prompt="Q {text} ✓ {{x}}",
+        system=system,
+        id_column="id",
+        max_tokens=5,
+        temperature=0.5,
+        body={"seed": 1, "metadata": {"k": "\u2028"}},
+    )
     texts = [text if text.strip() else text + "x" for _, text in rows]
     builder, lines = build(spec, batch(id=ids, text=texts))
     assert builder.rejected == 0
@@ -74,16 +109,25 @@ def test_embedding_lines_carry_the_column_verbatim(texts: list[str]) -> None:
     spec = RequestSpec(model="text-embedding-3-small", endpoint=L.EMBEDDINGS, input_column="doc")
     _, lines = build(spec, batch(doc=texts))
     assert [json.loads(x) for x in lines] == [
-        {"custom_id": f"row-{i}", "method": "POST", "url": L.EMBEDDINGS,
-         "body": {"model": "text-embedding-3-small", "input": t}} for i, t in enumerate(texts, 1)]
+        {
+            "custom_id": f"row-{i}",
+            "method": "POST",
+            "url": L.EMBEDDINGS,
+            "body": {"model": "text-embedding-3-small", "input": t},
+        }
+        for i, t in enumerate(texts, 1)
+    ]
 
 
 def test_labels_add_a_system_prompt_and_a_strict_json_schema() -> None:
     spec = RequestSpec(model="m", prompt="{t}", labels=("pos", "neg"))
     _, (line,) = build(spec, batch(t=["great"]))
     body = json.loads(line)["body"]
-    assert body["messages"][0] == {"role": "system", "content": "Classify the user's text. Answer with JSON "
-                                   '{"label": ...} where label is exactly one of: pos, neg.'}
+    assert body["messages"][0] == {
+        "role": "system",
+        "content": "Classify the user's text. Answer with JSON "
+        '{"label": ...} where label is exactly one of: pos, neg.',
+    }
     schema = body["response_format"]["json_schema"]
     assert schema["strict"] is True
     assert schema["schema"]["properties"]["label"]["enum"] == ["pos", "neg"]
@@ -100,8 +144,11 @@ def test_rows_with_nothing_to_send_or_no_id_are_rejected_with_their_row_numbers(
     builder, lines = build(spec, batch(id=["0"], a=["ok"], b=["ok"]), rows)
     assert [json.loads(x)["custom_id"] for x in lines] == ["0", "1", "6"]
     assert sorted((r.line, r.code, r.param) for r in builder.rejects) == [
-        (3, "empty_input", "a, b"), (4, "missing_custom_id", "id"), (5, "empty_input", "a, b"),
-        (6, "missing_custom_id", "id")]
+        (3, "empty_input", "a, b"),
+        (4, "missing_custom_id", "id"),
+        (5, "empty_input", "a, b"),
+        (6, "missing_custom_id", "id"),
+    ]
     assert builder.rejected == 4
     assert all(r.file == "data.csv" for r in builder.rejects)
 
@@ -116,23 +163,27 @@ def test_lines_over_the_line_limit_are_rejected_not_truncated() -> None:
 
 
 def test_keep_ids_returns_the_ids_sent() -> None:
-    builder = Builder(RequestSpec(model="m", prompt="{t}", id_column="id", on_duplicate_id="suffix"),
-                      file="f", max_line_bytes=10**6)
+    builder = Builder(
+        RequestSpec(model="m", prompt="{t}", id_column="id", on_duplicate_id="suffix"), file="f", max_line_bytes=10**6
+    )
     built = builder.build(0, batch(id=["a", "a"], t=["1", "2"]), keep_ids=True)
     assert built.ids == ["a", "a~2"]
     assert built.rows.tolist() == [1, 2]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"endpoint": "/v1/responses", "prompt": "{t}"}, "--endpoint must be"),
-    ({"endpoint": L.EMBEDDINGS}, "needs --input-column"),
-    ({}, "need --prompt"),
-    ({"prompt": "{t}", "endpoint": L.EMBEDDINGS, "input_column": "t", "labels": ("a",)}, "--labels only applies"),
-    ({"prompt": "{t}", "on_duplicate_id": "drop"}, "--on-duplicate-id"),
-    ({"prompt": "{t}", "labels": ("a", "a")}, "distinct"),
-    ({"prompt": "{t}", "labels": ("a", "")}, "distinct"),
-    ({"prompt": "{t}", "body": {"messages": [], "seed": 1}}, "may not set messages"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"endpoint": "/v1/responses", "prompt": "{t}"}, "--endpoint must be"),
+        ({"endpoint": L.EMBEDDINGS}, "needs --input-column"),
+        ({}, "need --prompt"),
+        ({"prompt": "{t}", "endpoint": L.EMBEDDINGS, "input_column": "t", "labels": ("a",)}, "--labels only applies"),
+        ({"prompt": "{t}", "on_duplicate_id": "drop"}, "--on-duplicate-id"),
+        ({"prompt": "{t}", "labels": ("a", "a")}, "distinct"),
+        ({"prompt": "{t}", "labels": ("a", "")}, "distinct"),
+        ({"prompt": "{t}", "body": {"messages": [], "seed": 1}}, "may not set messages"),
+    ],
+)
 def test_spec_refuses_options_that_cannot_work_together(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         RequestSpec(model="m", **kwargs)
@@ -175,14 +226,16 @@ def test_error_policy_lists_repeating_rows_and_keeps_ids() -> None:
 
 
 @settings(max_examples=150)
-@given(st.lists(st.sampled_from(["a", "b", "a~2", "a~3", "b~2", "a~2~2", "c"]), max_size=30),
-       st.lists(st.integers(1, 29), max_size=4))
+@given(
+    st.lists(st.sampled_from(["a", "b", "a~2", "a~3", "b~2", "a~2~2", "c"]), max_size=30),
+    st.lists(st.integers(1, 29), max_size=4),
+)
 def test_suffix_policy_always_yields_unique_ids(ids: list[str], splits: list[int]) -> None:
     bounds = [0, *sorted({s for s in splits if s < len(ids)}), len(ids)]
     tracker, out = track("suffix", *[ids[a:b] for a, b in pairwise(bounds) if b > a])
     sent = [x for b in out for x in b]
     assert len(sent) == len(set(sent)) == len(ids)
     renamed = [(old, new) for old, new in zip(ids, sent, strict=True) if old != new]
-    assert all(new.startswith(old + "~") and new[len(old) + 1:].isdigit() for old, new in renamed)
+    assert all(new.startswith(old + "~") and new[len(old) + 1 :].isdigit() for old, new in renamed)
     assert all(new != old for i, (old, new) in enumerate(zip(ids, sent, strict=True)) if old in ids[:i])
     assert tracker.total_repeats == len(renamed)

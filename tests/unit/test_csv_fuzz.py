@@ -17,8 +17,7 @@ from coldbatch.dataset import csvfile, read
 from coldbatch.errors import InputError
 
 _TEXT = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\té😀\x00')), max_size=40)
-_CELL = st.one_of(_TEXT, st.builds(lambda c, n: c * n, st.sampled_from(["x", "é", '"', "\n"]),
-                                   st.integers(1, 3000)))
+_CELL = st.one_of(_TEXT, st.builds(lambda c, n: c * n, st.sampled_from(["x", "é", '"', "\n"]), st.integers(1, 3000)))
 _ROWS = st.lists(st.lists(_CELL, min_size=2, max_size=2), min_size=1, max_size=12)
 FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -41,8 +40,9 @@ def tiny_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 @FAST
 @given(rows=_ROWS, crlf=st.booleans())
 @example(rows=[['aaaaaa"\x00é', "x" * 1034], ["", "\r"]], crlf=True)  # found by this test: Arrow misparsed it
-def test_any_written_table_reads_back_cell_for_cell(tmp_path: Path, tiny_blocks: None, rows: list[list[str]],
-                                                   crlf: bool) -> None:
+def test_any_written_table_reads_back_cell_for_cell(
+    tmp_path: Path, tiny_blocks: None, rows: list[list[str]], crlf: bool
+) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes(_written(rows, crlf))
     got = [[r["id"], r["text"]] for _, b in read.open_dataset(path).batches() for r in b.to_pylist()]
@@ -52,7 +52,8 @@ def test_any_written_table_reads_back_cell_for_cell(tmp_path: Path, tiny_blocks:
 @FAST
 @given(rows=_ROWS, tail=_TEXT.filter(lambda t: '"' not in t))
 def test_a_quote_opened_in_the_last_row_and_never_closed_is_always_reported(
-        tmp_path: Path, tiny_blocks: None, rows: list[list[str]], tail: str) -> None:
+    tmp_path: Path, tiny_blocks: None, rows: list[list[str]], tail: str
+) -> None:
     path = tmp_path / "t.csv"
     path.write_bytes(_written(rows, False) + f'last,"{tail}'.encode())
     with pytest.raises(InputError, match="is never closed"):

@@ -25,13 +25,15 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 
 def test_csv_quotes_newlines_crlf_bom_and_empty_cells(tmp_path: Path) -> None:
-    data = ('\ufeffid,text\r\n570306133677760513,"say ""hi"", ok"\r\n2,"two\nlines\r\nhere"\r\n3,\r\n'
-            '4,"😀 \u2028"\r\n')
+    data = '\ufeffid,text\r\n570306133677760513,"say ""hi"", ok"\r\n2,"two\nlines\r\nhere"\r\n3,\r\n4,"😀 \u2028"\r\n'
     ds = read.open_dataset(write(tmp_path, "d.csv", data.encode()))
     assert ds.columns == ["id", "text"]
-    assert rows_of(ds) == [{"id": "570306133677760513", "text": 'say "hi", ok'},
-                           {"id": "2", "text": "two\nlines\r\nhere"}, {"id": "3", "text": ""},
-                           {"id": "4", "text": "😀 \u2028"}]
+    assert rows_of(ds) == [
+        {"id": "570306133677760513", "text": 'say "hi", ok'},
+        {"id": "2", "text": "two\nlines\r\nhere"},
+        {"id": "3", "text": ""},
+        {"id": "4", "text": "😀 \u2028"},
+    ]
     assert ds.problems == []
 
 
@@ -51,14 +53,18 @@ def test_tsv_by_extension_and_by_forced_format(tmp_path: Path) -> None:
     assert rows_of(read.open_dataset(other, "tsv")) == [{"id": "1", "text": "x"}]
 
 
-@pytest.mark.parametrize(("name", "data", "error", "match"), [
-    ("d.csv", b"", InputError, "empty"),
-    ("d.csv", b"id,text,id\n1,2,3\n", InputError, "repeats column name"),
-    ("d.csv", b"id,text\n1,a,extra\n", InputError, "Expected 2 columns"),
-    ("d.xlsx", b"id\n1\n", UsageError, "--format"),
-])
-def test_unreadable_inputs_fail_with_a_message_naming_the_file(tmp_path: Path, name: str, data: bytes,
-                                                               error: type[Exception], match: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "data", "error", "match"),
+    [
+        ("d.csv", b"", InputError, "empty"),
+        ("d.csv", b"id,text,id\n1,2,3\n", InputError, "repeats column name"),
+        ("d.csv", b"id,text\n1,a,extra\n", InputError, "Expected 2 columns"),
+        ("d.xlsx", b"id\n1\n", UsageError, "--format"),
+    ],
+)
+def test_unreadable_inputs_fail_with_a_message_naming_the_file(
+    tmp_path: Path, name: str, data: bytes, error: type[Exception], match: str
+) -> None:
     path = write(tmp_path, name, data)
     with pytest.raises(error, match=match) as info:
         rows_of(read.open_dataset(path))
@@ -73,14 +79,17 @@ def test_missing_file_and_unknown_forced_format(tmp_path: Path) -> None:
 
 
 def test_jsonl_values_become_text_and_blank_lines_are_skipped(tmp_path: Path) -> None:
-    data = (b'{"id": 570306133677760513, "text": "a", "meta": {"k": [1, 2]}, "ok": true}\n\n'
-            b'{"id": "x", "text": null, "ok": 1.5}\r\n   \n{"text": "c"}\n')
+    data = (
+        b'{"id": 570306133677760513, "text": "a", "meta": {"k": [1, 2]}, "ok": true}\n\n'
+        b'{"id": "x", "text": null, "ok": 1.5}\r\n   \n{"text": "c"}\n'
+    )
     ds = read.open_dataset(write(tmp_path, "d.jsonl", data))
     assert ds.columns == ["id", "text", "meta", "ok"]
     assert rows_of(ds) == [
         {"id": "570306133677760513", "text": "a", "meta": '{"k":[1,2]}', "ok": "true"},
         {"id": "x", "text": None, "meta": None, "ok": "1.5"},
-        {"id": None, "text": "c", "meta": None, "ok": None}]
+        {"id": None, "text": "c", "meta": None, "ok": None},
+    ]
 
 
 def test_jsonl_bad_utf8_is_repaired_and_reported_like_csv(tmp_path: Path) -> None:
@@ -103,19 +112,21 @@ def test_jsonl_of_empty_objects_has_no_columns_and_does_not_crash(tmp_path: Path
     assert rows_of(ds) == []
 
 
-@pytest.mark.parametrize(("data", "match"), [
-    (b'{"a": 1}\n{"a": 2, "b": 3}\n', r"d.jsonl:2: field 'b' is not in the first row's fields \(a\)"),
-    (b'{"a": 1}\n\n{"a": \n', r"d.jsonl:3: not valid JSON"),
-    (b'{"a": 1}\n[1]\n', r"d.jsonl:2: each line must be a JSON object"),
-    (b'"text"\n', r"d.jsonl:1: each line must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (b'{"a": 1}\n{"a": 2, "b": 3}\n', r"d.jsonl:2: field 'b' is not in the first row's fields \(a\)"),
+        (b'{"a": 1}\n\n{"a": \n', r"d.jsonl:3: not valid JSON"),
+        (b'{"a": 1}\n[1]\n', r"d.jsonl:2: each line must be a JSON object"),
+        (b'"text"\n', r"d.jsonl:1: each line must be a JSON object"),
+    ],
+)
 def test_jsonl_errors_name_the_line(tmp_path: Path, data: bytes, match: str) -> None:
     with pytest.raises(InputError, match=match):
         rows_of(read.open_dataset(write(tmp_path, "d.jsonl", data)))
 
 
-def test_jsonl_is_read_in_batches_with_continuous_row_numbers(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jsonl_is_read_in_batches_with_continuous_row_numbers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(read, "JSONL_ROWS", 3)
     monkeypatch.setattr(read, "GROUP_ROWS", 2)
     data = b"".join(b'{"t": "%d"}\n' % i for i in range(7))
@@ -126,13 +137,21 @@ def test_jsonl_is_read_in_batches_with_continuous_row_numbers(tmp_path: Path,
 
 
 def test_parquet_numbers_and_binary_become_strings(tmp_path: Path) -> None:
-    table = pa.table({"id": pa.array([570306133677760513, 2], pa.int64()), "score": [0.5, None],
-                      "raw": pa.array([b"ok", b"bad \xff"], pa.binary()), "tags": [["a"], []]})
+    table = pa.table(
+        {
+            "id": pa.array([570306133677760513, 2], pa.int64()),
+            "score": [0.5, None],
+            "raw": pa.array([b"ok", b"bad \xff"], pa.binary()),
+            "tags": [["a"], []],
+        }
+    )
     path = tmp_path / "d.parquet"
     pq.write_table(table, path)
     ds = read.open_dataset(path)
-    assert rows_of(ds) == [{"id": "570306133677760513", "score": "0.5", "raw": "ok", "tags": '["a"]'},
-                           {"id": "2", "score": None, "raw": "bad \ufffd", "tags": "[]"}]
+    assert rows_of(ds) == [
+        {"id": "570306133677760513", "score": "0.5", "raw": "ok", "tags": '["a"]'},
+        {"id": "2", "score": None, "raw": "bad \ufffd", "tags": "[]"},
+    ]
     assert [(p.row, p.column) for p in ds.problems] == [(2, "raw")]
 
 
@@ -164,8 +183,12 @@ def test_csv_rows_longer_than_a_block_are_read_whole_between_normal_rows(tmp_pat
     big, bigger = "a" * 3_000_000, "b" * 1_200_000  # the parser reads 512 KB blocks
     data = f'id,text,note\n1,{big},x\n2,small,y\n3,"{bigger}\nsecond line",z\n4,tail,w\n'.encode()
     ds = read.open_dataset(write(tmp_path, "d.csv", data), only=["id", "text"])
-    assert rows_of(ds) == [{"id": "1", "text": big}, {"id": "2", "text": "small"},
-                           {"id": "3", "text": bigger + "\nsecond line"}, {"id": "4", "text": "tail"}]
+    assert rows_of(ds) == [
+        {"id": "1", "text": big},
+        {"id": "2", "text": "small"},
+        {"id": "3", "text": bigger + "\nsecond line"},
+        {"id": "4", "text": "tail"},
+    ]
 
 
 def test_csv_long_rows_keep_row_numbers_across_many_plain_rows(tmp_path: Path) -> None:
@@ -177,24 +200,34 @@ def test_csv_long_rows_keep_row_numbers_across_many_plain_rows(tmp_path: Path) -
     assert rows[30_001] == {"id": "0", "text": "row 0"} and rows[-1] == {"id": "29999", "text": "row 29999"}
 
 
-@pytest.mark.parametrize("data, line", [
-    (b'id,text\n1,"hello\n2,world\n', 2),  # the issue's reproduction: was one row, text "hello\n2,world\n"
-    (b'id,text\n1,"hello\n2,world', 2),  # no newline at the end
-    (b'id,text\n1,ok\n2,"two\nlines"\n3,"a ""quoted"" word\n4,x\n5,y\n', 5),
-    (b'id,text\n1,"ends in an escaped quote""', 2),
-    (b"id,text\n1,ok\n2,'" + b"x" * 1_000_000 + b'\n3,"' + b"y" * 900_000 + b"\n", 4),  # after a long row
-])
-def test_csv_quote_never_closed_is_an_error_naming_the_line_it_opened(tmp_path: Path, data: bytes,
-                                                                       line: int) -> None:
+@pytest.mark.parametrize(
+    "data, line",
+    [
+        (b'id,text\n1,"hello\n2,world\n', 2),  # the issue's reproduction: was one row, text "hello\n2,world\n"
+        (b'id,text\n1,"hello\n2,world', 2),  # no newline at the end
+        (b'id,text\n1,ok\n2,"two\nlines"\n3,"a ""quoted"" word\n4,x\n5,y\n', 5),
+        (b'id,text\n1,"ends in an escaped quote""', 2),
+        (b"id,text\n1,ok\n2,'" + b"x" * 1_000_000 + b'\n3,"' + b"y" * 900_000 + b"\n", 4),  # after a long row
+    ],
+)
+def test_csv_quote_never_closed_is_an_error_naming_the_line_it_opened(tmp_path: Path, data: bytes, line: int) -> None:
     path = write(tmp_path, "d.csv", data)
     with pytest.raises(InputError, match=f"opens on line {line} and is never closed"):
         rows_of(read.open_dataset(path))
 
 
-@pytest.mark.parametrize("data", [
-    b'id,text\n1,"closed"\n', b"id,text\n1,plain", b'id,text\n1,"closed"', b'id,text\n1,"two\nlines"\n',
-    b"id,text\n1,", b'id,text\n1,5" screen\n', b'id,text\n1,"ends with a newline\n"\n',
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'id,text\n1,"closed"\n',
+        b"id,text\n1,plain",
+        b'id,text\n1,"closed"',
+        b'id,text\n1,"two\nlines"\n',
+        b"id,text\n1,",
+        b'id,text\n1,5" screen\n',
+        b'id,text\n1,"ends with a newline\n"\n',
+    ],
+)
 def test_csv_endings_that_look_odd_but_are_well_formed(tmp_path: Path, data: bytes) -> None:
     assert len(rows_of(read.open_dataset(write(tmp_path, "d.csv", data)))) == 1
 

@@ -23,8 +23,12 @@ O200K = quicktok.get_encoding("o200k_base")
 
 
 def chat(cid: str, messages: list[dict[str, Any]], model: str = "gpt-4o-mini", **body: Any) -> dict[str, Any]:
-    return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": messages, **body}}
+    return {
+        "custom_id": cid,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": messages, **body},
+    }
 
 
 def jsonl(tmp_path: Path, *requests: dict[str, Any], name: str = "batch.jsonl") -> Path:
@@ -66,9 +70,15 @@ def test_chat_accounting_on_a_known_example(tmp_path: Path) -> None:
 def test_content_parts_and_embedding_inputs_are_counted(tmp_path: Path) -> None:
     parts = [{"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "image_url", "image_url": {}}]}]
     assert estimate([jsonl(tmp_path, chat("a", parts, max_tokens=1))]).totals["input_tokens"] == 3 + 1 + 1 + 3
-    emb = [{"custom_id": f"e{i}", "method": "POST", "url": "/v1/embeddings",
-            "body": {"model": "text-embedding-3-small", "input": inp}}
-           for i, inp in enumerate(["hello world", ["hello world", "hello"], [1, 2, 3, 4], [[1, 2], [3]]])]
+    emb = [
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": inp},
+        }
+        for i, inp in enumerate(["hello world", ["hello world", "hello"], [1, 2, 3, 4], [[1, 2], [3]]])
+    ]
     est = estimate([jsonl(tmp_path, *emb)])
     assert est.totals["input_tokens"] == 2 + (2 + 1) + 4 + 3
     assert est.totals["output_tokens"] == 0
@@ -87,8 +97,11 @@ def test_batch_costs_half_of_sync_for_gpt_4o_mini(tmp_path: Path) -> None:
 
 
 def test_expected_output_tokens_replaces_max_tokens(tmp_path: Path) -> None:
-    path = jsonl(tmp_path, chat("a", [{"role": "user", "content": "Hi"}]), chat("b", [{"role": "user", "content": "x"}],
-                                                                                 max_completion_tokens=7))
+    path = jsonl(
+        tmp_path,
+        chat("a", [{"role": "user", "content": "Hi"}]),
+        chat("b", [{"role": "user", "content": "x"}], max_completion_tokens=7),
+    )
     est = estimate([path])
     assert est.totals["output_tokens"] == 7
     assert est.models["gpt-4o-mini"].unbounded_output == 1
@@ -115,14 +128,19 @@ def test_dated_snapshots_use_their_base_price_unless_listed() -> None:
 
 def test_every_bundled_batch_price_is_half_the_sync_price() -> None:
     for m in P.load().models.values():
-        assert (m.batch_input, m.batch_output, m.batch_cached_input) == (m.input / 2, m.output / 2,
-                                                                         m.cached_input / 2), m.name
+        assert (m.batch_input, m.batch_output, m.batch_cached_input) == (
+            m.input / 2,
+            m.output / 2,
+            m.cached_input / 2,
+        ), m.name
     assert P.load().models["gpt-4o-mini"].cost(1_000_000, 0, batch=True) == Decimal("0.075")
 
 
 def test_over_context_requests_are_listed(tmp_path: Path) -> None:
-    reqs = [chat("a", [{"role": "user", "content": "Hi"}], max_tokens=128_000),
-            chat("b", [{"role": "user", "content": "Hi"}], max_tokens=10)]
+    reqs = [
+        chat("a", [{"role": "user", "content": "Hi"}], max_tokens=128_000),
+        chat("b", [{"role": "user", "content": "Hi"}], max_tokens=10),
+    ]
     est = estimate([jsonl(tmp_path, *reqs)])
     assert est.over_context_total == 1
     assert est.over_context[0]["custom_id"] == "a" and est.over_context[0]["where"] == "batch.jsonl:1"
@@ -130,10 +148,14 @@ def test_over_context_requests_are_listed(tmp_path: Path) -> None:
 
 def test_a_custom_price_table_and_an_offline_less_tokenizer(tmp_path: Path) -> None:
     toml = tmp_path / "prices.toml"
-    toml.write_text('version = "t1"\n[models.mine]\nencoding = "p50k_base"\ninput = 1\ncached_input = 1\n'
-                    "output = 2\nbatch_input = 0.5\nbatch_cached_input = 0.5\nbatch_output = 1\n")
-    est = estimate([jsonl(tmp_path, chat("a", [{"role": "user", "content": "12345678"}], model="mine",
-                                         max_tokens=4))], prices=P.load(toml))
+    toml.write_text(
+        'version = "t1"\n[models.mine]\nencoding = "p50k_base"\ninput = 1\ncached_input = 1\n'
+        "output = 2\nbatch_input = 0.5\nbatch_cached_input = 0.5\nbatch_output = 1\n"
+    )
+    est = estimate(
+        [jsonl(tmp_path, chat("a", [{"role": "user", "content": "12345678"}], model="mine", max_tokens=4))],
+        prices=P.load(toml),
+    )
     m = est.models["mine"]
     assert est.price_table == "t1"
     assert not m.exact and m.tokenizer == "approx-4-bytes"
@@ -142,8 +164,10 @@ def test_a_custom_price_table_and_an_offline_less_tokenizer(tmp_path: Path) -> N
     assert m.sync_cost == Decimal(9 * 1 + 4 * 2) / 1_000_000
 
 
-@pytest.mark.parametrize(("text", "match"), [("version = 1\n[models.x]\ninput = 1\n", "lacks price field"),
-                                             ("not toml [", "cannot read price table")])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [("version = 1\n[models.x]\ninput = 1\n", "lacks price field"), ("not toml [", "cannot read price table")],
+)
 def test_broken_price_tables_are_config_errors(tmp_path: Path, text: str, match: str) -> None:
     path = tmp_path / "p.toml"
     path.write_text(text)
@@ -169,8 +193,9 @@ def test_estimating_a_dataset_checks_the_template_columns_first(tmp_path: Path) 
 def test_estimating_a_dataset_equals_estimating_its_prepared_shards(tmp_path: Path) -> None:
     src = tmp_path / "in.csv"
     src.write_text('id,text\n1,"Great flight, thanks!"\n2,\n3,"delayed again 😡"\n')
-    spec = RequestSpec(model="gpt-4o-mini", prompt="Sentiment: {text}", id_column="id", max_tokens=3,
-                       labels=("positive", "negative"))
+    spec = RequestSpec(
+        model="gpt-4o-mini", prompt="Sentiment: {text}", id_column="id", max_tokens=3, labels=("positive", "negative")
+    )
     direct = estimate([src], spec=spec).to_json()
     out = prepare(src, tmp_path / "out", spec).out
     assert estimate([out]).to_json()["totals"] == direct["totals"]

@@ -72,10 +72,22 @@ def test_x_should_retry_overrides_the_status_rule_but_not_success() -> None:
 
 
 # -- header parsing -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("raw", "seconds"), [
-    ("6m0s", 360.0), ("1s", 1.0), ("1.5s", 1.5), ("20ms", 0.02), ("1h2m3s", 3723.0), ("12", 12.0),
-    ("0.25", 0.25), ("", None), (None, None), ("soon", None), ("5s later", None),
-])
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("6m0s", 360.0),
+        ("1s", 1.0),
+        ("1.5s", 1.5),
+        ("20ms", 0.02),
+        ("1h2m3s", 3723.0),
+        ("12", 12.0),
+        ("0.25", 0.25),
+        ("", None),
+        (None, None),
+        ("soon", None),
+        ("5s later", None),
+    ],
+)
 def test_reset_durations(raw: str | None, seconds: float | None) -> None:
     got = LM.parse_duration(raw)
     assert got == pytest.approx(seconds) if seconds is not None else got is None
@@ -87,8 +99,9 @@ def test_retry_after_headers() -> None:
     assert LM.retry_after({"retry-after": "-1"}) is None
     assert LM.retry_after({}) is None
     when = datetime(2030, 1, 1, 0, 0, 30, tzinfo=UTC)
-    assert LM.retry_after({"retry-after": format_datetime(when, usegmt=True)},
-                          now_wall=when.timestamp() - 30) == pytest.approx(30)
+    assert LM.retry_after(
+        {"retry-after": format_datetime(when, usegmt=True)}, now_wall=when.timestamp() - 30
+    ) == pytest.approx(30)
     assert LM.retry_after({"retry-after": "Someday"}) is None
 
 
@@ -157,8 +170,14 @@ def test_use_by_someone_else_on_the_same_key_slows_us_down_until_it_fades() -> N
     pacer = LM.Pacer(rpm=600)
     simulate(pacer, [1] * 10)  # we sent 10 in the last second
     now = 1.0
-    pacer.observe(now, {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "290",
-                        "x-ratelimit-reset-requests": "30s"})  # the provider counts 310 used
+    pacer.observe(
+        now,
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "290",
+            "x-ratelimit-reset-requests": "30s",
+        },
+    )  # the provider counts 310 used
     assert pacer.requests.usable(now) == pytest.approx(600 - (310 - 10 - (0.02 * 600 + 1)))
     assert pacer.requests.usable(now + 15) == pytest.approx(600 - 287 / 2)
     assert pacer.requests.usable(now + 30) == 600
@@ -196,8 +215,10 @@ def test_gate_admits_hot_before_cold_and_keeps_order_within_a_priority() -> None
             order.append(name)
             gate.release()
 
-        tasks = [asyncio.create_task(one(n, p, s)) for n, p, s in
-                 [("cold-2", LM.COLD, 2), ("cold-1", LM.COLD, 1), ("hot-3", LM.HOT, 3)]]
+        tasks = [
+            asyncio.create_task(one(n, p, s))
+            for n, p, s in [("cold-2", LM.COLD, 2), ("cold-1", LM.COLD, 1), ("hot-3", LM.HOT, 3)]
+        ]
         await asyncio.sleep(0.01)
         gate.pacer = LM.Pacer()  # lift the rate limit (the clock is frozen); the slot is still held
         gate.release()
@@ -210,8 +231,16 @@ def test_gate_admits_hot_before_cold_and_keeps_order_within_a_priority() -> None
 # -- SyncClient over a mock transport -------------------------------------------------------------------------
 Handler = Callable[[httpx.Request], httpx.Response]
 CHAT_BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
-OK = {"id": "x", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
-                                          "prompt_tokens_details": {"cached_tokens": 0}}}
+OK = {
+    "id": "x",
+    "choices": [],
+    "usage": {
+        "prompt_tokens": 3,
+        "completion_tokens": 1,
+        "total_tokens": 4,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    },
+}
 
 
 def run_client(handler: Handler, **kwargs: Any) -> tuple[Any, SyncClient, list[float]]:
@@ -223,8 +252,15 @@ def run_client(handler: Handler, **kwargs: Any) -> tuple[Any, SyncClient, list[f
         clock[0] += s
 
     async def go() -> tuple[Any, SyncClient]:
-        client = SyncClient("http://upstream.test/v1", "sk-x", transport=httpx.MockTransport(handler), sleep=sleep,
-                            clock=lambda: clock[0], rng=TopRng(), **kwargs)
+        client = SyncClient(
+            "http://upstream.test/v1",
+            "sk-x",
+            transport=httpx.MockTransport(handler),
+            sleep=sleep,
+            clock=lambda: clock[0],
+            rng=TopRng(),
+            **kwargs,
+        )
         async with client:
             return await client.call(L.CHAT, CHAT_BODY), client
 
@@ -277,8 +313,11 @@ def test_connection_errors_end_as_502() -> None:
 
 
 def test_a_429_waits_retry_after_and_pauses_every_send() -> None:
-    limited = httpx.Response(429, json={"error": {"message": "Rate limit reached"}},
-                             headers={"retry-after-ms": "1500", "x-ratelimit-limit-requests": "60"})
+    limited = httpx.Response(
+        429,
+        json={"error": {"message": "Rate limit reached"}},
+        headers={"retry-after-ms": "1500", "x-ratelimit-limit-requests": "60"},
+    )
     handler, _ = scripted(limited, httpx.Response(200, json=OK))
     res, client, slept = run_client(handler, rpm=1000)
     assert res.ok and slept == [1.5]

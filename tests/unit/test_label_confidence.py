@@ -14,18 +14,27 @@ LABELS = ("negative", "neutral", "positive")
 
 
 def _tok(text: str, p: float, alts: list[tuple[str, float]] | None = None) -> dict[str, object]:
-    return {"token": text, "logprob": math.log(p), "bytes": list(text.encode()),
-            "top_logprobs": [{"token": t, "logprob": math.log(q), "bytes": list(t.encode())} for t, q in alts or []]}
+    return {
+        "token": text,
+        "logprob": math.log(p),
+        "bytes": list(text.encode()),
+        "top_logprobs": [{"token": t, "logprob": math.log(q), "bytes": list(t.encode())} for t, q in alts or []],
+    }
 
 
 def _body(tokens: list[dict[str, object]]) -> dict[str, object]:
-    return {"choices": [{"message": {"content": "".join(str(t["token"]) for t in tokens)},
-                         "logprobs": {"content": tokens}}]}
+    return {
+        "choices": [{"message": {"content": "".join(str(t["token"]) for t in tokens)}, "logprobs": {"content": tokens}}]
+    }
 
 
 def test_the_chosen_labels_share_among_the_labels_seen_at_its_first_token() -> None:
-    tokens = [_tok('{"label": "', 1.0), _tok("neg", 0.5, [("neg", 0.5), ("pos", 0.2), ("Neg", 0.2), ("ne", 0.05)]),
-              _tok("ative", 0.9), _tok('"}', 1.0)]
+    tokens = [
+        _tok('{"label": "', 1.0),
+        _tok("neg", 0.5, [("neg", 0.5), ("pos", 0.2), ("Neg", 0.2), ("ne", 0.05)]),
+        _tok("ative", 0.9),
+        _tok('"}', 1.0),
+    ]
     # chosen: 0.5 * 0.9 = 0.45; 'pos' starts another label (0.2); 'Neg' starts none; 'ne' starts both
     # negative and neutral, so it is no vote against the chosen label
     got = label_confidence(_body(tokens), '{"label": "negative"}', "label", LABELS)
@@ -33,8 +42,11 @@ def test_the_chosen_labels_share_among_the_labels_seen_at_its_first_token() -> N
 
 
 def test_a_lead_in_shared_with_the_label_token_is_matched() -> None:
-    tokens = [_tok('{"label":', 1.0), _tok(' "pos', 0.6, [(' "pos', 0.6), (' "neu', 0.3), (' "', 0.05)]),
-              _tok('itive"}', 1.0)]
+    tokens = [
+        _tok('{"label":', 1.0),
+        _tok(' "pos', 0.6, [(' "pos', 0.6), (' "neu', 0.3), (' "', 0.05)]),
+        _tok('itive"}', 1.0),
+    ]
     got = label_confidence(_body(tokens), '{"label": "positive"}', "label", LABELS)
     assert got == pytest.approx(0.6 / 0.9)
 
@@ -46,11 +58,14 @@ def test_without_alternatives_it_is_the_labels_own_probability() -> None:
     assert label_confidence(_body(tokens), '{"label": "neutral"}', "label", LABELS) == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize(("body", "content"), [
-    ({"choices": [{"logprobs": None}]}, '{"label": "negative"}'),  # the provider sent none
-    (_body([_tok('{"label": "negative"}', 0.9)]), '{"label": "other"}'),  # not a label
-    (_body([_tok('{"label": "neg"}', 0.9)]), '{"label": "negative"}'),  # tokens that do not spell the answer
-])
+@pytest.mark.parametrize(
+    ("body", "content"),
+    [
+        ({"choices": [{"logprobs": None}]}, '{"label": "negative"}'),  # the provider sent none
+        (_body([_tok('{"label": "negative"}', 0.9)]), '{"label": "other"}'),  # not a label
+        (_body([_tok('{"label": "neg"}', 0.9)]), '{"label": "negative"}'),  # tokens that do not spell the answer
+    ],
+)
 def test_no_confidence_when_it_cannot_be_told(body: dict[str, object], content: str) -> None:
     assert label_confidence(body, content, "label", LABELS) is None
 

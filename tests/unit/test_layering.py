@@ -11,8 +11,10 @@ import coldbatch
 
 PACKAGE = Path(coldbatch.__file__).parent
 FORBIDDEN = {"httpx", "sqlite3", "psycopg", "boto3", "fastapi", "starlette", "uvicorn", "aiofiles", "openai"}
-ALLOWED = {"protocol": ("coldbatch.errors", "coldbatch.protocol"),
-           "core": ("coldbatch.errors", "coldbatch.protocol", "coldbatch.core")}
+ALLOWED = {
+    "protocol": ("coldbatch.errors", "coldbatch.protocol"),
+    "core": ("coldbatch.errors", "coldbatch.protocol", "coldbatch.core"),
+}
 FILES = sorted((layer, p) for layer in ALLOWED for p in (PACKAGE / layer).rglob("*.py"))
 
 
@@ -29,7 +31,8 @@ def imported(node: ast.Import | ast.ImportFrom) -> list[str]:
 def is_open_call(node: ast.AST) -> bool:
     return isinstance(node, ast.Call) and (
         (isinstance(node.func, ast.Name) and node.func.id == "open")
-        or (isinstance(node.func, ast.Attribute) and node.func.attr == "open"))
+        or (isinstance(node.func, ast.Attribute) and node.func.attr == "open")
+    )
 
 
 def violations(tree: ast.AST, allowed: tuple[str, ...]) -> list[str]:
@@ -57,20 +60,33 @@ def test_pure_layers_import_nothing_above_them(layer: str, path: Path) -> None:
     assert violations(tree, ALLOWED[layer]) == []
 
 
-@pytest.mark.parametrize(("source", "layer"), [
-    ("import httpx", "core"), ("from sqlite3 import connect", "core"), ("import openai.types", "protocol"),
-    ("from coldbatch.builder import build", "core"), ("from coldbatch import cli", "core"),
-    ("import coldbatch.core.validate", "protocol"), ("from . import x", "core"),
-    ("data = open('f').read()", "core"), ("Path('f').open()", "core"),
-])
+@pytest.mark.parametrize(
+    ("source", "layer"),
+    [
+        ("import httpx", "core"),
+        ("from sqlite3 import connect", "core"),
+        ("import openai.types", "protocol"),
+        ("from coldbatch.builder import build", "core"),
+        ("from coldbatch import cli", "core"),
+        ("import coldbatch.core.validate", "protocol"),
+        ("from . import x", "core"),
+        ("data = open('f').read()", "core"),
+        ("Path('f').open()", "core"),
+    ],
+)
 def test_the_checker_catches_each_kind_of_violation(source: str, layer: str) -> None:
     assert violations(ast.parse(source), ALLOWED[layer])
 
 
-@pytest.mark.parametrize(("source", "layer"), [
-    ("import numpy as np", "core"), ("from coldbatch.errors import LineError", "protocol"),
-    ("from coldbatch.protocol import limits as L", "core"), ("from coldbatch.core import template", "core"),
-])
+@pytest.mark.parametrize(
+    ("source", "layer"),
+    [
+        ("import numpy as np", "core"),
+        ("from coldbatch.errors import LineError", "protocol"),
+        ("from coldbatch.protocol import limits as L", "core"),
+        ("from coldbatch.core import template", "core"),
+    ],
+)
 def test_the_checker_allows_what_the_layer_may_use(source: str, layer: str) -> None:
     assert violations(ast.parse(source), ALLOWED[layer]) == []
 

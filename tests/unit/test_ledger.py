@@ -19,8 +19,16 @@ def ledger(tmp_path: Path) -> Ledger:
 
 
 def _unit(rnd: int = 1, shard: int = 1, **kw: Any) -> dict[str, Any]:
-    return {"round": rnd, "shard": shard, "path": f"/s{rnd}-{shard}.jsonl", "requests": 2, "bytes": 10,
-            "sha256": "ab" * 32, "model": "m", **kw}
+    return {
+        "round": rnd,
+        "shard": shard,
+        "path": f"/s{rnd}-{shard}.jsonl",
+        "requests": 2,
+        "bytes": 10,
+        "sha256": "ab" * 32,
+        "model": "m",
+        **kw,
+    }
 
 
 def test_a_job_round_trips_its_json_fields(ledger: Ledger) -> None:
@@ -60,21 +68,40 @@ def test_adding_units_is_all_or_nothing(ledger: Ledger) -> None:
 def test_collect_upserts_results_and_marks_the_unit_in_one_step(ledger: Ledger) -> None:
     ledger.add_units("j1", [_unit(1, 1), _unit(2, 1)])
     u1, u2 = ledger.units("j1")
-    counts = ledger.collect(u1, [Outcome("a", "ok", "yes", prompt_tokens=5, completion_tokens=1, cached_tokens=2),
-                                 Outcome("b", "retry", None, "engine_error", "boom"),
-                                 Outcome("c", "failed", None, "invalid", "bad")], output_file_id="f-o")
+    counts = ledger.collect(
+        u1,
+        [
+            Outcome("a", "ok", "yes", prompt_tokens=5, completion_tokens=1, cached_tokens=2),
+            Outcome("b", "retry", None, "engine_error", "boom"),
+            Outcome("c", "failed", None, "invalid", "bad"),
+        ],
+        output_file_id="f-o",
+    )
     assert counts == {"ok": 1, "retry": 1, "failed": 1}
     unit = ledger.units("j1")[0]
     assert unit["state"] == LG.COLLECTED and unit["output_file_id"] == "f-o"
     assert ledger.retry_ids("j1") == {"b"}
     # the next round: b succeeds, a success is never overwritten, tokens add up over the attempts
-    ledger.collect(u2, [Outcome("b", "ok", "now", prompt_tokens=5, completion_tokens=1),
-                        Outcome("a", "failed", None, "late", "should not win", prompt_tokens=99)])
+    ledger.collect(
+        u2,
+        [
+            Outcome("b", "ok", "now", prompt_tokens=5, completion_tokens=1),
+            Outcome("a", "failed", None, "late", "should not win", prompt_tokens=99),
+        ],
+    )
     res = ledger.results_for("j1", ["a", "b", "c"])
     assert (res["a"]["state"], res["a"]["content"], res["a"]["attempts"], res["a"]["prompt_tokens"]) == (
-        "ok", "yes", 1, 5)
+        "ok",
+        "yes",
+        1,
+        5,
+    )
     assert (res["b"]["state"], res["b"]["content"], res["b"]["attempts"], res["b"]["error_code"]) == (
-        "ok", "now", 2, None)
+        "ok",
+        "now",
+        2,
+        None,
+    )
     assert res["c"]["error_message"] == "bad"
 
 
@@ -110,19 +137,36 @@ def test_a_failed_collect_changes_nothing(ledger: Ledger) -> None:
 def test_give_up_turns_pending_retries_into_failures_and_the_summary_counts_them(ledger: Ledger) -> None:
     ledger.add_units("j1", [_unit(1, 1), _unit(2, 1)])
     u1, u2 = ledger.units("j1")
-    ledger.collect(u1, [Outcome("a", "ok", "x", prompt_tokens=10, completion_tokens=2, cached_tokens=4),
-                        Outcome("b", "retry", None, "engine_error", "boom"),
-                        Outcome("c", "retry", None, "batch_expired", "late"),
-                        Outcome("d", "failed", None, "invalid", "bad")])
-    ledger.collect(u2, [Outcome("b", "retry", None, "engine_error", "boom again"),
-                        Outcome("c", "ok", "y", prompt_tokens=10, completion_tokens=2)])
+    ledger.collect(
+        u1,
+        [
+            Outcome("a", "ok", "x", prompt_tokens=10, completion_tokens=2, cached_tokens=4),
+            Outcome("b", "retry", None, "engine_error", "boom"),
+            Outcome("c", "retry", None, "batch_expired", "late"),
+            Outcome("d", "failed", None, "invalid", "bad"),
+        ],
+    )
+    ledger.collect(
+        u2,
+        [
+            Outcome("b", "retry", None, "engine_error", "boom again"),
+            Outcome("c", "ok", "y", prompt_tokens=10, completion_tokens=2),
+        ],
+    )
     assert ledger.summary("j1")["pending_retry"] == 1
     ledger.give_up("j1", ledger.retry_ids("j1"))
     assert ledger.retry_ids("j1") == set()
     assert ledger.summary("j1") == {
-        "results": 4, "succeeded": 2, "failed": 2, "pending_retry": 0, "prompt_tokens": 20,
-        "completion_tokens": 4, "cached_tokens": 4, "retried_rows": 2,
-        "failed_by_code": {"engine_error": 1, "invalid": 1}}
+        "results": 4,
+        "succeeded": 2,
+        "failed": 2,
+        "pending_retry": 0,
+        "prompt_tokens": 20,
+        "completion_tokens": 4,
+        "cached_tokens": 4,
+        "retried_rows": 2,
+        "failed_by_code": {"engine_error": 1, "invalid": 1},
+    }
     assert ledger.results_for("j1", ["b"])["b"]["error_message"] == "boom again"
 
 

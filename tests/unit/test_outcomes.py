@@ -270,6 +270,16 @@ def test_output_column_names_do_not_depend_on_the_inputs_columns(
         write_output(lg, "j", plain, tmp_path / name, spec, prefix=prefix)
         with (tmp_path / name).open(newline="") as fh:
             header = next(csv.reader(fh))
-        assert header == ["id", "text"] + [prefix + c for c in ("custom_id", "response", "label", "confidence",
-                                                                "error", "attempts", "prompt_tokens",
-                                                                "completion_tokens")]
+        assert header == ["id", "text"] + [
+            prefix + c
+            for c in (
+                "custom_id",
+                "response",
+                "label",
+                "confidence",
+                "error",
+                "attempts",
+                "prompt_tokens",
+                "completion_tokens",
+            )
+        ]

@@ -49,15 +49,21 @@ def test_manifest_lists_each_shard_truthfully(tmp_path: Path) -> None:
         assert shard["requests"] == blob.count(b"\n") <= 5
         assert shard["model"] == "gpt-4o-mini"
         assert validate_file(result.out / shard["path"]).ok
-    assert m["totals"] == {"rows": 23, "requests": 23, "bytes": sum(s["bytes"] for s in m["shards"]),
-                           "shards": len(m["shards"]), "rejected": 0, "renamed_ids": 0}
+    assert m["totals"] == {
+        "rows": 23,
+        "requests": 23,
+        "bytes": sum(s["bytes"] for s in m["shards"]),
+        "shards": len(m["shards"]),
+        "rejected": 0,
+        "renamed_ids": 0,
+    }
     assert [r["custom_id"] for r in sent(result.out)] == [str(i) for i in range(1, 24)]
     assert read_manifest(result.out) == m
     assert sorted(p.name for p in result.out.iterdir()) == ["manifest.json", *[s["path"] for s in m["shards"]]]
 
 
 def test_same_input_and_options_give_byte_identical_output(tmp_path: Path) -> None:
-    src = csv_file(tmp_path, [(str(i), f"t{i} ✓ \"q\"") for i in range(40)])
+    src = csv_file(tmp_path, [(str(i), f't{i} ✓ "q"') for i in range(40)])
     first = prepare(src, tmp_path / "a", SPEC, limits=Limits(max_requests=7))
     again = prepare(src, tmp_path / "b", SPEC, limits=Limits(max_requests=7))
     assert snapshot(first.out) == snapshot(again.out)
@@ -73,13 +79,20 @@ def test_rejected_rows_are_listed_and_counted_never_dropped(tmp_path: Path) -> N
     assert (t["rows"], t["requests"], t["rejected"]) == (6, 2, 4)
     assert t["rows"] == t["requests"] + t["rejected"]
     rejects = [json.loads(x) for x in (result.out / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["line"], r["code"]) for r in rejects] == [(2, "empty_input"), (3, "empty_input"),
-                                                        (4, "missing_custom_id"), (5, "line_too_large")]
+    assert [(r["line"], r["code"]) for r in rejects] == [
+        (2, "empty_input"),
+        (3, "empty_input"),
+        (4, "missing_custom_id"),
+        (5, "line_too_large"),
+    ]
     assert result.manifest["rejects"] == "rejects.jsonl"
     assert result.manifest["repaired_cells"] == [
-        {"row": 6, "column": "text", "message": "not valid UTF-8 at byte 3; replaced with U+FFFD"}]
-    assert [r["body"]["messages"][0]["content"] for r in sent(result.out)] == ["Sentiment of: fine",
-                                                                              "Sentiment of: caf\ufffd"]
+        {"row": 6, "column": "text", "message": "not valid UTF-8 at byte 3; replaced with U+FFFD"}
+    ]
+    assert [r["body"]["messages"][0]["content"] for r in sent(result.out)] == [
+        "Sentiment of: fine",
+        "Sentiment of: caf\ufffd",
+    ]
 
 
 def test_missing_template_column_names_it_and_the_available_ones(tmp_path: Path) -> None:
@@ -114,17 +127,20 @@ def test_repeated_ids_are_listed_for_a_file_read_with_a_forced_format(tmp_path: 
 
 def test_repeated_ids_with_suffix_policy(tmp_path: Path) -> None:
     src = csv_file(tmp_path, [("a", "1"), ("a~2", "2"), ("a", "3"), ("a", "4")])
-    result = prepare(src, tmp_path / "out", RequestSpec(model="m", prompt="{text}", id_column="id",
-                                                        on_duplicate_id="suffix"))
+    result = prepare(
+        src, tmp_path / "out", RequestSpec(model="m", prompt="{text}", id_column="id", on_duplicate_id="suffix")
+    )
     assert [r["custom_id"] for r in sent(result.out)] == ["a", "a~2", "a~3", "a~4"]
     assert result.manifest["totals"]["renamed_ids"] == 2
 
 
 def test_an_existing_folder_that_is_not_ours_is_left_alone(tmp_path: Path) -> None:
     src = csv_file(tmp_path, [("1", "a")])
-    for name, files in {"plain": {"notes.txt": b"mine"},
-                        "webapp": {"manifest.json": b'{"name": "my app"}', "index.html": b"<html>"},
-                        "broken": {"manifest.json": b"{not json"}}.items():
+    for name, files in {
+        "plain": {"notes.txt": b"mine"},
+        "webapp": {"manifest.json": b'{"name": "my app"}', "index.html": b"<html>"},
+        "broken": {"manifest.json": b"{not json"},
+    }.items():
         out = tmp_path / name
         out.mkdir()
         for f, data in files.items():

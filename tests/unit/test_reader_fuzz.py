@@ -17,13 +17,19 @@ from coldbatch.validation import validate_file
 FAST = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 _INT64 = st.integers(-(2**63), 2**63 - 1)
 _SCALAR = st.none() | st.booleans() | _INT64 | st.floats(allow_nan=False) | st.text(max_size=20)
-_JSON = st.recursive(_SCALAR,
-                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-                     max_leaves=12)
-_REQUEST = st.fixed_dictionaries({
-    "custom_id": st.one_of(st.text(max_size=10), st.integers(-5, 5)), "method": st.sampled_from(["POST", "GET", ""]),
-    "url": st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/v2/x", ""]),
-    "body": st.one_of(_JSON, st.fixed_dictionaries({"model": st.text(max_size=8), "messages": _JSON}))})
+_JSON = st.recursive(
+    _SCALAR,
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12,
+)
+_REQUEST = st.fixed_dictionaries(
+    {
+        "custom_id": st.one_of(st.text(max_size=10), st.integers(-5, 5)),
+        "method": st.sampled_from(["POST", "GET", ""]),
+        "url": st.sampled_from(["/v1/chat/completions", "/v1/embeddings", "/v2/x", ""]),
+        "body": st.one_of(_JSON, st.fixed_dictionaries({"model": st.text(max_size=8), "messages": _JSON})),
+    }
+)
 _LINE = st.one_of(_REQUEST.map(orjson.dumps), _JSON.map(orjson.dumps), st.binary(max_size=60))
 
 

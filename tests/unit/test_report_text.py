@@ -9,10 +9,24 @@ import pytest
 from coldbatch.cli import report
 
 REPORT: dict[str, Any] = {
-    "rows": 100, "output": "out.csv", "succeeded": 100, "failed": 0, "failed_by_code": {}, "rejected_rows": 0,
-    "retried_rows": 0, "rounds": 1, "prompt_tokens": 2_000, "cached_tokens": 0, "completion_tokens": 1_500,
-    "mode": "batch", "cost_usd": 0.00066, "cost_batch_usd": 0.00066, "cost_sync_usd": 0.00132,
-    "cost_sync_all_rows_usd": 0.0005, "estimated_batch_usd": 0.00025, "seconds": 3.1,
+    "rows": 100,
+    "output": "out.csv",
+    "succeeded": 100,
+    "failed": 0,
+    "failed_by_code": {},
+    "rejected_rows": 0,
+    "retried_rows": 0,
+    "rounds": 1,
+    "prompt_tokens": 2_000,
+    "cached_tokens": 0,
+    "completion_tokens": 1_500,
+    "mode": "batch",
+    "cost_usd": 0.00066,
+    "cost_batch_usd": 0.00066,
+    "cost_sync_usd": 0.00132,
+    "cost_sync_all_rows_usd": 0.0005,
+    "estimated_batch_usd": 0.00025,
+    "seconds": 3.1,
 }
 
 

@@ -18,8 +18,9 @@ from coldbatch.builder.write import ShardWriter
 from coldbatch.core.shard import LineTooLarge, ShardPlanner
 
 
-def plan(sizes: list[int], splits: list[int], max_requests: int, max_bytes: int,
-         models: list[str] | None = None) -> list[int]:
+def plan(
+    sizes: list[int], splits: list[int], max_requests: int, max_bytes: int, models: list[str] | None = None
+) -> list[int]:
     """Global cut indices for `sizes` fed in batches ending at `splits` (one model per batch)."""
     planner = ShardPlanner(max_requests, max_bytes)
     cuts: list[int] = []
@@ -63,7 +64,8 @@ def test_shards_join_back_to_the_input_and_respect_both_limits(w: tuple[list[int
 @settings(max_examples=200)
 @given(workloads())
 def test_cuts_are_greedy_and_do_not_depend_on_how_the_input_was_batched(
-        w: tuple[list[int], list[int], int, int]) -> None:
+    w: tuple[list[int], list[int], int, int],
+) -> None:
     sizes, splits, max_requests, max_bytes = w
     cuts = plan(sizes, splits, max_requests, max_bytes)
     assert cuts == plan(sizes, [], max_requests, max_bytes)  # same sizes, same cuts, whatever the batches
@@ -109,10 +111,15 @@ def _built(lines: list[str], first_row: int) -> Built:
 
 
 @settings(max_examples=60)
-@given(st.lists(st.text(max_size=20).map(lambda s: s.replace("\n", " ") + "\n"), max_size=40),
-       st.lists(st.integers(0, 40), max_size=4), st.integers(1, 7), st.integers(0, 60))
+@given(
+    st.lists(st.text(max_size=20).map(lambda s: s.replace("\n", " ") + "\n"), max_size=40),
+    st.lists(st.integers(0, 40), max_size=4),
+    st.integers(1, 7),
+    st.integers(0, 60),
+)
 def test_written_shards_concatenate_to_the_input_and_their_info_is_true(
-        lines: list[str], splits: list[int], max_requests: int, slack: int) -> None:
+    lines: list[str], splits: list[int], max_requests: int, slack: int
+) -> None:
     max_bytes = max((len(x.encode()) for x in lines), default=1) + slack
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -15,15 +15,23 @@ import coldbatch
 PACKAGE = Path(coldbatch.__file__).parent
 MODULE_LINES, FUNCTION_LINES = 500, 60
 
-#: "path" (module) or "path:function" -> its size when it was listed (2026-12-03)
+#: "path" (module) or "path:function" -> its size when it was listed. Listed 2026-12-03, re-measured 2026-12-04
+#: after the first tree-wide `ruff format` (it wraps what had been packed onto long lines: more lines, same code;
+#: the six entries it added were under 60/500 lines before it only in that packed form)
 DEBT: dict[str, int] = {
-    "cli/jobs.py:run": 88,  # mostly the click parameter list
-    "engines/llamacpp.py": 787,
-    "runner/orchestrator.py": 707,
-    "runner/output.py:write_output": 64,
+    "cli/estimate.py:estimate": 95,  # mostly the click parameter list
+    "cli/jobs.py:run": 83,  # mostly the click parameter list
+    "cli/serve.py:serve": 90,  # mostly the click parameter list
+    "engines/echo.py:_answer": 107,
+    "engines/llamacpp.py": 844,
+    "engines/llamacpp.py:__init__": 61,
+    "runner/orchestrator.py": 855,
+    "runner/orchestrator.py:finish": 71,
+    "runner/output.py:write_output": 78,
     "server/dialects/responses.py:from_chat": 78,
-    "server/executor.py": 508,
-    "testing/upstream.py:create_upstream": 62,
+    "server/executor.py": 581,
+    "store/sqlite.py": 551,
+    "testing/upstream.py:create_upstream": 90,
 }
 
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 from coldbatch.runner.ledger import Outcome
 from coldbatch.runner.structured import check, columns, problem
 
-SCHEMA = {"type": "object", "properties": {"sentiment": {"type": "string", "enum": ["neg", "pos"]},
-                                           "score": {"type": "number"}},
-          "required": ["sentiment"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"sentiment": {"type": "string", "enum": ["neg", "pos"]}, "score": {"type": "number"}},
+    "required": ["sentiment"],
+    "additionalProperties": False,
+}
 
 
 def test_problem_explains_what_is_wrong() -> None:

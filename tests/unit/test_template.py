@@ -50,8 +50,11 @@ _literals = st.text(max_size=12).map(lambda s: s.replace("{", "{{").replace("}",
 
 
 @settings(max_examples=150)
-@given(st.lists(st.tuples(_literals, _names), max_size=4), _literals,
-       st.dictionaries(_names, st.text(max_size=10), max_size=6))
+@given(
+    st.lists(st.tuples(_literals, _names), max_size=4),
+    _literals,
+    st.dictionaries(_names, st.text(max_size=10), max_size=6),
+)
 def test_render_agrees_with_str_format(parts: list[tuple[str, str]], tail: str, row: dict[str, str]) -> None:
     source = "".join(f"{lit}{{{name}}}" for lit, name in parts) + tail
     full = {name: row.get(name, "v") for _, name in parts}

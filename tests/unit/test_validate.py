@@ -27,8 +27,7 @@ def req(cid: str = "r1", *, url: str = CHAT, model: Any = "gpt-4o-mini", **body:
     elif url == EMB:
         base["input"] = "hi"
     base.update(body)
-    return {"custom_id": cid, "method": "POST", "url": url,
-            "body": {k: v for k, v in base.items() if v is not ...}}
+    return {"custom_id": cid, "method": "POST", "url": url, "body": {k: v for k, v in base.items() if v is not ...}}
 
 
 def without(obj: dict[str, Any], key: str) -> dict[str, Any]:
@@ -36,9 +35,13 @@ def without(obj: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 #: valid Anthropic Messages params (an Anthropic Message Batch line is {"custom_id", "params"})
-ANTHROPIC: dict[str, Any] = {"model": "claude-x", "max_tokens": 16, "system": "Label it.",
-                             "messages": [{"role": "user", "content": "hi"}],
-                             "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}
+ANTHROPIC: dict[str, Any] = {
+    "model": "claude-x",
+    "max_tokens": 16,
+    "system": "Label it.",
+    "messages": [{"role": "user", "content": "hi"}],
+    "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+}
 
 
 def enc(*objs: Any) -> list[bytes]:
@@ -59,8 +62,13 @@ RULES: list[tuple[str, list[bytes], tuple[str, str | None], list[bytes], dict[st
     ("json-garbage", enc(b"{not json"), ("invalid_json_line", None), enc(req()), {}),
     ("json-not-object", enc(b"[1, 2]"), ("invalid_json_line", None), enc(req()), {}),
     ("json-bad-utf8", enc(b'{"custom_id": "\xff"}'), ("invalid_json_line", None), enc(req()), {}),
-    ("missing-custom_id", enc(without(req(), "custom_id")), ("missing_required_parameter", "custom_id"),
-     enc(req()), {}),
+    (
+        "missing-custom_id",
+        enc(without(req(), "custom_id")),
+        ("missing_required_parameter", "custom_id"),
+        enc(req()),
+        {},
+    ),
     ("missing-method", enc(without(req(), "method")), ("missing_required_parameter", "method"), enc(req()), {}),
     ("missing-url", enc(without(req(), "url")), ("missing_required_parameter", "url"), enc(req()), {}),
     ("missing-body", enc(without(req(), "body")), ("missing_required_parameter", "body"), enc(req()), {}),
@@ -69,74 +77,175 @@ RULES: list[tuple[str, list[bytes], tuple[str, str | None], list[bytes], dict[st
     ("type-body", enc({**req(), "body": "text"}), ("invalid_type", "body"), enc(req()), {}),
     ("type-model", enc(req(model=4)), ("invalid_type", "body.model"), enc(req(model="4")), {}),
     ("type-messages", enc(req(messages="hi")), ("invalid_type", "body.messages"), enc(req()), {}),
-    ("type-content", enc(req(messages=[{"role": "user", "content": 5}])), ("invalid_type", "body.messages[0].content"),
-     enc(req(messages=[{"role": "user", "content": [{"type": "text", "text": "5"}]}])), {}),
-    ("type-embedding-input", enc(req(url=EMB, input={"a": 1})), ("invalid_type", "body.input"),
-     enc(req(url=EMB, input=[1, 2, 3])), {}),
+    (
+        "type-content",
+        enc(req(messages=[{"role": "user", "content": 5}])),
+        ("invalid_type", "body.messages[0].content"),
+        enc(req(messages=[{"role": "user", "content": [{"type": "text", "text": "5"}]}])),
+        {},
+    ),
+    (
+        "type-embedding-input",
+        enc(req(url=EMB, input={"a": 1})),
+        ("invalid_type", "body.input"),
+        enc(req(url=EMB, input=[1, 2, 3])),
+        {},
+    ),
     ("request-method", enc({**req(), "method": "GET"}), ("invalid_request", "method"), enc(req()), {}),
     ("request-model", enc(req(model=...)), ("invalid_request", "body.model"), enc(req()), {}),
     ("request-messages-missing", enc(req(messages=...)), ("invalid_request", "body.messages"), enc(req()), {}),
     ("request-messages-empty", enc(req(messages=[])), ("invalid_request", "body.messages"), enc(req()), {}),
-    ("request-input-missing", enc(req(url=EMB, input=...)), ("invalid_request", "body.input"),
-     enc(req(url=EMB)), {}),
+    ("request-input-missing", enc(req(url=EMB, input=...)), ("invalid_request", "body.input"), enc(req(url=EMB)), {}),
     ("request-input-empty", enc(req(url=EMB, input="")), ("invalid_request", "body.input"), enc(req(url=EMB)), {}),
-    ("request-prompt-empty", enc(req(url=L.COMPLETIONS, prompt="")), ("invalid_request", "body.prompt"),
-     enc(req(url=L.COMPLETIONS, prompt="Once")), {}),
-    ("request-role", enc(req(messages=[{"content": "hi"}])), ("invalid_request", "body.messages[0]"),
-     enc(req(messages=[{"role": "user", "content": "hi"}])), {}),
-    ("request-content", enc(req(messages=[{"role": "user"}])), ("invalid_request", "body.messages[0].content"),
-     enc(req(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": []}])), {}),
+    (
+        "request-prompt-empty",
+        enc(req(url=L.COMPLETIONS, prompt="")),
+        ("invalid_request", "body.prompt"),
+        enc(req(url=L.COMPLETIONS, prompt="Once")),
+        {},
+    ),
+    (
+        "request-role",
+        enc(req(messages=[{"content": "hi"}])),
+        ("invalid_request", "body.messages[0]"),
+        enc(req(messages=[{"role": "user", "content": "hi"}])),
+        {},
+    ),
+    (
+        "request-content",
+        enc(req(messages=[{"role": "user"}])),
+        ("invalid_request", "body.messages[0].content"),
+        enc(req(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": []}])),
+        {},
+    ),
     ("url-unknown", enc(req(url="/v1/chat")), ("invalid_url", "url"), enc(req()), {}),
     ("url-differs", enc(req("a"), req("b", url=EMB)), ("invalid_url", "url"), enc(req("a"), req("b")), {}),
     ("url-not-batch-endpoint", enc(req(url=EMB)), ("invalid_url", "url"), enc(req(url=CHAT)), {"endpoint": CHAT}),
-    ("model-not-found", enc(req(model="gpt-x")), ("model_not_found", "body.model"), enc(req()),
-     {"models": {"gpt-4o-mini"}}),
-    ("mismatched-model", enc(req("a"), req("b", model="gpt-4o")), ("mismatched_model", "body.model"),
-     enc(req("a"), req("b")), {}),
+    (
+        "model-not-found",
+        enc(req(model="gpt-x")),
+        ("model_not_found", "body.model"),
+        enc(req()),
+        {"models": {"gpt-4o-mini"}},
+    ),
+    (
+        "mismatched-model",
+        enc(req("a"), req("b", model="gpt-4o")),
+        ("mismatched_model", "body.model"),
+        enc(req("a"), req("b")),
+        {},
+    ),
     ("streaming", enc(req(stream=True)), ("streaming_unsupported", "body.stream"), enc(req(stream=False)), {}),
     ("duplicate-id", enc(req("a"), req("a")), ("duplicate_custom_id", "custom_id"), enc(req("a"), req("A")), {}),
-    ("line-too-large", enc(req(messages=[{"role": "user", "content": "x" * 200}])), ("line_too_large", None),
-     enc(req()), {"limits": L.Limits(max_line_bytes=200)}),
+    (
+        "line-too-large",
+        enc(req(messages=[{"role": "user", "content": "x" * 200}])),
+        ("line_too_large", None),
+        enc(req()),
+        {"limits": L.Limits(max_line_bytes=200)},
+    ),
     ("empty-file", [], ("empty_file", None), enc(req()), {}),
     ("blank-file", [b"", b"  ", b"\t"], ("empty_file", None), [b"", *enc(req()), b" "], {}),
-    ("too-many-tasks", enc(req("a"), req("b"), req("c")), ("too_many_tasks", None), enc(req("a"), req("b")),
-     {"limits": L.Limits(max_requests=2)}),
-    ("too-many-embedding-inputs", enc(req("a", url=EMB, input=["x", "y"]), req("b", url=EMB, input="z")),
-     ("too_many_tasks", "body.input"), enc(req("a", url=EMB, input=[1, 2, 3]), req("b", url=EMB, input="z")),
-     {"limits": L.Limits(max_embedding_inputs=2)}),
-    ("file-too-large", enc(req("a"), req("b")), ("file_too_large", None), enc(req("a")),
-     {"limits": L.Limits(max_bytes=len(enc(req("a"))[0]) + 1)}),
+    (
+        "too-many-tasks",
+        enc(req("a"), req("b"), req("c")),
+        ("too_many_tasks", None),
+        enc(req("a"), req("b")),
+        {"limits": L.Limits(max_requests=2)},
+    ),
+    (
+        "too-many-embedding-inputs",
+        enc(req("a", url=EMB, input=["x", "y"]), req("b", url=EMB, input="z")),
+        ("too_many_tasks", "body.input"),
+        enc(req("a", url=EMB, input=[1, 2, 3]), req("b", url=EMB, input="z")),
+        {"limits": L.Limits(max_embedding_inputs=2)},
+    ),
+    (
+        "file-too-large",
+        enc(req("a"), req("b")),
+        ("file_too_large", None),
+        enc(req("a")),
+        {"limits": L.Limits(max_bytes=len(enc(req("a"))[0]) + 1)},
+    ),
     # the request schemas generated from the SDKs (core/bodies.py)
-    ("schema-role", enc(req(messages=[{"role": "bot", "content": "hi"}])), ("invalid_value", "body.messages[0].role"),
-     enc(req(messages=[{"role": "developer", "content": "hi"}])), {}),
+    (
+        "schema-role",
+        enc(req(messages=[{"role": "bot", "content": "hi"}])),
+        ("invalid_value", "body.messages[0].role"),
+        enc(req(messages=[{"role": "developer", "content": "hi"}])),
+        {},
+    ),
     ("schema-type", enc(req(max_tokens="5")), ("invalid_type", "body.max_tokens"), enc(req(max_tokens=5)), {}),
-    ("schema-int-range", enc(req(max_tokens=0)), ("integer_below_min_value", "body.max_tokens"),
-     enc(req(max_tokens=1)), {}),
-    ("schema-decimal-range", enc(req(temperature=2.5)), ("decimal_above_max_value", "body.temperature"),
-     enc(req(temperature=2)), {}),
-    ("schema-nested-required", enc(req(response_format={"type": "json_schema"})),
-     ("missing_required_parameter", "body.response_format.json_schema"),
-     enc(req(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})), {}),
-    ("schema-responses", enc(req(url=L.RESPONSES, input="hi", max_output_tokens=5)),
-     ("integer_below_min_value", "body.max_output_tokens"), enc(req(url=L.RESPONSES, input="hi", max_output_tokens=16)),
-     {}),
-    ("schema-embeddings", enc(req(url=EMB, dimensions=0)), ("integer_below_min_value", "body.dimensions"),
-     enc(req(url=EMB, dimensions=8)), {}),
-    ("anthropic-custom-id", enc({"custom_id": "a b", "params": ANTHROPIC}), ("invalid_custom_id", "custom_id"),
-     enc({"custom_id": "a_b-1", "params": ANTHROPIC}), {}),
-    ("anthropic-role", enc({"custom_id": "a", "params": {**ANTHROPIC, "messages": [{"role": "bot", "content": "x"}]}}),
-     ("invalid_value", "params.messages[0].role"), enc({"custom_id": "a", "params": ANTHROPIC}), {}),
-    ("anthropic-max-tokens", enc({"custom_id": "a", "params": without(ANTHROPIC, "max_tokens")}),
-     ("missing_required_parameter", "params.max_tokens"), enc({"custom_id": "a", "params": ANTHROPIC}), {}),
-    ("anthropic-duplicate", enc({"custom_id": "a", "params": ANTHROPIC}, {"custom_id": "a", "params": ANTHROPIC}),
-     ("duplicate_custom_id", "custom_id"),
-     enc({"custom_id": "a", "params": ANTHROPIC}, {"custom_id": "b", "params": {**ANTHROPIC, "model": "other"}}), {}),
+    (
+        "schema-int-range",
+        enc(req(max_tokens=0)),
+        ("integer_below_min_value", "body.max_tokens"),
+        enc(req(max_tokens=1)),
+        {},
+    ),
+    (
+        "schema-decimal-range",
+        enc(req(temperature=2.5)),
+        ("decimal_above_max_value", "body.temperature"),
+        enc(req(temperature=2)),
+        {},
+    ),
+    (
+        "schema-nested-required",
+        enc(req(response_format={"type": "json_schema"})),
+        ("missing_required_parameter", "body.response_format.json_schema"),
+        enc(req(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})),
+        {},
+    ),
+    (
+        "schema-responses",
+        enc(req(url=L.RESPONSES, input="hi", max_output_tokens=5)),
+        ("integer_below_min_value", "body.max_output_tokens"),
+        enc(req(url=L.RESPONSES, input="hi", max_output_tokens=16)),
+        {},
+    ),
+    (
+        "schema-embeddings",
+        enc(req(url=EMB, dimensions=0)),
+        ("integer_below_min_value", "body.dimensions"),
+        enc(req(url=EMB, dimensions=8)),
+        {},
+    ),
+    (
+        "anthropic-custom-id",
+        enc({"custom_id": "a b", "params": ANTHROPIC}),
+        ("invalid_custom_id", "custom_id"),
+        enc({"custom_id": "a_b-1", "params": ANTHROPIC}),
+        {},
+    ),
+    (
+        "anthropic-role",
+        enc({"custom_id": "a", "params": {**ANTHROPIC, "messages": [{"role": "bot", "content": "x"}]}}),
+        ("invalid_value", "params.messages[0].role"),
+        enc({"custom_id": "a", "params": ANTHROPIC}),
+        {},
+    ),
+    (
+        "anthropic-max-tokens",
+        enc({"custom_id": "a", "params": without(ANTHROPIC, "max_tokens")}),
+        ("missing_required_parameter", "params.max_tokens"),
+        enc({"custom_id": "a", "params": ANTHROPIC}),
+        {},
+    ),
+    (
+        "anthropic-duplicate",
+        enc({"custom_id": "a", "params": ANTHROPIC}, {"custom_id": "a", "params": ANTHROPIC}),
+        ("duplicate_custom_id", "custom_id"),
+        enc({"custom_id": "a", "params": ANTHROPIC}, {"custom_id": "b", "params": {**ANTHROPIC, "model": "other"}}),
+        {},
+    ),
 ]
 
 
 @pytest.mark.parametrize(("bad", "expected", "good", "options"), [r[1:] for r in RULES], ids=[r[0] for r in RULES])
 def test_each_rule_fails_the_bad_lines_and_passes_the_fixed_ones(
-        bad: list[bytes], expected: tuple[str, str | None], good: list[bytes], options: dict[str, Any]) -> None:
+    bad: list[bytes], expected: tuple[str, str | None], good: list[bytes], options: dict[str, Any]
+) -> None:
     failing = check(bad, **options)
     assert codes(failing) == [expected]
     assert not failing.ok and failing.total_errors == 1
@@ -147,25 +256,40 @@ def test_each_rule_fails_the_bad_lines_and_passes_the_fixed_ones(
 def test_every_code_in_the_module_table_has_a_failing_case() -> None:
     from coldbatch.core import validate
 
-    table = {line.split("|")[1].strip().split()[0] for line in (validate.__doc__ or "").splitlines()
-             if line.startswith("| ") and not line.startswith("| code")}
+    table = {
+        line.split("|")[1].strip().split()[0]
+        for line in (validate.__doc__ or "").splitlines()
+        if line.startswith("| ") and not line.startswith("| code")
+    }
     assert table == {expected[0] for _, _, expected, _, _ in RULES}
 
 
 def test_all_errors_are_reported_in_line_order_with_line_numbers() -> None:
-    lines = enc(without(req("a"), "custom_id"), without(req("b"), "method"), b"", without(req("c"), "url"),
-                without(req("d"), "body"))
+    lines = enc(
+        without(req("a"), "custom_id"),
+        without(req("b"), "method"),
+        b"",
+        without(req("c"), "url"),
+        without(req("d"), "body"),
+    )
     report = check(lines)
     assert [(e.line, e.code, e.param) for e in report.errors] == [
-        (1, "missing_required_parameter", "custom_id"), (2, "missing_required_parameter", "method"),
-        (4, "missing_required_parameter", "url"), (5, "missing_required_parameter", "body")]
+        (1, "missing_required_parameter", "custom_id"),
+        (2, "missing_required_parameter", "method"),
+        (4, "missing_required_parameter", "url"),
+        (5, "missing_required_parameter", "body"),
+    ]
     assert report.requests == 4
 
 
 def test_one_line_can_break_several_rules_and_each_is_reported() -> None:
     report = check(enc({"custom_id": "a", "method": "GET", "url": CHAT, "body": {"messages": [], "stream": True}}))
-    assert codes(report) == [("invalid_request", "method"), ("invalid_request", "body.model"),
-                             ("invalid_request", "body.messages"), ("streaming_unsupported", "body.stream")]
+    assert codes(report) == [
+        ("invalid_request", "method"),
+        ("invalid_request", "body.model"),
+        ("invalid_request", "body.messages"),
+        ("streaming_unsupported", "body.stream"),
+    ]
 
 
 def test_errors_beyond_max_errors_are_counted_not_listed() -> None:
@@ -184,8 +308,9 @@ def test_duplicate_message_names_the_first_line() -> None:
 
 def test_render_is_file_line_code_message() -> None:
     report = check(enc(req("a"), {**req("b"), "method": "PUT"}))
-    assert report.errors[0].render() == ("in.jsonl:2: invalid_request: Invalid method 'PUT': the Batch API only "
-                                         "accepts 'POST'. [method]")
+    assert report.errors[0].render() == (
+        "in.jsonl:2: invalid_request: Invalid method 'PUT': the Batch API only accepts 'POST'. [method]"
+    )
     whole = check([])
     assert whole.errors[0].render().startswith("in.jsonl: empty_file: ")
 
@@ -241,19 +366,28 @@ def test_random_bytes_never_crash_the_validator(data: bytes) -> None:
     assert isinstance(json.dumps(report.to_json()), str)
 
 
-_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
-            | st.text(max_size=5))
-_json = st.recursive(_scalars,
-                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
-                     max_leaves=8)
-_fields = st.sampled_from(["custom_id", "method", "url", "body", "model", "messages", "input", "role", "content",
-                           "stream", "prompt"])
+_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5)
+)
+_json = st.recursive(
+    _scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8
+)
+_fields = st.sampled_from(
+    ["custom_id", "method", "url", "body", "model", "messages", "input", "role", "content", "stream", "prompt"]
+)
 _urls = st.sampled_from([*L.ENDPOINTS, "/v1/x"]) | _json
-_bodies = st.dictionaries(_fields, _json | st.lists(st.dictionaries(_fields, _json, max_size=3), max_size=2),
-                          max_size=4)
-_requests = st.fixed_dictionaries({}, optional={"custom_id": st.text(max_size=2) | _json,
-                                                "method": st.sampled_from(["POST", "GET"]) | _json,
-                                                "url": _urls, "body": _bodies | _json})
+_bodies = st.dictionaries(
+    _fields, _json | st.lists(st.dictionaries(_fields, _json, max_size=3), max_size=2), max_size=4
+)
+_requests = st.fixed_dictionaries(
+    {},
+    optional={
+        "custom_id": st.text(max_size=2) | _json,
+        "method": st.sampled_from(["POST", "GET"]) | _json,
+        "url": _urls,
+        "body": _bodies | _json,
+    },
+)
 
 
 @settings(max_examples=200)

@@ -49,12 +49,14 @@ def check_columns(ds: Dataset, spec: RequestSpec) -> None:
     option = "--input-column" if spec.input_column and not spec.prompt else "--prompt"
     tpl.check_columns(spec.template, ds.columns, file=ds.name, option=option)
     if spec.id_column and spec.id_column not in ds.columns:
-        raise UsageError(f"--id-column {spec.id_column!r} is not a column of {ds.name}; available columns: "
-                         f"{', '.join(ds.columns)}")
+        raise UsageError(
+            f"--id-column {spec.id_column!r} is not a column of {ds.name}; available columns: {', '.join(ds.columns)}"
+        )
 
 
-def prepare(source: Any, out: str | Path, spec: RequestSpec, *, limits: Limits | None = None,
-            fmt: str | None = None) -> PrepareResult:
+def prepare(
+    source: Any, out: str | Path, spec: RequestSpec, *, limits: Limits | None = None, fmt: str | None = None
+) -> PrepareResult:
     """Turn a dataset (a path, or a pyarrow/pandas/polars table) into shards + manifest.json in `out`.
 
     Raises:
@@ -115,25 +117,34 @@ def _repeats_message(ds: Dataset, spec: RequestSpec, repeats: list[tuple[int, in
                 break
     lines = [f"  {ds.name}: row {row}: id {ids.get(row, '?')!r} repeats row {first}" for row, first in repeats[:20]]
     more = f"\n  … and {total - 20} more" if total > 20 else ""
-    return (f"{ds.name}: {total} row(s) repeat an earlier id in column {spec.id_column!r}, so their results "
-            f"could not be told apart:\n" + "\n".join(lines) + more +
-            "\nFix the data, or pass --on-duplicate-id suffix to send them as 'ID~2', 'ID~3', …")
+    return (
+        f"{ds.name}: {total} row(s) repeat an earlier id in column {spec.id_column!r}, so their results "
+        f"could not be told apart:\n"
+        + "\n".join(lines)
+        + more
+        + "\nFix the data, or pass --on-duplicate-id suffix to send them as 'ID~2', 'ID~3', …"
+    )
 
 
-def _manifest(ds: Dataset, spec: RequestSpec, lim: Limits, shards: list[write.ShardInfo], rows: int,
-              builder: Builder) -> dict[str, Any]:
+def _manifest(
+    ds: Dataset, spec: RequestSpec, lim: Limits, shards: list[write.ShardInfo], rows: int, builder: Builder
+) -> dict[str, Any]:
     repeats = builder.ids.total_repeats if builder.ids else 0
     return {
         "format": write.MANIFEST_FORMAT,
         "created_by": f"coldbatch {__version__}",
         "input": {"name": Path(ds.name).name, "rows": rows, "columns": ds.columns},
         "request": spec.describe(),
-        "limits": {"max_requests": lim.max_requests, "max_bytes": lim.max_bytes,
-                   "max_line_bytes": lim.max_line_bytes},
+        "limits": {"max_requests": lim.max_requests, "max_bytes": lim.max_bytes, "max_line_bytes": lim.max_line_bytes},
         "shards": [s.to_json() for s in shards],
-        "totals": {"rows": rows, "requests": sum(s.requests for s in shards),
-                   "bytes": sum(s.bytes for s in shards), "shards": len(shards),
-                   "rejected": builder.rejected, "renamed_ids": repeats if spec.on_duplicate_id == "suffix" else 0},
+        "totals": {
+            "rows": rows,
+            "requests": sum(s.requests for s in shards),
+            "bytes": sum(s.bytes for s in shards),
+            "shards": len(shards),
+            "rejected": builder.rejected,
+            "renamed_ids": repeats if spec.on_duplicate_id == "suffix" else 0,
+        },
         "rejects": write.REJECTS if builder.rejects else None,
         "repaired_cells": [{"row": p.row, "column": p.column, "message": p.message} for p in ds.problems[:1000]],
     }

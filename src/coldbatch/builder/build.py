@@ -30,8 +30,7 @@ class Built:
 
 
 def _escaped(expr: pl.Expr) -> pl.Expr:
-    return (pl.struct(expr.alias(_WRAP)).struct.json_encode()
-            .str.strip_prefix('{"' + _WRAP + '":').str.strip_suffix("}"))
+    return pl.struct(expr.alias(_WRAP)).struct.json_encode().str.strip_prefix('{"' + _WRAP + '":').str.strip_suffix("}")
 
 
 def _content_expr(spec: RequestSpec) -> pl.Expr:
@@ -142,8 +141,9 @@ class IdTracker:
         pairs = sorted(zip(rs[where].tolist(), rs[run_start[where]].tolist(), strict=True))
         self.errors = pairs[:50]
 
-    def _handle_repeats(self, ids: pl.Series, h: npt.NDArray[np.uint64], rows: npt.NDArray[np.int64],
-                        where: npt.NDArray[np.intp]) -> pl.Series:
+    def _handle_repeats(
+        self, ids: pl.Series, h: npt.NDArray[np.uint64], rows: npt.NDArray[np.int64], where: npt.NDArray[np.intp]
+    ) -> pl.Series:
         self.total_repeats += len(where)
         values = ids.to_list()
         names = self._rename([int(h[i]) for i in where], [values[i] for i in where])
@@ -213,13 +213,20 @@ class Builder:
             df, ids, rows = df.filter(ok), ids.filter(ok), rows[ok.to_numpy()]
         if self.ids is not None and df.height:
             ids = self.ids.check(ids, rows)
-        lines = df.select(pl.concat_str([
-            pl.lit(self.prefix), _escaped(pl.lit(ids)), pl.lit(self.middle), _escaped(self._content),
-            pl.lit(self.suffix + "\n")]).alias("line")).get_column("line")
+        lines = df.select(
+            pl.concat_str(
+                [
+                    pl.lit(self.prefix),
+                    _escaped(pl.lit(ids)),
+                    pl.lit(self.middle),
+                    _escaped(self._content),
+                    pl.lit(self.suffix + "\n"),
+                ]
+            ).alias("line")
+        ).get_column("line")
         too_long = (lines.str.len_bytes() - 1 > self.max_line_bytes).to_numpy()
         if too_long.any():
-            self._reject(rows[too_long], "line_too_large",
-                         f"the request is over {self.max_line_bytes:,} bytes", None)
+            self._reject(rows[too_long], "line_too_large", f"the request is over {self.max_line_bytes:,} bytes", None)
             lines, ids, rows = lines.filter(~too_long), ids.filter(~too_long), rows[~too_long]
         arr = lines.to_arrow(compat_level=pl.CompatLevel.oldest())
         if not isinstance(arr, pa.LargeStringArray):
@@ -234,6 +241,10 @@ class Builder:
             return None
         cols = ", ".join(self.spec.template.columns)
         self._reject(rows[(empty & ~no_id).to_numpy()], "empty_input", f"nothing to send: {cols} empty", cols)
-        self._reject(rows[no_id.to_numpy()], "missing_custom_id",
-                     f"the id column {self.spec.id_column!r} is empty", self.spec.id_column)
+        self._reject(
+            rows[no_id.to_numpy()],
+            "missing_custom_id",
+            f"the id column {self.spec.id_column!r} is empty",
+            self.spec.id_column,
+        )
         return ~bad

@@ -16,8 +16,9 @@ from coldbatch.core import template as tpl
 from coldbatch.errors import UsageError
 from coldbatch.protocol import limits as L
 
-DEFAULT_LABEL_SYSTEM = ("Classify the user's text. Answer with JSON {{\"label\": ...}} where label is exactly one "
-                        "of: {labels}.")
+DEFAULT_LABEL_SYSTEM = (
+    'Classify the user\'s text. Answer with JSON {{"label": ...}} where label is exactly one of: {labels}.'
+)
 
 
 @dataclass(frozen=True)
@@ -82,20 +83,35 @@ class RequestSpec:
         if self.schema is not None:
             return self.schema
         if self.labels:
-            return {"type": "object", "properties": {"label": {"type": "string", "enum": list(self.labels)}},
-                    "required": ["label"], "additionalProperties": False}
+            return {
+                "type": "object",
+                "properties": {"label": {"type": "string", "enum": list(self.labels)}},
+                "required": ["label"],
+                "additionalProperties": False,
+            }
         return None
 
     def response_format(self) -> dict[str, Any] | None:
         if self.schema is not None:
-            return {"type": "json_schema", "json_schema": {"name": self.schema_name, "strict": True,
-                                                           "schema": self.schema}}
+            return {
+                "type": "json_schema",
+                "json_schema": {"name": self.schema_name, "strict": True, "schema": self.schema},
+            }
         if not self.labels:
             return None
-        return {"type": "json_schema", "json_schema": {
-            "name": "label", "strict": True,
-            "schema": {"type": "object", "properties": {"label": {"type": "string", "enum": list(self.labels)}},
-                       "required": ["label"], "additionalProperties": False}}}
+        return {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "label",
+                "strict": True,
+                "schema": {
+                    "type": "object",
+                    "properties": {"label": {"type": "string", "enum": list(self.labels)}},
+                    "required": ["label"],
+                    "additionalProperties": False,
+                },
+            },
+        }
 
     @property
     def effective_temperature(self) -> float | None:
@@ -152,12 +168,21 @@ class RequestSpec:
 
     def describe(self) -> dict[str, Any]:
         """The options as recorded in manifest.json."""
-        return {"model": self.model, "endpoint": self.endpoint, "prompt": self.prompt, "system": self.system,
-                "input_column": self.input_column, "max_tokens": self.max_tokens,
-                "temperature": self.temperature, "labels": list(self.labels), "body": self.body,
-                "id_column": self.id_column, "on_duplicate_id": self.on_duplicate_id,
-                **({} if self.confidence else {"confidence": False}),
-                **({"schema": self.schema, "schema_name": self.schema_name} if self.schema is not None else {})}
+        return {
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "prompt": self.prompt,
+            "system": self.system,
+            "input_column": self.input_column,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "labels": list(self.labels),
+            "body": self.body,
+            "id_column": self.id_column,
+            "on_duplicate_id": self.on_duplicate_id,
+            **({} if self.confidence else {"confidence": False}),
+            **({"schema": self.schema, "schema_name": self.schema_name} if self.schema is not None else {}),
+        }
 
 
 def _schema_of(model: Any) -> dict[str, Any]:

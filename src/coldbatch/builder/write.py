@@ -41,8 +41,15 @@ class ShardInfo:
     sha256: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "model": self.model, "requests": self.requests, "bytes": self.bytes,
-                "sha256": self.sha256, "first_row": self.first_row, "last_row": self.last_row}
+        return {
+            "path": self.path,
+            "model": self.model,
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "first_row": self.first_row,
+            "last_row": self.last_row,
+        }
 
 
 class ShardWriter:
@@ -66,7 +73,7 @@ class ShardWriter:
         n = len(arr)
         if n == 0:
             return
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + arr.offset + 1)[arr.offset:]
+        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64, count=len(arr) + arr.offset + 1)[arr.offset :]
         data = memoryview(arr.buffers()[2])  # type: ignore[arg-type]
         cuts = self.planner.cuts(np.diff(offsets), model)
         starts = set(cuts)
@@ -74,14 +81,15 @@ class ShardWriter:
         for lo, hi in pairwise(sorted({0, *cuts, n})):
             info = None
             if lo in starts:
-                info = ShardInfo(path=f"shard-{len(self.shards) + 1:05d}.jsonl", model=model,
-                                 first_row=int(built.rows[lo]))
+                info = ShardInfo(
+                    path=f"shard-{len(self.shards) + 1:05d}.jsonl", model=model, first_row=int(built.rows[lo])
+                )
                 self.shards.append(info)
             current = self.shards[-1]
             current.requests += hi - lo
             current.bytes += int(offsets[hi] - offsets[lo])
             current.last_row = int(built.rows[hi - 1])
-            ops.append((info, data[int(offsets[lo]):int(offsets[hi])]))
+            ops.append((info, data[int(offsets[lo]) : int(offsets[hi])]))
         while len(self._inflight) >= 2:
             self._inflight.popleft().result()
         self._inflight.append(self._pool.submit(self._apply, ops, arr))
@@ -136,8 +144,10 @@ def check_replaceable(out: Path) -> None:
     foreign = sorted(p.name for p in out.iterdir() if not _OWN_FILES.fullmatch(p.name))
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        raise InputError(f"{out}: holds files that prepare did not write ({', '.join(foreign[:5])}{more}), and "
-                         "re-preparing replaces the whole folder; move them or choose another --out")
+        raise InputError(
+            f"{out}: holds files that prepare did not write ({', '.join(foreign[:5])}{more}), and "
+            "re-preparing replaces the whole folder; move them or choose another --out"
+        )
 
 
 def staging_folder(out: Path) -> Path:

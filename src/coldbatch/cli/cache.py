@@ -10,8 +10,7 @@ from coldbatch.runner.cache import ResultCache
 
 
 def _cache(max_entries: int | None = None, max_age_days: float | None = None) -> ResultCache:
-    return ResultCache(H.home() / "cache.sqlite3", max_entries=max_entries,
-                       max_age_days=max_age_days)
+    return ResultCache(H.home() / "cache.sqlite3", max_entries=max_entries, max_age_days=max_age_days)
 
 
 @click.group()

@@ -24,9 +24,11 @@ ALL_ANSWERED = 0
 SOME_UNANSWERED = 4
 NONE_ANSWERED = 5
 
-HELP = ("Exit codes: 0 every row answered; 1 input refused; 2 usage error or the target cannot serve the job "
-        "(nothing sent); 3 provider failure (resume continues); 4 finished with unanswered rows (OUTPUT's "
-        "`error` column says why); 5 finished with no row answered.")
+HELP = (
+    "Exit codes: 0 every row answered; 1 input refused; 2 usage error or the target cannot serve the job "
+    "(nothing sent); 3 provider failure (resume continues); 4 finished with unanswered rows (OUTPUT's "
+    "`error` column says why); 5 finished with no row answered."
+)
 
 
 class Threshold(click.ParamType):
@@ -71,5 +73,7 @@ def explain(report: dict[str, Any] | None, code: int) -> str | None:
         return None
     missing = unanswered(report)
     head = "no row was answered" if code == NONE_ANSWERED else f"{missing:,} of {report['rows']:,} row(s) unanswered"
-    return (f"exit {code}: {head}; OUTPUT's `error` column says why for each row "
-            f"(`coldbatch status {report['job']}` sums them up)")
+    return (
+        f"exit {code}: {head}; OUTPUT's `error` column says why for each row "
+        f"(`coldbatch status {report['job']}` sums them up)"
+    )

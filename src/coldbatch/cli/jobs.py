@@ -41,8 +41,16 @@ def _drive(
     """`coldbatch.job.drive` with the CLI's progress display, stderr notices and confirmation question."""
     display = ProgressDisplay()
     try:
-        return J.drive(job_id, base_url=base_url, api_key=api_key, engine=engine, cancel=cancel,
-                       confirm=lambda runner, est: _confirm(runner, est, yes), notice=_say, on_event=display)
+        return J.drive(
+            job_id,
+            base_url=base_url,
+            api_key=api_key,
+            engine=engine,
+            cancel=cancel,
+            confirm=lambda runner, est: _confirm(runner, est, yes),
+            notice=_say,
+            on_event=display,
+        )
     finally:
         display.close()  # before anything else is printed: the summary never lands on the progress line
 
@@ -51,8 +59,9 @@ def _say(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _examples_job(job_id: str, input_path: Path, opts: dict[str, Any], base_url: str | None
-                  ) -> tuple[RequestSpec, RequestSpec, dict[str, Any]]:
+def _examples_job(
+    job_id: str, input_path: Path, opts: dict[str, Any], base_url: str | None
+) -> tuple[RequestSpec, RequestSpec, dict[str, Any]]:
     """--examples: the rows' embeddings spec (the job's requests), the examples' (its companion's), and what the
     job keeps to label the rows. The examples are read and checked, and those that are rows of INPUT dropped,
     before anything is sent."""
@@ -64,14 +73,24 @@ def _examples_job(job_id: str, input_path: Path, opts: dict[str, Any], base_url:
     rows = EX.read(path, label_spec, opts["examples_label_column"])
     kept = EX.drop_overlap(rows, input_path, label_spec, options.input_format(opts))
     if kept.dropped:
-        click.echo(f"examples: {len(kept.dropped)} of {len(rows)} left out, they are rows being labelled: "
-                   + "; ".join(kept.dropped[:5]) + ("; ..." if len(kept.dropped) > 5 else ""), err=True)
+        click.echo(
+            f"examples: {len(kept.dropped)} of {len(rows)} left out, they are rows being labelled: "
+            + "; ".join(kept.dropped[:5])
+            + ("; ..." if len(kept.dropped) > 5 else ""),
+            err=True,
+        )
     EX.check_labels(kept, label_spec.labels, path)
     file = EX.save(kept, H.job_dir(_root(), job_id))
     counts = ", ".join(f"{label} {sum(e['label'] == label for e in kept.rows)}" for label in label_spec.labels)
     click.echo(f"examples: {len(kept.rows)} from {path} ({counts}); rows and examples embedded with {model}", err=True)
-    info = {"labels": list(label_spec.labels), "file": str(file), "source": str(path.resolve()),
-            "label_column": opts["examples_label_column"], "kept": len(kept.rows), "dropped": len(kept.dropped)}
+    info = {
+        "labels": list(label_spec.labels),
+        "file": str(file),
+        "source": str(path.resolve()),
+        "label_column": opts["examples_label_column"],
+        "kept": len(kept.rows),
+        "dropped": len(kept.dropped),
+    }
     return EX.embedding_spec(label_spec, model), EX.embedding_spec(label_spec, model, examples=True), info
 
 
@@ -97,8 +116,12 @@ def provider_options(fn: Any) -> Any:
 
 
 _fail_on_errors = click.option(
-    "--fail-on-errors", type=exitcodes.Threshold(), default="0", show_default=True,
-    help="Exit 4 only when more rows than this are unanswered: a count (10) or a share (1%).")
+    "--fail-on-errors",
+    type=exitcodes.Threshold(),
+    default="0",
+    show_default=True,
+    help="Exit 4 only when more rows than this are unanswered: a count (10) or a share (1%).",
+)
 
 
 #: `coldbatch run --help`'s examples; tests/acceptance/test_readme_commands.py runs each of them
@@ -167,36 +190,72 @@ Examples:
     show_default=True,
     help="--mode auto: the most requests to send (after dedup and cache) that go sync.",
 )
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Sync mode: requests per minute at most "
-              "(default: learned from the provider's x-ratelimit-* headers).")
-@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Sync mode: tokens per minute at most "
-              "(default: learned from the provider's headers).")
-@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0,
-              help="Sync mode: seconds per attempt.")
+@click.option(
+    "--rpm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Sync mode: requests per minute at most (default: learned from the provider's x-ratelimit-* headers).",
+)
+@click.option(
+    "--tpm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Sync mode: tokens per minute at most (default: learned from the provider's headers).",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    help="Sync mode: seconds per attempt.",
+)
 @click.option("--concurrency", type=click.IntRange(min=1), default=64, help="Sync mode: requests in flight at most.")
-@click.option("--rate-window", type=click.FloatRange(min=0, min_open=True), default=60.0, hidden=True,
-              help="Sync mode: the seconds --rpm/--tpm are counted over (tests scale the minute down).")
-@click.option("--deadline", help="Batch mode: finish by then (90s, 30m, 2h, or an ISO 8601 time); when the "
-              "batches will be late at the observed pace, they are cancelled (keeping what finished) and the "
-              "rest is sent through the sync API.")
-@click.option("--sync-base-url", envvar="COLDBATCH_SYNC_BASE_URL",
-              help="Where sync mode and a deadline rescue send (default: the batch provider's own API).")
+@click.option(
+    "--rate-window",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    hidden=True,
+    help="Sync mode: the seconds --rpm/--tpm are counted over (tests scale the minute down).",
+)
+@click.option(
+    "--deadline",
+    help="Batch mode: finish by then (90s, 30m, 2h, or an ISO 8601 time); when the "
+    "batches will be late at the observed pace, they are cancelled (keeping what finished) and the "
+    "rest is sent through the sync API.",
+)
+@click.option(
+    "--sync-base-url",
+    envvar="COLDBATCH_SYNC_BASE_URL",
+    help="Where sync mode and a deadline rescue send (default: the batch provider's own API).",
+)
 @click.option("--sync-api-key", envvar="COLDBATCH_SYNC_API_KEY", help="API key for --sync-base-url.")
-@click.option("--examples", "examples_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="With --labels: a file of labelled examples (the prompt's columns + a label column; a few dozen "
-              "to a few hundred a label). Rows and examples are embedded (/v1/embeddings) and a classifier fitted "
-              "on the examples labels the rows; `confidence` is its probability. Examples that are rows of INPUT "
-              "(same id or text) are left out. --model is then not used.")
-@click.option("--examples-label-column", default="label", show_default=True,
-              help="--examples: the column holding each example's label.")
+@click.option(
+    "--examples",
+    "examples_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --labels: a file of labelled examples (the prompt's columns + a label column; a few dozen "
+    "to a few hundred a label). Rows and examples are embedded (/v1/embeddings) and a classifier fitted "
+    "on the examples labels the rows; `confidence` is its probability. Examples that are rows of INPUT "
+    "(same id or text) are left out. --model is then not used.",
+)
+@click.option(
+    "--examples-label-column",
+    default="label",
+    show_default=True,
+    help="--examples: the column holding each example's label.",
+)
 @_fail_on_errors
-@click.option("--output-prefix", default="", metavar="PREFIX",
-              help="Put PREFIX before the name of every column OUTPUT adds (custom_id, response, label, confidence, "
-              "error, attempts, prompt_tokens, completion_tokens, embedding, --schema properties). An input column "
-              "with one of those names is refused before anything is sent: pass e.g. --output-prefix cb_.")
+@click.option(
+    "--output-prefix",
+    default="",
+    metavar="PREFIX",
+    help="Put PREFIX before the name of every column OUTPUT adds (custom_id, response, label, confidence, "
+    "error, attempts, prompt_tokens, completion_tokens, embedding, --schema properties). An input column "
+    "with one of those names is refused before anything is sent: pass e.g. --output-prefix cb_.",
+)
 @PV.provider_option
-@click.option("--embedding-model", help="--examples: the embedding model (default: the embedded engine's own, "
-              f"{DEFAULT_EMBEDDING_MODEL}; with --base-url, {EX.DEFAULT_EMBEDDING_MODEL}).")
+@click.option(
+    "--embedding-model",
+    help="--examples: the embedding model (default: the embedded engine's own, "
+    f"{DEFAULT_EMBEDDING_MODEL}; with --base-url, {EX.DEFAULT_EMBEDDING_MODEL}).",
+)
 def run(
     input_path: Path,
     output: Path,
@@ -242,8 +301,9 @@ def run(
     else:
         spec = options.spec_from(preflight.default_model(opts, base_url, engine, api_key))
     preflight.check_output_columns(input_path, options.input_format(opts), spec, output_prefix, companion)
-    kind, limits, mode = PV.resolve(provider, base_url, spec, options.limits_from(opts), mode,
-                                    deadline=deadline is not None)
+    kind, limits, mode = PV.resolve(
+        provider, base_url, spec, options.limits_from(opts), mode, deadline=deadline is not None
+    )
     run_opts = RunOptions(
         spec=spec.describe(),
         limits=asdict(limits),
@@ -308,8 +368,9 @@ def _finish(report: dict[str, Any] | None, threshold: tuple[float, bool]) -> Non
 @provider_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @_fail_on_errors
-def resume(job_id: str, base_url: str | None, api_key: str | None, engine: str, yes: bool,
-           fail_on_errors: tuple[float, bool]) -> None:
+def resume(
+    job_id: str, base_url: str | None, api_key: str | None, engine: str, yes: bool, fail_on_errors: tuple[float, bool]
+) -> None:
     """Continue a job after a crash or interruption: nothing paid for is sent again."""
     _finish(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes), fail_on_errors)
 

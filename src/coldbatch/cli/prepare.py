@@ -14,8 +14,13 @@ from coldbatch.cli import providers as PV
 
 @click.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the shards and manifest.json (replaced atomically).")
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the shards and manifest.json (replaced atomically).",
+)
 @options.request_options
 @options.limit_options
 @PV.provider_option
@@ -33,8 +38,10 @@ def prepare(input_path: Path, out: Path, as_json: bool, provider: str | None, **
         render.emit_json(m)
         return
     t = m["totals"]
-    click.echo(f"{t['rows']:,} rows → {t['requests']:,} requests in {t['shards']} shard(s), "
-               f"{t['bytes']:,} bytes → {result.out}")
+    click.echo(
+        f"{t['rows']:,} rows → {t['requests']:,} requests in {t['shards']} shard(s), "
+        f"{t['bytes']:,} bytes → {result.out}"
+    )
     if t["rejected"]:
         click.echo(f"{t['rejected']:,} row(s) not sent: see {result.out / str(m['rejects'])}")
     if t["renamed_ids"]:

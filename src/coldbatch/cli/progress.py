@@ -75,8 +75,10 @@ class ProgressDisplay:
             self.first = done
         rate, eta = rate_and_eta(done, total, self.first, time.monotonic() - self.started)
         shown = f"{rate:,.1f}/s" if rate is not None else "-/s"
-        return (f"[{clock(time.monotonic() - self.started)}] requests {done:,}/{total:,} done (ok {ok:,}, failed "
-                f"{failed:,}, {int(d.get('remote_done', 0)):,} finished in running batches) {shown} ETA {clock(eta)}")
+        return (
+            f"[{clock(time.monotonic() - self.started)}] requests {done:,}/{total:,} done (ok {ok:,}, failed "
+            f"{failed:,}, {int(d.get('remote_done', 0)):,} finished in running batches) {shown} ETA {clock(eta)}"
+        )
 
     def _progress(self, d: dict[str, Any]) -> None:
         text = self.line(d)
@@ -89,10 +91,17 @@ class ProgressDisplay:
         rate, eta = rate_and_eta(done, total, self.first or 0, time.monotonic() - self.started)
         fields = {"ok": ok, "failed": failed, "rate": f"{rate:,.1f}/s" if rate else "-/s", "eta": clock(eta)}
         if self._bar is None:
-            self._bar = Progress(TextColumn("requests"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
-                                 TextColumn("{task.fields[rate]}"), TextColumn("ETA {task.fields[eta]}"),
-                                 TimeElapsedColumn(), console=self.console, transient=False)
+            self._bar = Progress(
+                TextColumn("requests"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("ok {task.fields[ok]} failed {task.fields[failed]}"),
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA {task.fields[eta]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=False,
+            )
             self._bar.start()
             self._task = self._bar.add_task("requests", total=total, completed=done, **fields)
         self._bar.update(self._task, total=total, completed=done, **fields)

@@ -53,22 +53,28 @@ def show_estimate(est: dict[str, Any], *, local: bool = False) -> None:
 def negative_saving(r: dict[str, Any]) -> str:
     """Why a saving can be below zero: the baseline is the estimate (answer lengths from max_tokens or
     --expected-output-tokens), the cost is what the answers really used."""
-    return (f"note: the saving is negative because the cost counts the tokens the answers really used "
-            f"({r['completion_tokens']:,} completion tokens), while the baseline, every row at sync prices, is the "
-            f"estimate's (answer lengths from --max-tokens): the answers were longer "
-            f"than estimated. With the same tokens, sync prices would have cost {render.usd(r['cost_sync_usd'])}.")
+    return (
+        f"note: the saving is negative because the cost counts the tokens the answers really used "
+        f"({r['completion_tokens']:,} completion tokens), while the baseline, every row at sync prices, is the "
+        f"estimate's (answer lengths from --max-tokens): the answers were longer "
+        f"than estimated. With the same tokens, sync prices would have cost {render.usd(r['cost_sync_usd'])}."
+    )
 
 
 def _cost_line(r: dict[str, Any], local: bool) -> str:
-    head = (f"tokens: {r['prompt_tokens']:,} prompt ({r['cached_tokens']:,} cached), {r['completion_tokens']:,} "
-            f"completion; {r.get('mode', 'batch')} mode, cost ")
+    head = (
+        f"tokens: {r['prompt_tokens']:,} prompt ({r['cached_tokens']:,} cached), {r['completion_tokens']:,} "
+        f"completion; {r.get('mode', 'batch')} mode, cost "
+    )
     if local:
         return head + f"{LOCAL_COST}; {r['seconds']} s"
-    return (head + f"{render.usd(r.get('cost_usd', r['cost_batch_usd']))} "
-            f"(at batch prices {render.usd(r['cost_batch_usd'])}, at sync prices "
-            f"{render.usd(r['cost_sync_usd'])}; every row at sync prices {render.usd(r.get('cost_sync_all_rows_usd'))}"
-            + (f", saving {r['saving_pct']}%" if r.get("saving_pct") is not None else "")
-            + f"; estimate {render.usd(r['estimated_batch_usd'])}); {r['seconds']} s")
+    return (
+        head + f"{render.usd(r.get('cost_usd', r['cost_batch_usd']))} "
+        f"(at batch prices {render.usd(r['cost_batch_usd'])}, at sync prices "
+        f"{render.usd(r['cost_sync_usd'])}; every row at sync prices {render.usd(r.get('cost_sync_all_rows_usd'))}"
+        + (f", saving {r['saving_pct']}%" if r.get("saving_pct") is not None else "")
+        + f"; estimate {render.usd(r['estimated_batch_usd'])}); {r['seconds']} s"
+    )
 
 
 def print_report(r: dict[str, Any] | None, *, local: bool = False) -> None:
@@ -92,26 +98,36 @@ def print_report(r: dict[str, Any] | None, *, local: bool = False) -> None:
     rescue = r.get("deadline_rescue")
     if rescue:
         extra = "$0" if local else render.usd(rescue["extra_cost_usd"])
-        click.echo(f"deadline rescue: {rescue['requests']:,} requests ({rescue['rows']:,} rows) sent through the sync "
-                   f"API, {rescue['rows_via_batch_or_cache']:,} rows answered by batch or cache; extra cost at sync "
-                   f"prices {extra}")
+        click.echo(
+            f"deadline rescue: {rescue['requests']:,} requests ({rescue['rows']:,} rows) sent through the sync "
+            f"API, {rescue['rows_via_batch_or_cache']:,} rows answered by batch or cache; extra cost at sync "
+            f"prices {extra}"
+        )
 
 
 def status_lines(job: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     """`coldbatch status`'s results as sentences (the ledger's dict is `--json`'s)."""
-    lines = [f"requests answered: {summary['succeeded']:,} ok, {summary['failed']:,} failed, "
-             f"{summary['pending_retry']:,} waiting for a retry ({summary['results']:,} recorded, by distinct "
-             "request)"]
+    lines = [
+        f"requests answered: {summary['succeeded']:,} ok, {summary['failed']:,} failed, "
+        f"{summary['pending_retry']:,} waiting for a retry ({summary['results']:,} recorded, by distinct "
+        "request)"
+    ]
     codes = summary.get("failed_by_code") or {}
     if codes:
-        lines.append("failed, by reason: " + ", ".join(f"{code or 'unknown'} {n:,}" for code, n in
-                                                       sorted(codes.items(), key=lambda kv: -kv[1])))
-    lines.append(f"tokens: {summary['prompt_tokens']:,} prompt ({summary['cached_tokens']:,} cached), "
-                 f"{summary['completion_tokens']:,} completion; {summary['retried_rows']:,} request(s) retried")
+        lines.append(
+            "failed, by reason: "
+            + ", ".join(f"{code or 'unknown'} {n:,}" for code, n in sorted(codes.items(), key=lambda kv: -kv[1]))
+        )
+    lines.append(
+        f"tokens: {summary['prompt_tokens']:,} prompt ({summary['cached_tokens']:,} cached), "
+        f"{summary['completion_tokens']:,} completion; {summary['retried_rows']:,} request(s) retried"
+    )
     rep = job.get("report") or {}
     if rep.get("error"):
         lines.append(f"the job failed: {rep['error']}")
     elif "rows" in rep:
-        lines.append(f"OUTPUT {rep.get('output', job['output_path'])}: {rep['rows']:,} rows, {rep['succeeded']:,} "
-                     f"answered, {rep['rows'] - rep['succeeded']:,} not (its `error` column says why)")
+        lines.append(
+            f"OUTPUT {rep.get('output', job['output_path'])}: {rep['rows']:,} rows, {rep['succeeded']:,} "
+            f"answered, {rep['rows'] - rep['succeeded']:,} not (its `error` column says why)"
+        )
     return lines

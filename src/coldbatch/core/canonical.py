@@ -32,5 +32,8 @@ def is_sampling(body: dict[str, Any]) -> bool:
     t = body.get("temperature")
     top_p = body.get("top_p")
     n = body.get("n")
-    return (isinstance(t, int | float) and t > 0) or (isinstance(top_p, int | float) and top_p < 1) or \
-        (isinstance(n, int) and n > 1)
+    return (
+        (isinstance(t, int | float) and t > 0)
+        or (isinstance(top_p, int | float) and top_p < 1)
+        or (isinstance(n, int) and n > 1)
+    )

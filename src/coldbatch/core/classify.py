@@ -60,8 +60,14 @@ def fit(x: np.ndarray, y: np.ndarray, n_labels: int, *, l2: float = L2, steps: i
     return Model(w, b, np.bincount(y, minlength=n_labels) / n)
 
 
-def adapt_priors(proba: np.ndarray, train_priors: np.ndarray, *, weights: np.ndarray | None = None,
-                 steps: int = 100, tol: float = 1e-6) -> np.ndarray:
+def adapt_priors(
+    proba: np.ndarray,
+    train_priors: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    steps: int = 100,
+    tol: float = 1e-6,
+) -> np.ndarray:
     """Probabilities re-weighted to the label frequencies EM estimates for these rows (Saerens et al.).
 
     `weights`: how many rows each row of `proba` stands for (a question asked by several rows).

@@ -54,5 +54,7 @@ def check_columns(template: Template, available: Sequence[str], *, file: str, op
     """Raise a UsageError naming each missing column and the available ones."""
     missing = [c for c in template.columns if c not in available]
     if missing:
-        raise UsageError(f"{option} uses column(s) {', '.join(repr(m) for m in missing)} that {file} does not "
-                         f"have; available columns: {', '.join(available)}")
+        raise UsageError(
+            f"{option} uses column(s) {', '.join(repr(m) for m in missing)} that {file} does not "
+            f"have; available columns: {', '.join(available)}"
+        )

@@ -54,8 +54,15 @@ _REQUIRED_BODY_FIELD = {
     L.MODERATIONS: "input",
 }
 _MODEL_REQUIRED = {L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES}
-_JSON_TYPE = {dict: "an object", list: "an array", str: "a string", int: "an integer", float: "a number",
-              bool: "a boolean", type(None): "null"}
+_JSON_TYPE = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 _ANTHROPIC_ID = re.compile(L.ANTHROPIC_CUSTOM_ID)
 
 
@@ -80,9 +87,16 @@ class Report:
         return self.total_errors == 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "ok": self.ok, "requests": self.requests, "bytes": self.bytes,
-                "endpoint": self.endpoint, "model": self.model, "total_errors": self.total_errors,
-                "errors": [e.to_json() for e in self.errors]}
+        return {
+            "file": self.file,
+            "ok": self.ok,
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "total_errors": self.total_errors,
+            "errors": [e.to_json() for e in self.errors],
+        }
 
 
 class FileValidator:
@@ -94,9 +108,16 @@ class FileValidator:
     several models and whose invalid params become errored results, as at Anthropic.
     """
 
-    def __init__(self, *, file: str | None = None, endpoint: str | None = None,
-                 models: Collection[str] | None = None, limits: L.Limits | None = None,
-                 max_errors: int = 1000, check_bodies: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        file: str | None = None,
+        endpoint: str | None = None,
+        models: Collection[str] | None = None,
+        limits: L.Limits | None = None,
+        max_errors: int = 1000,
+        check_bodies: bool = True,
+    ) -> None:
         self.report = Report(file=file, endpoint=endpoint)
         self._fixed_endpoint = endpoint is not None
         self._models = models
@@ -128,8 +149,11 @@ class FileValidator:
         self._nonblank += 1
         lineno = self._line
         if len(raw) > self._limits.max_line_bytes:
-            self._error(lineno, "line_too_large",
-                        f"This line is {len(raw):,} bytes; the limit is {self._limits.max_line_bytes:,}.")
+            self._error(
+                lineno,
+                "line_too_large",
+                f"This line is {len(raw):,} bytes; the limit is {self._limits.max_line_bytes:,}.",
+            )
             return
         try:
             obj = orjson.loads(raw)
@@ -138,8 +162,7 @@ class FileValidator:
             self._error(lineno, "invalid_json_line", f"This line is not parseable as valid JSON ({detail}).")
             return
         if not isinstance(obj, dict):
-            self._error(lineno, "invalid_json_line",
-                        f"This line must be a JSON object, not {_type_name(obj)}.")
+            self._error(lineno, "invalid_json_line", f"This line must be a JSON object, not {_type_name(obj)}.")
             return
         self.report.requests += 1
         if "params" in obj and "url" not in obj and "body" not in obj and not self._fixed_endpoint:
@@ -155,20 +178,30 @@ class FileValidator:
                 self._limits = L.Limits(max_requests=L.ANTHROPIC_MAX_REQUESTS, max_bytes=L.ANTHROPIC_MAX_BYTES)
         cid = obj.get("custom_id")
         if isinstance(cid, str) and not _ANTHROPIC_ID.match(cid):
-            self._error(lineno, "invalid_custom_id", f"Invalid 'custom_id' {cid[:80]!r}: Anthropic needs 1 to 64 "
-                                                     "characters of letters, digits, '_' and '-'.", "custom_id")
+            self._error(
+                lineno,
+                "invalid_custom_id",
+                f"Invalid 'custom_id' {cid[:80]!r}: Anthropic needs 1 to 64 "
+                "characters of letters, digits, '_' and '-'.",
+                "custom_id",
+            )
         else:
             self._check_custom_id(lineno, cid)
         params = obj["params"]
         if not isinstance(params, dict):
-            self._error(lineno, "invalid_type", f"Invalid type for 'params': expected an object, but got "
-                                                f"{_type_name(params)}.", "params")
+            self._error(
+                lineno,
+                "invalid_type",
+                f"Invalid type for 'params': expected an object, but got {_type_name(params)}.",
+                "params",
+            )
             return
         for param, code, message in check_body(L.MESSAGES, params, "params"):
             self._error(lineno, code, message, param)
         if params.get("stream") is True:
-            self._error(lineno, "streaming_unsupported", "Streaming is not supported in the Batch API.",
-                        "params.stream")
+            self._error(
+                lineno, "streaming_unsupported", "Streaming is not supported in the Batch API.", "params.stream"
+            )
 
     def _check_request(self, lineno: int, obj: dict[str, Any]) -> None:
         missing = [k for k in ("custom_id", "method", "url", "body") if k not in obj]
@@ -178,8 +211,9 @@ class FileValidator:
             self._check_custom_id(lineno, obj["custom_id"])
         method = obj.get("method")
         if "method" in obj and method != "POST":
-            self._error(lineno, "invalid_request",
-                        f"Invalid method {method!r}: the Batch API only accepts 'POST'.", "method")
+            self._error(
+                lineno, "invalid_request", f"Invalid method {method!r}: the Batch API only accepts 'POST'.", "method"
+            )
         url = obj.get("url")
         if "url" in obj:
             self._check_url(lineno, url)
@@ -191,32 +225,45 @@ class FileValidator:
                 if not (self._fixed_endpoint and url != self.report.endpoint):
                     self._check_body(lineno, url if isinstance(url, str) else self.report.endpoint, body)
             else:
-                self._error(lineno, "invalid_type",
-                            f"Invalid type for 'body': expected an object, but got {_type_name(body)}.", "body")
+                self._error(
+                    lineno,
+                    "invalid_type",
+                    f"Invalid type for 'body': expected an object, but got {_type_name(body)}.",
+                    "body",
+                )
 
     def _check_custom_id(self, lineno: int, cid: object) -> None:
         if not isinstance(cid, str) or not cid:
-            self._error(lineno, "invalid_type",
-                        f"Invalid 'custom_id': expected a non-empty string, but got {_type_name(cid)}.",
-                        "custom_id")
+            self._error(
+                lineno,
+                "invalid_type",
+                f"Invalid 'custom_id': expected a non-empty string, but got {_type_name(cid)}.",
+                "custom_id",
+            )
             return
         first = self._seen.setdefault(cid, lineno)
         if first != lineno:
-            self._error(lineno, "duplicate_custom_id",
-                        f"The custom_id {cid!r} is a duplicate of the request on line {first}.", "custom_id")
+            self._error(
+                lineno,
+                "duplicate_custom_id",
+                f"The custom_id {cid!r} is a duplicate of the request on line {first}.",
+                "custom_id",
+            )
 
     def _check_url(self, lineno: int, url: object) -> None:
         internal = url == L.MESSAGES and self.report.endpoint == L.MESSAGES and self._fixed_endpoint
         if not internal and (not isinstance(url, str) or url not in L.ENDPOINTS):
-            self._error(lineno, "invalid_url",
-                        f"The URL {url!r} is not a Batch API endpoint; supported: {', '.join(L.ENDPOINTS)}.",
-                        "url")
+            self._error(
+                lineno,
+                "invalid_url",
+                f"The URL {url!r} is not a Batch API endpoint; supported: {', '.join(L.ENDPOINTS)}.",
+                "url",
+            )
         elif self.report.endpoint is None:
             self.report.endpoint = str(url)
         elif url != self.report.endpoint:
             why = "the batch endpoint" if self._fixed_endpoint else f"the file's endpoint {self.report.endpoint!r}"
-            self._error(lineno, "invalid_url",
-                        f"The URL provided for this request does not match {why}.", "url")
+            self._error(lineno, "invalid_url", f"The URL provided for this request does not match {why}.", "url")
 
     def _check_body(self, lineno: int, url: str | None, body: dict[str, Any]) -> None:
         if not self._check_bodies:
@@ -227,15 +274,15 @@ class FileValidator:
         if needed:
             value = body.get(needed)
             if value is None or value == [] or value == "":  # an empty string is as good as missing
-                self._error(lineno, "invalid_request", f"{needed.capitalize()} parameter is required.",
-                            f"body.{needed}")
+                self._error(
+                    lineno, "invalid_request", f"{needed.capitalize()} parameter is required.", f"body.{needed}"
+                )
             elif needed == "messages":
                 self._check_messages(lineno, value)
             elif url == L.EMBEDDINGS:
                 self._count_embedding_inputs(lineno, value)
         if body.get("stream") is True:
-            self._error(lineno, "streaming_unsupported", "Streaming is not supported in the Batch API.",
-                        "body.stream")
+            self._error(lineno, "streaming_unsupported", "Streaming is not supported in the Batch API.", "body.stream")
         if self.report.total_errors == before and url:  # (the same mistake is not reported twice)
             for param, code, message in check_body(url, body):
                 self._error(lineno, code, message, param)
@@ -247,41 +294,61 @@ class FileValidator:
                 self._error(lineno, "invalid_request", "Model parameter is required.", "body.model")
             return
         if not isinstance(model, str) or not model:
-            self._error(lineno, "invalid_type",
-                        f"Invalid type for 'body.model': expected a string, but got {_type_name(model)}.",
-                        "body.model")
+            self._error(
+                lineno,
+                "invalid_type",
+                f"Invalid type for 'body.model': expected a string, but got {_type_name(model)}.",
+                "body.model",
+            )
             return
         if self._models is not None and model not in self._models:
-            self._error(lineno, "model_not_found",
-                        f"The provided model {model!r} is not supported by the Batch API.", "body.model")
+            self._error(
+                lineno,
+                "model_not_found",
+                f"The provided model {model!r} is not supported by the Batch API.",
+                "body.model",
+            )
         if self.report.model is None:
             self.report.model = model
         elif model != self.report.model:
-            self._error(lineno, "mismatched_model",
-                        f"The model {model!r} differs from {self.report.model!r} used earlier in this file; "
-                        "each input file can only include requests to a single model.", "body.model")
+            self._error(
+                lineno,
+                "mismatched_model",
+                f"The model {model!r} differs from {self.report.model!r} used earlier in this file; "
+                "each input file can only include requests to a single model.",
+                "body.model",
+            )
 
     def _check_messages(self, lineno: int, messages: object) -> None:
         if not isinstance(messages, list):
-            self._error(lineno, "invalid_type",
-                        f"Invalid type for 'body.messages': expected an array, but got {_type_name(messages)}.",
-                        "body.messages")
+            self._error(
+                lineno,
+                "invalid_type",
+                f"Invalid type for 'body.messages': expected an array, but got {_type_name(messages)}.",
+                "body.messages",
+            )
             return
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
-                self._error(lineno, "invalid_request",
-                            f"Each message needs a string 'role'; message {i} has none.",
-                            f"body.messages[{i}]")
+                self._error(
+                    lineno,
+                    "invalid_request",
+                    f"Each message needs a string 'role'; message {i} has none.",
+                    f"body.messages[{i}]",
+                )
                 return
             content = msg.get("content")
             if content is None and msg.get("role") != "assistant":
-                self._error(lineno, "invalid_request", f"Message {i} has no 'content'.",
-                            f"body.messages[{i}].content")
+                self._error(lineno, "invalid_request", f"Message {i} has no 'content'.", f"body.messages[{i}].content")
                 return
             if content is not None and not isinstance(content, str | list):
-                self._error(lineno, "invalid_type",
-                            f"Invalid type for 'body.messages[{i}].content': expected a string or an array, "
-                            f"but got {_type_name(content)}.", f"body.messages[{i}].content")
+                self._error(
+                    lineno,
+                    "invalid_type",
+                    f"Invalid type for 'body.messages[{i}].content': expected a string or an array, "
+                    f"but got {_type_name(content)}.",
+                    f"body.messages[{i}].content",
+                )
                 return
 
     def _count_embedding_inputs(self, lineno: int, value: object) -> None:
@@ -291,9 +358,12 @@ class FileValidator:
             ints = value and all(isinstance(v, int) for v in value)
             self._embedding_inputs += 1 if ints else len(value)
         else:
-            self._error(lineno, "invalid_type",
-                        f"Invalid type for 'body.input': expected a string or an array, but got "
-                        f"{_type_name(value)}.", "body.input")
+            self._error(
+                lineno,
+                "invalid_type",
+                f"Invalid type for 'body.input': expected a string or an array, but got {_type_name(value)}.",
+                "body.input",
+            )
 
     def finish(self, size: int | None = None) -> Report:
         """Apply the whole-file rules and return the report.
@@ -305,18 +375,28 @@ class FileValidator:
         if size is not None:
             self.report.bytes = size
         if self._nonblank == 0:
-            self._error(None, "empty_file",
-                        "The input file is empty. Please ensure that the batch contains at least one request.")
+            self._error(
+                None,
+                "empty_file",
+                "The input file is empty. Please ensure that the batch contains at least one request.",
+            )
         if self.report.requests > lim.max_requests:
-            self._error(None, "too_many_tasks",
-                        f"The file has {self.report.requests:,} requests; the limit is {lim.max_requests:,}.")
+            self._error(
+                None,
+                "too_many_tasks",
+                f"The file has {self.report.requests:,} requests; the limit is {lim.max_requests:,}.",
+            )
         if self._embedding_inputs > lim.max_embedding_inputs:
-            self._error(None, "too_many_tasks",
-                        f"The file has {self._embedding_inputs:,} embedding inputs; the limit is "
-                        f"{lim.max_embedding_inputs:,}.", "body.input")
+            self._error(
+                None,
+                "too_many_tasks",
+                f"The file has {self._embedding_inputs:,} embedding inputs; the limit is {lim.max_embedding_inputs:,}.",
+                "body.input",
+            )
         if self.report.bytes > lim.max_bytes:
-            self._error(None, "file_too_large",
-                        f"The file is {self.report.bytes:,} bytes; the limit is {lim.max_bytes:,}.")
+            self._error(
+                None, "file_too_large", f"The file is {self.report.bytes:,} bytes; the limit is {lim.max_bytes:,}."
+            )
         return self.report
 
 

@@ -52,8 +52,9 @@ def read_header(p: Path, delimiter: str, quoting: bool = True) -> tuple[list[str
     return names, first[1]
 
 
-def csv_batches(p: Path, delimiter: str, header: list[str], start: int,
-                kept: Sequence[str] | None, quoting: bool = True) -> Iterator[pa.RecordBatch]:
+def csv_batches(
+    p: Path, delimiter: str, header: list[str], start: int, kept: Sequence[str] | None, quoting: bool = True
+) -> Iterator[pa.RecordBatch]:
     """The data rows from byte `start` on, as batches of binary columns (`kept` only, in that order).
     `quoting=False`: quotes are text (TSV)."""
     kept = list(header) if kept is None else list(kept)
@@ -79,8 +80,9 @@ def csv_batches(p: Path, delimiter: str, header: list[str], start: int,
         start = end
 
 
-def _arrow_segment(p: Path, delimiter: str, header: list[str], start: int,
-                   kept: list[str], quoting: bool = True) -> Iterator[pa.RecordBatch]:
+def _arrow_segment(
+    p: Path, delimiter: str, header: list[str], start: int, kept: list[str], quoting: bool = True
+) -> Iterator[pa.RecordBatch]:
     """Arrow's reader from byte `start` (a row boundary) to the end; checks the file's last row."""
     last = header[-1]
     include = kept if last in kept else [*kept, last]
@@ -89,11 +91,15 @@ def _arrow_segment(p: Path, delimiter: str, header: list[str], start: int,
     reader = pacsv.open_csv(
         source,
         read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=header),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=quoting,
-                                         quote_char='"' if quoting else False),
-        convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.binary()),
-                                             include_columns=include,
-                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
+        parse_options=pacsv.ParseOptions(
+            delimiter=delimiter, newlines_in_values=quoting, quote_char='"' if quoting else False
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(header, pa.binary()),
+            include_columns=include,
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
     )
     final: bytes | None = None
     try:
@@ -119,7 +125,7 @@ def _may_end_open(p: Path, value: bytes, delimiter: str) -> bool:
     if tail.endswith((b"\n", b"\r")):
         return value.endswith((b"\n", b"\r"))
     plain = b'"' not in value and tail.endswith(value)
-    before = tail[-len(value) - 1:len(tail) - len(value)]
+    before = tail[-len(value) - 1 : len(tail) - len(value)]
     return not (plain and before in (delimiter.encode(), b"\n", b"\r"))
 
 
@@ -129,8 +135,17 @@ def _find_open_quote(p: Path, delimiter: str, start: int) -> None:
         pass
 
 
-def _long_row(p: Path, delimiter: str, header: list[str], start: int, skip: int,
-              kept: list[str], *, first_row: int, quoting: bool = True) -> tuple[pa.RecordBatch, int | None]:
+def _long_row(
+    p: Path,
+    delimiter: str,
+    header: list[str],
+    start: int,
+    skip: int,
+    kept: list[str],
+    *,
+    first_row: int,
+    quoting: bool = True,
+) -> tuple[pa.RecordBatch, int | None]:
     """Arrow stopped: read on from `start` with Python, past the `skip` rows Arrow handed on, up to and
     including the first row longer than a block, or a few blocks' worth of rows. Returns those rows and the
     byte offset after them (None: the end of the file). `first_row` numbers the first of them, for errors."""
@@ -141,9 +156,11 @@ def _long_row(p: Path, delimiter: str, header: list[str], start: int, skip: int,
         for n, (row, end) in enumerate(rows):
             if n >= skip:
                 if len(row) != len(header):
-                    raise InputError(f"{p}: malformed {'CSV' if quoting else 'TSV'}: data row "
-                                     f"{first_row + n - skip}: Expected "
-                                     f"{len(header)} columns, got {len(row)}: {printable(delimiter.join(row))}")
+                    raise InputError(
+                        f"{p}: malformed {'CSV' if quoting else 'TSV'}: data row "
+                        f"{first_row + n - skip}: Expected "
+                        f"{len(header)} columns, got {len(row)}: {printable(delimiter.join(row))}"
+                    )
                 for values, i in zip(cols, index, strict=True):
                     values.append(row[i].encode("latin-1"))
                 stretch += end - prev
@@ -189,5 +206,7 @@ def _open_quote(p: Path, start: int, lines: int, field: str) -> InputError:
     with p.open("rb") as f:
         first_line = f.read(start).count(b"\n") + 1
     opened = first_line + lines - 1 - field[:-1].count("\n")
-    return InputError(f"{p}:{opened}: a quoted field opens on line {opened} and is never closed (it runs to "
-                      f"the end of the file); close the quote, or double a quote that is part of the text")
+    return InputError(
+        f"{p}:{opened}: a quoted field opens on line {opened} and is never closed (it runs to "
+        f"the end of the file); close the quote, or double a quote that is part of the text"
+    )

@@ -25,8 +25,16 @@ from coldbatch.errors import InputError, UsageError
 
 Format = Literal["csv", "tsv", "jsonl", "parquet"]
 FORMATS: tuple[Format, ...] = ("csv", "tsv", "jsonl", "parquet")
-_BY_SUFFIX: dict[str, Format] = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
-                                 ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+_BY_SUFFIX: dict[str, Format] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 GROUP_ROWS = 16_384  # rows handed on at once: per-batch overhead is small, and two batches in flight stay small
 JSONL_ROWS = 50_000
 
@@ -82,8 +90,7 @@ class Dataset:
             except pa.ArrowInvalid:
                 return self._repair_utf8(col, name, start)
         if pa.types.is_nested(col.type):
-            return pa.array([None if v is None else orjson.dumps(v).decode() for v in col.to_pylist()],
-                            pa.string())
+            return pa.array([None if v is None else orjson.dumps(v).decode() for v in col.to_pylist()], pa.string())
         return pc.cast(col, pa.string())
 
     def _repair_utf8(self, col: pa.Array, name: str, start: int) -> pa.Array:
@@ -95,8 +102,9 @@ class Dataset:
             try:
                 out.append(value.decode("utf-8"))
             except UnicodeDecodeError as exc:
-                self.problems.append(Problem(start + i + 1, name,
-                                             f"not valid UTF-8 at byte {exc.start}; replaced with U+FFFD"))
+                self.problems.append(
+                    Problem(start + i + 1, name, f"not valid UTF-8 at byte {exc.start}; replaced with U+FFFD")
+                )
                 out.append(value.decode("utf-8", errors="replace"))
         return pa.array(out, pa.string())
 
@@ -183,13 +191,18 @@ def detect_format(path: Path, forced: str | None = None) -> Format:
         return forced  # type: ignore[return-value]
     fmt = _BY_SUFFIX.get(path.suffix.lower())
     if fmt is None:
-        raise UsageError(f"Cannot tell the format of {path} from its extension; pass --format "
-                         f"({', '.join(FORMATS)})")
+        raise UsageError(f"Cannot tell the format of {path} from its extension; pass --format ({', '.join(FORMATS)})")
     return fmt
 
 
-def open_dataset(path: str | Path, fmt: str | None = None, *, only: Sequence[str] | None = None,
-                 views: bool = False, group_rows: int | None = None) -> Dataset:
+def open_dataset(
+    path: str | Path,
+    fmt: str | None = None,
+    *,
+    only: Sequence[str] | None = None,
+    views: bool = False,
+    group_rows: int | None = None,
+) -> Dataset:
     """Open a file for streaming. Raises InputError when it cannot be read at all.
 
     `only`: the columns the batches need to carry (in file order; `columns` still lists all of them).
@@ -233,8 +246,7 @@ def from_table(table: Any, name: str = "<table>") -> Dataset:
     return Dataset(name, list(table.column_names), iter(table.to_batches(max_chunksize=65_536)))
 
 
-def _open_csv(p: Path, delimiter: str, only: Sequence[str] | None = None,
-              names: list[str] | None = None) -> Dataset:
+def _open_csv(p: Path, delimiter: str, only: Sequence[str] | None = None, names: list[str] | None = None) -> Dataset:
     """A CSV (quotes as in RFC 4180) or a TSV (quotes are text). `names`: the file has no header line, its
     columns are these (an empty list: column1..N, N from the first line)."""
     quoting = delimiter != "\t"

@@ -83,10 +83,12 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
-def settle_from_thread(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
-                       outcome: object | BaseException) -> None:
+def settle_from_thread(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], outcome: object | BaseException
+) -> None:
     """Resolve `future` (owned by `loop`) from another thread: its result, or the exception to raise.
     A future already done (cancelled) is left alone; a closed loop means nobody waits anymore."""
+
     def settle() -> None:
         if future.done():
             return

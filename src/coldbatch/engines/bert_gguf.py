@@ -41,9 +41,14 @@ _EMBEDDINGS: Final = {
     "embeddings.LayerNorm.bias": "token_embd_norm.bias",
 }
 _LAYER: Final = {
-    "attention.self.query": "attn_q", "attention.self.key": "attn_k", "attention.self.value": "attn_v",
-    "attention.output.dense": "attn_output", "attention.output.LayerNorm": "attn_output_norm",
-    "intermediate.dense": "ffn_up", "output.dense": "ffn_down", "output.LayerNorm": "layer_output_norm",
+    "attention.self.query": "attn_q",
+    "attention.self.key": "attn_k",
+    "attention.self.value": "attn_v",
+    "attention.output.dense": "attn_output",
+    "attention.output.LayerNorm": "attn_output_norm",
+    "intermediate.dense": "ffn_up",
+    "output.dense": "ffn_down",
+    "output.LayerNorm": "layer_output_norm",
 }
 _SKIPPED: Final = ("embeddings.position_ids", "pooler.")
 _KEPT_F32: Final = ("position_embd.weight", "token_types.weight")
@@ -72,8 +77,10 @@ def convert(folder: Path, out: Path, *, name: str | None = None) -> None:
     """
     config = _read_json(folder / "config.json")
     if not isinstance(config, dict) or config.get("model_type") != "bert":
-        raise ConfigError(f"{folder}: only BERT sentence-transformers models can be converted "
-                          f"(model_type {config.get('model_type')!r})")
+        raise ConfigError(
+            f"{folder}: only BERT sentence-transformers models can be converted "
+            f"(model_type {config.get('model_type')!r})"
+        )
     tokens = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
     special = _special_ids(folder, tokens)
     meta = _metadata(config, _pooling(folder), tokens, special, name or folder.name)
@@ -119,8 +126,14 @@ def _read_json(path: Path, default: Any = None) -> Any:
 def _pooling(folder: Path) -> int:
     """llama.cpp's pooling type from the sentence-transformers Pooling module (mean when not described)."""
     modules = _read_json(folder / "modules.json", [])
-    path = next((m.get("path") for m in modules if isinstance(m, dict)
-                 and m.get("type") == "sentence_transformers.models.Pooling"), None)
+    path = next(
+        (
+            m.get("path")
+            for m in modules
+            if isinstance(m, dict) and m.get("type") == "sentence_transformers.models.Pooling"
+        ),
+        None,
+    )
     cfg = _read_json(folder / (path or "1_Pooling") / "config.json", {"pooling_mode_mean_tokens": True})
     for key, value in _POOLING.items():
         if cfg.get(key):
@@ -132,10 +145,20 @@ def _special_ids(folder: Path, tokens: list[str]) -> dict[str, int]:
     """Ids of [CLS] (llama.cpp's BOS for WordPiece), [SEP], [UNK], [PAD], [MASK]."""
     index = {t: i for i, t in enumerate(tokens)}
     cfg = _read_json(folder / "tokenizer_config.json", {})
-    names = {"bos": "cls_token", "seperator": "sep_token", "unknown": "unk_token", "padding": "pad_token",
-             "mask": "mask_token"}
-    defaults = {"cls_token": "[CLS]", "sep_token": "[SEP]", "unk_token": "[UNK]", "pad_token": "[PAD]",
-                "mask_token": "[MASK]"}
+    names = {
+        "bos": "cls_token",
+        "seperator": "sep_token",
+        "unknown": "unk_token",
+        "padding": "pad_token",
+        "mask": "mask_token",
+    }
+    defaults = {
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "unk_token": "[UNK]",
+        "pad_token": "[PAD]",
+        "mask_token": "[MASK]",
+    }
     out = {}
     for key, field in names.items():
         text = cfg.get(field) or defaults[field]
@@ -146,8 +169,9 @@ def _special_ids(folder: Path, tokens: list[str]) -> dict[str, int]:
     return out
 
 
-def _metadata(config: dict[str, Any], pooling: int, tokens: list[str], special: dict[str, int],
-              name: str) -> list[tuple[str, int, Any]]:
+def _metadata(
+    config: dict[str, Any], pooling: int, tokens: list[str], special: dict[str, int], name: str
+) -> list[tuple[str, int, Any]]:
     """GGUF key/value pairs: (key, gguf type, value)."""
     control = set(special.values())
     texts = [t if i in control else (t[2:] if t.startswith("##") else "\u2581" + t) for i, t in enumerate(tokens)]

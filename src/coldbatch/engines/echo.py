@@ -47,9 +47,16 @@ ENDPOINTS = frozenset({L.CHAT, L.EMBEDDINGS, L.COMPLETIONS, L.RESPONSES, L.MODER
 
 
 class EchoEngine:
-    def __init__(self, *, latency: float = 0.0, failure_rate: float = 0.0, seed: int = 0,
-                 max_concurrency: int = 256, models: Collection[str] | None = None,
-                 crash_at_start_if: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        failure_rate: float = 0.0,
+        seed: int = 0,
+        max_concurrency: int = 256,
+        models: Collection[str] | None = None,
+        crash_at_start_if: str | None = None,
+    ) -> None:
         if not 0 <= failure_rate <= 1:
             raise ValueError("failure_rate must be within [0, 1]")
         if crash_at_start_if is not None and os.path.exists(crash_at_start_if):
@@ -60,9 +67,13 @@ class EchoEngine:
         self.failure_rate = failure_rate
         self._rng = random.Random(seed)
         self._counter = T.counter("o200k_base")
-        self.info = EngineInfo(name="echo", endpoints=ENDPOINTS,
-                               models=frozenset(models) if models is not None else None,
-                               max_concurrency=max_concurrency, fixture=True)
+        self.info = EngineInfo(
+            name="echo",
+            endpoints=ENDPOINTS,
+            models=frozenset(models) if models is not None else None,
+            max_concurrency=max_concurrency,
+            fixture=True,
+        )
 
     async def complete(self, endpoint: str, body: dict[str, Any]) -> Result:
         return (await self.complete_many(endpoint, [body]))[0]
@@ -79,8 +90,10 @@ class EchoEngine:
                 spans.append((len(texts), len(t), overhead))
                 texts.extend(t)
             counts = self._counter.count_many(texts)
-            return [self._answer(endpoint, body, sum(counts[a:a + n]) + overhead)
-                    for body, (a, n, overhead) in zip(bodies, spans, strict=True)]
+            return [
+                self._answer(endpoint, body, sum(counts[a : a + n]) + overhead)
+                for body, (a, n, overhead) in zip(bodies, spans, strict=True)
+            ]
 
     def _answer(self, endpoint: str, body: dict[str, Any], prompt_tokens: int) -> Result:
         if endpoint not in ENDPOINTS:
@@ -90,18 +103,29 @@ class EchoEngine:
             return _crash(crash)
         fail = body.get("echo_fail")
         if isinstance(fail, int) and not isinstance(fail, bool) and 400 <= fail <= 599:
-            return error_result(fail, f"echo engine: failure requested by the request body (echo_fail={fail})",
-                                type_="server_error" if fail >= 500 else "invalid_request_error",
-                                param="echo_fail", code="echo_fail")
+            return error_result(
+                fail,
+                f"echo engine: failure requested by the request body (echo_fail={fail})",
+                type_="server_error" if fail >= 500 else "invalid_request_error",
+                param="echo_fail",
+                code="echo_fail",
+            )
         if self.failure_rate and self._rng.random() < self.failure_rate:
-            return error_result(500, "echo engine: injected failure (failure_rate)", type_="server_error",
-                                code="engine_error")
+            return error_result(
+                500, "echo engine: injected failure (failure_rate)", type_="server_error", code="engine_error"
+            )
         model = str(body.get("model") or "echo")
         if endpoint == L.EMBEDDINGS:
             return self._embedding(body, model, prompt_tokens)
         if endpoint == L.MODERATIONS:
-            return Result(200, {"id": seq_id("modr-"), "model": model,
-                                "results": [{"flagged": False, "categories": {}, "category_scores": {}}]})
+            return Result(
+                200,
+                {
+                    "id": seq_id("modr-"),
+                    "model": model,
+                    "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
+                },
+            )
         text = _answer_text(body)
         completion = self._counter.count_many([text])[0] if text else 0
         limit = _max_tokens(body, endpoint)
@@ -109,28 +133,75 @@ class EchoEngine:
         # As a model does: stop at the limit and say so. The text is cut in proportion (the same share of its
         # characters as of its tokens): re-encoding every answer cost the server 20 % more CPU per batch.
         if limit is not None and completion > limit:
-            text, completion, finish = text[:len(text) * limit // completion], limit, "length"
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                 "total_tokens": prompt_tokens + completion}
+            text, completion, finish = text[: len(text) * limit // completion], limit, "length"
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
         created = int(time.time())
         if endpoint == L.CHAT:
-            return Result(200, {"id": seq_id("chatcmpl-"), "object": "chat.completion", "created": created,
-                                "model": model, "choices": [{"index": 0, "message": {"role": "assistant",
-                                "content": text, "refusal": None}, "logprobs": None, "finish_reason": finish}],
-                                "usage": usage, "system_fingerprint": "echo"}, usage)
+            return Result(
+                200,
+                {
+                    "id": seq_id("chatcmpl-"),
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text, "refusal": None},
+                            "logprobs": None,
+                            "finish_reason": finish,
+                        }
+                    ],
+                    "usage": usage,
+                    "system_fingerprint": "echo",
+                },
+                usage,
+            )
         if endpoint == L.COMPLETIONS:
-            return Result(200, {"id": seq_id("cmpl-"), "object": "text_completion", "created": created,
-                                "model": model, "choices": [{"index": 0, "text": text, "logprobs": None,
-                                                             "finish_reason": finish}], "usage": usage}, usage)
-        resp_usage = {"input_tokens": prompt_tokens, "output_tokens": completion,
-                      "total_tokens": prompt_tokens + completion,
-                      "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+            return Result(
+                200,
+                {
+                    "id": seq_id("cmpl-"),
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                    "usage": usage,
+                },
+                usage,
+            )
+        resp_usage = {
+            "input_tokens": prompt_tokens,
+            "output_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
         incomplete = {"reason": "max_output_tokens"} if finish == "length" else None
-        return Result(200, {"id": seq_id("resp_"), "object": "response", "created_at": created, "model": model,
-                            "status": "incomplete" if incomplete else "completed", "incomplete_details": incomplete,
-                            "output": [{"type": "message", "role": "assistant",
-                            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
-                            "usage": resp_usage}, usage)
+        return Result(
+            200,
+            {
+                "id": seq_id("resp_"),
+                "object": "response",
+                "created_at": created,
+                "model": model,
+                "status": "incomplete" if incomplete else "completed",
+                "incomplete_details": incomplete,
+                "output": [
+                    {
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    }
+                ],
+                "usage": resp_usage,
+            },
+            usage,
+        )
 
     def _embedding(self, body: dict[str, Any], model: str, prompt_tokens: int) -> Result:
         inp = body.get("input")
@@ -152,8 +223,12 @@ def _crash(how: object) -> Result:
     if how not in ("segv", "abort", "kill"):
         return error_result(400, "echo_crash must be 'segv', 'abort' or 'kill'", param="echo_crash")
     if not base.IN_WORKER_PROCESS:
-        return error_result(400, "echo_crash only works in an engine worker process (serve --engine-workers N)",
-                            param="echo_crash", code="echo_crash_refused")
+        return error_result(
+            400,
+            "echo_crash only works in an engine worker process (serve --engine-workers N)",
+            param="echo_crash",
+            code="echo_crash_refused",
+        )
     if how == "segv":
         faulthandler._sigsegv()
     elif how == "abort":
@@ -190,7 +265,7 @@ def _answer_text(body: dict[str, Any]) -> str:
     text = _last_user_text(body)
     rf = body.get("response_format")
     if isinstance(rf, dict) and rf.get("type") == "json_schema":
-        props = (((rf.get("json_schema") or {}).get("schema") or {}).get("properties") or {})
+        props = ((rf.get("json_schema") or {}).get("schema") or {}).get("properties") or {}
         for name, prop in props.items():
             if isinstance(prop, dict) and isinstance(prop.get("enum"), list) and prop["enum"]:
                 choice = prop["enum"][zlib.crc32(text.encode()) % len(prop["enum"])]

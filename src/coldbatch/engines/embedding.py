@@ -90,8 +90,10 @@ def check_source(path: Path) -> str:
         return model_id(path)
     if not path.exists():
         raise ConfigError(f"embedding model not found: {path}")
-    raise ConfigError(f"embedding model {path} is neither a GGUF file nor a sentence-transformers BERT folder "
-                      "(config.json, model.safetensors, vocab.txt)")
+    raise ConfigError(
+        f"embedding model {path} is neither a GGUF file nor a sentence-transformers BERT folder "
+        "(config.json, model.safetensors, vocab.txt)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,8 +116,11 @@ def parse_request(body: dict[str, Any], dimensions: int) -> EmbedRequest | Resul
         return error_result(400, "encoding_format must be 'float' or 'base64'", param="encoding_format")
     dims = body.get("dimensions")
     if dims is not None and (isinstance(dims, bool) or dims != dimensions):
-        return error_result(400, f"this model has {dimensions} dimensions and cannot be shortened; omit "
-                            f"'dimensions' or send {dimensions}", param="dimensions")
+        return error_result(
+            400,
+            f"this model has {dimensions} dimensions and cannot be shortened; omit 'dimensions' or send {dimensions}",
+            param="dimensions",
+        )
     return EmbedRequest(texts, fmt == "base64")
 
 
@@ -133,8 +138,9 @@ def _texts(value: Any) -> list[str] | Result:
             return decoded
         items = decoded
     if not all(isinstance(x, str) for x in items):
-        return error_result(400, "input must be a string, an array of strings, or an array of token arrays",
-                            param="input")
+        return error_result(
+            400, "input must be a string, an array of strings, or an array of token arrays", param="input"
+        )
     if any(not x for x in items):
         return error_result(400, "input strings must not be empty", param="input")
     return items
@@ -150,8 +156,11 @@ def _decode_tokens(arrays: list[list[int]]) -> list[str] | Result:
 
     encoding = getattr(counter("cl100k_base"), "encoding", None)
     if encoding is None:
-        return error_result(400, "token-array input needs the cl100k_base vocabulary, which is not available "
-                            "here; send text", param="input")
+        return error_result(
+            400,
+            "token-array input needs the cl100k_base vocabulary, which is not available here; send text",
+            param="input",
+        )
     try:
         return [encoding.decode(tokens) for tokens in arrays]
     except Exception as exc:  # tiktoken raises KeyError (or others) on ids outside its vocabulary
@@ -184,8 +193,15 @@ class EmbeddingModel:
         batch_seqs: most texts per encode call.
     """
 
-    def __init__(self, path: Path, *, n_threads: int, batch_tokens: int | None = None, batch_seqs: int = 64,
-                 verbose: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_threads: int,
+        batch_tokens: int | None = None,
+        batch_seqs: int = 64,
+        verbose: bool = False,
+    ) -> None:
         from coldbatch.engines.llamacpp import _import_llama
 
         lib = _import_llama()
@@ -243,8 +259,12 @@ class EmbeddingModel:
         rc = lib.llama_encode(self._ctx.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_encode returned {rc}")
-        return np.stack([np.ctypeslib.as_array(lib.llama_get_embeddings_seq(self._ctx.ctx, seq),
-                                               shape=(self.dimensions,)) for seq in range(len(texts))])
+        return np.stack(
+            [
+                np.ctypeslib.as_array(lib.llama_get_embeddings_seq(self._ctx.ctx, seq), shape=(self.dimensions,))
+                for seq in range(len(texts))
+            ]
+        )
 
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:
@@ -394,8 +414,15 @@ class Embedder:
                 continue
             longest = max(len(t) for t in job.tokens)
             if longest > model.max_tokens:
-                _deliver(job, error_result(400, f"an input has {longest} tokens; {self.model_name} takes at most "
-                                           f"{model.max_tokens}", param="input", code="context_length_exceeded"))
+                _deliver(
+                    job,
+                    error_result(
+                        400,
+                        f"an input has {longest} tokens; {self.model_name} takes at most {model.max_tokens}",
+                        param="input",
+                        code="context_length_exceeded",
+                    ),
+                )
             else:
                 todo.append(job)
         if not todo:
@@ -404,8 +431,12 @@ class Embedder:
         start = 0
         for job in todo:
             n = len(job.tokens)
-            _deliver(job, answer(vectors[start:start + n], sum(len(t) for t in job.tokens), self.model_name,
-                                 job.request.base64))
+            _deliver(
+                job,
+                answer(
+                    vectors[start : start + n], sum(len(t) for t in job.tokens), self.model_name, job.request.base64
+                ),
+            )
             start += n
 
     def _fail_queued(self) -> None:
@@ -438,8 +469,12 @@ def with_embeddings(info: EngineInfo, model: str) -> EngineInfo:
     embeddings requests in flight (the worker packs what is waiting into one call: batch lines of one
     text each must all be waiting at once to be packed)."""
     models = None if info.models is None else info.models | {model}
-    return dataclasses.replace(info, endpoints=info.endpoints | {EMBEDDINGS}, models=models,
-                               endpoint_concurrency=(*info.endpoint_concurrency, (EMBEDDINGS, IN_FLIGHT)))
+    return dataclasses.replace(
+        info,
+        endpoints=info.endpoints | {EMBEDDINGS},
+        models=models,
+        endpoint_concurrency=(*info.endpoint_concurrency, (EMBEDDINGS, IN_FLIGHT)),
+    )
 
 
 def resolve_source(option: str | os.PathLike[str] | None) -> Path | None:
@@ -451,5 +486,15 @@ def resolve_source(option: str | os.PathLike[str] | None) -> Path | None:
     return default_embedding_source()
 
 
-__all__ = ["DEFAULT_EMBEDDING_MODEL", "EMBEDDINGS", "Embedder", "EmbeddingModel", "answer", "check_source",
-           "default_embedding_source", "parse_request", "resolve_source", "with_embeddings"]
+__all__ = [
+    "DEFAULT_EMBEDDING_MODEL",
+    "EMBEDDINGS",
+    "Embedder",
+    "EmbeddingModel",
+    "answer",
+    "check_source",
+    "default_embedding_source",
+    "parse_request",
+    "resolve_source",
+    "with_embeddings",
+]

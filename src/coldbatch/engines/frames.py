@@ -37,7 +37,7 @@ def write_frame(stream: IO[bytes], message: dict[str, Any]) -> None:
     data = orjson.dumps(message)
     view = memoryview(_HEADER.pack(len(data)) + data)
     while view:  # an unbuffered pipe may take part of a large frame per write
-        view = view[stream.write(view) or len(view):]
+        view = view[stream.write(view) or len(view) :]
     stream.flush()
 
 
@@ -74,18 +74,26 @@ def _read_exactly(stream: IO[bytes], n: int) -> bytes:
 
 
 def info_to_json(info: EngineInfo) -> dict[str, Any]:
-    return {"name": info.name, "endpoints": sorted(info.endpoints),
-            "models": None if info.models is None else sorted(info.models),
-            "max_concurrency": info.max_concurrency, "fixture": info.fixture,
-            "endpoint_concurrency": [list(pair) for pair in info.endpoint_concurrency]}
+    return {
+        "name": info.name,
+        "endpoints": sorted(info.endpoints),
+        "models": None if info.models is None else sorted(info.models),
+        "max_concurrency": info.max_concurrency,
+        "fixture": info.fixture,
+        "endpoint_concurrency": [list(pair) for pair in info.endpoint_concurrency],
+    }
 
 
 def info_from_json(data: dict[str, Any]) -> EngineInfo:
     models = data.get("models")
-    return EngineInfo(name=str(data["name"]), endpoints=frozenset(data["endpoints"]),
-                      models=None if models is None else frozenset(models),
-                      max_concurrency=int(data["max_concurrency"]), fixture=bool(data["fixture"]),
-                      endpoint_concurrency=tuple((str(e), int(n)) for e, n in data.get("endpoint_concurrency", ())))
+    return EngineInfo(
+        name=str(data["name"]),
+        endpoints=frozenset(data["endpoints"]),
+        models=None if models is None else frozenset(models),
+        max_concurrency=int(data["max_concurrency"]),
+        fixture=bool(data["fixture"]),
+        endpoint_concurrency=tuple((str(e), int(n)) for e, n in data.get("endpoint_concurrency", ())),
+    )
 
 
 def result_to_json(result: Result) -> list[Any]:

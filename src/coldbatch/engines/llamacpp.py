@@ -80,8 +80,10 @@ ENDPOINT: Final = "/v1/chat/completions"
 DEFAULT_GGUF: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MISSING_EXTRA: Final = "the llama-cpp engine needs the [local] extra: pip install 'coldbatch[local]'"
 #: Used when a GGUF carries no chat template (ChatML, what SmolLM2 and many small models use).
-CHATML: Final = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
-                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML: Final = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 _QUANT_SUFFIX: Final = re.compile(r"[.-](?:I?Q\d[\w]*|F16|F32|BF16)$", re.IGNORECASE)
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
 _UNSUPPORTED: Final = (("stream", True), ("tools", None), ("functions", None))
@@ -161,8 +163,9 @@ def _parse(body: dict[str, Any], grammars: dict[bytes, str]) -> _Params | Result
     logprobs = _parse_logprobs(body)
     if isinstance(logprobs, Result):
         return logprobs
-    return _Params(messages, max_new, temperature, top_p, None if seed is None else seed & 0xFFFFFFFF, stop, grammar,
-                   *logprobs)
+    return _Params(
+        messages, max_new, temperature, top_p, None if seed is None else seed & 0xFFFFFFFF, stop, grammar, *logprobs
+    )
 
 
 def _parse_logprobs(body: dict[str, Any]) -> tuple[bool, int] | Result:
@@ -173,8 +176,9 @@ def _parse_logprobs(body: dict[str, Any]) -> tuple[bool, int] | Result:
     if top is None:
         return bool(logprobs), 0
     if not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS:
-        return error_result(400, f"top_logprobs must be an integer between 0 and {MAX_TOP_LOGPROBS}",
-                            param="top_logprobs")
+        return error_result(
+            400, f"top_logprobs must be an integer between 0 and {MAX_TOP_LOGPROBS}", param="top_logprobs"
+        )
     if not logprobs:
         return error_result(400, "top_logprobs needs logprobs to be true", param="top_logprobs")
     return True, top
@@ -203,8 +207,9 @@ def _parse_messages(messages: Any) -> list[dict[str, str]] | Result:
             return error_result(400, f"messages[{i}].role must be one of {sorted(_ROLES)}", param="messages")
         content = _text(message.get("content"))
         if content is None:
-            return error_result(400, f"messages[{i}].content must be a string or an array of text parts",
-                                param="messages")
+            return error_result(
+                400, f"messages[{i}].content must be a string or an array of text parts", param="messages"
+            )
         out.append({"role": "system" if role == "developer" else role, "content": content})
     return out
 
@@ -212,8 +217,9 @@ def _parse_messages(messages: Any) -> list[dict[str, str]] | Result:
 def _text(content: Any) -> str | None:
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         and isinstance(p.get("text"), str) for p in content):
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
         return "".join(p["text"] for p in content)
     return None
 
@@ -236,30 +242,55 @@ def _parse_format(fmt: Any, grammars: dict[bytes, str]) -> str | Result | None:
         return None
     if kind == "json_object":
         return llama_grammar.JSON_GBNF
-    schema = fmt.get("json_schema", {}).get("schema") if kind == "json_schema" and isinstance(
-        fmt.get("json_schema"), dict) else None
+    schema = (
+        fmt.get("json_schema", {}).get("schema")
+        if kind == "json_schema" and isinstance(fmt.get("json_schema"), dict)
+        else None
+    )
     if not isinstance(schema, dict):
-        return error_result(400, "response_format must be {'type': 'text' | 'json_object'} or "
-                            "{'type': 'json_schema', 'json_schema': {'schema': {...}}}", param="response_format")
+        return error_result(
+            400,
+            "response_format must be {'type': 'text' | 'json_object'} or "
+            "{'type': 'json_schema', 'json_schema': {'schema': {...}}}",
+            param="response_format",
+        )
     key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
     if key not in grammars:
         try:
             grammars[key] = llama_grammar.json_schema_to_gbnf(key.decode())
         except Exception as exc:  # the converter raises bare Exceptions/KeyErrors on schemas it cannot do
-            return error_result(400, f"cannot turn this JSON schema into a grammar: {exc}",
-                                param="response_format")
+            return error_result(400, f"cannot turn this JSON schema into a grammar: {exc}", param="response_format")
     return grammars[key]
 
 
-def _completion(text: str, finish: str, model: str, prompt_tokens: int, completion_tokens: int,
-                logprobs: list[dict[str, Any]] | None = None) -> Result:
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
-    body = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                         "finish_reason": finish, "logprobs": None if logprobs is None else
-                                         {"content": logprobs, "refusal": None}}],
-            "usage": usage}
+def _completion(
+    text: str,
+    finish: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    logprobs: list[dict[str, Any]] | None = None,
+) -> Result:
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    body = {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+                "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
+            }
+        ],
+        "usage": usage,
+    }
     return Result(200, body, dict(usage))
 
 
@@ -292,8 +323,9 @@ class _Worker:
     from the same position, and one token is decoded at a time.
     """
 
-    def __init__(self, lib: Any, model: Any, ctx: Any, *, n_batch: int, name: str,
-                 prefix_cache_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, lib: Any, model: Any, ctx: Any, *, n_batch: int, name: str, prefix_cache_bytes: int = 64 << 20
+    ) -> None:
         self.lib, self.model, self.ctx, self.mem, self.name = lib, model, ctx, ctx.memory, name
         self.n_batch, self.n_vocab = n_batch, lib.llama_vocab_n_tokens(model.vocab)
         self.batch = lib.llama_batch_init(n_batch, 0, 1)
@@ -345,8 +377,9 @@ class _Worker:
             for sampler in (samplers.chain, samplers.grammar):
                 if sampler:
                     self.lib.llama_sampler_free(sampler)
-        return _completion(text.decode("utf-8", errors="replace"), finish, self.name, len(job.prompt), len(out),
-                           logprobs)
+        return _completion(
+            text.decode("utf-8", errors="replace"), finish, self.name, len(job.prompt), len(out), logprobs
+        )
 
     def _logprob_entry(self, row: int, token: int, top: int) -> dict[str, Any]:
         """OpenAI's per-token logprobs entry for `token`, from the model's own distribution at `row`.
@@ -473,7 +506,7 @@ class _Worker:
         arr = lib.llama_token_data_array(data.ctypes.data_as(lib.llama_token_data_p), self.n_vocab, -1, False)
         lib.llama_sampler_apply(s.grammar, ctypes.byref(arr))
         if s.chain is None:
-            best = int(_argmax(data["logit"][:arr.size]))
+            best = int(_argmax(data["logit"][: arr.size]))
             return int(data["id"][best]) if np.isfinite(data["logit"][best]) else -1
         lib.llama_sampler_apply(s.chain, ctypes.byref(arr))
         return int(data["id"][arr.selected]) if 0 <= arr.selected < arr.size else -1
@@ -490,7 +523,7 @@ class _Worker:
         if n > 64:
             buf = ctypes.create_string_buffer(n)
             n = self.lib.llama_token_to_piece(self.model.vocab, token, buf, n, 0, False)
-        return buf.raw[:max(n, 0)]
+        return buf.raw[: max(n, 0)]
 
     def _add(self, token: int, pos: int, logits: bool) -> int:
         b, i = self.batch, self.batch.n_tokens
@@ -598,15 +631,16 @@ def _check_gguf(path: Path) -> None:
     with path.open("rb") as f:
         magic = f.read(4)
     if magic != b"GGUF":
-        raise ConfigError(f"{path} is not a GGUF model file (it starts with {magic!r}, not b'GGUF'); the "
-                          "llama-cpp engine loads GGUF files only")
+        raise ConfigError(
+            f"{path} is not a GGUF model file (it starts with {magic!r}, not b'GGUF'); the "
+            "llama-cpp engine loads GGUF files only"
+        )
 
 
 def _model_params(lib: Any, repack: bool) -> Any:
     params = lib.llama_model_default_params()
     params.use_extra_bufts = repack
     return params
-
 
 
 class LlamaCppEngine:
@@ -650,10 +684,20 @@ class LlamaCppEngine:
         """Share the cores between the workers."""
         return {"n_threads": max(1, cores // workers)}
 
-    def __init__(self, model_path: str | os.PathLike[str] | None = None, *, model_name: str | None = None,
-                 n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512, flash_attn: bool = True,
-                 repack: bool = False, verbose: bool = False, embedding_model: str | None = None,
-                 embeddings: bool = True) -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str] | None = None,
+        *,
+        model_name: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        flash_attn: bool = True,
+        repack: bool = False,
+        verbose: bool = False,
+        embedding_model: str | None = None,
+        embeddings: bool = True,
+    ) -> None:
         lib = _import_llama()
         from llama_cpp import _internals, _logger, llama_chat_format
 
@@ -665,15 +709,15 @@ class LlamaCppEngine:
         _logger.set_verbose(verbose)
         threads = n_threads or _default_threads()
         try:
-            self._model = _internals.LlamaModel(path_model=str(path), params=_model_params(lib, repack),
-                                                verbose=verbose)
+            self._model = _internals.LlamaModel(
+                path_model=str(path), params=_model_params(lib, repack), verbose=verbose
+            )
         except ValueError as exc:
             raise ConfigError(f"cannot load the GGUF model {path}: {exc}") from exc
         params = lib.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, n_batch, n_batch, 1
         params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else \
-            lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         params.no_perf = True
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=verbose)
         self._formatter = self._chat_formatter(llama_chat_format)
@@ -681,10 +725,14 @@ class LlamaCppEngine:
         self.model_path = path
         self.n_ctx = n_ctx
         #: max_concurrency 2: one request decoding, the next one validated and tokenized, waiting.
-        self._embedder = None if embedding_source is None else \
-            embedding.Embedder(embedding_source, n_threads=threads, verbose=verbose)
-        self.info = EngineInfo(name="llama-cpp", endpoints=frozenset({ENDPOINT}),
-                               models=frozenset({self.model_name}), max_concurrency=2)
+        self._embedder = (
+            None
+            if embedding_source is None
+            else embedding.Embedder(embedding_source, n_threads=threads, verbose=verbose)
+        )
+        self.info = EngineInfo(
+            name="llama-cpp", endpoints=frozenset({ENDPOINT}), models=frozenset({self.model_name}), max_concurrency=2
+        )
         if self._embedder is not None:
             self.info = embedding.with_embeddings(self.info, self._embedder.model_name)
         self._grammars: dict[bytes, str] = {}
@@ -694,8 +742,9 @@ class LlamaCppEngine:
         self._thread = threading.Thread(target=self._worker.run, name="llama-cpp-engine", daemon=True)
         self._thread.start()
         self._closed = False
-        logger.info("llama-cpp engine ready", extra={"action": "engine_ready", "model": str(path),
-                                                     "n_threads": threads})
+        logger.info(
+            "llama-cpp engine ready", extra={"action": "engine_ready", "model": str(path), "n_threads": threads}
+        )
 
     def _chat_formatter(self, llama_chat_format: Any) -> Any:
         meta = self._model.metadata()
@@ -703,7 +752,8 @@ class LlamaCppEngine:
         return llama_chat_format.Jinja2ChatFormatter(
             template=meta.get("tokenizer.chat_template") or CHATML,
             eos_token=self._model.token_get_text(eos) if eos >= 0 else "",
-            bos_token=self._model.token_get_text(bos) if bos >= 0 else "")
+            bos_token=self._model.token_get_text(bos) if bos >= 0 else "",
+        )
 
     async def complete(self, endpoint: str, body: dict[str, Any]) -> Result:
         """Answer one chat request; 4xx Results for bad bodies, an exception only if the engine is broken.
@@ -716,8 +766,12 @@ class LlamaCppEngine:
         if endpoint == embedding.EMBEDDINGS and self._embedder is not None and isinstance(body, dict):
             return await self._embedder.complete(body)
         if endpoint != ENDPOINT:
-            return error_result(400, f"the llama-cpp engine only serves {ENDPOINT}, not {endpoint}",
-                                param="url", code="unsupported_endpoint")
+            return error_result(
+                400,
+                f"the llama-cpp engine only serves {ENDPOINT}, not {endpoint}",
+                param="url",
+                code="unsupported_endpoint",
+            )
         if not isinstance(body, dict):
             return error_result(400, "the request body must be a JSON object")
         params = _parse(body, self._grammars)
@@ -730,9 +784,13 @@ class LlamaCppEngine:
         limit = self.n_ctx - len(prompt)
         max_new = params.max_new if params.max_new is not None else limit
         if limit < 1 or max_new > limit:
-            return error_result(400, f"this request needs {len(prompt)} prompt tokens + {max_new} completion "
-                                f"tokens; the context is {self.n_ctx}", code="context_length_exceeded",
-                                param="messages")
+            return error_result(
+                400,
+                f"this request needs {len(prompt)} prompt tokens + {max_new} completion "
+                f"tokens; the context is {self.n_ctx}",
+                code="context_length_exceeded",
+                param="messages",
+            )
         loop = asyncio.get_running_loop()
         job = _Job(params, prompt, prefix, max_new, loop.create_future(), loop)
         self._worker.inbox.put(job)
@@ -752,8 +810,7 @@ class LlamaCppEngine:
             rendered = self._formatter(messages=params.messages).prompt
             probe = self._formatter(messages=[*head, {"role": last["role"], "content": ""}]).prompt
         except Exception as exc:  # the model's own jinja template rejected these messages
-            return error_result(400, f"the model's chat template rejected these messages: {exc}",
-                                param="messages")
+            return error_result(400, f"the model's chat template rejected these messages: {exc}", param="messages")
         tokens = self._encode(rendered)
         if not tokens:
             return error_result(400, "the prompt is empty", param="messages")

@@ -54,9 +54,13 @@ class WorkerDied(Exception):
 
 
 def crashed_result() -> Result:
-    return error_result(500, "The engine worker crashed twice while running this request (a native crash, "
-                        "an abort or an out-of-memory kill); it was not answered.", type_="server_error",
-                        code=CRASHED)
+    return error_result(
+        500,
+        "The engine worker crashed twice while running this request (a native crash, "
+        "an abort or an out-of-memory kill); it was not answered.",
+        type_="server_error",
+        code=CRASHED,
+    )
 
 
 def unavailable_result(reason: str) -> Result:
@@ -67,8 +71,7 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def open_engine(name: str, *, workers: int | None = None, only: Sequence[str] | None = None,
-                **options: Any) -> Engine:
+def open_engine(name: str, *, workers: int | None = None, only: Sequence[str] | None = None, **options: Any) -> Engine:
     """The engine `name`, in worker processes or (workers=0, pure-Python engines only) in this process.
 
     `workers=None` takes the engine's own default (`default_workers(cores)` on its class; native engines
@@ -88,8 +91,10 @@ def open_engine(name: str, *, workers: int | None = None, only: Sequence[str] | 
         raise ConfigError(f"engine workers must be 0 or more, not {workers}")
     if workers == 0:
         if native:
-            raise ConfigError(f"the {name} engine runs native code and must run in worker processes: "
-                              "use --engine-workers 1 or more (a crash there must not take the server down)")
+            raise ConfigError(
+                f"the {name} engine runs native code and must run in worker processes: "
+                "use --engine-workers 1 or more (a crash there must not take the server down)"
+            )
         return factory(**options)  # type: ignore[no-any-return]
     extra = getattr(factory, "worker_options", None)
     defaults = extra(workers, usable_cores()) if extra else {}
@@ -101,8 +106,14 @@ class _Worker:
 
     def __init__(self, slot: int, start: dict[str, Any]) -> None:
         self.slot = slot
-        self.proc = subprocess.Popen(_WORKER_ARGV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, bufsize=0, start_new_session=False)
+        self.proc = subprocess.Popen(
+            _WORKER_ARGV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            start_new_session=False,
+        )
         self.pid = self.proc.pid
         self.info: EngineInfo | None = None
         self.failed: str | None = None  #: the worker's own reason, when it could not build its engine
@@ -225,15 +236,26 @@ class WorkerPool:
         ConfigError: from the constructor, when the workers cannot start (the worker's reason).
     """
 
-    def __init__(self, engine: str, options: dict[str, Any], *, workers: int,
-                 plugins: Sequence[str] | None = None, start_timeout: float = 300.0,
-                 max_start_failures: int = 3) -> None:
+    def __init__(
+        self,
+        engine: str,
+        options: dict[str, Any],
+        *,
+        workers: int,
+        plugins: Sequence[str] | None = None,
+        start_timeout: float = 300.0,
+        max_start_failures: int = 3,
+    ) -> None:
         if workers < 1:
             raise ConfigError("a worker pool needs at least one worker")
         self.engine_name, self.workers = engine, workers
         self.start_timeout, self.max_start_failures = start_timeout, max_start_failures
-        self._start = {"op": "start", "engine": engine, "options": options,
-                       "plugins": list(plugins) if plugins is not None else None}
+        self._start = {
+            "op": "start",
+            "engine": engine,
+            "options": options,
+            "plugins": list(plugins) if plugins is not None else None,
+        }
         self._live: dict[int, _Worker] = {}
         self._broken: dict[int, str] = {}  # slot -> why it was given up
         self._first_error: str | None = None
@@ -241,8 +263,10 @@ class WorkerPool:
         self._closing = False
         self.restarts = 0
         self.crashes = 0
-        self._threads = [threading.Thread(target=self._keep, args=(slot,), name=f"engine-supervisor-{slot}",
-                                          daemon=True) for slot in range(workers)]
+        self._threads = [
+            threading.Thread(target=self._keep, args=(slot,), name=f"engine-supervisor-{slot}", daemon=True)
+            for slot in range(workers)
+        ]
         for t in self._threads:
             t.start()
         self.info = self._wait_started()
@@ -255,16 +279,22 @@ class WorkerPool:
                 if not self._changed.wait(timeout=max(0.0, deadline - time.monotonic())):
                     break
             first = next(iter(self._live.values()), None)
-            error = self._first_error or (next(iter(self._broken.values())) if first is None and self._broken
-                                          else None)
+            error = self._first_error or (next(iter(self._broken.values())) if first is None and self._broken else None)
         if error is not None or first is None or first.info is None:
             self.close()
-            raise ConfigError(f"the {self.engine_name} engine could not start in a worker process: "
-                              f"{error or f'no worker was ready within {self.start_timeout:g} s'}")
+            raise ConfigError(
+                f"the {self.engine_name} engine could not start in a worker process: "
+                f"{error or f'no worker was ready within {self.start_timeout:g} s'}"
+            )
         info = first.info
-        return EngineInfo(name=info.name, endpoints=info.endpoints, models=info.models,
-                          max_concurrency=info.max_concurrency * self.workers, fixture=info.fixture,
-                          endpoint_concurrency=tuple((e, n * self.workers) for e, n in info.endpoint_concurrency))
+        return EngineInfo(
+            name=info.name,
+            endpoints=info.endpoints,
+            models=info.models,
+            max_concurrency=info.max_concurrency * self.workers,
+            fixture=info.fixture,
+            endpoint_concurrency=tuple((e, n * self.workers) for e, n in info.endpoint_concurrency),
+        )
 
     def _keep(self, slot: int) -> None:
         """Keep one worker slot alive until the pool closes or the slot fails to start too often."""
@@ -297,8 +327,11 @@ class WorkerPool:
             if failures and failures >= self.max_start_failures:
                 self._give_up(slot, f"{reason} ({failures} times in a row before answering anything)")
                 return
-            logger.warning("engine worker died; starting a new one: %s", reason,
-                           extra={"action": "engine_worker_died", "slot": slot, "pid": worker.pid})
+            logger.warning(
+                "engine worker died; starting a new one: %s",
+                reason,
+                extra={"action": "engine_worker_died", "slot": slot, "pid": worker.pid},
+            )
             self.restarts += 1
             time.sleep(min(2.0, 0.1 * 2 ** (failures - 1)))
 
@@ -309,8 +342,12 @@ class WorkerPool:
                 self._first_error = why
             self._changed.notify_all()
         if not config:
-            logger.error("engine worker slot %d given up: %s", slot, why,
-                         extra={"action": "engine_worker_given_up", "slot": slot})
+            logger.error(
+                "engine worker slot %d given up: %s",
+                slot,
+                why,
+                extra={"action": "engine_worker_given_up", "slot": slot},
+            )
 
     # -- the Engine protocol ---------------------------------------------------------------------------
     async def complete(self, endpoint: str, body: dict[str, Any]) -> Result:
@@ -366,11 +403,18 @@ class WorkerPool:
 
     def health(self) -> dict[str, Any]:
         live = sorted(w.pid for w in list(self._live.values()) if not w.dead)
-        status = "ok" if len(live) == self.workers else ("unavailable" if len(self._broken) >= self.workers
-                                                          else "degraded")
-        return {"status": status, "workers": self.workers, "live": len(live), "pids": live,
-                "restarts": self.restarts, "crashes": self.crashes,
-                "given_up": {str(s): why for s, why in sorted(self._broken.items())}}
+        status = (
+            "ok" if len(live) == self.workers else ("unavailable" if len(self._broken) >= self.workers else "degraded")
+        )
+        return {
+            "status": status,
+            "workers": self.workers,
+            "live": len(live),
+            "pids": live,
+            "restarts": self.restarts,
+            "crashes": self.crashes,
+            "given_up": {str(s): why for s, why in sorted(self._broken.items())},
+        }
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)

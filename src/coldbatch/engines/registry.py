@@ -31,8 +31,9 @@ def load(name: str, only: Collection[str] | None = None) -> Callable[..., Engine
     try:
         return factory.load()  # type: ignore[no-any-return]
     except ImportError as exc:
-        raise ConfigError(f"The {name!r} engine cannot be loaded ({exc}); install its extra, e.g. "
-                          f"pip install 'coldbatch[local]'") from exc
+        raise ConfigError(
+            f"The {name!r} engine cannot be loaded ({exc}); install its extra, e.g. pip install 'coldbatch[local]'"
+        ) from exc
 
 
 def check_options(name: str, factory: Callable[..., Engine], options: dict[str, Any]) -> None:
@@ -44,12 +45,17 @@ def check_options(name: str, factory: Callable[..., Engine], options: dict[str, 
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    known = sorted(n for n, p in params.items()
-                   if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    known = sorted(
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    )
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigError(f"The {name!r} engine has no option {', '.join(map(repr, unknown))}; "
-                          f"its options: {', '.join(known) or 'none'}")
+        raise ConfigError(
+            f"The {name!r} engine has no option {', '.join(map(repr, unknown))}; "
+            f"its options: {', '.join(known) or 'none'}"
+        )
 
 
 def create(name: str, only: Collection[str] | None = None, **options: Any) -> Engine:

@@ -34,18 +34,40 @@ class RelayEngine:
     free up. A Retry-After pauses every request until then; `x-ratelimit-*` budgets pace sends (the pacer).
     `adaptive=false` keeps exactly `concurrency` in flight and answers every 429 with a pause instead."""
 
-    def __init__(self, upstream: str, api_key: str | None = None, rpm: int | None = None, tpm: int | None = None,
-                 max_attempts: int = 5, concurrency: int = 32, adaptive: bool = True, *, timeout: float = 600.0,
-                 window: float = 60.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        api_key: str | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_attempts: int = 5,
+        concurrency: int = 32,
+        adaptive: bool = True,
+        *,
+        timeout: float = 600.0,
+        window: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         if not upstream.startswith(("http://", "https://")):
-            raise ConfigError(f"The relay upstream must be an http(s) URL (e.g. http://127.0.0.1:8080/v1), "
-                              f"not {upstream!r}")
+            raise ConfigError(
+                f"The relay upstream must be an http(s) URL (e.g. http://127.0.0.1:8080/v1), not {upstream!r}"
+            )
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 1 <= concurrency <= 4096:
             raise ConfigError(f"The relay's concurrency must be a whole number from 1 to 4096, not {concurrency!r}")
         if not isinstance(adaptive, bool):
             raise ConfigError(f"The relay's adaptive option must be true or false, not {adaptive!r}")
-        self.client = SyncClient(upstream, api_key, rpm=rpm, tpm=tpm, max_attempts=max_attempts, timeout=timeout,
-                                 concurrency=concurrency, window=window, transport=transport, adaptive=adaptive)
+        self.client = SyncClient(
+            upstream,
+            api_key,
+            rpm=rpm,
+            tpm=tpm,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            concurrency=concurrency,
+            window=window,
+            transport=transport,
+            adaptive=adaptive,
+        )
         self.info = EngineInfo(name="relay", endpoints=ENDPOINTS, models=None, max_concurrency=concurrency)
 
     @property

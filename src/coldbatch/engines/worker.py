@@ -78,13 +78,13 @@ async def _answer(engine: Engine, message: dict[str, Any], out: IO[bytes]) -> No
             results = list(await asyncio.gather(*(engine.complete(endpoint, b) for b in bodies)))
     except Exception as exc:  # the engine is broken for these requests: answer, never lose the call
         results = [_engine_error(exc)] * len(bodies)
-    frames.write_frame(out, {"op": "done", "id": message["id"],
-                             "results": [frames.result_to_json(r) for r in results]})
+    frames.write_frame(out, {"op": "done", "id": message["id"], "results": [frames.result_to_json(r) for r in results]})
 
 
 def _engine_error(exc: Exception) -> Result:
-    return error_result(500, f"the engine failed: {type(exc).__name__}: {exc}", type_="server_error",
-                        code="engine_error")
+    return error_result(
+        500, f"the engine failed: {type(exc).__name__}: {exc}", type_="server_error", code="engine_error"
+    )
 
 
 if __name__ == "__main__":

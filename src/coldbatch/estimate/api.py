@@ -56,13 +56,23 @@ class ModelTotals:
     final_cost: Decimal | None = Decimal(0)  #: batch price of what will actually be sent
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "requests": self.requests, "distinct_requests": self.distinct,
-                "cache_hits": self.cache_hits, "requests_to_send": self.send_requests,
-                "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-                "input_tokens_to_send": self.send_input_tokens, "output_tokens_to_send": self.send_output_tokens,
-                "unbounded_output_requests": self.unbounded_output,
-                "sync_cost_usd": _money(self.sync_cost), "batch_cost_usd": _money(self.batch_cost),
-                "final_cost_usd": _money(self.final_cost), "tokenizer": self.tokenizer, "exact_tokens": self.exact}
+        return {
+            "model": self.model,
+            "requests": self.requests,
+            "distinct_requests": self.distinct,
+            "cache_hits": self.cache_hits,
+            "requests_to_send": self.send_requests,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "input_tokens_to_send": self.send_input_tokens,
+            "output_tokens_to_send": self.send_output_tokens,
+            "unbounded_output_requests": self.unbounded_output,
+            "sync_cost_usd": _money(self.sync_cost),
+            "batch_cost_usd": _money(self.batch_cost),
+            "final_cost_usd": _money(self.final_cost),
+            "tokenizer": self.tokenizer,
+            "exact_tokens": self.exact,
+        }
 
 
 @dataclass
@@ -98,10 +108,14 @@ class Estimate:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {"price_table": self.price_table, "totals": self.totals,
-                "models": [m.to_json() for m in self.models.values()],
-                "over_context_total": self.over_context_total, "over_context": self.over_context,
-                "warnings": self.warnings}
+        return {
+            "price_table": self.price_table,
+            "totals": self.totals,
+            "models": [m.to_json() for m in self.models.values()],
+            "over_context_total": self.over_context_total,
+            "over_context": self.over_context,
+            "warnings": self.warnings,
+        }
 
 
 def _money(value: Decimal | None) -> float | None:
@@ -109,8 +123,9 @@ def _money(value: Decimal | None) -> float | None:
 
 
 class Accumulator:
-    def __init__(self, table: P.PriceTable, expected_output: int | None, *, dedup: bool = False,
-                 cache: Any = None) -> None:
+    def __init__(
+        self, table: P.PriceTable, expected_output: int | None, *, dedup: bool = False, cache: Any = None
+    ) -> None:
         self.table = table
         self.expected_output = expected_output
         self.dedup = dedup
@@ -130,8 +145,10 @@ class Accumulator:
             req = None
         body = req.get("body") if isinstance(req, dict) else None
         if not isinstance(req, dict) or not isinstance(body, dict):
-            raise InputError(f"{where}: not a batch request line; run `coldbatch validate` on it, or pass "
-                             "--model and --prompt/--input-column to estimate a dataset")
+            raise InputError(
+                f"{where}: not a batch request line; run `coldbatch validate` on it, or pass "
+                "--model and --prompt/--input-column to estimate a dataset"
+            )
         model = str(body.get("model", "?"))
         texts, overhead = prompt_texts(body, str(req.get("url", L.CHAT)))
         out = self.expected_output
@@ -186,8 +203,9 @@ class Accumulator:
             self.sink(self._pending, fate, prompts, hits)
         self._pending.clear()
 
-    def _record(self, where: str, cid: str, model: str, prompt: int, out: int | None, counter: T.Counter,
-                fate: int = 1) -> None:
+    def _record(
+        self, where: str, cid: str, model: str, prompt: int, out: int | None, counter: T.Counter, fate: int = 1
+    ) -> None:
         """Add one request's integers; money is computed once, in `finish` (cost is linear in tokens)."""
         totals = self.result.models.get(model)
         if totals is None:
@@ -209,8 +227,15 @@ class Accumulator:
         if window and prompt + out > window:
             self.result.over_context_total += 1
             if len(self.result.over_context) < 50:
-                self.result.over_context.append({"where": where, "custom_id": cid, "prompt_tokens": prompt,
-                                                 "max_output_tokens": out, "context_window": window})
+                self.result.over_context.append(
+                    {
+                        "where": where,
+                        "custom_id": cid,
+                        "prompt_tokens": prompt,
+                        "max_output_tokens": out,
+                        "context_window": window,
+                    }
+                )
 
     def finish(self) -> Estimate:
         self.flush()
@@ -223,18 +248,26 @@ class Accumulator:
                 m.batch_cost = price.cost(m.input_tokens, m.output_tokens, batch=True)
                 m.final_cost = price.cost(m.send_input_tokens, m.send_output_tokens, batch=True)
             if self.table.lookup(m.model) is None:
-                self.result.warnings.append(f"no price for model {m.model!r} in price table "
-                                            f"{self.table.version}; its cost is unknown (pass --prices FILE)")
+                self.result.warnings.append(
+                    f"no price for model {m.model!r} in price table "
+                    f"{self.table.version}; its cost is unknown (pass --prices FILE)"
+                )
             if price is not None and price.stand_in and m.exact:
-                self.result.warnings.append(f"tokens for {m.model!r} are approximate: {price.encoding} stands in "
-                                            "for the model's own tokenizer (a local model's counts differ; its "
-                                            "answers report the real ones)")
+                self.result.warnings.append(
+                    f"tokens for {m.model!r} are approximate: {price.encoding} stands in "
+                    "for the model's own tokenizer (a local model's counts differ; its "
+                    "answers report the real ones)"
+                )
             if not m.exact:
-                self.result.warnings.append(f"tokens for {m.model!r} are approximate (4 bytes per token): "
-                                            "no offline BPE file was found for its tokenizer")
+                self.result.warnings.append(
+                    f"tokens for {m.model!r} are approximate (4 bytes per token): "
+                    "no offline BPE file was found for its tokenizer"
+                )
             if m.unbounded_output:
-                self.result.warnings.append(f"{m.unbounded_output:,} request(s) to {m.model!r} set no max_tokens: "
-                                            "their output cost is not counted; set --max-tokens")
+                self.result.warnings.append(
+                    f"{m.unbounded_output:,} request(s) to {m.model!r} set no max_tokens: "
+                    "their output cost is not counted; set --max-tokens"
+                )
         return self.result
 
 
@@ -255,9 +288,16 @@ def _dataset_lines(path: Path, spec: RequestSpec, fmt: str | None) -> Iterator[t
             yield f"row {row}", line.encode()
 
 
-def estimate(sources: Iterable[str | Path], *, spec: RequestSpec | None = None, prices: P.PriceTable | None = None,
-             expected_output_tokens: int | None = None, fmt: str | None = None, dedup: bool = False,
-             cache: Any = None) -> Estimate:
+def estimate(
+    sources: Iterable[str | Path],
+    *,
+    spec: RequestSpec | None = None,
+    prices: P.PriceTable | None = None,
+    expected_output_tokens: int | None = None,
+    fmt: str | None = None,
+    dedup: bool = False,
+    cache: Any = None,
+) -> Estimate:
     """Estimate a job: request files / prepared folders, or (with `spec`) a dataset built on the fly.
 
     `dedup`: count each distinct question once in what will be sent (`requests_to_send`,

@@ -34,8 +34,9 @@ class ModelPrice:
     def cost(self, input_tokens: int, output_tokens: int, *, batch: bool, cached_tokens: int = 0) -> Decimal:
         fresh = input_tokens - cached_tokens
         if batch:
-            total = fresh * self.batch_input + cached_tokens * self.batch_cached_input + \
-                output_tokens * self.batch_output
+            total = (
+                fresh * self.batch_input + cached_tokens * self.batch_cached_input + output_tokens * self.batch_output
+            )
         else:
             total = fresh * self.input + cached_tokens * self.cached_input + output_tokens * self.output
         return total / MILLION
@@ -62,9 +63,13 @@ def _parse(data: dict[str, Any], source: str) -> PriceTable:
             prices = {f: Decimal(str(row[f])) for f in _FIELDS}
         except KeyError as exc:
             raise ConfigError(f"{source}: model {name!r} lacks price field {exc.args[0]!r}") from exc
-        models[name] = ModelPrice(name=name, encoding=str(row.get("encoding", "o200k_base")),
-                                  context_window=row.get("context_window"),
-                                  stand_in=bool(row.get("encoding_stands_in", False)), **prices)
+        models[name] = ModelPrice(
+            name=name,
+            encoding=str(row.get("encoding", "o200k_base")),
+            context_window=row.get("context_window"),
+            stand_in=bool(row.get("encoding_stands_in", False)),
+            **prices,
+        )
     return PriceTable(version=str(data.get("version", "unversioned")), source=source, models=models)
 
 

@@ -105,7 +105,7 @@ def rebuild_bpe_file(name: str) -> bytes | None:
     off, ranked = 4, []
     for _ in range(count):  # record: u16 length, token bytes, u32 rank
         (n,) = struct.unpack_from("<H", data, off)
-        token = data[off + 2:off + 2 + n]
+        token = data[off + 2 : off + 2 + n]
         (rank,) = struct.unpack_from("<I", data, off + 2 + n)
         ranked.append((rank, token))
         off += 6 + n

@@ -75,8 +75,9 @@ class Gate:
     `concurrency`. Why: a server such as vLLM or llama.cpp's refuses what exceeds its slots with 429 and no
     Retry-After; at a fixed 32 most attempts were refused and retried (20-320 refusals for 300 requests)."""
 
-    def __init__(self, pacer: LM.Pacer, concurrency: int, clock: Callable[[], float], *,
-                 adaptive: bool = False) -> None:
+    def __init__(
+        self, pacer: LM.Pacer, concurrency: int, clock: Callable[[], float], *, adaptive: bool = False
+    ) -> None:
         self.pacer, self.concurrency, self.clock, self.adaptive = pacer, concurrency, clock, adaptive
         self.limit = float(concurrency)  #: requests allowed in flight now
         self.epoch = 0  #: bumped by each cut: a refusal counts only for requests sent since the last one
@@ -174,13 +175,27 @@ class SyncClient:
     the provider's headers, if it sends any). `timeout` is per attempt. `transport`, `clock` (monotonic
     seconds), `sleep` and `rng` are injectable for tests."""
 
-    def __init__(self, base_url: str, api_key: str | None = None, *, rpm: float | None = None,
-                 tpm: float | None = None, max_attempts: int = 5, timeout: float = 600.0, concurrency: int = 64,
-                 window: float = 60.0, headroom: float = LM.HEADROOM, policy: LM.RetryPolicy | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, rng: LM.Random | None = None,
-                 counter: T.Counter | None = None, headers: Mapping[str, str] | None = None,
-                 adaptive: bool = False) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        max_attempts: int = 5,
+        timeout: float = 600.0,
+        concurrency: int = 64,
+        window: float = 60.0,
+        headroom: float = LM.HEADROOM,
+        policy: LM.RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: LM.Random | None = None,
+        counter: T.Counter | None = None,
+        headers: Mapping[str, str] | None = None,
+        adaptive: bool = False,
+    ) -> None:
         if concurrency < 1 or max_attempts < 1:
             raise ValueError("concurrency and max_attempts must be at least 1")
         self.base_url = base_url.rstrip("/")
@@ -195,8 +210,11 @@ class SyncClient:
         self._seq = itertools.count()
         auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
-            transport=transport, timeout=timeout, headers={**auth, **(headers or {})},
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+            transport=transport,
+            timeout=timeout,
+            headers={**auth, **(headers or {})},
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
 
     # -- public API ---------------------------------------------------------------------------------------
     async def call(self, endpoint: str, body: dict[str, Any], *, priority: int | None = None) -> Result:
@@ -225,8 +243,14 @@ class SyncClient:
             logger.debug("retrying %s in %.2fs (attempt %d: %s)", endpoint, delay, attempt, got.status or got.error)
             await self._sleep(delay)
 
-    async def run_many(self, items: AsyncIterable[Item] | Iterable[Item], on_result: OnResult, *,
-                       priority: int = LM.COLD, max_pending: int | None = None) -> None:
+    async def run_many(
+        self,
+        items: AsyncIterable[Item] | Iterable[Item],
+        on_result: OnResult,
+        *,
+        priority: int = LM.COLD,
+        max_pending: int | None = None,
+    ) -> None:
         """Run every (key, endpoint, body) and hand each key's final Result to `on_result` (sync or async).
 
         At most `max_pending` items (default 2 x concurrency, at least 64) are taken from `items` ahead of
@@ -282,9 +306,18 @@ class SyncClient:
         if body is None:  # e.g. a proxy's HTML page: keep the status, but always with an OpenAI error body
             text = raw[:500].decode("utf-8", "replace")
             status = 502 if r.status_code < 400 else r.status_code
-            return _Attempt(status, {"error": {
-                "message": f"The upstream answered HTTP {r.status_code} without a JSON object: {text}",
-                "type": "upstream_error", "param": None, "code": "invalid_upstream_body"}}, r.headers)
+            return _Attempt(
+                status,
+                {
+                    "error": {
+                        "message": f"The upstream answered HTTP {r.status_code} without a JSON object: {text}",
+                        "type": "upstream_error",
+                        "param": None,
+                        "code": "invalid_upstream_body",
+                    }
+                },
+                r.headers,
+            )
         return _Attempt(r.status_code, body, r.headers)
 
     def _after(self, got: _Attempt, attempt: int, epoch: int) -> float | None:
@@ -298,13 +331,20 @@ class SyncClient:
             self.gate.poke()
         elif self.pacer.probing:
             self.pacer.probing = False  # no answer to learn from; do not stay at one request in flight
-        delay = LM.decide(self.policy, attempt, got.status, self._rng, retry_after_s=after,
-                          should_retry=LM.should_retry_header(got.headers))
+        delay = LM.decide(
+            self.policy,
+            attempt,
+            got.status,
+            self._rng,
+            retry_after_s=after,
+            should_retry=LM.should_retry_header(got.headers),
+        )
         if got.status == 429:
             self.gate.refused(epoch)
             if after is not None or not self.gate.adaptive:  # our budget was wrong: everyone waits, not just this
-                self.pacer.pause(now + min(after if after is not None else self.policy.base,
-                                           self.policy.max_retry_after))
+                self.pacer.pause(
+                    now + min(after if after is not None else self.policy.base, self.policy.max_retry_after)
+                )
             self.gate.poke()
         elif got.status is not None:
             self.gate.answered()
@@ -313,8 +353,12 @@ class SyncClient:
     def _report(self, got: _Attempt) -> Result:
         if got.status is None:
             code = "upstream_timeout" if got.timed_out else "upstream_unreachable"
-            res = error_result(504 if got.timed_out else 502, f"The upstream gave no response: {got.error}",
-                               type_="server_error", code=code)
+            res = error_result(
+                504 if got.timed_out else 502,
+                f"The upstream gave no response: {got.error}",
+                type_="server_error",
+                code=code,
+            )
         else:
             res = Result(got.status, got.body, _usage(got.body))
         if res.ok:

@@ -208,9 +208,12 @@ class Pacer:
         """Learn from one response's headers (any status). Ends probing."""
         self.probing = False
         for name, budget in (("requests", self.requests), ("tokens", self.tokens)):
-            budget.observe(now, _number(headers.get(f"x-ratelimit-limit-{name}")),
-                           _number(headers.get(f"x-ratelimit-remaining-{name}")),
-                           parse_duration(headers.get(f"x-ratelimit-reset-{name}")))
+            budget.observe(
+                now,
+                _number(headers.get(f"x-ratelimit-limit-{name}")),
+                _number(headers.get(f"x-ratelimit-remaining-{name}")),
+                parse_duration(headers.get(f"x-ratelimit-reset-{name}")),
+            )
 
 
 def _number(value: str | None) -> float | None:
@@ -274,8 +277,15 @@ def retryable(status: int | None) -> bool:
     return status is None or status in RETRY_STATUSES or status >= 500
 
 
-def decide(policy: RetryPolicy, attempt: int, status: int | None, rng: Random, *,
-           retry_after_s: float | None = None, should_retry: bool | None = None) -> float | None:
+def decide(
+    policy: RetryPolicy,
+    attempt: int,
+    status: int | None,
+    rng: Random,
+    *,
+    retry_after_s: float | None = None,
+    should_retry: bool | None = None,
+) -> float | None:
     """Seconds to wait before attempt `attempt + 1`, or None to stop and report attempt `attempt`.
 
     `status` None means no response (timeout, connection error). `should_retry` is the provider's

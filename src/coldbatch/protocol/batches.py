@@ -27,8 +27,14 @@ def new_id(prefix: str, n: int = 24) -> str:
 
 
 def _type_name(v: object) -> str:
-    return {dict: "an object", list: "an array", int: "an integer", float: "a number", bool: "a boolean",
-            type(None): "null"}.get(type(v), "a string")
+    return {
+        dict: "an object",
+        list: "an array",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(v), "a string")
 
 
 _SEQ = itertools.count(int.from_bytes(secrets.token_bytes(6), "big") << 24)
@@ -49,29 +55,50 @@ def completion_window_seconds(value: object, *, allow_short: bool) -> int:
     seconds = int(m.group(1)) * _UNIT[m.group(2)] if m else 0
     if allow_short and 0 < seconds <= WINDOW_24H:
         return seconds
-    raise ApiError(400, f"Invalid value: '{value}'. Supported values are: '24h'.", param="completion_window",
-                   code="invalid_value")
+    raise ApiError(
+        400, f"Invalid value: '{value}'. Supported values are: '24h'.", param="completion_window", code="invalid_value"
+    )
 
 
 def check_metadata(value: object) -> dict[str, str] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ApiError(400, f"Invalid type for 'metadata': expected an object, but got {_type_name(value)} instead.",
-                       param="metadata", code="invalid_type")
+        raise ApiError(
+            400,
+            f"Invalid type for 'metadata': expected an object, but got {_type_name(value)} instead.",
+            param="metadata",
+            code="invalid_type",
+        )
     if len(value) > METADATA_MAX_KEYS:
-        raise ApiError(400, f"Invalid 'metadata': too many keys ({len(value)} > {METADATA_MAX_KEYS}).",
-                       param="metadata", code="invalid_value")
+        raise ApiError(
+            400,
+            f"Invalid 'metadata': too many keys ({len(value)} > {METADATA_MAX_KEYS}).",
+            param="metadata",
+            code="invalid_value",
+        )
     for k, v in value.items():
         if len(k) > METADATA_MAX_KEY:
-            raise ApiError(400, f"Invalid 'metadata': key '{k[:20]}…' is longer than {METADATA_MAX_KEY} characters.",
-                           param="metadata", code="invalid_value")
+            raise ApiError(
+                400,
+                f"Invalid 'metadata': key '{k[:20]}…' is longer than {METADATA_MAX_KEY} characters.",
+                param="metadata",
+                code="invalid_value",
+            )
         if not isinstance(v, str):
-            raise ApiError(400, f"Invalid type for 'metadata.{k}': expected a string, but got {_type_name(v)} instead.",
-                           param=f"metadata.{k}", code="invalid_type")
+            raise ApiError(
+                400,
+                f"Invalid type for 'metadata.{k}': expected a string, but got {_type_name(v)} instead.",
+                param=f"metadata.{k}",
+                code="invalid_type",
+            )
         if len(v) > METADATA_MAX_VALUE:
-            raise ApiError(400, f"Invalid 'metadata.{k}': string too long ({len(v)} > {METADATA_MAX_VALUE}).",
-                           param=f"metadata.{k}", code="invalid_value")
+            raise ApiError(
+                400,
+                f"Invalid 'metadata.{k}': string too long ({len(v)} > {METADATA_MAX_VALUE}).",
+                param=f"metadata.{k}",
+                code="invalid_value",
+            )
     return dict(value)
 
 
@@ -83,15 +110,26 @@ def check_create_batch(body: object, *, allow_short_windows: bool) -> dict[str, 
         if body.get(key) in (None, ""):
             raise ApiError(400, f"Missing required parameter: '{key}'.", param=key, code="missing_required_parameter")
     if not isinstance(body["input_file_id"], str):
-        raise ApiError(400, "Invalid type for 'input_file_id': expected a string.", param="input_file_id",
-                       code="invalid_type")
+        raise ApiError(
+            400, "Invalid type for 'input_file_id': expected a string.", param="input_file_id", code="invalid_type"
+        )
     if body["endpoint"] not in L.ENDPOINTS:
-        raise ApiError(400, f"Invalid value: '{body['endpoint']}'. Supported values are: "
-                       + ", ".join(f"'{e}'" for e in L.ENDPOINTS) + ".", param="endpoint", code="invalid_value")
+        raise ApiError(
+            400,
+            f"Invalid value: '{body['endpoint']}'. Supported values are: "
+            + ", ".join(f"'{e}'" for e in L.ENDPOINTS)
+            + ".",
+            param="endpoint",
+            code="invalid_value",
+        )
     window = completion_window_seconds(body["completion_window"], allow_short=allow_short_windows)
-    out = {"input_file_id": body["input_file_id"], "endpoint": body["endpoint"],
-           "completion_window": body["completion_window"], "window_seconds": window,
-           "metadata": check_metadata(body.get("metadata"))}
+    out = {
+        "input_file_id": body["input_file_id"],
+        "endpoint": body["endpoint"],
+        "completion_window": body["completion_window"],
+        "window_seconds": window,
+        "metadata": check_metadata(body.get("metadata")),
+    }
     oea = body.get("output_expires_after")
     if oea is not None:
         out["output_ttl"] = _expires_after(oea, "output_expires_after")
@@ -100,8 +138,12 @@ def check_create_batch(body: object, *, allow_short_windows: bool) -> dict[str, 
 
 def _expires_after(value: object, param: str) -> int:
     if not isinstance(value, dict) or value.get("anchor") != "created_at":
-        raise ApiError(400, f"Invalid '{param}': expected {{\"anchor\": \"created_at\", \"seconds\": N}}.",
-                       param=param, code="invalid_value")
+        raise ApiError(
+            400,
+            f'Invalid \'{param}\': expected {{"anchor": "created_at", "seconds": N}}.',
+            param=param,
+            code="invalid_value",
+        )
     return check_ttl(value.get("seconds"), f"{param}.seconds")
 
 
@@ -115,12 +157,21 @@ def check_ttl(seconds: object, param: str) -> int:
     elif isinstance(seconds, float) and seconds.is_integer():
         n = int(seconds)
     if not 3600 <= n <= FILE_TTL:
-        raise ApiError(400, f"Invalid '{param}': must be an integer between 3600 and {FILE_TTL}.", param=param,
-                       code="invalid_value")
+        raise ApiError(
+            400,
+            f"Invalid '{param}': must be an integer between 3600 and {FILE_TTL}.",
+            param=param,
+            code="invalid_value",
+        )
     return n
 
 
 def list_page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     """The cursor-page envelope; never `has_more: true` with empty data (spec §8)."""
-    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
-            "last_id": items[-1]["id"] if items else None, "has_more": bool(items) and has_more}
+    return {
+        "object": "list",
+        "data": items,
+        "first_id": items[0]["id"] if items else None,
+        "last_id": items[-1]["id"] if items else None,
+        "has_more": bool(items) and has_more,
+    }

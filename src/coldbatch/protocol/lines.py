@@ -47,8 +47,14 @@ class Result:
         return 200 <= self.status_code < 300
 
 
-def error_result(status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None) -> Result:
+def error_result(
+    status: int,
+    message: str,
+    *,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> Result:
     """A failed request as OpenAI spells one: `{"error": {message, type, param, code}}`."""
     return Result(status, {"error": {"message": message, "type": type_, "param": param, "code": code}})
 
@@ -73,8 +79,7 @@ class RequestLine:
 
     def encode(self) -> bytes:
         """The line's bytes, without the newline (keys in OpenAI's order)."""
-        return orjson.dumps({"custom_id": self.custom_id, "method": self.method, "url": self.url,
-                             "body": self.body})
+        return orjson.dumps({"custom_id": self.custom_id, "method": self.method, "url": self.url, "body": self.body})
 
 
 def custom_id_of(raw: bytes | str) -> str:
@@ -115,24 +120,34 @@ class OutputLine:
             return cls(obj["custom_id"], error=err if isinstance(err, dict) else None, id=obj.get("id"))
         status = resp.get("status_code", 200)  # a response without a status is an answer (as the runner always read it)
         body = resp.get("body")
-        return cls(obj["custom_id"], None if status is None else int(status), body if isinstance(body, dict) else None,
-                   obj.get("error"), obj.get("id"), resp.get("request_id"))
+        return cls(
+            obj["custom_id"],
+            None if status is None else int(status),
+            body if isinstance(body, dict) else None,
+            obj.get("error"),
+            obj.get("id"),
+            resp.get("request_id"),
+        )
 
     def encode(self) -> bytes:
         """The line's bytes, without the newline."""
         if self.status_code is None:
             return encode_never_ran(self.id or "", self.custom_id, self.error or {})
-        return encode_response(self.id or "", self.custom_id, self.request_id or "", self.status_code,
-                               self.body or {})
+        return encode_response(self.id or "", self.custom_id, self.request_id or "", self.status_code, self.body or {})
 
 
 def encode_response(line_id: str, custom_id: str, request_id: str, status_code: int, body: dict[str, Any]) -> bytes:
     """An output/error line for a request that ran (2xx goes to the output file, the rest to the error file).
 
     A plain function, not `OutputLine(...).encode()`: the executor writes one per request of every batch."""
-    return orjson.dumps({"id": line_id, "custom_id": custom_id,
-                         "response": {"status_code": status_code, "request_id": request_id, "body": body},
-                         "error": None})
+    return orjson.dumps(
+        {
+            "id": line_id,
+            "custom_id": custom_id,
+            "response": {"status_code": status_code, "request_id": request_id, "body": body},
+            "error": None,
+        }
+    )
 
 
 def encode_never_ran(line_id: str, custom_id: str, error: dict[str, Any]) -> bytes:

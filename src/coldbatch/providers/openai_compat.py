@@ -37,23 +37,36 @@ async def _once(call: Awaitable[Any], what: str) -> Any:
 
 
 class OpenAIProvider:
-    def __init__(self, *, base_url: str | None, api_key: str | None, max_retries: int = 5,
-                 timeout: float = 600.0, azure: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        max_retries: int = 5,
+        timeout: float = 600.0,
+        azure: bool = False,
+    ) -> None:
         if azure:  # Azure OpenAI: same Files/Batches API under /openai/..., with an api-version on every call
             self.client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
-                azure_endpoint=base_url or os.environ.get("AZURE_OPENAI_ENDPOINT", ""), api_key=api_key,
-                api_version=os.environ.get("OPENAI_API_VERSION", AZURE_API_VERSION), max_retries=max_retries,
-                timeout=timeout)
+                azure_endpoint=base_url or os.environ.get("AZURE_OPENAI_ENDPOINT", ""),
+                api_key=api_key,
+                api_version=os.environ.get("OPENAI_API_VERSION", AZURE_API_VERSION),
+                max_retries=max_retries,
+                timeout=timeout,
+            )
         else:
-            self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed",
-                                             max_retries=max_retries, timeout=timeout)
+            self.client = openai.AsyncOpenAI(
+                base_url=base_url, api_key=api_key or "not-needed", max_retries=max_retries, timeout=timeout
+            )
         self._post = self.client.with_options(max_retries=0)  # non-idempotent calls: see the module docstring
         self.name = str(self.client.base_url)
 
     async def upload(self, path: Path, filename: str) -> dict[str, Any]:
         with path.open("rb") as fh:
-            f = await _once(self._post.files.create(file=(filename, fh, "application/jsonl"), purpose="batch"),
-                            f"upload of {filename}")
+            f = await _once(
+                self._post.files.create(file=(filename, fh, "application/jsonl"), purpose="batch"),
+                f"upload of {filename}",
+            )
         return dict(f.model_dump())
 
     async def find_file(self, filename: str, size: int, not_before: int) -> dict[str, Any] | None:
@@ -65,11 +78,18 @@ class OpenAIProvider:
                 return f.model_dump()
         return None
 
-    async def create_batch(self, file_id: str, endpoint: str, metadata: dict[str, str],
-                           completion_window: str) -> dict[str, Any]:
-        b = await _once(self._post.batches.create(input_file_id=file_id, endpoint=endpoint,  # type: ignore[arg-type]
-                                                  completion_window=completion_window,  # type: ignore[arg-type]
-                                                  metadata=metadata), f"batch create for {file_id}")
+    async def create_batch(
+        self, file_id: str, endpoint: str, metadata: dict[str, str], completion_window: str
+    ) -> dict[str, Any]:
+        b = await _once(
+            self._post.batches.create(
+                input_file_id=file_id,
+                endpoint=endpoint,  # type: ignore[arg-type]
+                completion_window=completion_window,  # type: ignore[arg-type]
+                metadata=metadata,
+            ),
+            f"batch create for {file_id}",
+        )
         return dict(b.model_dump())
 
     async def batches_newest_first(self) -> AsyncIterator[dict[str, Any]]:

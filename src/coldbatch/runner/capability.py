@@ -43,8 +43,12 @@ async def served(client: openai.AsyncOpenAI) -> Served:
     models = tuple(sorted(str(m.get("id")) for m in body["data"] if isinstance(m, dict) and m.get("id")))
     ext: dict[str, Any] = body["coldbatch"] if isinstance(body.get("coldbatch"), dict) else {}
     endpoints = ext.get("endpoints")
-    return Served(models=models or None, endpoints=tuple(endpoints) if isinstance(endpoints, list) else None,
-                  engine=ext.get("engine"), any_model=bool(ext.get("any_model")))
+    return Served(
+        models=models or None,
+        endpoints=tuple(endpoints) if isinstance(endpoints, list) else None,
+        engine=ext.get("engine"),
+        any_model=bool(ext.get("any_model")),
+    )
 
 
 def check(s: Served, *, model: str, endpoint: str, target: str) -> str | None:
@@ -52,14 +56,18 @@ def check(s: Served, *, model: str, endpoint: str, target: str) -> str | None:
     told (nothing listed), else None."""
     what = f"the engine {s.engine!r} at {target}" if s.engine else target
     if s.endpoints is not None and endpoint not in s.endpoints:
-        raise UsageError(f"{what} does not serve {endpoint} (it serves {', '.join(s.endpoints)}); nothing was "
-                         "sent. Use an endpoint it serves, or another --base-url / --engine.")
+        raise UsageError(
+            f"{what} does not serve {endpoint} (it serves {', '.join(s.endpoints)}); nothing was "
+            "sent. Use an endpoint it serves, or another --base-url / --engine."
+        )
     if s.models is None:
         return f"{target} does not list its models (GET /v1/models); the model name {model!r} is not checked"
     if not s.any_model and model not in s.models:
         shown = ", ".join(s.models[:20]) + (f", ... ({len(s.models)} in all)" if len(s.models) > 20 else "")
-        raise UsageError(f"--model {model!r}: {what} does not serve it, in batch or sync mode alike; it serves: "
-                         f"{shown}. Nothing was sent.")
+        raise UsageError(
+            f"--model {model!r}: {what} does not serve it, in batch or sync mode alike; it serves: "
+            f"{shown}. Nothing was sent."
+        )
     return None
 
 

@@ -26,8 +26,9 @@ from typing import Any
 import orjson
 
 
-def label_confidence(body: dict[str, Any], content: str | None, field: str, labels: tuple[str, ...] | frozenset[str]
-                     ) -> float | None:
+def label_confidence(
+    body: dict[str, Any], content: str | None, field: str, labels: tuple[str, ...] | frozenset[str]
+) -> float | None:
     """The chosen label's probability in [0, 1] (see the module docstring), or None when it cannot be told."""
     tokens = _tokens(body)
     span = _label_span(content, field, labels) if tokens is not None else None  # most answers: no logprobs
@@ -43,7 +44,7 @@ def label_confidence(body: dict[str, Any], content: str | None, field: str, labe
     covering = [i for i, o in enumerate(offsets) if o < end and o + len(tokens[i]["bytes"]) > start]
     first = covering[0]
     chosen = math.exp(sum(float(tokens[i]["logprob"]) for i in covering))
-    lead = bytes(tokens[first]["bytes"])[:start - offsets[first]]
+    lead = bytes(tokens[first]["bytes"])[: start - offsets[first]]
     others = _other_mass(tokens[first], lead, value, labels)
     if others is None:
         return min(1.0, chosen)
@@ -56,8 +57,10 @@ def _tokens(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content:
         return None
-    ok = all(isinstance(t, dict) and isinstance(t.get("bytes"), list) and isinstance(t.get("logprob"), int | float)
-             for t in content)
+    ok = all(
+        isinstance(t, dict) and isinstance(t.get("bytes"), list) and isinstance(t.get("logprob"), int | float)
+        for t in content
+    )
     return content if ok else None
 
 
@@ -91,7 +94,7 @@ def _other_mass(token: dict[str, Any], lead: bytes, chosen: str, labels: Any) ->
         raw = bytes(alt.get("bytes") or [])
         if raw == mine or not raw.startswith(lead) or len(raw) == len(lead):
             continue
-        rest = raw[len(lead):]
+        rest = raw[len(lead) :]
         starts = {x for x in labels if x.encode().startswith(rest) or rest.startswith(x.encode() + b'"')}
         if starts and chosen not in starts:
             mass += math.exp(float(alt.get("logprob", -math.inf)))

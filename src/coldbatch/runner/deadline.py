@@ -72,8 +72,14 @@ def unanswered_requests(ledger: LG.LedgerStore, job_id: str) -> list[tuple[str, 
     return out
 
 
-async def rescue(ledger: LG.LedgerStore, job_id: str, client: SyncClient, *, attempt: int,
-                 labels: tuple[str, frozenset[str]] | None = None) -> int:
+async def rescue(
+    ledger: LG.LedgerStore,
+    job_id: str,
+    client: SyncClient,
+    *,
+    attempt: int,
+    labels: tuple[str, frozenset[str]] | None = None,
+) -> int:
     """Send every unanswered request through `client`; record answers as they arrive. Returns how many.
     `labels`: a label job's (field, labels), whose answers get a confidence (`outcomes.answered`)."""
     from coldbatch.runner.sync_mode import outcome_of

@@ -64,8 +64,14 @@ def embedding_spec(spec: RequestSpec, model: str, *, examples: bool = False) -> 
     """
     if examples:
         return RequestSpec(model=model, endpoint=L.EMBEDDINGS, input_column=TEXT)
-    return RequestSpec(model=model, endpoint=L.EMBEDDINGS, prompt=spec.prompt, input_column=spec.input_column,
-                       id_column=spec.id_column, on_duplicate_id=spec.on_duplicate_id)
+    return RequestSpec(
+        model=model,
+        endpoint=L.EMBEDDINGS,
+        prompt=spec.prompt,
+        input_column=spec.input_column,
+        id_column=spec.id_column,
+        on_duplicate_id=spec.on_duplicate_id,
+    )
 
 
 def _line(fmt: str | None, row: int) -> str:
@@ -83,8 +89,10 @@ def read(path: Path, spec: RequestSpec, label_column: str, fmt: str | None = Non
     template = spec.template
     tpl.check_columns(template, ds.columns, file=str(path), option="--prompt (for --examples)")
     if label_column not in ds.columns:
-        raise UsageError(f"--examples {path}: no column {label_column!r} with the examples' labels (name another "
-                         f"with --examples-label-column); columns: {', '.join(ds.columns)}")
+        raise UsageError(
+            f"--examples {path}: no column {label_column!r} with the examples' labels (name another "
+            f"with --examples-label-column); columns: {', '.join(ds.columns)}"
+        )
     out: list[dict[str, str]] = []
     for start, batch in ds.batches():
         for i, row in enumerate(batch.to_pylist()):
@@ -95,27 +103,32 @@ def read(path: Path, spec: RequestSpec, label_column: str, fmt: str | None = Non
     counts = {label: sum(e[LABEL] == label for e in out) for label in spec.labels}
     missing = [label for label, n in counts.items() if n == 0]
     if missing:
-        raise UsageError(f"--examples {path}: no example labelled {', '.join(map(repr, missing))}; every label "
-                         f"needs at least one (a few dozen each work well)")
+        raise UsageError(
+            f"--examples {path}: no example labelled {', '.join(map(repr, missing))}; every label "
+            f"needs at least one (a few dozen each work well)"
+        )
     return out
 
 
-def _example(row: dict[str, Any], where: str, template: tpl.Template, label_column: str,
-             spec: RequestSpec) -> dict[str, str]:
+def _example(
+    row: dict[str, Any], where: str, template: tpl.Template, label_column: str, spec: RequestSpec
+) -> dict[str, str]:
     label = (row.get(label_column) or "").strip()
     if label not in spec.labels:
-        raise InputError(f"{where}, field {label_column!r}: {label!r} is not one of --labels "
-                         f"{', '.join(spec.labels)}")
+        raise InputError(f"{where}, field {label_column!r}: {label!r} is not one of --labels {', '.join(spec.labels)}")
     for column in template.columns:
         if not (row.get(column) or "").strip():
             raise InputError(f"{where}, field {column!r}: empty (an example needs the text it is an example of)")
     ident = row.get(spec.id_column) if spec.id_column else None
-    return {TEXT: template.render(row), LABEL: label, SOURCE_LINE: where.rsplit(", ", 1)[-1],
-            "id": "" if ident is None else str(ident)}
+    return {
+        TEXT: template.render(row),
+        LABEL: label,
+        SOURCE_LINE: where.rsplit(", ", 1)[-1],
+        "id": "" if ident is None else str(ident),
+    }
 
 
-def drop_overlap(examples: list[dict[str, str]], input_path: Path, spec: RequestSpec,
-                 fmt: str | None = None) -> Kept:
+def drop_overlap(examples: list[dict[str, str]], input_path: Path, spec: RequestSpec, fmt: str | None = None) -> Kept:
     """Drop the examples that are rows of the input (same id, or same rendered text): a row must never
     be labelled by having been its own example."""
     texts = {e[TEXT]: e for e in examples}
@@ -153,6 +166,7 @@ def save(kept: Kept, folder: Path) -> Path:
 
 
 # -- fitting and labelling ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Classifier:
@@ -205,14 +219,17 @@ def classified(ledger: LedgerStore, job_id: str, options: dict[str, Any]) -> Cla
             labels.append(example[LABEL])
     missing = [label for label in label_set if label not in labels]
     if missing:
-        raise InputError(f"no example labelled {', '.join(map(repr, missing))} could be embedded (see `coldbatch "
-                         f"status {child}`); the rows cannot be labelled without them")
+        raise InputError(
+            f"no example labelled {', '.join(map(repr, missing))} could be embedded (see `coldbatch "
+            f"status {child}`); the rows cannot be labelled without them"
+        )
     classifier = train(vecs, labels, label_set)
     return Classified(label_set, label_all(classifier, ledger.iter_results(job_id), ledger.rows_per_key(job_id)))
 
 
-def label_all(classifier: Classifier, results: Iterable[dict[str, Any]], weights: dict[str, int],
-              chunk: int = 4096) -> dict[str, tuple[str, float]]:
+def label_all(
+    classifier: Classifier, results: Iterable[dict[str, Any]], weights: dict[str, int], chunk: int = 4096
+) -> dict[str, tuple[str, float]]:
     """(label, confidence) per question key: the most probable label after adapting the label priors to
     these rows (each question weighted by how many rows asked it). Vectors are read `chunk` at a time."""
     keys: list[str] = []
@@ -232,8 +249,11 @@ def label_all(classifier: Classifier, results: Iterable[dict[str, Any]], weights
         parts.append(classifier.proba(np.stack(batch)))
     if not keys:
         return {}
-    p = classify.adapt_priors(np.concatenate(parts), classifier.model.priors,
-                              weights=np.array([weights.get(k, 1) for k in keys], dtype=np.float64))
+    p = classify.adapt_priors(
+        np.concatenate(parts),
+        classifier.model.priors,
+        weights=np.array([weights.get(k, 1) for k in keys], dtype=np.float64),
+    )
     best = np.argmax(p, axis=1)
     return {k: (classifier.labels[int(b)], float(p[i, b])) for i, (k, b) in enumerate(zip(keys, best, strict=True))}
 
@@ -242,5 +262,7 @@ def check_labels(kept: Kept, labels: tuple[str, ...], path: Path) -> None:
     """Every label must keep at least one example once the rows being labelled are left out."""
     missing = [label for label in labels if not any(e[LABEL] == label for e in kept.rows)]
     if missing:
-        raise UsageError(f"--examples {path}: no example labelled {', '.join(map(repr, missing))} is left once the "
-                         "rows being labelled are left out; add examples that are not rows of INPUT")
+        raise UsageError(
+            f"--examples {path}: no example labelled {', '.join(map(repr, missing))} is left once the "
+            "rows being labelled are left out; add examples that are not rows of INPUT"
+        )

@@ -13,11 +13,30 @@ from coldbatch.store.interfaces import LedgerStore
 from coldbatch.store.ledger import Ledger
 from coldbatch.store.records import Outcome
 
-__all__ = ["COLLECTED", "CREATED", "CREATING", "FAILED", "OPEN_STATES", "PLANNED", "UPLOADED", "UPLOADING",
-           "JobStatus", "Ledger", "LedgerStore", "Outcome", "UnitState"]
+__all__ = [
+    "COLLECTED",
+    "CREATED",
+    "CREATING",
+    "FAILED",
+    "OPEN_STATES",
+    "PLANNED",
+    "UPLOADED",
+    "UPLOADING",
+    "JobStatus",
+    "Ledger",
+    "LedgerStore",
+    "Outcome",
+    "UnitState",
+]
 
 #: unit states, in order; `failed` (the batch failed for good) and `collected` are final
 PLANNED, UPLOADING, UPLOADED, CREATING, CREATED, COLLECTED, FAILED = (
-    UnitState.PLANNED, UnitState.UPLOADING, UnitState.UPLOADED, UnitState.CREATING, UnitState.CREATED,
-    UnitState.COLLECTED, UnitState.FAILED)
+    UnitState.PLANNED,
+    UnitState.UPLOADING,
+    UnitState.UPLOADED,
+    UnitState.CREATING,
+    UnitState.CREATED,
+    UnitState.COLLECTED,
+    UnitState.FAILED,
+)
 OPEN_STATES = OPEN_UNIT_STATES

@@ -109,24 +109,41 @@ def new_job_id(name: str | None) -> str:
     return f"{name or 'job'}-{stamp}-{secrets.token_hex(2)}"
 
 
-def write_job_output(ledger: LG.LedgerStore, job: dict[str, Any], root: Path,
-                     out: Path | None = None) -> dict[str, int]:
+def write_job_output(
+    ledger: LG.LedgerStore, job: dict[str, Any], root: Path, out: Path | None = None
+) -> dict[str, int]:
     """(Re)write a job's OUTPUT from the ledger: joined with the same request options and limits the job
     prepared with, after checking that the input still builds exactly the requests that were sent."""
     opts = RunOptions(**job["options"])
     lim = Limits(**opts.limits)
     manifest = read_manifest(root / "jobs" / job["id"] / "shards")
     classified = examples.classified(ledger, job["id"], opts.examples) if opts.examples else None
-    return write_output(ledger, job["id"], Path(job["input_path"]), out or Path(job["output_path"]),
-                        opts.request_spec(), fmt=opts.fmt, max_line_bytes=min(lim.max_line_bytes, lim.max_bytes - 1),
-                        shards=manifest["shards"] if manifest else None, classified=classified,
-                        prefix=opts.output_prefix)
+    return write_output(
+        ledger,
+        job["id"],
+        Path(job["input_path"]),
+        out or Path(job["output_path"]),
+        opts.request_spec(),
+        fmt=opts.fmt,
+        max_line_bytes=min(lim.max_line_bytes, lim.max_bytes - 1),
+        shards=manifest["shards"] if manifest else None,
+        classified=classified,
+        prefix=opts.output_prefix,
+    )
 
 
 class Runner:
-    def __init__(self, ledger: LG.LedgerStore, provider: BatchProvider, job_id: str, root: Path, *,
-                 on_event: Events | None = None, prices: P.PriceTable | None = None,
-                 sleep: Callable[[float], Any] = asyncio.sleep) -> None:
+    def __init__(
+        self,
+        ledger: LG.LedgerStore,
+        provider: BatchProvider,
+        job_id: str,
+        root: Path,
+        *,
+        on_event: Events | None = None,
+        prices: P.PriceTable | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
         self.ledger, self.provider, self.job_id, self.root = ledger, provider, job_id, root
         job = ledger.job(job_id)
         if job is None:
@@ -153,8 +170,10 @@ class Runner:
         job = self.ledger.job(self.job_id)
         assert job is not None
         if job["status"] == "failed":
-            raise InputError(f"Job {self.job_id} failed before anything was sent: {(job['report'] or {}).get('error')}"
-                             "; fix that and start a new `coldbatch run` (resuming would fail the same way)")
+            raise InputError(
+                f"Job {self.job_id} failed before anything was sent: {(job['report'] or {}).get('error')}"
+                "; fix that and start a new `coldbatch run` (resuming would fail the same way)"
+            )
         if job["status"] == "preparing":
             shards = self.folder / "shards"
             manifest = read_manifest(shards) if shards.is_dir() else None
@@ -165,18 +184,34 @@ class Runner:
             cache = self._cache() if use_cache else None
             planned = bool(self.ledger.units(self.job_id))
             if dedup and not planned:  # one pass estimates and writes the send plan
-                units, stats, found = plan_sends(shard_paths, self.folder / "send", self.ledger, self.job_id,
-                                                 limits=Limits(**self.opts.limits), cache=cache,
-                                                 cache_only=self.opts.cache_only, prices=self.prices)
+                units, stats, found = plan_sends(
+                    shard_paths,
+                    self.folder / "send",
+                    self.ledger,
+                    self.job_id,
+                    limits=Limits(**self.opts.limits),
+                    cache=cache,
+                    cache_only=self.opts.cache_only,
+                    prices=self.prices,
+                )
                 est = found.to_json()
                 est["plan"] = stats.to_json()
                 self.ledger.add_units(self.job_id, units)
             else:
                 est = estimate(shard_paths, prices=self.prices, dedup=dedup, cache=cache).to_json()
             if not dedup and not planned:
-                units = [{"round": 1, "shard": i, "path": str(p), "requests": s["requests"], "bytes": s["bytes"],
-                          "sha256": s["sha256"], "model": s["model"]}
-                         for i, (p, s) in enumerate(zip(shard_paths, manifest["shards"], strict=True), 1)]
+                units = [
+                    {
+                        "round": 1,
+                        "shard": i,
+                        "path": str(p),
+                        "requests": s["requests"],
+                        "bytes": s["bytes"],
+                        "sha256": s["sha256"],
+                        "model": s["model"],
+                    }
+                    for i, (p, s) in enumerate(zip(shard_paths, manifest["shards"], strict=True), 1)
+                ]
                 for u in units:
                     u["tokens"] = self._tokens_of(Path(u["path"]))
                 self.ledger.add_units(self.job_id, units)
@@ -192,8 +227,13 @@ class Runner:
         """`prepare` the input. An input it refuses fails the job, with the reason: left `preparing`, the job
         invited a `resume` that could only fail again."""
         try:
-            return prepare(job["input_path"], shards, self.opts.request_spec(), limits=Limits(**self.opts.limits),
-                           fmt=self.opts.fmt).manifest
+            return prepare(
+                job["input_path"],
+                shards,
+                self.opts.request_spec(),
+                limits=Limits(**self.opts.limits),
+                fmt=self.opts.fmt,
+            ).manifest
         except (InputError, UsageError) as exc:
             self.ledger.set_job(self.job_id, status="failed", report={"error": str(exc)})
             raise
@@ -207,8 +247,11 @@ class Runner:
         return dedup, use_cache or self.opts.cache_only
 
     def _cache(self) -> CacheStore:
-        return ResultCache(self.root / "cache.sqlite3", max_entries=self.opts.cache_max_entries,
-                           max_age_days=self.opts.cache_max_age_days)
+        return ResultCache(
+            self.root / "cache.sqlite3",
+            max_entries=self.opts.cache_max_entries,
+            max_age_days=self.opts.cache_max_age_days,
+        )
 
     def _tokens_of(self, path: Path) -> int:
         """Prompt tokens of one request file, for --max-enqueued-tokens (0, and no work, without that cap)."""
@@ -226,12 +269,16 @@ class Runner:
         if self.opts.mode == "sync" and cost is not None and s and b:  # sync prices: scale by their ratio
             cost = cost * s / b
         if cap is not None and cost is None:
-            raise BudgetExceeded(f"--max-cost ${cap:,.4f} was given but the price of {self.opts.spec['model']!r} "
-                                 "is unknown, so the cost cannot be checked; nothing was sent. Add the model to the "
-                                 "price table or drop --max-cost.")
+            raise BudgetExceeded(
+                f"--max-cost ${cap:,.4f} was given but the price of {self.opts.spec['model']!r} "
+                "is unknown, so the cost cannot be checked; nothing was sent. Add the model to the "
+                "price table or drop --max-cost."
+            )
         if cap is not None and cost is not None and cost > cap:
-            raise BudgetExceeded(f"The estimated batch cost ${cost:,.4f} exceeds --max-cost ${cap:,.4f}; nothing was "
-                                 "sent. Raise --max-cost or reduce max_tokens.")
+            raise BudgetExceeded(
+                f"The estimated batch cost ${cost:,.4f} exceeds --max-cost ${cap:,.4f}; nothing was "
+                "sent. Raise --max-cost or reduce max_tokens."
+            )
 
     # -- the loop -----------------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -259,8 +306,11 @@ class Runner:
                 await self.sleep(interval)
                 # back off only while nothing moves: a batch whose counts grow finishes soon, and each
                 # backed-off poll would leave its results (and the provider's next batch) waiting
-                interval = self.opts.poll_interval if self._moving else \
-                    min(interval * 1.5, max(self.opts.poll_interval, self.opts.max_poll_interval))
+                interval = (
+                    self.opts.poll_interval
+                    if self._moving
+                    else min(interval * 1.5, max(self.opts.poll_interval, self.opts.max_poll_interval))
+                )
         return await self.finish(started)
 
     async def _maybe_rescue(self, units: list[dict[str, Any]]) -> bool:
@@ -270,19 +320,24 @@ class Runner:
             return False
         started = min((u["intent_at"] or time.time() for u in self.ledger.units(self.job_id)), default=time.time())
         remaining = sum(u["requests"] - self._counts.get(u["id"], 0) for u in units)
-        done = sum(self._counts.values()) + sum(
-            u["requests"] for u in self.ledger.units(self.job_id, [LG.COLLECTED]))
-        if not deadline.late(now=time.time(), deadline=self.opts.deadline, started=started, done=done,
-                             remaining=remaining):
+        done = sum(self._counts.values()) + sum(u["requests"] for u in self.ledger.units(self.job_id, [LG.COLLECTED]))
+        if not deadline.late(
+            now=time.time(), deadline=self.opts.deadline, started=started, done=done, remaining=remaining
+        ):
             return False
         self.ledger.set_job(self.job_id, status="rescued")
-        self.emit("rescue", {"remaining": remaining, "done": done,
-                             "seconds_left": round(self.opts.deadline - time.time(), 1)})
+        self.emit(
+            "rescue", {"remaining": remaining, "done": done, "seconds_left": round(self.opts.deadline - time.time(), 1)}
+        )
         client = self.make_sync_client()
         try:
-            sent = await deadline.rescue(self.ledger, self.job_id, client,
-                                         attempt=self.ledger.max_round(self.job_id) + 1,
-                                         labels=structured.label_field(self.opts.request_spec().answer_schema))
+            sent = await deadline.rescue(
+                self.ledger,
+                self.job_id,
+                client,
+                attempt=self.ledger.max_round(self.job_id) + 1,
+                labels=structured.label_field(self.opts.request_spec().answer_schema),
+            )
         finally:
             await client.aclose()
         self.emit("rescued", {"requests": sent})
@@ -317,8 +372,13 @@ class Runner:
             async with gate:
                 return await self.provider.retrieve(batch_id)
 
-        polled = dict(zip([u["id"] for u in running],
-                          await asyncio.gather(*(retrieve(u["batch_id"]) for u in running)), strict=True))
+        polled = dict(
+            zip(
+                [u["id"] for u in running],
+                await asyncio.gather(*(retrieve(u["batch_id"]) for u in running)),
+                strict=True,
+            )
+        )
         for u in units:
             if u["state"] == LG.PLANNED:
                 if in_flight >= self.opts.max_in_flight or not self._tokens_ok(u, queued):
@@ -347,10 +407,14 @@ class Runner:
         """
         for u in units:
             if u["state"] == LG.UPLOADING:  # the upload may have reached the provider: find it, to delete it
-                found = None if u["id"] in self._fresh else await self.provider.find_file(
-                    self._filename(u), u["bytes"], (u["intent_at"] or 0) - 120)
-                self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission",
-                                        file_id=found["id"] if found else None)
+                found = (
+                    None
+                    if u["id"] in self._fresh
+                    else await self.provider.find_file(self._filename(u), u["bytes"], (u["intent_at"] or 0) - 120)
+                )
+                self.ledger.move_unit(
+                    u["id"], LG.FAILED, detail="cancelled before submission", file_id=found["id"] if found else None
+                )
             elif u["state"] in (LG.PLANNED, LG.UPLOADED):
                 self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission")
             elif u["state"] == LG.CREATING:
@@ -358,8 +422,7 @@ class Runner:
                 if found is None:
                     self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission")
                 else:
-                    self.ledger.move_unit(u["id"], LG.CREATED, batch_id=found["id"],
-                                            batch_status=found["status"])
+                    self.ledger.move_unit(u["id"], LG.CREATED, batch_id=found["id"], batch_status=found["status"])
                     await self.provider.cancel(found["id"])
                     self._cancel_sent.add(u["id"])
             else:
@@ -412,21 +475,37 @@ class Runner:
         return f"{self.job_id}.u{u['id']}.jsonl"
 
     def _tag(self, u: dict[str, Any]) -> dict[str, str]:
-        return {"coldbatch_job": self.job_id, "coldbatch_unit": str(u["id"]), "coldbatch_try": str(u["try"]),
-                "coldbatch_round": str(u["round"]), "coldbatch_sha256": u["sha256"][:32]}
+        return {
+            "coldbatch_job": self.job_id,
+            "coldbatch_unit": str(u["id"]),
+            "coldbatch_try": str(u["try"]),
+            "coldbatch_round": str(u["round"]),
+            "coldbatch_sha256": u["sha256"][:32],
+        }
 
     async def _upload(self, u: dict[str, Any]) -> None:
         name, not_before = self._filename(u), (u["intent_at"] or 0) - 120
         found = None
         if u["id"] not in self._fresh:  # a crash may have happened after the upload: look before sending again
             found = await self.provider.find_file(name, u["bytes"], not_before)
-        f, found = await self._post(u, found, lambda: self.provider.upload(Path(u["path"]), name),
-                                    lambda: self.provider.find_file(name, u["bytes"], not_before), "file")
+        f, found = await self._post(
+            u,
+            found,
+            lambda: self.provider.upload(Path(u["path"]), name),
+            lambda: self.provider.find_file(name, u["bytes"], not_before),
+            "file",
+        )
         self.ledger.move_unit(u["id"], LG.UPLOADED, file_id=f["id"])
         self.emit("uploaded", {"unit": u["id"], "file_id": f["id"], "adopted": found is not None})
 
-    async def _post(self, u: dict[str, Any], found: Any, send: Callable[[], Awaitable[Any]],
-                    find: Callable[[], Awaitable[Any]], what: str) -> tuple[Any, Any]:
+    async def _post(
+        self,
+        u: dict[str, Any],
+        found: Any,
+        send: Callable[[], Awaitable[Any]],
+        find: Callable[[], Awaitable[Any]],
+        what: str,
+    ) -> tuple[Any, Any]:
         """(object, the one found instead of sent): `send()` unless `found`; after a `Retryable` failure `find()`
         first (the call may have reached the provider). Waits follow the one retry policy (hotpath.limits)."""
         attempt = 0
@@ -448,8 +527,12 @@ class Runner:
         found = None if u["id"] in self._fresh else await self._find_batch(u)
         endpoint = self.opts.spec["endpoint"]
         b, found = await self._post(
-            u, found, lambda: self.provider.create_batch(u["file_id"], endpoint, tag, self.opts.completion_window),
-            lambda: self._find_batch(u), "batch")
+            u,
+            found,
+            lambda: self.provider.create_batch(u["file_id"], endpoint, tag, self.opts.completion_window),
+            lambda: self._find_batch(u),
+            "batch",
+        )
         self.ledger.move_unit(u["id"], LG.CREATED, batch_id=b["id"], batch_status=b["status"])
         self.emit("created", {"unit": u["id"], "batch_id": b["id"], "adopted": found is not None})
 
@@ -463,8 +546,10 @@ class Runner:
         self._counts[u["id"]] = finished
         if status != u["batch_status"]:
             self.ledger.set_batch_status(u["id"], status)
-            self.emit("status", {"unit": u["id"], "batch_id": u["batch_id"], "status": status,
-                                 "counts": b.get("request_counts")})
+            self.emit(
+                "status",
+                {"unit": u["id"], "batch_id": u["batch_id"], "status": status, "counts": b.get("request_counts")},
+            )
         if status not in TERMINAL:
             return bool(status != u["batch_status"])
         if status == "failed":
@@ -478,8 +563,7 @@ class Runner:
         if any(e.get("code") == "token_limit_exceeded" for e in errors) and u["try"] < MAX_REQUEUES:
             # the provider's queue is full: send the same file again later, as a new try (a new tag); the
             # failed batch stays on the provider's list under the old try's tag, so reconciliation never adopts it
-            self.ledger.move_unit(u["id"], LG.UPLOADED, batch_id=None, batch_status=None,
-                                    **{"try": u["try"] + 1})
+            self.ledger.move_unit(u["id"], LG.UPLOADED, batch_id=None, batch_status=None, **{"try": u["try"] + 1})
             wait = min(self.opts.poll_interval * 2 ** min(u["try"], 6), max(self.opts.max_poll_interval, 1.0))
             self._not_before[u["id"]] = time.monotonic() + wait
             self.emit("requeued", {"unit": u["id"], "reason": "token_limit_exceeded", "try": u["try"] + 1})
@@ -490,9 +574,15 @@ class Runner:
         for n, line in request_lines(Path(u["path"])):
             e = by_line.get(n, first)
             outcomes.append(LG.Outcome(custom_id_of(line), "failed", None, e.get("code"), e.get("message")))
-        self.ledger.collect(u, outcomes, state=LG.FAILED, batch_status="failed",
-                            output_file_id=b.get("output_file_id"), error_file_id=b.get("error_file_id"),
-                            detail=orjson.dumps(errors[:20]).decode())
+        self.ledger.collect(
+            u,
+            outcomes,
+            state=LG.FAILED,
+            batch_status="failed",
+            output_file_id=b.get("output_file_id"),
+            error_file_id=b.get("error_file_id"),
+            detail=orjson.dumps(errors[:20]).decode(),
+        )
         self.emit("failed", {"unit": u["id"], "batch_id": u["batch_id"], "errors": errors[:3]})
         await self._clean_remote(u, b)
 
@@ -518,20 +608,30 @@ class Runner:
         schema = self.opts.request_spec().answer_schema
         labels = structured.label_field(schema)
         for kind, dest in files:
-            items = (read_output(dest, endpoint, cancelled_by_user=cancelled_by_user, labels=labels) if kind == "output"
-                     else read_errors(dest, cancelled_by_user=cancelled_by_user))
+            items = (
+                read_output(dest, endpoint, cancelled_by_user=cancelled_by_user, labels=labels)
+                if kind == "output"
+                else read_errors(dest, cancelled_by_user=cancelled_by_user)
+            )
             for o in items:
-                outcomes[o.custom_id] = structured.check(o, schema, attempt=u["round"],
-                                                         retries=self.opts.invalid_output_retries)
+                outcomes[o.custom_id] = structured.check(
+                    o, schema, attempt=u["round"], retries=self.opts.invalid_output_retries
+                )
         for cid in expected:
             if cid not in outcomes:
-                outcomes[cid] = (LG.Outcome(cid, "failed", None, "batch_cancelled", "cancelled by the user")
-                                 if cancelled_by_user and b["status"] == "cancelled" else
-                                 LG.Outcome(cid, "retry", None, "missing_result", "the provider returned no result"))
+                outcomes[cid] = (
+                    LG.Outcome(cid, "failed", None, "batch_cancelled", "cancelled by the user")
+                    if cancelled_by_user and b["status"] == "cancelled"
+                    else LG.Outcome(cid, "retry", None, "missing_result", "the provider returned no result")
+                )
         wanted = set(expected)
-        counts = self.ledger.collect(u, (o for cid, o in outcomes.items() if cid in wanted),
-                                     batch_status=b["status"], output_file_id=b.get("output_file_id"),
-                                     error_file_id=b.get("error_file_id"))
+        counts = self.ledger.collect(
+            u,
+            (o for cid, o in outcomes.items() if cid in wanted),
+            batch_status=b["status"],
+            output_file_id=b.get("output_file_id"),
+            error_file_id=b.get("error_file_id"),
+        )
         self._remember(o for cid, o in outcomes.items() if cid in wanted)
         return counts
 
@@ -540,8 +640,11 @@ class Runner:
         dedup, use_cache = self._dedup_and_cache()
         if not (dedup and use_cache) or self.opts.cache_only:
             return
-        entries = [Entry(o.custom_id, o.content, o.prompt_tokens, o.completion_tokens, o.confidence) for o in outcomes
-                   if o.state == "ok" and o.content is not None and o.custom_id.startswith(KEY_PREFIX)]
+        entries = [
+            Entry(o.custom_id, o.content, o.prompt_tokens, o.completion_tokens, o.confidence)
+            for o in outcomes
+            if o.state == "ok" and o.content is not None and o.custom_id.startswith(KEY_PREFIX)
+        ]
         # (answers that miss the labels/schema were turned into invalid_output by structured.check already)
         if entries:
             cache = self._cache()
@@ -571,8 +674,9 @@ class Runner:
             return
         for u in self.ledger.units(self.job_id, [LG.COLLECTED, LG.FAILED]):
             if not u["remote_cleaned"]:
-                await self._clean_remote(u, {"output_file_id": u["output_file_id"],
-                                             "error_file_id": u["error_file_id"]})
+                await self._clean_remote(
+                    u, {"output_file_id": u["output_file_id"], "error_file_id": u["error_file_id"]}
+                )
 
     # -- retries ------------------------------------------------------------------------------------------
     def _plan_retry_round(self) -> bool:
@@ -622,13 +726,23 @@ class Runner:
                     continue
                 data = line + b"\n"
                 model = str(req.body.get("model", ""))
-                if out is None or cur["requests"] >= lim.max_requests or \
-                        cur["bytes"] + len(data) > lim.max_bytes or model != cur["model"]:
+                if (
+                    out is None
+                    or cur["requests"] >= lim.max_requests
+                    or cur["bytes"] + len(data) > lim.max_bytes
+                    or model != cur["model"]
+                ):
                     close()
                     path = folder / f"round-{rnd}-{len(units) + 1:05d}.jsonl"
                     out, h = path.open("wb"), hashlib.sha256()
-                    cur = {"round": rnd, "shard": len(units) + 1, "path": str(path), "requests": 0, "bytes": 0,
-                           "model": model}
+                    cur = {
+                        "round": rnd,
+                        "shard": len(units) + 1,
+                        "path": str(path),
+                        "requests": 0,
+                        "bytes": 0,
+                        "model": model,
+                    }
                 out.write(data)
                 h.update(data)
                 cur["requests"] += 1
@@ -650,8 +764,13 @@ class Runner:
             by[key] = by.get(key, 0) + 1
         remote = sum(self._counts.get(u["id"], 0) for u in units if u["state"] == LG.CREATED)
         total = sum(u["requests"] for u in units if u["round"] == 1)
-        return {"units": len(units), "by_state": by, "remote_done": remote, "requests": total,
-                **self.ledger.summary(self.job_id)}
+        return {
+            "units": len(units),
+            "by_state": by,
+            "remote_done": remote,
+            "requests": total,
+            **self.ledger.summary(self.job_id),
+        }
 
     async def finish(self, started: float) -> dict[str, Any]:
         await self._sweep_remote()
@@ -662,35 +781,64 @@ class Runner:
         price = self.prices.lookup(self.opts.spec["model"])
         actual = sync = None
         if price is not None:
-            actual = float(price.cost(summary["prompt_tokens"], summary["completion_tokens"], batch=True,
-                                      cached_tokens=summary["cached_tokens"]))
-            sync = float(price.cost(summary["prompt_tokens"], summary["completion_tokens"], batch=False,
-                                    cached_tokens=summary["cached_tokens"]))
+            actual = float(
+                price.cost(
+                    summary["prompt_tokens"],
+                    summary["completion_tokens"],
+                    batch=True,
+                    cached_tokens=summary["cached_tokens"],
+                )
+            )
+            sync = float(
+                price.cost(
+                    summary["prompt_tokens"],
+                    summary["completion_tokens"],
+                    batch=False,
+                    cached_tokens=summary["cached_tokens"],
+                )
+            )
         paid = sync if self.opts.mode == "sync" else actual  # sync mode pays sync prices
         full = job["estimate"] or {}
         est = full.get("totals") or {}
         sync_all = est.get("sync_cost_usd")  # every row sent one by one at sync prices: the baseline
         plan = full.get("plan") or {}
-        report = {"job": self.job_id, "output": str(job["output_path"]), "rows": written["rows"],
-                  "rejected_rows": written["rejected"], **summary,
-                  "succeeded": written["succeeded"], "failed": written["failed"],
-                  "answered_from_cache": written["from_cache"], "distinct_requests": plan.get("distinct_requests"),
-                  "cache_hits": plan.get("cache_hits"), "requests_sent": plan.get("requests_to_send"),
-                  "rounds": self.ledger.max_round(self.job_id), "cost_batch_usd": actual, "cost_sync_usd": sync,
-                  "cost_sync_all_rows_usd": sync_all,
-                  "cost_usd": paid, "mode": self.opts.mode, "route": full.get("route"),
-                  "saving_pct": round((1 - paid / sync_all) * 100, 2) if paid is not None and sync_all else None,
-                  "estimated_batch_usd": est.get("final_cost_usd", est.get("batch_cost_usd")),
-                  "estimated_input_tokens": est.get("input_tokens_to_send", est.get("input_tokens")),
-                  "seconds": round(time.time() - started, 2)}
+        report = {
+            "job": self.job_id,
+            "output": str(job["output_path"]),
+            "rows": written["rows"],
+            "rejected_rows": written["rejected"],
+            **summary,
+            "succeeded": written["succeeded"],
+            "failed": written["failed"],
+            "answered_from_cache": written["from_cache"],
+            "distinct_requests": plan.get("distinct_requests"),
+            "cache_hits": plan.get("cache_hits"),
+            "requests_sent": plan.get("requests_to_send"),
+            "rounds": self.ledger.max_round(self.job_id),
+            "cost_batch_usd": actual,
+            "cost_sync_usd": sync,
+            "cost_sync_all_rows_usd": sync_all,
+            "cost_usd": paid,
+            "mode": self.opts.mode,
+            "route": full.get("route"),
+            "saving_pct": round((1 - paid / sync_all) * 100, 2) if paid is not None and sync_all else None,
+            "estimated_batch_usd": est.get("final_cost_usd", est.get("batch_cost_usd")),
+            "estimated_input_tokens": est.get("input_tokens_to_send", est.get("input_tokens")),
+            "seconds": round(time.time() - started, 2),
+        }
         rescued = self.ledger.rescued_summary(self.job_id)
         if rescued["requests"]:
             extra = None
             if price is not None:  # what the rescued requests cost at sync prices over what batch would have
-                extra = float(price.cost(rescued["prompt_tokens"], rescued["completion_tokens"], batch=False)
-                              - price.cost(rescued["prompt_tokens"], rescued["completion_tokens"], batch=True))
-            report["deadline_rescue"] = {**rescued, "rows_via_batch_or_cache": written["rows"] - rescued["rows"],
-                                         "extra_cost_usd": extra}
+                extra = float(
+                    price.cost(rescued["prompt_tokens"], rescued["completion_tokens"], batch=False)
+                    - price.cost(rescued["prompt_tokens"], rescued["completion_tokens"], batch=True)
+                )
+            report["deadline_rescue"] = {
+                **rescued,
+                "rows_via_batch_or_cache": written["rows"] - rescued["rows"],
+                "extra_cost_usd": extra,
+            }
         final = "cancelled" if job["status"] in CANCELLED else "done"
         self.ledger.set_job(self.job_id, status=final, report=report)
         self.emit("done", report)

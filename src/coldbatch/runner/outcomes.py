@@ -19,8 +19,9 @@ from coldbatch.protocol.lines import OutputLine
 from coldbatch.runner.confidence import label_confidence
 from coldbatch.runner.ledger import Outcome
 
-TRANSIENT_CODES = frozenset({"batch_expired", "engine_error", "server_error", "rate_limit_exceeded", "timeout",
-                             "missing_result"})
+TRANSIENT_CODES = frozenset(
+    {"batch_expired", "engine_error", "server_error", "rate_limit_exceeded", "timeout", "missing_result"}
+)
 
 
 def transient_status(status: int) -> bool:
@@ -37,8 +38,9 @@ def content_of(endpoint: str, body: dict[str, Any]) -> str:
         vecs = [d.get("embedding") for d in body.get("data") or []]
         return orjson.dumps(vecs[0] if len(vecs) == 1 else vecs).decode()
     if endpoint == L.RESPONSES:
-        parts = [c.get("text", "") for o in body.get("output") or [] for c in o.get("content") or []
-                 if isinstance(c, dict)]
+        parts = [
+            c.get("text", "") for o in body.get("output") or [] for c in o.get("content") or [] if isinstance(c, dict)
+        ]
         return "".join(parts)
     return orjson.dumps(body).decode()
 
@@ -51,18 +53,21 @@ def _usage(body: dict[str, Any]) -> tuple[int, int, int]:
     return int(prompt), int(completion), int(details.get("cached_tokens", 0) or 0)
 
 
-def answered(custom_id: str, endpoint: str, body: dict[str, Any],
-             labels: tuple[str, frozenset[str]] | None = None) -> Outcome:
+def answered(
+    custom_id: str, endpoint: str, body: dict[str, Any], labels: tuple[str, frozenset[str]] | None = None
+) -> Outcome:
     """A 2xx answer as an Outcome; with `labels` (field, allowed), its confidence from the body's logprobs."""
     p, c, cached = _usage(body)
     content = content_of(endpoint, body)
     confidence = label_confidence(body, content, *labels) if labels is not None and endpoint == L.CHAT else None
-    return Outcome(custom_id, "ok", content, prompt_tokens=p, completion_tokens=c, cached_tokens=cached,
-                   confidence=confidence)
+    return Outcome(
+        custom_id, "ok", content, prompt_tokens=p, completion_tokens=c, cached_tokens=cached, confidence=confidence
+    )
 
 
-def read_output(path: Path, endpoint: str, *, cancelled_by_user: bool = False,
-                labels: tuple[str, frozenset[str]] | None = None) -> Iterator[Outcome]:
+def read_output(
+    path: Path, endpoint: str, *, cancelled_by_user: bool = False, labels: tuple[str, frozenset[str]] | None = None
+) -> Iterator[Outcome]:
     """The output file's lines. A line that is not a 2xx answer (some providers put those here too) is
     classified like an error-file line, never taken for a success."""
     for line in read_outputs(path):
@@ -93,5 +98,6 @@ def classify(line: OutputLine | dict[str, Any], *, cancelled_by_user: bool) -> O
         err = {"message": str(err)}
     code = str(err.get("code") or f"http_{status}")
     transient = transient_status(status) or code in TRANSIENT_CODES
-    return Outcome(line.custom_id, "retry" if transient else "failed", None, code,
-                   err.get("message") or f"HTTP {status}")
+    return Outcome(
+        line.custom_id, "retry" if transient else "failed", None, code, err.get("message") or f"HTTP {status}"
+    )

@@ -44,8 +44,9 @@ ADDED = ("custom_id", "response", "label", "confidence", "error", "attempts", "p
 LABEL_ONLY = ("label", "confidence")  #: added only to a --labels job's OUTPUT
 
 
-def added_columns(spec: RequestSpec, labels: tuple[str, ...] = (), prefix: str = "",
-                  classified: bool = False) -> list[str]:
+def added_columns(
+    spec: RequestSpec, labels: tuple[str, ...] = (), prefix: str = "", classified: bool = False
+) -> list[str]:
     """The names of the columns OUTPUT adds to the input's, in order (see the module docstring)."""
     names = []
     for c in ADDED:
@@ -64,11 +65,14 @@ def check_columns(input_columns: list[str], added: list[str], where: str) -> Non
         raise UsageError(
             f"{where}: the input already has column(s) {', '.join(clash)}, which OUTPUT adds; pass "
             f"--output-prefix (e.g. --output-prefix cb_ names them {', '.join('cb_' + c for c in clash[:3])}, ...) "
-            f"or rename the input's column(s)")
+            f"or rename the input's column(s)"
+        )
     dupes = sorted({c for c in added if added.count(c) > 1})
     if dupes:
-        raise UsageError(f"{where}: OUTPUT would have column(s) {', '.join(dupes)} twice (a --schema property "
-                         "named like an added column); pass --output-prefix")
+        raise UsageError(
+            f"{where}: OUTPUT would have column(s) {', '.join(dupes)} twice (a --schema property "
+            "named like an added column); pass --output-prefix"
+        )
 
 
 def input_columns(input_path: Path, fmt: str | None) -> list[str]:
@@ -103,7 +107,7 @@ def _sweep_parts(path: Path) -> None:
     prefix = f".{path.name}."
     for p in path.parent.iterdir():
         if p.name.startswith(prefix) and p.name.endswith(".part"):
-            pid = p.name[len(prefix):-len(".part")]
+            pid = p.name[len(prefix) : -len(".part")]
             if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
                 p.unlink(missing_ok=True)
 
@@ -171,22 +175,24 @@ class _SameRequests:
         self.h = hashlib.sha256()
 
     def _changed(self, detail: str) -> InputError:
-        return InputError(f"{self.input_path}: changed since the job prepared it ({detail}), so its answers could "
-                          "be joined to the wrong rows; OUTPUT was not written. Restore the input file as it was, "
-                          "then run `coldbatch collect JOB` (the answers are kept in the ledger).")
+        return InputError(
+            f"{self.input_path}: changed since the job prepared it ({detail}), so its answers could "
+            "be joined to the wrong rows; OUTPUT was not written. Restore the input file as it was, "
+            "then run `coldbatch collect JOB` (the answers are kept in the ledger)."
+        )
 
     def feed(self, lines: pa.LargeStringArray) -> None:
         n = len(lines)
         if n == 0:
             return
-        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=n + lines.offset + 1)[lines.offset:]
+        offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=n + lines.offset + 1)[lines.offset :]
         data = memoryview(lines.buffers()[2])
         pos = 0
         while pos < n:
             if self.i >= len(self.want):
                 raise self._changed("it now makes more requests")
             take = min(self.left, n - pos)
-            self.h.update(data[int(offsets[pos]):int(offsets[pos + take])])
+            self.h.update(data[int(offsets[pos]) : int(offsets[pos + take])])
             pos += take
             self.left -= take
             if self.left == 0:
@@ -202,10 +208,19 @@ class _SameRequests:
 
 
 @_gc.paused()  # millions of short-lived result dicts and list items, no cycles
-def write_output(ledger: LedgerStore, job_id: str, input_path: Path, out: Path, spec: RequestSpec,
-                 *, fmt: str | None = None, max_line_bytes: int = L.MAX_LINE_BYTES,
-                 shards: list[dict[str, Any]] | None = None, classified: Classified | None = None,
-                 prefix: str = "") -> dict[str, int]:
+def write_output(
+    ledger: LedgerStore,
+    job_id: str,
+    input_path: Path,
+    out: Path,
+    spec: RequestSpec,
+    *,
+    fmt: str | None = None,
+    max_line_bytes: int = L.MAX_LINE_BYTES,
+    shards: list[dict[str, Any]] | None = None,
+    classified: Classified | None = None,
+    prefix: str = "",
+) -> dict[str, int]:
     """Write OUTPUT atomically; returns row counts.
 
     `max_line_bytes` must be what the job's prepare used (rows over it were rejected there, so they are
@@ -264,17 +279,30 @@ def write_output(ledger: LedgerStore, job_id: str, input_path: Path, out: Path, 
         done = True
     finally:
         writer.close(publish=done)
-    return {"rows": rows, "rejected": rejected, "succeeded": by_state["ok"], "failed": by_state["failed"],
-            "from_cache": by_state["from_cache"]}
+    return {
+        "rows": rows,
+        "rejected": rejected,
+        "succeeded": by_state["ok"],
+        "failed": by_state["failed"],
+        "from_cache": by_state["from_cache"],
+    }
 
 
-_TYPES = {"custom_id": pa.string(), "response": pa.string(), "label": pa.string(), "confidence": pa.float64(),
-          "error": pa.string(),
-          "attempts": pa.int32(), "prompt_tokens": pa.int64(), "completion_tokens": pa.int64()}
+_TYPES = {
+    "custom_id": pa.string(),
+    "response": pa.string(),
+    "label": pa.string(),
+    "confidence": pa.float64(),
+    "error": pa.string(),
+    "attempts": pa.int32(),
+    "prompt_tokens": pa.int64(),
+    "completion_tokens": pa.int64(),
+}
 
 
-def _fill(cols: dict[str, list[Any]], cid: str | None, res: dict[str, Any] | None, reject: Any,
-          labels: tuple[str, ...]) -> None:
+def _fill(
+    cols: dict[str, list[Any]], cid: str | None, res: dict[str, Any] | None, reject: Any, labels: tuple[str, ...]
+) -> None:
     cols["custom_id"].append(cid)
     if res is None:
         err = f"{reject.code}: {reject.message}" if reject is not None else "not_run: no result (job cancelled?)"
@@ -313,11 +341,14 @@ def _relabel(cols: dict[str, list[Any]], res: dict[str, Any], classified: Classi
         cols["error"][-1] = "not_classified: the answer is not an embedding the classifier can read"
 
 
-def _append_schema_columns(table: pa.Table, schema: dict[str, Any], responses: list[Any],
-                           errors: list[Any], prefix: str) -> pa.Table:
+def _append_schema_columns(
+    table: pa.Table, schema: dict[str, Any], responses: list[Any], errors: list[Any], prefix: str
+) -> pa.Table:
     """One column per top-level schema property, filled from valid answers (named `prefix` + property)."""
-    parsed = [structured.columns(r, schema) if r is not None and e is None else {} for r, e in
-              zip(responses, errors, strict=True)]
+    parsed = [
+        structured.columns(r, schema) if r is not None and e is None else {}
+        for r, e in zip(responses, errors, strict=True)
+    ]
     for name in schema.get("properties", {}):
         table = table.append_column(prefix + name, column([p.get(name) for p in parsed], pa.string()))
     return table

@@ -38,8 +38,13 @@ class PlanStats:
     not_cached: int = 0  # --cache-only: distinct questions left unanswered
 
     def to_json(self) -> dict[str, int]:
-        return {"requests": self.requests, "distinct_requests": self.distinct, "cache_hits": self.cache_hits,
-                "requests_to_send": self.to_send, "not_cached": self.not_cached}
+        return {
+            "requests": self.requests,
+            "distinct_requests": self.distinct,
+            "cache_hits": self.cache_hits,
+            "requests_to_send": self.to_send,
+            "not_cached": self.not_cached,
+        }
 
 
 @dataclass
@@ -54,12 +59,24 @@ class _SendWriter:
     def add(self, line: bytes, model: str, tokens: int) -> None:
         data = line + b"\n"
         cur = self._cur
-        if cur is None or cur["requests"] >= self.limits.max_requests or \
-                cur["bytes"] + len(data) > self.limits.max_bytes or cur["model"] != model:
+        if (
+            cur is None
+            or cur["requests"] >= self.limits.max_requests
+            or cur["bytes"] + len(data) > self.limits.max_bytes
+            or cur["model"] != model
+        ):
             self.close()
             path = self.folder / f"send-{len(self.units) + 1:05d}.jsonl"
-            self._cur = cur = {"round": 1, "shard": len(self.units) + 1, "path": str(path), "requests": 0,
-                               "bytes": 0, "sha256": "", "model": model, "tokens": 0}
+            self._cur = cur = {
+                "round": 1,
+                "shard": len(self.units) + 1,
+                "path": str(path),
+                "requests": 0,
+                "bytes": 0,
+                "sha256": "",
+                "model": model,
+                "tokens": 0,
+            }
             self.units.append(cur)
             self._fh = path.open("wb")
             self._hash = hashlib.sha256()
@@ -77,9 +94,17 @@ class _SendWriter:
             self._fh = None
 
 
-def plan_sends(shard_paths: list[Path], folder: Path, ledger: LG.LedgerStore, job_id: str, *, limits: Limits,
-               cache: CacheStore | None, cache_only: bool = False,
-               prices: P.PriceTable | None = None) -> tuple[list[dict[str, Any]], PlanStats, Estimate]:
+def plan_sends(
+    shard_paths: list[Path],
+    folder: Path,
+    ledger: LG.LedgerStore,
+    job_id: str,
+    *,
+    limits: Limits,
+    cache: CacheStore | None,
+    cache_only: bool = False,
+    prices: P.PriceTable | None = None,
+) -> tuple[list[dict[str, Any]], PlanStats, Estimate]:
     """Estimate a deduplicated job and write its send files, in one pass over the shards: every line is
     parsed, hashed and counted once. Records row → question keys; each unit carries the prompt tokens it
     sends (for the enqueued-token quota). Idempotent: a rerun after a crash rewrites the same files and
@@ -93,8 +118,9 @@ def plan_sends(shard_paths: list[Path], folder: Path, ledger: LG.LedgerStore, jo
         ledger.add_row_keys(job_id, [(p[1], p[5]) for p in pending])
         stats.requests += len(pending)
         if hits:
-            ledger.record_cached(job_id, [LG.Outcome(k, "ok", e.content, confidence=e.confidence)
-                                          for k, e in hits.items()])
+            ledger.record_cached(
+                job_id, [LG.Outcome(k, "ok", e.content, confidence=e.confidence) for k, e in hits.items()]
+            )
         stats.cache_hits += len(hits)
         unanswered = []
         for p, f, tokens in zip(pending, fate, prompts, strict=True):
@@ -105,8 +131,9 @@ def plan_sends(shard_paths: list[Path], folder: Path, ledger: LG.LedgerStore, jo
                 continue
             key, req = p[5], p[7]
             if cache_only:
-                unanswered.append(LG.Outcome(key, "failed", None, "not_cached",
-                                             "--cache-only: no cached answer for this request"))
+                unanswered.append(
+                    LG.Outcome(key, "failed", None, "not_cached", "--cache-only: no cached answer for this request")
+                )
                 continue
             req["custom_id"] = key
             writer.add(orjson.dumps(req), p[2], tokens)

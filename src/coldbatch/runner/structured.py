@@ -52,8 +52,9 @@ def problem(content: str | None, schema: dict[str, Any]) -> str | None:
     labels = _label_enum(schema)
     if labels is not None and isinstance(value, dict) and len(value) == 1 and value.get(labels[0]) in labels[1]:
         return None  # the common --labels case, checked without the (much slower) general validator
-    error = jsonschema.exceptions.best_match(_validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode())
-                                             .iter_errors(value))
+    error = jsonschema.exceptions.best_match(
+        _validator(orjson.dumps(schema, option=orjson.OPT_SORT_KEYS).decode()).iter_errors(value)
+    )
     return None if error is None else f"the answer does not match the schema: {error.message}"
 
 
@@ -64,8 +65,9 @@ def check(outcome: Outcome, schema: dict[str, Any] | None, *, attempt: int, retr
     why = problem(outcome.content, schema)
     if why is None:
         return outcome
-    return replace(outcome, state="retry" if attempt <= retries else "failed", error_code="invalid_output",
-                   error_message=why)
+    return replace(
+        outcome, state="retry" if attempt <= retries else "failed", error_code="invalid_output", error_message=why
+    )
 
 
 def columns(content: str | None, schema: dict[str, Any]) -> dict[str, Any]:

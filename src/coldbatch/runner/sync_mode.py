@@ -44,17 +44,22 @@ def route(est: dict[str, Any], threshold: int = SYNC_THRESHOLD) -> dict[str, Any
     n = int(plan.get("requests_to_send", totals.get("requests_to_send", totals.get("requests", 0))) or 0)
     if n <= threshold:
         mode = "sync"
-        reason = (f"{n:,} request(s) to send <= --sync-threshold {threshold:,}: sync answers in seconds to minutes; "
-                  "a batch's minutes-to-hours latency is not worth its 50% discount on a job this small")
+        reason = (
+            f"{n:,} request(s) to send <= --sync-threshold {threshold:,}: sync answers in seconds to minutes; "
+            "a batch's minutes-to-hours latency is not worth its 50% discount on a job this small"
+        )
     else:
         mode = "batch"
-        reason = (f"{n:,} requests to send > --sync-threshold {threshold:,}: batch halves the cost of a job this "
-                  "large and needs no rate-limit budget")
+        reason = (
+            f"{n:,} requests to send > --sync-threshold {threshold:,}: batch halves the cost of a job this "
+            "large and needs no rate-limit budget"
+        )
     return {"mode": mode, "reason": reason, "requests_to_send": n, "threshold": threshold}
 
 
-def outcome_of(custom_id: str, endpoint: str, res: Result,
-               labels: tuple[str, frozenset[str]] | None = None) -> LG.Outcome:
+def outcome_of(
+    custom_id: str, endpoint: str, res: Result, labels: tuple[str, frozenset[str]] | None = None
+) -> LG.Outcome:
     """One sync answer as a ledger Outcome, classified like a batch result line; transient failures are final
     here (the client already retried them). `labels`: see `outcomes.answered`."""
     if res.ok:
@@ -68,8 +73,9 @@ def outcome_of(custom_id: str, endpoint: str, res: Result,
 class SyncRunner(Runner):
     """A `Runner` whose round 1 goes through a `SyncClient`; see the module docstring."""
 
-    def __init__(self, *args: Any, client: SyncClient, flush_every: float = 0.2, flush_size: int = 200,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, client: SyncClient, flush_every: float = 0.2, flush_size: int = 200, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.client = client
         self.flush_every, self.flush_size = flush_every, flush_size
@@ -89,8 +95,9 @@ class SyncRunner(Runner):
         labels = structured.label_field(self.opts.request_spec().answer_schema)
         ticker = asyncio.create_task(self._tick())
         try:
-            await self.client.run_many(self._items(units, endpoint),
-                                       lambda cid, res: self._arrived(outcome_of(cid, endpoint, res, labels)))
+            await self.client.run_many(
+                self._items(units, endpoint), lambda cid, res: self._arrived(outcome_of(cid, endpoint, res, labels))
+            )
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -98,8 +105,7 @@ class SyncRunner(Runner):
             self._flush()
         for u in units:  # everything is answered (or the job was cancelled): batch mode must never send these
             if self._stop:
-                self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission",
-                                        remote_cleaned=1)
+                self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission", remote_cleaned=1)
             else:
                 self.ledger.move_unit(u["id"], LG.COLLECTED, remote_cleaned=1, detail="sent in sync mode")
         return await self.finish(started)

@@ -97,8 +97,12 @@ def _http_error(request: Request, exc: Exception) -> Response:
 def _server_error_response(cause: BaseException | None = None) -> Response:
     """500, or 507 when the cause is a full disk: the server's condition, which passes (the SDK retries 5xx)."""
     if cause is not None and is_disk_full(cause):
-        exc = ApiError(507, "The server is out of disk space and stored nothing; try again later.",
-                       type_="server_error", code="insufficient_storage")
+        exc = ApiError(
+            507,
+            "The server is out of disk space and stored nothing; try again later.",
+            type_="server_error",
+            code="insufficient_storage",
+        )
         return JSONResponse(exc.envelope(), status_code=exc.status)
     exc = ApiError(500, "The server had an error while processing your request.", type_="server_error")
     return JSONResponse(exc.envelope(), status_code=exc.status)
@@ -118,12 +122,20 @@ def scaleout_services(settings: ServerSettings, engine: Engine, slots: Slots) ->
 
     store = PgStore(settings.store_url or "")
     blobs = open_blobs(settings.blobs_url, settings.data_dir)
-    coordinator = Coordinator(store, blobs, engine, config=settings.executor, lease_seconds=settings.lease_seconds,
-                              chunk_lines=settings.chunk_lines, orphan_grace=settings.orphan_grace_seconds)
+    coordinator = Coordinator(
+        store,
+        blobs,
+        engine,
+        config=settings.executor,
+        lease_seconds=settings.lease_seconds,
+        chunk_lines=settings.chunk_lines,
+        orphan_grace=settings.orphan_grace_seconds,
+    )
     runners: list[Any] = [coordinator]
     if settings.execute:
-        coordinator.worker = ChunkWorker(store, blobs, engine, slots, config=settings.executor,
-                                         lease_seconds=settings.lease_seconds)
+        coordinator.worker = ChunkWorker(
+            store, blobs, engine, slots, config=settings.executor, lease_seconds=settings.lease_seconds
+        )
         runners.append(coordinator.worker)
     return store, blobs, coordinator, runners
 
@@ -144,8 +156,15 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
             executor = Executor(store, blobs, engine, slots, config=settings.executor)
             runners = [executor]
         executor.tracing = tracing.from_env(os.environ, settings.tracer_provider)  # no-op unless OTEL_* says so
-        services = Services(settings, store, blobs, engine, slots, executor,
-                            {hashlib.sha256(k.encode()).hexdigest(): owner_id(k) for k in settings.api_keys})
+        services = Services(
+            settings,
+            store,
+            blobs,
+            engine,
+            slots,
+            executor,
+            {hashlib.sha256(k.encode()).hexdigest(): owner_id(k) for k in settings.api_keys},
+        )
         tasks = [asyncio.create_task(r.run_forever(), name=type(r).__name__) for r in runners]
         try:
             yield {"services": services}
@@ -160,8 +179,10 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
             store.close()
 
     app = Starlette(
-        routes=[Route(path, fn, methods=methods) for path, fn, methods in (*routes.ROUTES, *anthropic_api.ROUTES,
-                                                                           *dashboard.ROUTES)],
+        routes=[
+            Route(path, fn, methods=methods)
+            for path, fn, methods in (*routes.ROUTES, *anthropic_api.ROUTES, *dashboard.ROUTES)
+        ],
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )

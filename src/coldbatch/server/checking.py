@@ -33,12 +33,17 @@ class Checked:
 
 def check_file(path: str, filename: str, endpoint: str, models: Collection[str] | None, max_errors: int) -> Checked:
     # an Anthropic Message Batch's own file: its params are checked per request as it runs (errored results)
-    v = FileValidator(file=filename, endpoint=endpoint, models=models, max_errors=max_errors,
-                      check_bodies=endpoint != L.MESSAGES)
+    v = FileValidator(
+        file=filename, endpoint=endpoint, models=models, max_errors=max_errors, check_bodies=endpoint != L.MESSAGES
+    )
     v.feed_many(iter_lines(Path(path)))
     report = v.finish()
-    return Checked(report.ok, [{"code": e.code, "line": e.line, "param": e.param, "message": e.message}
-                               for e in report.errors], report.requests, report.model)
+    return Checked(
+        report.ok,
+        [{"code": e.code, "line": e.line, "param": e.param, "message": e.message} for e in report.errors],
+        report.requests,
+        report.model,
+    )
 
 
 PARENT_CHECK_S = 0.5
@@ -59,8 +64,12 @@ def worker_pool() -> ProcessPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_exit_with, initargs=(os.getpid(),))
+            _pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with,
+                initargs=(os.getpid(),),
+            )
         return _pool
 
 

@@ -45,8 +45,11 @@ COOKIE = "coldbatch_ui"
 SESSION_SECONDS = 12 * 3600
 ERRORS_SHOWN = 20
 PER_PAGE = 25
-_ASSETS = {"app.js": "text/javascript; charset=utf-8", "common.js": "text/javascript; charset=utf-8",
-           "style.css": "text/css; charset=utf-8"}
+_ASSETS = {
+    "app.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "x-content-type-options": "nosniff",
@@ -83,8 +86,15 @@ def _owner_of_key(svc: Services, key: str) -> str | None:
 
 def _login(request: Request, owner: str, to: str) -> Response:
     response = RedirectResponse(to, status_code=303, headers=SECURITY_HEADERS)
-    response.set_cookie(COOKIE, _session_cookie(routes.services(request), owner), max_age=SESSION_SECONDS,
-                        path="/ui", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(
+        COOKIE,
+        _session_cookie(routes.services(request), owner),
+        max_age=SESSION_SECONDS,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 
@@ -113,8 +123,12 @@ def html_page(name: str, status: int = 200, **slots: str) -> Response:
     body = asset_bytes(name)
     for slot, value in slots.items():
         body = body.replace(f"<!--{slot}-->".encode(), value.encode())
-    return Response(body, status_code=status, media_type="text/html; charset=utf-8",
-                    headers={**SECURITY_HEADERS, "cache-control": "no-store"})
+    return Response(
+        body,
+        status_code=status,
+        media_type="text/html; charset=utf-8",
+        headers={**SECURITY_HEADERS, "cache-control": "no-store"},
+    )
 
 
 async def page(request: Request) -> Response:
@@ -172,8 +186,12 @@ async def asset(request: Request) -> Response:
     started, name = time.perf_counter(), request.path_params["name"]
     if name not in _ASSETS:
         raise not_found("file", name)
-    return _timed(Response(asset_bytes(name), media_type=_ASSETS[name], headers={**SECURITY_HEADERS,
-                                                                             "cache-control": "no-cache"}), started)
+    return _timed(
+        Response(
+            asset_bytes(name), media_type=_ASSETS[name], headers={**SECURITY_HEADERS, "cache-control": "no-cache"}
+        ),
+        started,
+    )
 
 
 # -- JSON API ------------------------------------------------------------------------------------------------
@@ -199,12 +217,25 @@ async def overview(request: Request) -> Response:
     started, svc, owner = time.perf_counter(), routes.services(request), _owner(request)
     engine, slots = svc.engine, svc.slots
     health = getattr(engine, "health", None)
-    return _json({"now": time.time(), "counts": svc.store.batch_status_counts(owner),
-                  "engine": {"name": engine.info.name, "fixture": engine.info.fixture,
-                             "workers": health() if health is not None else None},
-                  "queues": {"capacity": slots.capacity, "in_use": slots.in_use, "hot_waiting": slots.waiting(HOT),
-                             "cold_waiting": slots.waiting(COLD)},
-                  "keys": bool(svc.owners)}, started)
+    return _json(
+        {
+            "now": time.time(),
+            "counts": svc.store.batch_status_counts(owner),
+            "engine": {
+                "name": engine.info.name,
+                "fixture": engine.info.fixture,
+                "workers": health() if health is not None else None,
+            },
+            "queues": {
+                "capacity": slots.capacity,
+                "in_use": slots.in_use,
+                "hot_waiting": slots.waiting(HOT),
+                "cold_waiting": slots.waiting(COLD),
+            },
+            "keys": bool(svc.owners),
+        },
+        started,
+    )
 
 
 async def list_batches(request: Request) -> Response:
@@ -213,8 +244,17 @@ async def list_batches(request: Request) -> Response:
     counts = svc.store.batch_status_counts(owner)
     rows = svc.store.batch_page(owner, offset=(page_no - 1) * PER_PAGE, limit=PER_PAGE, status=status)
     total = counts.get(status, 0) if status else sum(counts.values())
-    return _json({"now": time.time(), "page": page_no, "per_page": PER_PAGE, "total": total, "counts": counts,
-                  "batches": [batch_object(r) for r in rows]}, started)
+    return _json(
+        {
+            "now": time.time(),
+            "page": page_no,
+            "per_page": PER_PAGE,
+            "total": total,
+            "counts": counts,
+            "batches": [batch_object(r) for r in rows],
+        },
+        started,
+    )
 
 
 async def batch_detail(request: Request) -> Response:
@@ -223,8 +263,16 @@ async def batch_detail(request: Request) -> Response:
     row = routes.stored_batch(svc, request.path_params["batch_id"], owner)
     errors = await asyncio.to_thread(batch_errors, svc, row, ERRORS_SHOWN)
     input_file = svc.store.get_file(row["input_file_id"], owner)
-    return _json({"now": time.time(), "batch": batch_object(row), "events": svc.store.event_log(row["id"]),
-                  "errors": errors, "input_file": file_object(input_file) if input_file else None}, started)
+    return _json(
+        {
+            "now": time.time(),
+            "batch": batch_object(row),
+            "events": svc.store.event_log(row["id"]),
+            "errors": errors,
+            "input_file": file_object(input_file) if input_file else None,
+        },
+        started,
+    )
 
 
 async def cancel_batch(request: Request) -> Response:
@@ -238,8 +286,16 @@ async def list_files(request: Request) -> Response:
     started, svc, owner = time.perf_counter(), routes.services(request), _owner(request)
     page_no = _page_number(request)
     rows = svc.store.file_page(owner, offset=(page_no - 1) * PER_PAGE, limit=PER_PAGE + 1)
-    return _json({"now": time.time(), "page": page_no, "per_page": PER_PAGE, "has_more": len(rows) > PER_PAGE,
-                  "files": [file_object({**r, "status": "processed"}) for r in rows[:PER_PAGE]]}, started)
+    return _json(
+        {
+            "now": time.time(),
+            "page": page_no,
+            "per_page": PER_PAGE,
+            "has_more": len(rows) > PER_PAGE,
+            "files": [file_object({**r, "status": "processed"}) for r in rows[:PER_PAGE]],
+        },
+        started,
+    )
 
 
 async def download(request: Request) -> Response:
@@ -256,8 +312,16 @@ def batch_errors(svc: Services, row: dict[str, Any], limit: int) -> list[dict[st
     running one; the first lines of a finished one's error file, with their input line numbers."""
     if row["errors"]:
         data = (orjson.loads(row["errors"]) or {}).get("data") or []
-        return [{"line": e.get("line"), "custom_id": None, "status_code": None, "code": e.get("code"),
-                 "message": e.get("message")} for e in data[:limit]]
+        return [
+            {
+                "line": e.get("line"),
+                "custom_id": None,
+                "status_code": None,
+                "code": e.get("code"),
+                "message": e.get("message"),
+            }
+            for e in data[:limit]
+        ]
     if row["status"] not in _TERMINAL:
         return [_error_entry(data, line) for _, line, _, data in svc.store.failed_results(row["id"], limit)]
     if not row["error_file_id"] or not svc.blobs.exists(row["error_file_id"]):
@@ -269,8 +333,9 @@ def batch_errors(svc: Services, row: dict[str, Any], limit: int) -> list[dict[st
         if raw.strip():
             entries.append(_error_entry(raw, None))
     if svc.blobs.exists(row["input_file_id"]):
-        lines = _input_lines(str(svc.blobs.local_path(row["input_file_id"])),
-                             tuple(e["custom_id"] for e in entries if e["custom_id"]))
+        lines = _input_lines(
+            str(svc.blobs.local_path(row["input_file_id"])), tuple(e["custom_id"] for e in entries if e["custom_id"])
+        )
         for e in entries:
             e["line"] = lines.get(e["custom_id"])
     return entries
@@ -281,8 +346,13 @@ def _error_entry(data: bytes, line: int | None) -> dict[str, Any]:
     obj = orjson.loads(data)
     response = obj.get("response") or {}
     err = obj.get("error") or ((response.get("body") or {}).get("error") or {})
-    return {"line": line, "custom_id": obj.get("custom_id"), "status_code": response.get("status_code"),
-            "code": err.get("code"), "message": err.get("message")}
+    return {
+        "line": line,
+        "custom_id": obj.get("custom_id"),
+        "status_code": response.get("status_code"),
+        "code": err.get("code"),
+        "message": err.get("message"),
+    }
 
 
 @functools.lru_cache(maxsize=64)

@@ -51,8 +51,9 @@ class EmbeddedServer:
         self.base_url = f"http://127.0.0.1:{port}/v1"
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -44,8 +44,10 @@ MAX_REPORTED_ERRORS = 1000
 #: kept free on the data disk as a file, given up only to record that a batch failed for want of space
 #: (on a full disk even that small write would fail)
 RESERVE_BYTES = 2 << 20
-EXPIRED = {"code": "batch_expired",
-           "message": "This request could not be executed before the completion window expired."}
+EXPIRED = {
+    "code": "batch_expired",
+    "message": "This request could not be executed before the completion window expired.",
+}
 CANCELLED = {"code": "batch_cancelled", "message": "This request was cancelled before it could be executed."}
 _Item = tuple[int, str, dict[str, Any]]  # one request to run: line number, custom_id, body
 
@@ -82,8 +84,16 @@ def _chunk_size(engine: Engine, endpoint: str) -> int:
 
 
 class Executor:
-    def __init__(self, store: ServerStore, blobs: BlobStore, engine: Engine, slots: Slots, *,
-                 config: ExecutorConfig | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: ServerStore,
+        blobs: BlobStore,
+        engine: Engine,
+        slots: Slots,
+        *,
+        config: ExecutorConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store, self.blobs, self.engine, self.slots = store, blobs, engine, slots
         self.config = config or ExecutorConfig()
         self.clock = clock
@@ -101,14 +111,20 @@ class Executor:
     def storage(self) -> dict[str, Any]:
         """For /health: whether writes are being refused for want of space, since when, and what is free."""
         full = self.disk_full_since
-        return {"status": "full" if full is not None else "ok", "free_bytes": free_bytes(self.blobs.local_root),
-                "full_for_seconds": round(time.monotonic() - full, 1) if full is not None else None}
+        return {
+            "status": "full" if full is not None else "ok",
+            "free_bytes": free_bytes(self.blobs.local_root),
+            "full_for_seconds": round(time.monotonic() - full, 1) if full is not None else None,
+        }
 
     def _disk_full(self, what: str) -> None:
         if self.disk_full_since is None:
             self.disk_full_since = time.monotonic()
-            logger.error("disk full (%s free): %s; waiting for space, retrying with back-off",
-                         f"{free_bytes(self.blobs.local_root):,} bytes", what)
+            logger.error(
+                "disk full (%s free): %s; waiting for space, retrying with back-off",
+                f"{free_bytes(self.blobs.local_root):,} bytes",
+                what,
+            )
 
     def _disk_ok(self) -> None:
         if self.disk_full_since is not None:
@@ -215,15 +231,38 @@ class Executor:
     async def _validate(self, row: dict[str, Any]) -> None:
         f = self.store.get_file(row["input_file_id"], row["owner"])
         if f is None or not self.blobs.exists(f["id"]):
-            self._fail(row, [{"code": "invalid_request", "line": None, "param": "file_id",
-                              "message": f"Cannot find file {row['input_file_id']}, or you do not have access to it."}])
+            self._fail(
+                row,
+                [
+                    {
+                        "code": "invalid_request",
+                        "line": None,
+                        "param": "file_id",
+                        "message": f"Cannot find file {row['input_file_id']}, or you do not have access to it.",
+                    }
+                ],
+            )
             return
         if row["endpoint"] not in self.engine.info.endpoints:
-            self._fail(row, [{"code": "invalid_url", "line": None, "param": "endpoint", "message":
-                              f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}."}])
+            self._fail(
+                row,
+                [
+                    {
+                        "code": "invalid_url",
+                        "line": None,
+                        "param": "endpoint",
+                        "message": f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}.",
+                    }
+                ],
+            )
             return
-        args = (str(self.blobs.local_path(f["id"])), f["filename"], row["endpoint"], self.engine.info.models,
-                MAX_REPORTED_ERRORS)
+        args = (
+            str(self.blobs.local_path(f["id"])),
+            f["filename"],
+            row["endpoint"],
+            self.engine.info.models,
+            MAX_REPORTED_ERRORS,
+        )
         checked = await self._check_file(*args)
         if not checked.ok:
             self._fail(row, checked.errors)
@@ -248,12 +287,23 @@ class Executor:
         limit = self.config.enqueued_token_limit
         tokens = self._prompt_tokens(file_id, row["endpoint"]) if limit is not None else 0
         if limit is not None and self.store.enqueued_tokens(checked.model) + tokens > limit:
-            self._fail(row, [{"code": "token_limit_exceeded", "line": None, "param": None, "message":
-                              f"Enqueued token limit reached for {checked.model}. Limit: {limit:,} enqueued tokens. "
-                              "Please try again once some in_progress batches have been completed."}])
+            self._fail(
+                row,
+                [
+                    {
+                        "code": "token_limit_exceeded",
+                        "line": None,
+                        "param": None,
+                        "message": f"Enqueued token limit reached for {checked.model}. "
+                        f"Limit: {limit:,} enqueued tokens. "
+                        "Please try again once some in_progress batches have been completed.",
+                    }
+                ],
+            )
             return
-        self.store.transition(row["id"], S.IN_PROGRESS, self.now(), total=checked.requests, model=checked.model,
-                              enqueued_tokens=tokens)
+        self.store.transition(
+            row["id"], S.IN_PROGRESS, self.now(), total=checked.requests, model=checked.model, enqueued_tokens=tokens
+        )
 
     def _prompt_tokens(self, file_id: str, endpoint: str) -> int:
         counter = T.counter("o200k_base")
@@ -294,8 +344,9 @@ class Executor:
         acquire = asyncio.ensure_future(turns.acquire())
         wake = asyncio.ensure_future(woken.wait())
         try:
-            await asyncio.wait({acquire, wake}, timeout=max(0.0, row["expires_at"] - self.clock()),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {acquire, wake}, timeout=max(0.0, row["expires_at"] - self.clock()), return_when=asyncio.FIRST_COMPLETED
+            )
         except BaseException:
             if acquire.done() and not acquire.cancelled():
                 turns.release()
@@ -350,8 +401,12 @@ class Executor:
             self._finalize(fresh, S.EXPIRED)
         elif logged >= fresh["total"] or queued == 0:
             if logged < fresh["total"]:
-                logger.error("batch %s: %d of %d requests logged but none left to run; finalizing", row["id"],
-                             logged, fresh["total"])
+                logger.error(
+                    "batch %s: %d of %d requests logged but none left to run; finalizing",
+                    row["id"],
+                    logged,
+                    fresh["total"],
+                )
             self.store.transition(row["id"], S.FINALIZING, self.now())
         # else: this pass stopped early; drive() starts another one for the requests not yet logged
 
@@ -379,8 +434,10 @@ class Executor:
                 add = run.pending.append
                 for (line, cid, _), res in zip(chunk, results, strict=True):
                     add(_result_row(line, cid, res))
-                due = len(run.pending) >= self.config.group_size or \
-                    time.monotonic() - run.last_flush >= self.config.flush_seconds
+                due = (
+                    len(run.pending) >= self.config.group_size
+                    or time.monotonic() - run.last_flush >= self.config.flush_seconds
+                )
                 if due:
                     self._flush(run)
             if due and run.pending:  # the disk is full: the results stay here until they can be logged
@@ -432,13 +489,18 @@ class Executor:
     def _fail_for_space(self, run: _Run) -> bool:
         """Fail the batch for want of space (True once recorded: that write may need room too)."""
         minutes = self.config.disk_full_seconds / 60
-        error = {"code": "insufficient_storage", "line": None, "param": None, "message":
-                 f"The server ran out of disk space and could not store this batch's results for {minutes:g} "
-                 "minutes; the batch was stopped. Create it again once the server has room."}
+        error = {
+            "code": "insufficient_storage",
+            "line": None,
+            "param": None,
+            "message": f"The server ran out of disk space and could not store this batch's results for {minutes:g} "
+            "minutes; the batch was stopped. Create it again once the server has room.",
+        }
         self._reserve.unlink(missing_ok=True)  # room for this one write
         try:
-            moved = self.store.transition(run.row["id"], S.FAILED, self.now(),
-                                          errors={"object": "list", "data": [error]})
+            moved = self.store.transition(
+                run.row["id"], S.FAILED, self.now(), errors={"object": "list", "data": [error]}
+            )
         except Exception as exc:
             if not is_disk_full(exc):
                 raise
@@ -474,16 +536,25 @@ class Executor:
         files, fields = [], {"failed": counts["err"] + counts["never"], "completed": counts["ok"]}
         for key, kind, n in ((out_key, "output", counts["ok"]), (err_key, "error", counts["err"] + counts["never"])):
             if n:
-                files.append({"id": key, "owner": row["owner"], "filename": f"batch_{bid[6:]}_{kind}.jsonl",
-                              "purpose": "batch_output", "bytes": self.blobs.size(key),
-                              "created_at": now, "expires_at": now + ttl})
+                files.append(
+                    {
+                        "id": key,
+                        "owner": row["owner"],
+                        "filename": f"batch_{bid[6:]}_{kind}.jsonl",
+                        "purpose": "batch_output",
+                        "bytes": self.blobs.size(key),
+                        "created_at": now,
+                        "expires_at": now + ttl,
+                    }
+                )
                 fields[f"{kind}_file_id"] = key
             else:
                 self.blobs.delete(key)
         if self.store.transition(bid, final, now, files=files, **fields):
             self._disk_ok()
-            self.tracing.batch_ended(row, final.value, {"completed": counts["ok"], "failed": counts["err"],
-                                                        "never_run": counts["never"]})
+            self.tracing.batch_ended(
+                row, final.value, {"completed": counts["ok"], "failed": counts["err"], "never_run": counts["never"]}
+            )
             self.store.purge_results(bid)
         else:
             logger.warning("batch %s: could not move to %s (status changed meanwhile)", bid, final)
@@ -494,8 +565,15 @@ def _result_row(line: int, cid: str, res: Result) -> ResultRow:
     if not res.ok:
         return cid, line, False, data, 0, 0, 0
     u = res.usage
-    return (cid, line, True, data, u.get("prompt_tokens", 0),
-            (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0), u.get("completion_tokens", 0))
+    return (
+        cid,
+        line,
+        True,
+        data,
+        u.get("prompt_tokens", 0),
+        (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+        u.get("completion_tokens", 0),
+    )
 
 
 def _never_run_id(batch_id: str, custom_id: str) -> str:

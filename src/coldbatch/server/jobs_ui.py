@@ -32,8 +32,11 @@ from coldbatch.store.ledger import Ledger
 SAMPLE_ROWS = 10
 SAMPLE_CELL_CHARS = 200
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
-_ASSETS = {"jobs.js": "text/javascript; charset=utf-8", "common.js": "text/javascript; charset=utf-8",
-           "style.css": "text/css; charset=utf-8"}
+_ASSETS = {
+    "jobs.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
 
 
 class LoopbackHostOnly:
@@ -48,7 +51,8 @@ class LoopbackHostOnly:
             name = urlsplit(f"//{host}").hostname or ""
             if name not in LOOPBACK_NAMES and f"[{name}]" not in LOOPBACK_NAMES:
                 await Response("Forbidden: coldbatch ui answers loopback names only.", status_code=403)(
-                    scope, receive, send)
+                    scope, receive, send
+                )
                 return
         await self.app(scope, receive, send)
 
@@ -68,8 +72,11 @@ def create_jobs_app(ledger_path: Path) -> Starlette:
         name = request.path_params["name"]
         if name not in _ASSETS:
             return Response("Not found.", status_code=404)
-        return Response(dashboard.asset_bytes(name), media_type=_ASSETS[name],
-                        headers={**dashboard.SECURITY_HEADERS, "cache-control": "no-cache"})
+        return Response(
+            dashboard.asset_bytes(name),
+            media_type=_ASSETS[name],
+            headers={**dashboard.SECURITY_HEADERS, "cache-control": "no-cache"},
+        )
 
     async def jobs(request: Request) -> Response:
         led = ledger()
@@ -91,10 +98,16 @@ def create_jobs_app(ledger_path: Path) -> Starlette:
         assert isinstance(exc, ApiError)
         return JSONResponse(exc.envelope(), status_code=exc.status)
 
-    app = Starlette(routes=[
-        Route("/", page), Route("/jobs/{job_id}", page), Route("/static/{name}", asset),
-        Route("/api/jobs", jobs), Route("/api/jobs/{job_id}", job),
-    ], exception_handlers={ApiError: api_error})
+    app = Starlette(
+        routes=[
+            Route("/", page),
+            Route("/jobs/{job_id}", page),
+            Route("/static/{name}", asset),
+            Route("/api/jobs", jobs),
+            Route("/api/jobs/{job_id}", job),
+        ],
+        exception_handlers={ApiError: api_error},
+    )
     app.add_middleware(LoopbackHostOnly)
     return app
 
@@ -104,12 +117,20 @@ def job_row(led: LedgerStore, job_id: str) -> dict[str, Any]:
     j = led.job(job_id) or {}
     report = j.get("report") or {}
     summary = led.summary(job_id)
-    return {"id": job_id, "status": j.get("status"), "created_at": j.get("created_at"),
-            "updated_at": j.get("updated_at"), "input_path": j.get("input_path"), "output_path": j.get("output_path"),
-            "model": ((j.get("options") or {}).get("spec") or {}).get("model"),
-            "rows": report.get("rows"), "succeeded": report.get("succeeded", summary["succeeded"]),
-            "failed": report.get("failed", summary["failed"]), "cost_usd": report.get("cost_usd"),
-            "saving_pct": report.get("saving_pct")}
+    return {
+        "id": job_id,
+        "status": j.get("status"),
+        "created_at": j.get("created_at"),
+        "updated_at": j.get("updated_at"),
+        "input_path": j.get("input_path"),
+        "output_path": j.get("output_path"),
+        "model": ((j.get("options") or {}).get("spec") or {}).get("model"),
+        "rows": report.get("rows"),
+        "succeeded": report.get("succeeded", summary["succeeded"]),
+        "failed": report.get("failed", summary["failed"]),
+        "cost_usd": report.get("cost_usd"),
+        "saving_pct": report.get("saving_pct"),
+    }
 
 
 def job_detail(led: LedgerStore, job_id: str) -> dict[str, Any]:
@@ -118,23 +139,44 @@ def job_detail(led: LedgerStore, job_id: str) -> dict[str, Any]:
     if j is None:
         raise ApiError(404, f"No job named {job_id!r} in this ledger.")
     options = j.get("options") or {}
-    return {"job": {k: j[k] for k in ("id", "status", "created_at", "updated_at", "input_path", "output_path")},
-            "model": (options.get("spec") or {}).get("model"), "mode": options.get("mode"),
-            "provider": options.get("provider"), "estimate": _estimate(j.get("estimate") or {}),
-            "report": j.get("report"), "summary": led.summary(job_id),
-            "rows_by_state": led.row_counts(job_id) if led.keyed(job_id) else None,
-            "units": [_unit(u, options.get("provider")) for u in led.units(job_id)],
-            "sample": output_sample(Path(j["output_path"]))}
+    return {
+        "job": {k: j[k] for k in ("id", "status", "created_at", "updated_at", "input_path", "output_path")},
+        "model": (options.get("spec") or {}).get("model"),
+        "mode": options.get("mode"),
+        "provider": options.get("provider"),
+        "estimate": _estimate(j.get("estimate") or {}),
+        "report": j.get("report"),
+        "summary": led.summary(job_id),
+        "rows_by_state": led.row_counts(job_id) if led.keyed(job_id) else None,
+        "units": [_unit(u, options.get("provider")) for u in led.units(job_id)],
+        "sample": output_sample(Path(j["output_path"])),
+    }
 
 
 def _estimate(est: dict[str, Any]) -> dict[str, Any]:
-    return {"totals": est.get("totals"), "plan": est.get("plan"), "route": est.get("route"),
-            "manifest_totals": est.get("manifest_totals")}
+    return {
+        "totals": est.get("totals"),
+        "plan": est.get("plan"),
+        "route": est.get("route"),
+        "manifest_totals": est.get("manifest_totals"),
+    }
 
 
 def _unit(u: dict[str, Any], provider: str | None) -> dict[str, Any]:
-    keys = ("id", "round", "shard", "try", "state", "requests", "tokens", "model", "batch_id", "batch_status",
-            "detail", "updated_at")
+    keys = (
+        "id",
+        "round",
+        "shard",
+        "try",
+        "state",
+        "requests",
+        "tokens",
+        "model",
+        "batch_id",
+        "batch_status",
+        "detail",
+        "updated_at",
+    )
     return {**{k: u.get(k) for k in keys}, "batch_url": batch_url(provider, u.get("batch_id"))}
 
 
@@ -177,6 +219,11 @@ def output_sample(path: Path, n: int = SAMPLE_ROWS) -> dict[str, Any] | None:
 def _cell(v: Any) -> str | None:
     if v is None:
         return None
-    text = v if isinstance(v, str) else orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY).decode() \
-        if isinstance(v, list | dict) else str(v)
+    text = (
+        v
+        if isinstance(v, str)
+        else orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        if isinstance(v, list | dict)
+        else str(v)
+    )
     return text if len(text) <= SAMPLE_CELL_CHARS else text[:SAMPLE_CELL_CHARS] + "…"

@@ -113,8 +113,13 @@ class _SyncCounts:
                 tkey = (endpoint, name, kind)
                 self.tokens[tkey] = self.tokens.get(tkey, 0) + n
 
-    def snapshot(self) -> tuple[dict[tuple[str, str, str], int], dict[tuple[str, str, str], int],
-                                dict[tuple[str, str, str], tuple[list[tuple[str, float]], float]]]:
+    def snapshot(
+        self,
+    ) -> tuple[
+        dict[tuple[str, str, str], int],
+        dict[tuple[str, str, str], int],
+        dict[tuple[str, str, str], tuple[list[tuple[str, float]], float]],
+    ]:
         with self._lock:
             return dict(self.requests), dict(self.tokens), {k: h.buckets() for k, h in self.seconds.items()}
 
@@ -134,8 +139,9 @@ def _usage_tokens(usage: dict[str, Any]) -> Iterator[tuple[str, int]]:
 class _StoreCollector(Collector):
     """Everything read at scrape time: batches and uploads from the store, slots, engine workers."""
 
-    def __init__(self, store: ServerStore, engine: Engine, slots: Slots, sync: _SyncCounts,
-                 wait: dict[int, _Histogram]) -> None:
+    def __init__(
+        self, store: ServerStore, engine: Engine, slots: Slots, sync: _SyncCounts, wait: dict[int, _Histogram]
+    ) -> None:
         self.store, self.engine, self.slots, self.sync, self.wait = store, engine, slots, sync, wait
         self.settled = _Settled()
 
@@ -152,10 +158,16 @@ class _StoreCollector(Collector):
 
     def _slots(self) -> Iterator[Metric]:
         s = self.slots
-        depth = GaugeMetricFamily("coldbatch_queue_waiting", "Requests (hot) or batch chunks (cold) waiting for an "
-                                  "engine slot now.", labels=["queue"])
-        wait = HistogramMetricFamily("coldbatch_queue_wait_seconds", "Time a request (hot: synchronous) or a chunk "
-                                     "of batch requests (cold) waited for an engine slot.", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "coldbatch_queue_waiting",
+            "Requests (hot) or batch chunks (cold) waiting for an engine slot now.",
+            labels=["queue"],
+        )
+        wait = HistogramMetricFamily(
+            "coldbatch_queue_wait_seconds",
+            "Time a request (hot: synchronous) or a chunk of batch requests (cold) waited for an engine slot.",
+            labels=["queue"],
+        )
         for priority, name in ((HOT, "hot"), (COLD, "cold")):
             depth.add_metric([name], s.waiting(priority))
             wait.add_metric([name], *self.wait[priority].buckets())
@@ -207,17 +219,27 @@ def _add_rows(into: dict[tuple[str, str, str], dict[str, Any]], rows: list[dict[
                 acc[k] += v or 0
 
 
-def _requests_and_tokens(totals: list[dict[str, Any]], sync_requests: dict[tuple[str, str, str], int],
-                         sync_tokens: dict[tuple[str, str, str], int]) -> Iterator[Metric]:
-    requests = CounterMetricFamily("coldbatch_requests", "Requests answered, by mode (batch: the request counts "
-                                   "of every batch; sync: the synchronous endpoints).",
-                                   labels=["mode", "endpoint", "model", "outcome"])
-    tokens = CounterMetricFamily("coldbatch_tokens", "Tokens of answered requests (usage), by type.",
-                                 labels=["mode", "endpoint", "model", "type"])
+def _requests_and_tokens(
+    totals: list[dict[str, Any]],
+    sync_requests: dict[tuple[str, str, str], int],
+    sync_tokens: dict[tuple[str, str, str], int],
+) -> Iterator[Metric]:
+    requests = CounterMetricFamily(
+        "coldbatch_requests",
+        "Requests answered, by mode (batch: the request counts of every batch; sync: the synchronous endpoints).",
+        labels=["mode", "endpoint", "model", "outcome"],
+    )
+    tokens = CounterMetricFamily(
+        "coldbatch_tokens",
+        "Tokens of answered requests (usage), by type.",
+        labels=["mode", "endpoint", "model", "type"],
+    )
     per_key: dict[tuple[str, str], dict[str, int]] = {}
     for r in totals:
-        acc = per_key.setdefault((r["endpoint"], r["model"]), dict.fromkeys(
-            ("completed", "failed", "input_tokens", "cached_tokens", "output_tokens"), 0))
+        acc = per_key.setdefault(
+            (r["endpoint"], r["model"]),
+            dict.fromkeys(("completed", "failed", "input_tokens", "cached_tokens", "output_tokens"), 0),
+        )
         for k in acc:
             acc[k] += r[k] or 0
     for (endpoint, model), acc in sorted(per_key.items()):
@@ -234,9 +256,11 @@ def _requests_and_tokens(totals: list[dict[str, Any]], sync_requests: dict[tuple
 
 
 def _sync_durations(seconds: dict[tuple[str, str, str], tuple[list[tuple[str, float]], float]]) -> Metric:
-    family = HistogramMetricFamily("coldbatch_sync_request_duration_seconds", "Synchronous requests: time from "
-                                   "asking for an engine slot to the engine's answer.",
-                                   labels=["endpoint", "model", "outcome"])
+    family = HistogramMetricFamily(
+        "coldbatch_sync_request_duration_seconds",
+        "Synchronous requests: time from asking for an engine slot to the engine's answer.",
+        labels=["endpoint", "model", "outcome"],
+    )
     for key, (buckets, total) in sorted(seconds.items()):
         family.add_metric(list(key), buckets, total)
     return family
@@ -253,8 +277,11 @@ def _batches_by_status(totals: list[dict[str, Any]]) -> Metric:
 
 
 def _batch_durations(totals: list[dict[str, Any]]) -> Metric:
-    family = HistogramMetricFamily("coldbatch_batch_duration_seconds", "Terminal batches: time from creation to "
-                                   "their final status (whole seconds), by that status.", labels=["status"])
+    family = HistogramMetricFamily(
+        "coldbatch_batch_duration_seconds",
+        "Terminal batches: time from creation to their final status (whole seconds), by that status.",
+        labels=["status"],
+    )
     by_status: dict[str, list[float]] = {}
     for r in totals:
         if r["ended"]:
@@ -274,10 +301,12 @@ def _le(bound: float) -> str:
 
 
 def _uploads(rows: list[tuple[str, int, int]]) -> Iterator[Metric]:
-    files = CounterMetricFamily("coldbatch_uploaded_files", "Files uploaded (deleted ones included).",
-                                labels=["purpose"])
-    size = CounterMetricFamily("coldbatch_uploaded_bytes", "Bytes uploaded (deleted files included).",
-                               labels=["purpose"])
+    files = CounterMetricFamily(
+        "coldbatch_uploaded_files", "Files uploaded (deleted ones included).", labels=["purpose"]
+    )
+    size = CounterMetricFamily(
+        "coldbatch_uploaded_bytes", "Bytes uploaded (deleted files included).", labels=["purpose"]
+    )
     for purpose, n, nbytes in rows:
         files.add_metric([purpose], n)
         size.add_metric([purpose], nbytes)
@@ -292,9 +321,14 @@ def _workers(engine: Engine) -> Iterator[Metric]:
     h = health()
     yield GaugeMetricFamily("coldbatch_engine_workers", "Engine worker slots configured.", value=h["workers"])
     yield GaugeMetricFamily("coldbatch_engine_workers_live", "Engine worker processes alive now.", value=h["live"])
-    yield GaugeMetricFamily("coldbatch_engine_workers_given_up", "Worker slots given up (they kept crashing).",
-                            value=len(h["given_up"]))
-    yield CounterMetricFamily("coldbatch_engine_worker_restarts", "Engine worker processes started to replace "
-                              "one that died.", value=h["restarts"])
-    yield CounterMetricFamily("coldbatch_engine_worker_crashes", "Engine worker processes that died unasked.",
-                              value=h["crashes"])
+    yield GaugeMetricFamily(
+        "coldbatch_engine_workers_given_up", "Worker slots given up (they kept crashing).", value=len(h["given_up"])
+    )
+    yield CounterMetricFamily(
+        "coldbatch_engine_worker_restarts",
+        "Engine worker processes started to replace one that died.",
+        value=h["restarts"],
+    )
+    yield CounterMetricFamily(
+        "coldbatch_engine_worker_crashes", "Engine worker processes that died unasked.", value=h["crashes"]
+    )

@@ -70,8 +70,12 @@ async def json_body(request: Request, limit: int = MAX_JSON_BYTES) -> Any:
 
 
 def body_too_large(limit: int) -> ApiError:
-    return ApiError(413, f"The request body is too large: at most {limit:,} bytes are accepted here.",
-                    code="request_too_large", should_retry=False)
+    return ApiError(
+        413,
+        f"The request body is too large: at most {limit:,} bytes are accepted here.",
+        code="request_too_large",
+        should_retry=False,
+    )
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -83,8 +87,9 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     except ValueError:
         value = lo - 1
     if not lo <= value <= hi:
-        raise ApiError(400, f"Invalid '{name}': must be an integer between {lo} and {hi}.", param=name,
-                       code="invalid_value")
+        raise ApiError(
+            400, f"Invalid '{name}': must be an integer between {lo} and {hi}.", param=name, code="invalid_value"
+        )
     return value
 
 
@@ -93,30 +98,48 @@ async def create_file(request: Request) -> Response:
     svc, owner = services(request), caller(request)
     file_id = B.new_id("file-")
     with svc.blobs.writer(file_id) as sink:
-        up = await parse_upload(request.headers.get("content-type", ""), request.stream(), sink,
-                                svc.settings.max_upload_bytes)
+        up = await parse_upload(
+            request.headers.get("content-type", ""), request.stream(), sink, svc.settings.max_upload_bytes
+        )
         purpose = up.fields.get("purpose")
         if not purpose:
-            raise ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
-                           code="missing_required_parameter")
+            raise ApiError(
+                400, "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+            )
         if purpose not in PURPOSES:
-            raise ApiError(400, f"Invalid value: '{purpose}'. Supported values are: {', '.join(PURPOSES)}.",
-                           param="purpose", code="invalid_value")
+            raise ApiError(
+                400,
+                f"Invalid value: '{purpose}'. Supported values are: {', '.join(PURPOSES)}.",
+                param="purpose",
+                code="invalid_value",
+            )
         name = up.filename or "upload"
         if _BAD_NAME.search(name) or len(name) > 255:
-            raise ApiError(400, "Invalid filename: it must be a plain file name (no path, no control characters).",
-                           param="file")
+            raise ApiError(
+                400, "Invalid filename: it must be a plain file name (no path, no control characters).", param="file"
+            )
         if purpose == "batch" and not name.lower().endswith(".jsonl") and not _jsonl_without_extension(name, up.head):
             raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl", param="file")
         now = int(time.time())
         ttl = B.FILE_TTL if purpose == "batch" else None
         if "expires_after[seconds]" in up.fields or "expires_after[anchor]" in up.fields:
             if up.fields.get("expires_after[anchor]") != "created_at":
-                raise ApiError(400, "Invalid 'expires_after[anchor]': must be 'created_at'.",
-                               param="expires_after.anchor", code="invalid_value")
+                raise ApiError(
+                    400,
+                    "Invalid 'expires_after[anchor]': must be 'created_at'.",
+                    param="expires_after.anchor",
+                    code="invalid_value",
+                )
             ttl = B.check_ttl(up.fields.get("expires_after[seconds]"), "expires_after.seconds")
-    row = {"id": file_id, "owner": owner, "filename": name, "purpose": purpose, "bytes": up.size,
-           "created_at": now, "expires_at": now + ttl if ttl else None}
+    row = {
+        "id": file_id,
+        "owner": owner,
+        "filename": name,
+        "purpose": purpose,
+        "bytes": up.size,
+        "created_at": now,
+        "expires_at": now + ttl if ttl else None,
+    }
     svc.store.create_file(row)
     return JSONResponse(file_object({**row, "status": "processed"}))
 
@@ -144,8 +167,13 @@ async def list_files(request: Request) -> Response:
     if order not in ("asc", "desc"):
         raise ApiError(400, "Invalid 'order': must be 'asc' or 'desc'.", param="order", code="invalid_value")
     limit = _int_param(request, "limit", 10_000, 1, 10_000)
-    rows, more = svc.store.list_files(owner, purpose=request.query_params.get("purpose"),
-                                      after=request.query_params.get("after"), limit=limit, order=order)
+    rows, more = svc.store.list_files(
+        owner,
+        purpose=request.query_params.get("purpose"),
+        after=request.query_params.get("after"),
+        limit=limit,
+        order=order,
+    )
     return JSONResponse(B.list_page([file_object(r) for r in rows], more))
 
 
@@ -174,12 +202,22 @@ def send_file(svc: Services, row: dict[str, Any]) -> Response:
     (S3) streamed through in 1 MiB blocks, never whole in memory."""
     if not hasattr(svc.blobs, "path"):
         quoted = quote(row["filename"])
-        disposition = (f'attachment; filename="{row["filename"]}"' if quoted == row["filename"]
-                       else f"attachment; filename*=utf-8''{quoted}")
-        return StreamingResponse(svc.blobs.iter_chunks(row["id"]), media_type="application/octet-stream",
-                                 headers={"content-disposition": disposition, "content-length": str(row["bytes"])})
-    return _BlobResponse(svc.blobs.local_path(row["id"]), media_type="application/octet-stream",
-                         filename=row["filename"], content_disposition_type="attachment")
+        disposition = (
+            f'attachment; filename="{row["filename"]}"'
+            if quoted == row["filename"]
+            else f"attachment; filename*=utf-8''{quoted}"
+        )
+        return StreamingResponse(
+            svc.blobs.iter_chunks(row["id"]),
+            media_type="application/octet-stream",
+            headers={"content-disposition": disposition, "content-length": str(row["bytes"])},
+        )
+    return _BlobResponse(
+        svc.blobs.local_path(row["id"]),
+        media_type="application/octet-stream",
+        filename=row["filename"],
+        content_disposition_type="attachment",
+    )
 
 
 async def file_content(request: Request) -> Response:
@@ -203,13 +241,26 @@ async def create_batch(request: Request) -> Response:
     if f is None:  # unknown, deleted, or another key's: one answer, so a key learns nothing about ids it does not own
         raise ApiError(404, f"No file found with id '{params['input_file_id']}'.", param="input_file_id", code=None)
     if f["purpose"] != "batch":
-        raise ApiError(400, f"File {f['id']} has purpose '{f['purpose']}'; a batch needs purpose 'batch'.",
-                       param="input_file_id", code="invalid_value")
+        raise ApiError(
+            400,
+            f"File {f['id']} has purpose '{f['purpose']}'; a batch needs purpose 'batch'.",
+            param="input_file_id",
+            code="invalid_value",
+        )
     now = int(time.time())
-    row = {"id": B.new_id("batch_"), "owner": owner, "endpoint": params["endpoint"], "model": None,
-           "input_file_id": params["input_file_id"], "completion_window": params["completion_window"],
-           "status": S.VALIDATING.value, "created_at": now, "expires_at": now + params["window_seconds"],
-           "metadata": params["metadata"], "output_ttl": params.get("output_ttl")}
+    row = {
+        "id": B.new_id("batch_"),
+        "owner": owner,
+        "endpoint": params["endpoint"],
+        "model": None,
+        "input_file_id": params["input_file_id"],
+        "completion_window": params["completion_window"],
+        "status": S.VALIDATING.value,
+        "created_at": now,
+        "expires_at": now + params["window_seconds"],
+        "metadata": params["metadata"],
+        "output_ttl": params.get("output_ttl"),
+    }
     svc.store.create_batch(row)
     svc.executor.notify()
     return JSONResponse(batch_object(stored_batch(svc, row["id"])))
@@ -282,8 +333,12 @@ def _check_model(models: frozenset[str] | None, model: object) -> None:
     """The sync endpoints accept the models the batch validation accepts (one rule for both paths): an engine
     that serves named models refuses other names, as OpenAI does, naming the ones it serves."""
     if models is not None and isinstance(model, str) and model not in models:
-        raise ApiError(404, f"The model {model!r} is not served here; this server serves: {', '.join(sorted(models))}.",
-                       param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"The model {model!r} is not served here; this server serves: {', '.join(sorted(models))}.",
+            param="model",
+            code="model_not_found",
+        )
 
 
 async def list_models(request: Request) -> Response:
@@ -293,10 +348,13 @@ async def list_models(request: Request) -> Response:
     caller(request)
     info = svc.engine.info
     names = sorted(info.models or [info.name])
-    return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0,
-                                                     "owned_by": "coldbatch"} for n in names],
-                         "coldbatch": {"engine": info.name, "endpoints": sorted(info.endpoints),
-                                       "any_model": info.models is None}})
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "coldbatch"} for n in names],
+            "coldbatch": {"engine": info.name, "endpoints": sorted(info.endpoints), "any_model": info.models is None},
+        }
+    )
 
 
 async def health(request: Request) -> Response:

@@ -27,16 +27,20 @@ from coldbatch.protocol import limits as L
 logger = logging.getLogger(__name__)
 
 #: batch endpoint -> gen_ai.operation.name
-OPERATIONS = {L.CHAT: "chat", L.EMBEDDINGS: "embeddings", L.COMPLETIONS: "text_completion",
-              L.RESPONSES: "chat", L.MODERATIONS: "moderations"}
+OPERATIONS = {
+    L.CHAT: "chat",
+    L.EMBEDDINGS: "embeddings",
+    L.COMPLETIONS: "text_completion",
+    L.RESPONSES: "chat",
+    L.MODERATIONS: "moderations",
+}
 _Item = tuple[int, str, dict[str, Any]]
 
 
 class Tracing:
     """The no-op: what the executor calls when no tracing is configured."""
 
-    def requests(self, row: dict[str, Any], chunk: Sequence[_Item], results: Sequence[Result],
-                 started_ns: int) -> None:
+    def requests(self, row: dict[str, Any], chunk: Sequence[_Item], results: Sequence[Result], started_ns: int) -> None:
         """One chunk of a batch's requests finished (started at `started_ns`, wall clock)."""
 
     def batch_ended(self, row: dict[str, Any], final: str, counts: Mapping[str, int]) -> None:
@@ -62,22 +66,31 @@ class OtelTracing(Tracing):
         span = self._batches.get(row["id"])
         if span is None:
             op = OPERATIONS.get(row["endpoint"], "chat")
-            span = self.tracer.start_span(f"batch {row['model'] or op}", attributes={
-                "coldbatch.batch.id": row["id"], "coldbatch.batch.endpoint": row["endpoint"],
-                "coldbatch.batch.requests": row["total"], "gen_ai.operation.name": op,
-                "gen_ai.request.model": row["model"] or ""})
+            span = self.tracer.start_span(
+                f"batch {row['model'] or op}",
+                attributes={
+                    "coldbatch.batch.id": row["id"],
+                    "coldbatch.batch.endpoint": row["endpoint"],
+                    "coldbatch.batch.requests": row["total"],
+                    "gen_ai.operation.name": op,
+                    "gen_ai.request.model": row["model"] or "",
+                },
+            )
             self._batches[row["id"]] = span
         return span
 
-    def requests(self, row: dict[str, Any], chunk: Sequence[_Item], results: Sequence[Result],
-                 started_ns: int) -> None:
+    def requests(self, row: dict[str, Any], chunk: Sequence[_Item], results: Sequence[Result], started_ns: int) -> None:
         parent = self._trace.set_span_in_context(self._batch_span(row))
         ended = time.time_ns()
         op = OPERATIONS.get(row["endpoint"], "chat")
         for (line, cid, body), res in zip(chunk, results, strict=True):
             model = body.get("model") or row["model"] or ""
-            span = self.tracer.start_span(f"{op} {model}".strip(), context=parent, start_time=started_ns,
-                                          attributes=_request_attributes(op, model, line, cid, res))
+            span = self.tracer.start_span(
+                f"{op} {model}".strip(),
+                context=parent,
+                start_time=started_ns,
+                attributes=_request_attributes(op, model, line, cid, res),
+            )
             if not res.ok:
                 code = ((res.body.get("error") or {}).get("code")) or str(res.status_code)
                 span.set_attribute("error.type", code)
@@ -103,9 +116,13 @@ class OtelTracing(Tracing):
 
 def _request_attributes(op: str, model: str, line: int, cid: str, res: Result) -> dict[str, Any]:
     usage = res.usage or {}
-    attrs: dict[str, Any] = {"gen_ai.operation.name": op, "gen_ai.request.model": model,
-                             "coldbatch.custom_id": cid, "coldbatch.line": line,
-                             "http.response.status_code": res.status_code}
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": op,
+        "gen_ai.request.model": model,
+        "coldbatch.custom_id": cid,
+        "coldbatch.line": line,
+        "http.response.status_code": res.status_code,
+    }
     if res.ok:
         attrs["gen_ai.usage.input_tokens"] = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
         attrs["gen_ai.usage.output_tokens"] = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)
@@ -117,16 +134,20 @@ def _request_attributes(op: str, model: str, line: int, cid: str, res: Result) -
 def from_env(environ: Mapping[str, str], provider: Any = None) -> Tracing:
     """OTLP tracing when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set, or `provider` is given
     (tests pass one with an in-memory exporter); else the no-op. Missing packages: a warning and the no-op."""
-    if provider is None and not (environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                                 or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+    if provider is None and not (
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
         return NOOP
     try:
         if provider is None:
             provider = _otlp_provider(environ)
         return OtelTracing(provider)
     except ImportError as exc:
-        logger.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed (%s): "
-                       "pip install 'coldbatch[otel]'; tracing is off", exc)
+        logger.warning(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed (%s): "
+            "pip install 'coldbatch[otel]'; tracing is off",
+            exc,
+        )
         return NOOP
 
 

@@ -72,7 +72,7 @@ class _Parts:
             if self.result.size > self.max_bytes:
                 raise ApiError(400, "File is too large.", param="file", code="file_too_large")
             if len(self.result.head) < HEAD_BYTES:
-                self.result.head += chunk[:HEAD_BYTES - len(self.result.head)]
+                self.result.head += chunk[: HEAD_BYTES - len(self.result.head)]
             self.sink.write(chunk)
         else:
             self._value += chunk
@@ -91,9 +91,18 @@ async def parse_upload(content_type: str, body: AsyncIterator[bytes], sink: IO[b
     if ctype != b"multipart/form-data" or not boundary:
         raise ApiError(400, "Expected a multipart/form-data body with a 'file' part and a 'purpose' field.")
     parts = _Parts(sink, max_bytes)
-    callbacks = {name: getattr(parts, name) for name in (
-        "on_part_begin", "on_part_data", "on_part_end", "on_header_field", "on_header_value", "on_header_end",
-        "on_headers_finished")}
+    callbacks = {
+        name: getattr(parts, name)
+        for name in (
+            "on_part_begin",
+            "on_part_data",
+            "on_part_end",
+            "on_header_field",
+            "on_header_value",
+            "on_header_end",
+            "on_headers_finished",
+        )
+    }
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     try:
         async for chunk in body:

@@ -34,16 +34,41 @@ logger = logging.getLogger(__name__)
 #: the server schema's migrations (`store/sqlite_db.py` applies them)
 MIGRATIONS = "coldbatch.store.migrations"
 
-_TERMINAL = tuple(s.value for s in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED,
-                                    BatchStatus.CANCELLED))
+_TERMINAL = tuple(
+    s.value for s in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
+)
 #: statuses in which finished requests may still be logged (in-flight requests finish after a cancel)
 _LOGGING = (BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value)
 
 _BATCH_COLUMNS = (
-    "id", "owner", "endpoint", "model", "input_file_id", "completion_window", "status", "output_file_id",
-    "error_file_id", "created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
-    "expired_at", "cancelling_at", "cancelled_at", "total", "completed", "failed", "input_tokens", "cached_tokens",
-    "output_tokens", "errors", "metadata", "output_ttl", "enqueued_tokens",
+    "id",
+    "owner",
+    "endpoint",
+    "model",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "total",
+    "completed",
+    "failed",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "errors",
+    "metadata",
+    "output_ttl",
+    "enqueued_tokens",
 )
 
 
@@ -115,7 +140,9 @@ class SqliteStore:
     def create_file(self, row: dict[str, Any]) -> None:
         self.db.execute(
             "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, status) "
-            "VALUES (:id, :owner, :filename, :purpose, :bytes, :created_at, :expires_at, 'processed')", row)
+            "VALUES (:id, :owner, :filename, :purpose, :bytes, :created_at, :expires_at, 'processed')",
+            row,
+        )
 
     def get_file(self, file_id: str, owner: str | None) -> dict[str, Any] | None:
         sql = "SELECT * FROM files WHERE id = ? AND deleted = 0"
@@ -126,8 +153,9 @@ class SqliteStore:
         row = self.db.execute(sql, args).fetchone()
         return dict(row) if row else None
 
-    def list_files(self, owner: str, *, purpose: str | None, after: str | None, limit: int,
-                   order: str) -> tuple[list[dict[str, Any]], bool]:
+    def list_files(
+        self, owner: str, *, purpose: str | None, after: str | None, limit: int, order: str
+    ) -> tuple[list[dict[str, Any]], bool]:
         desc = order == "desc"
         sql = "SELECT * FROM files WHERE owner = ? AND deleted = 0"
         args: list[Any] = [owner]
@@ -143,13 +171,18 @@ class SqliteStore:
         return rows[:limit], len(rows) > limit
 
     def delete_file(self, file_id: str, owner: str) -> bool:
-        cur = self.db.execute("UPDATE files SET deleted = 1 WHERE id = ? AND owner = ? AND deleted = 0",
-                              (file_id, owner))
+        cur = self.db.execute(
+            "UPDATE files SET deleted = 1 WHERE id = ? AND owner = ? AND deleted = 0", (file_id, owner)
+        )
         return cur.rowcount == 1
 
     def expired_files(self, now: int) -> list[str]:
-        return [r[0] for r in self.db.execute(
-            "SELECT id FROM files WHERE deleted = 0 AND expires_at IS NOT NULL AND expires_at <= ?", (now,))]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT id FROM files WHERE deleted = 0 AND expires_at IS NOT NULL AND expires_at <= ?", (now,)
+            )
+        ]
 
     def forget_file(self, file_id: str) -> None:
         self.db.execute("UPDATE files SET deleted = 1 WHERE id = ?", (file_id,))
@@ -157,8 +190,10 @@ class SqliteStore:
     # -- batches ----------------------------------------------------------------------------------------
     def create_batch(self, row: dict[str, Any]) -> None:
         cols = [c for c in _BATCH_COLUMNS if c in row]
-        self.db.execute(f"INSERT INTO batches ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})",
-                        {c: _db_value(row[c]) for c in cols})
+        self.db.execute(
+            f"INSERT INTO batches ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})",
+            {c: _db_value(row[c]) for c in cols},
+        )
         self._event(row["id"], None, row["status"], row["created_at"], None)
 
     def get_batch(self, batch_id: str, owner: str | None) -> dict[str, Any] | None:
@@ -184,19 +219,25 @@ class SqliteStore:
     def delete_batch(self, batch_id: str, owner: str) -> bool:
         """Forget a terminal batch and its events (Anthropic's DELETE /v1/messages/batches/{id}); False when the
         owner has no such batch or it is not terminal. Its files are the caller's to delete."""
-        cur = self.db.execute(f"DELETE FROM batches WHERE id = ? AND owner = ? AND status IN "
-                              f"({', '.join('?' * len(_TERMINAL))})", (batch_id, owner, *_TERMINAL))
+        cur = self.db.execute(
+            f"DELETE FROM batches WHERE id = ? AND owner = ? AND status IN ({', '.join('?' * len(_TERMINAL))})",
+            (batch_id, owner, *_TERMINAL),
+        )
         if cur.rowcount == 1:
             self.db.execute("DELETE FROM batch_events WHERE batch_id = ?", (batch_id,))
         return cur.rowcount == 1
 
     def unfinished_batches(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.execute(
-            f"SELECT * FROM batches WHERE status NOT IN ({', '.join('?' * len(_TERMINAL))}) ORDER BY seq",
-            _TERMINAL)]
+        return [
+            dict(r)
+            for r in self.db.execute(
+                f"SELECT * FROM batches WHERE status NOT IN ({', '.join('?' * len(_TERMINAL))}) ORDER BY seq", _TERMINAL
+            )
+        ]
 
-    def transition(self, batch_id: str, to: BatchStatus, now: int, *, files: Sequence[dict[str, Any]] = (),
-                   **fields: Any) -> bool:
+    def transition(
+        self, batch_id: str, to: BatchStatus, now: int, *, files: Sequence[dict[str, Any]] = (), **fields: Any
+    ) -> bool:
         """Compare-and-set `status` to `to` (and set its `*_at` plus `fields`); False if not allowed now.
 
         `files` (result files) are registered in the same transaction, so they become visible exactly when
@@ -213,13 +254,17 @@ class SqliteStore:
             cur = db.execute(
                 f"UPDATE batches SET {', '.join(f'{k} = ?' for k in sets)} "
                 f"WHERE id = ? AND status IN ({', '.join('?' * len(frm))})",
-                [*(_db_value(v) for v in sets.values()), batch_id, *frm])
+                [*(_db_value(v) for v in sets.values()), batch_id, *frm],
+            )
             ok = cur.rowcount == 1
             if ok:
                 for f in files:
-                    db.execute("INSERT OR REPLACE INTO files (id, owner, filename, purpose, bytes, created_at, "
-                               "expires_at, status) VALUES (:id, :owner, :filename, :purpose, :bytes, :created_at, "
-                               ":expires_at, 'processed')", f)
+                    db.execute(
+                        "INSERT OR REPLACE INTO files (id, owner, filename, purpose, bytes, created_at, "
+                        "expires_at, status) VALUES (:id, :owner, :filename, :purpose, :bytes, :created_at, "
+                        ":expires_at, 'processed')",
+                        f,
+                    )
                 self._event(batch_id, row[0] if row else None, to.value, now, None)
             db.execute("COMMIT")
         except BaseException:
@@ -231,44 +276,67 @@ class SqliteStore:
         self.db.execute("INSERT INTO batch_events VALUES (?, ?, ?, ?, ?)", (batch_id, frm, to, at, detail))
 
     def events(self, batch_id: str) -> list[tuple[str | None, str]]:
-        return [(r[0], r[1]) for r in self.db.execute(
-            "SELECT from_status, to_status FROM batch_events WHERE batch_id = ? ORDER BY rowid", (batch_id,))]
+        return [
+            (r[0], r[1])
+            for r in self.db.execute(
+                "SELECT from_status, to_status FROM batch_events WHERE batch_id = ? ORDER BY rowid", (batch_id,)
+            )
+        ]
 
     def event_log(self, batch_id: str) -> list[dict[str, Any]]:
         """The batch's status changes, oldest first: from_status, to_status, at (epoch seconds)."""
-        return [dict(r) for r in self.db.execute(
-            "SELECT from_status, to_status, at FROM batch_events WHERE batch_id = ? ORDER BY rowid", (batch_id,))]
+        return [
+            dict(r)
+            for r in self.db.execute(
+                "SELECT from_status, to_status, at FROM batch_events WHERE batch_id = ? ORDER BY rowid", (batch_id,)
+            )
+        ]
 
     # -- dashboard and metrics (read only) ---------------------------------------------------------------
-    def batch_page(self, owner: str | None, *, offset: int, limit: int,
-                   status: str | None = None) -> list[dict[str, Any]]:
+    def batch_page(
+        self, owner: str | None, *, offset: int, limit: int, status: str | None = None
+    ) -> list[dict[str, Any]]:
         """One page of batches, newest first (`owner` None: every owner). Uses the (owner, seq) index, so
         a page costs the same with 10 batches or 10,000."""
         where, args = _owner_filter(owner, status)
-        return [dict(r) for r in self.db.execute(
-            f"SELECT * FROM batches{where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset])]
+        return [
+            dict(r)
+            for r in self.db.execute(
+                f"SELECT * FROM batches{where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]
+            )
+        ]
 
     def file_page(self, owner: str | None, *, offset: int, limit: int) -> list[dict[str, Any]]:
         """One page of live files, newest first (`owner` None: every owner)."""
         where, args = _owner_filter(owner, None)
         where += " AND deleted = 0" if where else " WHERE deleted = 0"
-        return [dict(r) for r in self.db.execute(
-            f"SELECT * FROM files{where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset])]
+        return [
+            dict(r)
+            for r in self.db.execute(
+                f"SELECT * FROM files{where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]
+            )
+        ]
 
     def batch_status_counts(self, owner: str | None) -> dict[str, int]:
         where, args = _owner_filter(owner, None)
-        return {r[0]: r[1] for r in self.db.execute(
-            f"SELECT status, COUNT(*) FROM batches{where} GROUP BY status", args)}
+        return {
+            r[0]: r[1] for r in self.db.execute(f"SELECT status, COUNT(*) FROM batches{where} GROUP BY status", args)
+        }
 
     def failed_results(self, batch_id: str, limit: int) -> list[LoggedRow]:
         """The first `limit` logged failures of an unfinished batch, in input order (its log is purged once
         it is terminal)."""
-        return [(r[0], r[1], False, r[2]) for r in self.db.execute(
-            "SELECT custom_id, line, data FROM results WHERE batch_id = ? AND ok = 0 ORDER BY line LIMIT ?",
-            (batch_id, limit))]
+        return [
+            (r[0], r[1], False, r[2])
+            for r in self.db.execute(
+                "SELECT custom_id, line, data FROM results WHERE batch_id = ? AND ok = 0 ORDER BY line LIMIT ?",
+                (batch_id, limit),
+            )
+        ]
 
-    def batch_totals(self, buckets: Sequence[float], *, after: int = 0,
-                     upto: int | None = None) -> list[dict[str, Any]]:
+    def batch_totals(
+        self, buckets: Sequence[float], *, after: int = 0, upto: int | None = None
+    ) -> list[dict[str, Any]]:
         """Per (endpoint, model, status) of the batches with `after` < seq <= `upto`: batches, request counts,
         tokens, and for terminal batches the cumulative count of durations (created → terminal) at most each
         of `buckets` seconds and their sum. For /metrics: every figure is what the batches' own rows say."""
@@ -280,7 +348,8 @@ class SqliteStore:
             f" SUM(output_tokens) AS output_tokens, COUNT(d) AS ended, COALESCE(SUM(d), 0) AS duration{le}"
             f" FROM (SELECT *, CASE WHEN status IN ({', '.join('?' * len(_TERMINAL))}) THEN {ended} END AS d"
             " FROM batches WHERE seq > ? AND seq <= ?) GROUP BY endpoint, model, status",
-            [*_TERMINAL, after, (1 << 62) if upto is None else upto])
+            [*_TERMINAL, after, (1 << 62) if upto is None else upto],
+        )
         return [dict(r) for r in rows]
 
     def settled_seq(self) -> int:
@@ -288,16 +357,23 @@ class SqliteStore:
         live = [s.value for s in BatchStatus if s.value not in _TERMINAL]
         row = self.db.execute(
             f"SELECT (SELECT MIN(seq) FROM batches WHERE status IN ({', '.join('?' * len(live))})) - 1,"
-            " (SELECT COALESCE(MAX(seq), 0) FROM batches)", live).fetchone()
+            " (SELECT COALESCE(MAX(seq), 0) FROM batches)",
+            live,
+        ).fetchone()
         return int(row[0] if row[0] is not None else row[1])
 
     def upload_totals(self, after: int = 0) -> tuple[list[tuple[str, int, int]], int]:
         """(purpose, files, bytes) of the files uploaded after seq `after` (deleted ones included; result
         files not), and the largest seq counted (a file row's size never changes)."""
         upto = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM files").fetchone()[0])
-        rows = [(r[0], r[1], r[2]) for r in self.db.execute(
-            "SELECT purpose, COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE purpose != 'batch_output'"
-            " AND seq > ? AND seq <= ? GROUP BY purpose", (after, upto))]
+        rows = [
+            (r[0], r[1], r[2])
+            for r in self.db.execute(
+                "SELECT purpose, COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE purpose != 'batch_output'"
+                " AND seq > ? AND seq <= ? GROUP BY purpose",
+                (after, upto),
+            )
+        ]
         return rows, upto
 
     # -- results ----------------------------------------------------------------------------------------
@@ -313,13 +389,23 @@ class SqliteStore:
                 db.execute("COMMIT")
                 return 0
             fresh = _not_logged(db, batch_id, rows)
-            db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?)",
-                           [(batch_id, cid, line, ok, data) for cid, line, ok, data, *_ in fresh])
+            db.executemany(
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?)",
+                [(batch_id, cid, line, ok, data) for cid, line, ok, data, *_ in fresh],
+            )
             ok_n = sum(1 for r in fresh if r[2])
-            db.execute("UPDATE batches SET completed = completed + ?, failed = failed + ?, input_tokens = input_tokens"
-                       " + ?, cached_tokens = cached_tokens + ?, output_tokens = output_tokens + ? WHERE id = ?",
-                       (ok_n, len(fresh) - ok_n, sum(r[4] for r in fresh), sum(r[5] for r in fresh),
-                        sum(r[6] for r in fresh), batch_id))
+            db.execute(
+                "UPDATE batches SET completed = completed + ?, failed = failed + ?, input_tokens = input_tokens"
+                " + ?, cached_tokens = cached_tokens + ?, output_tokens = output_tokens + ? WHERE id = ?",
+                (
+                    ok_n,
+                    len(fresh) - ok_n,
+                    sum(r[4] for r in fresh),
+                    sum(r[5] for r in fresh),
+                    sum(r[6] for r in fresh),
+                    batch_id,
+                ),
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -329,8 +415,11 @@ class SqliteStore:
 
     def enqueued_tokens(self, model: str | None) -> int:
         """Prompt tokens of this model's batches that are queued or running (the enqueued-token quota)."""
-        row = self.db.execute("SELECT COALESCE(SUM(enqueued_tokens), 0) FROM batches WHERE model IS ? AND status IN "
-                              "('in_progress', 'finalizing')", (model,)).fetchone()
+        row = self.db.execute(
+            "SELECT COALESCE(SUM(enqueued_tokens), 0) FROM batches WHERE model IS ? AND status IN "
+            "('in_progress', 'finalizing')",
+            (model,),
+        ).fetchone()
         return int(row[0])
 
     def done_lines(self, batch_id: str) -> set[int]:
@@ -339,8 +428,9 @@ class SqliteStore:
 
     def iter_results(self, batch_id: str) -> Iterator[LoggedRow]:
         """The log in input order (the order of the output and error files)."""
-        cur = self.db.execute("SELECT custom_id, line, ok, data FROM results WHERE batch_id = ? ORDER BY line",
-                              (batch_id,))
+        cur = self.db.execute(
+            "SELECT custom_id, line, ok, data FROM results WHERE batch_id = ? ORDER BY line", (batch_id,)
+        )
         for r in cur:
             yield r[0], r[1], bool(r[2]), r[3]
 
@@ -355,8 +445,11 @@ class SqliteStore:
                 row = db.execute("SELECT status FROM batches WHERE id = ?", (batch_id,)).fetchone()
                 n = 0
                 if row is None or row[0] in _TERMINAL:
-                    n = db.execute("DELETE FROM results WHERE batch_id = ? AND line IN (SELECT line FROM "
-                                   "results WHERE batch_id = ? LIMIT ?)", (batch_id, batch_id, chunk)).rowcount
+                    n = db.execute(
+                        "DELETE FROM results WHERE batch_id = ? AND line IN (SELECT line FROM "
+                        "results WHERE batch_id = ? LIMIT ?)",
+                        (batch_id, batch_id, chunk),
+                    ).rowcount
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -368,17 +461,26 @@ class SqliteStore:
     def finished_logs(self) -> list[str]:
         """Batches that are terminal (or gone) but still have logged results: a crash came between the final
         transition and `purge_results`."""
-        return [r[0] for r in self.db.execute(
-            "SELECT DISTINCT r.batch_id FROM results r LEFT JOIN batches b ON b.id = r.batch_id "
-            f"WHERE b.id IS NULL OR b.status IN ({', '.join('?' * len(_TERMINAL))})", _TERMINAL)]
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT r.batch_id FROM results r LEFT JOIN batches b ON b.id = r.batch_id "
+                f"WHERE b.id IS NULL OR b.status IN ({', '.join('?' * len(_TERMINAL))})",
+                _TERMINAL,
+            )
+        ]
 
     # -- blob bookkeeping -------------------------------------------------------------------------------
     def blob_owners(self) -> tuple[set[str], set[str]]:
         """(ids of live files, ids of deleted files that an unfinished batch still reads) — every blob
         outside both sets is garbage."""
         live = {r[0] for r in self.db.execute("SELECT id FROM files WHERE deleted = 0")}
-        in_use = {r[0] for r in self.db.execute(
-            f"SELECT input_file_id FROM batches WHERE status NOT IN ({', '.join('?' * len(_TERMINAL))})", _TERMINAL)}
+        in_use = {
+            r[0]
+            for r in self.db.execute(
+                f"SELECT input_file_id FROM batches WHERE status NOT IN ({', '.join('?' * len(_TERMINAL))})", _TERMINAL
+            )
+        }
         return live, in_use
 
 
@@ -417,9 +519,13 @@ class _Checkpointer(threading.Thread):
 def _not_logged(db: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]) -> Sequence[ResultRow]:
     """The rows whose line is not logged yet (the first of each, if one repeats within `rows`). The usual
     case, all new and no repeats, costs one index probe per row inside SQLite and no per-row Python."""
-    logged = {r[0] for r in db.execute(
-        "SELECT line FROM results WHERE batch_id = ? AND line IN (SELECT value FROM json_each(?))",
-        (batch_id, orjson.dumps([r[1] for r in rows])))}
+    logged = {
+        r[0]
+        for r in db.execute(
+            "SELECT line FROM results WHERE batch_id = ? AND line IN (SELECT value FROM json_each(?))",
+            (batch_id, orjson.dumps([r[1] for r in rows])),
+        )
+    }
     if not logged and len({r[1] for r in rows}) == len(rows):
         return rows
     fresh = []

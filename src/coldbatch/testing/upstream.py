@@ -82,20 +82,28 @@ class UpstreamState:
         for name, win, limit in (("requests", self.requests, self.rpm), ("tokens", self.tokens, self.tpm)):
             used, newest = win.total(now), win.newest()
             reset = max(0.0, newest + self.window - now) if newest is not None else 0.0
-            out |= {f"x-ratelimit-limit-{name}": str(limit),
-                    f"x-ratelimit-remaining-{name}": str(max(0, int(limit - used))),
-                    f"x-ratelimit-reset-{name}": _duration(reset)}
+            out |= {
+                f"x-ratelimit-limit-{name}": str(limit),
+                f"x-ratelimit-remaining-{name}": str(max(0, int(limit - used))),
+                f"x-ratelimit-reset-{name}": _duration(reset),
+            }
         return out
 
     def snapshot(self) -> dict[str, Any]:
         first, last = self.first_admitted, self.last_admitted
         span = last - first if first is not None and last is not None else 0.0
-        return {"received": self.counts["received"], "ok": self.counts["ok"],
-                "rate_limited": self.counts["rate_limited"], "errors": self.counts["error"],
-                "timeouts": self.counts["late"], "refused": self.counts["refused"],
-                "admitted": self.counts["admitted"], "admitted_span_s": span,
-                "duplicates": sorted(k for k, c in self.by_body.items() if c["ok"] > 1),
-                "by_body": {k: dict(c) for k, c in self.by_body.items()}}
+        return {
+            "received": self.counts["received"],
+            "ok": self.counts["ok"],
+            "rate_limited": self.counts["rate_limited"],
+            "errors": self.counts["error"],
+            "timeouts": self.counts["late"],
+            "refused": self.counts["refused"],
+            "admitted": self.counts["admitted"],
+            "admitted_span_s": span,
+            "duplicates": sorted(k for k, c in self.by_body.items() if c["ok"] > 1),
+            "by_body": {k: dict(c) for k, c in self.by_body.items()},
+        }
 
 
 def _duration(seconds: float) -> str:
@@ -103,12 +111,22 @@ def _duration(seconds: float) -> str:
 
 
 def _error(status: int, message: str, type_: str, code: str | None, headers: dict[str, str]) -> Response:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": None, "code": code}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}}, status_code=status, headers=headers
+    )
 
 
-def create_upstream(rpm: int, tpm: int, error_rate: float = 0.0, timeout_rate: float = 0.0, latency: float = 0.0,
-                    seed: int = 0, *, hang: float = 5.0, window: float = 60.0) -> Starlette:
+def create_upstream(
+    rpm: int,
+    tpm: int,
+    error_rate: float = 0.0,
+    timeout_rate: float = 0.0,
+    latency: float = 0.0,
+    seed: int = 0,
+    *,
+    hang: float = 5.0,
+    window: float = 60.0,
+) -> Starlette:
     """The upstream app. `rpm`/`tpm` are per `window` seconds. The state is `app.state.upstream`."""
     if min(error_rate, timeout_rate) < 0 or error_rate + timeout_rate > 1:
         raise ValueError("error_rate and timeout_rate must be fractions that add up to at most 1")
@@ -131,17 +149,31 @@ def create_upstream(rpm: int, tpm: int, error_rate: float = 0.0, timeout_rate: f
         now = state.clock()
         if cost > state.tpm:
             state.count(key, "refused")
-            return _error(400, f"Request too large: {cost} tokens, limit {state.tpm} per window.",
-                          "invalid_request_error", "request_too_large", state.headers(now))
+            return _error(
+                400,
+                f"Request too large: {cost} tokens, limit {state.tpm} per window.",
+                "invalid_request_error",
+                "request_too_large",
+                state.headers(now),
+            )
         wait_r, wait_t = state.requests.wait(now, 1, state.rpm), state.tokens.wait(now, cost, state.tpm)
         if wait_r > 0 or wait_t > 0:
             state.count(key, "rate_limited")
             wait, kind = max((wait_r, "requests"), (wait_t, "tokens"))
             limit = state.rpm if kind == "requests" else state.tpm
-            headers = {**state.headers(now), "retry-after": str(math.ceil(wait)),
-                       "retry-after-ms": f"{wait * 1000:.0f}"}
-            return _error(429, f"Rate limit reached for {kind} (limit {limit} per {state.window:g}s). "
-                          f"Please try again in {wait:.3f}s.", kind, "rate_limit_exceeded", headers)
+            headers = {
+                **state.headers(now),
+                "retry-after": str(math.ceil(wait)),
+                "retry-after-ms": f"{wait * 1000:.0f}",
+            }
+            return _error(
+                429,
+                f"Rate limit reached for {kind} (limit {limit} per {state.window:g}s). "
+                f"Please try again in {wait:.3f}s.",
+                kind,
+                "rate_limit_exceeded",
+                headers,
+            )
         return await _admitted(endpoint, body, key, cost, now)
 
     async def _admitted(endpoint: str, body: dict[str, Any], key: str, cost: int, now: float) -> Response:
@@ -154,8 +186,13 @@ def create_upstream(rpm: int, tpm: int, error_rate: float = 0.0, timeout_rate: f
         draw = state.rng.random()
         if draw < state.error_rate:
             state.count(key, "error")
-            return _error(500, "The server had an error while processing your request. Sorry about that!",
-                          "server_error", None, headers)
+            return _error(
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+                headers,
+            )
         late = draw < state.error_rate + state.timeout_rate
         await asyncio.sleep(state.hang if late else state.latency)
         result = await echo.complete(endpoint, body)
@@ -181,8 +218,17 @@ class UpstreamServer:
 
         self.app = app
         self._start_timeout = start_timeout
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan=lifespan,
-                                timeout_graceful_shutdown=1, loop="asyncio", http="h11", ws="none")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan=lifespan,
+            timeout_graceful_shutdown=1,
+            loop="asyncio",
+            http="h11",
+            ws="none",
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="coldbatch-upstream", daemon=True)
         self.url = ""
