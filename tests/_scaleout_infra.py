@@ -60,7 +60,7 @@ def _postgres() -> Iterator[str]:
     )
     if not bins:
         pytest.fail(
-            f"PostgreSQL is not installed (no initdb): install Debian's `postgresql` (.ci/run does), set "
+            f"PostgreSQL is not installed (no initdb): install Debian's `postgresql` (scripts/system-deps does), set "
             f"{PG_VAR}, or set {SKIP_VAR}=1 to skip the scale-out tests"
         )
     bindir = Path(bins[-1]).parent

@@ -3,7 +3,7 @@ official SDK is watched to `completed` with the right counts, a cancel from the 
 key cannot see the first key's batch. Screenshots of the main pages go to `out/screenshots/`
 (git-ignored; `COLDBATCH_SCREENSHOTS` moves them); docs/screenshots/ holds an example set.
 
-Skipped, with the reason, where Playwright or /usr/bin/chromium is missing (`.ci/run` installs both).
+Skipped, with the reason, where Playwright or /usr/bin/chromium is missing (`scripts/system-deps` installs Chromium).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from .test_jobs_ui import JOB, make_ledger
 CHROMIUM = Path(os.environ.get("COLDBATCH_CHROMIUM", "/usr/bin/chromium"))
 if not CHROMIUM.exists():
     pytest.skip(
-        f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; .ci/run does it)", allow_module_level=True
+        f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium; scripts/system-deps does it)",
+        allow_module_level=True,
     )
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
 axe = pytest.importorskip(
