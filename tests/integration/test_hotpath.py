@@ -114,7 +114,9 @@ def test_with_20_percent_500s_and_timeouts_no_request_is_lost_or_duplicated(upst
         outcome = Counter(by_body[body_key(b)])
         assert reported[key][0].ok and outcome["ok"] == 1, (key, outcome)
     late = sum(Counter(c)["late"] for c in by_body.values())
-    assert late == stats["timeouts"] == client.stats.timeouts  # every hidden run was a timeout we retried
+    # every hidden run was a timeout we retried; on a busy machine a slow ordinary answer may time out too
+    # (seen in CI: 49 client timeouts for 17 hung requests), which costs a retry, never a row
+    assert late == stats["timeouts"] <= client.stats.timeouts
 
 
 def test_hot_calls_pass_queued_batch_work(upstream: Start) -> None:
