@@ -23,37 +23,8 @@ from psycopg_pool import ConnectionPool
 
 from coldbatch.core.status import TIMESTAMP_FIELD, BatchStatus, allowed_from
 from coldbatch.store.pg_queue import TERMINAL, QueueMixin
+from coldbatch.store.records import BATCH_COLUMNS
 
-_BATCH_COLUMNS = (
-    "id",
-    "owner",
-    "endpoint",
-    "model",
-    "input_file_id",
-    "completion_window",
-    "status",
-    "output_file_id",
-    "error_file_id",
-    "created_at",
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-    "total",
-    "completed",
-    "failed",
-    "input_tokens",
-    "cached_tokens",
-    "output_tokens",
-    "errors",
-    "metadata",
-    "output_ttl",
-    "enqueued_tokens",
-)
 _INSERT_FILE = (
     "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, status) VALUES "
     "(%(id)s, %(owner)s, %(filename)s, %(purpose)s, %(bytes)s, %(created_at)s, %(expires_at)s, "
@@ -191,7 +162,7 @@ class PgStore(QueueMixin):
 
     # -- batches ----------------------------------------------------------------------------------------
     def create_batch(self, row: dict[str, Any]) -> None:
-        cols = [c for c in _BATCH_COLUMNS if c in row]
+        cols = [c for c in BATCH_COLUMNS if c in row]
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(
                 f"INSERT INTO batches ({', '.join(cols)}) VALUES ({', '.join(f'%({c})s' for c in cols)})",

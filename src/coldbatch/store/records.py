@@ -54,3 +54,36 @@ def decoded_job(row: Row) -> Row:
     for key in ("options", "estimate", "report"):
         out[key] = orjson.loads(out[key]) if out[key] else None
     return out
+
+
+#: the batches table's columns, the same on every backend (a row is written with those of them it has)
+BATCH_COLUMNS = (
+    "id",
+    "owner",
+    "endpoint",
+    "model",
+    "input_file_id",
+    "completion_window",
+    "status",
+    "output_file_id",
+    "error_file_id",
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "total",
+    "completed",
+    "failed",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "errors",
+    "metadata",
+    "output_ttl",
+    "enqueued_tokens",
+)

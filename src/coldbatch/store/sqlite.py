@@ -25,7 +25,7 @@ import orjson
 
 from coldbatch.core.status import TIMESTAMP_FIELD, BatchStatus, allowed_from
 from coldbatch.store import sqlite_db
-from coldbatch.store.records import LoggedRow, ResultRow
+from coldbatch.store.records import BATCH_COLUMNS, LoggedRow, ResultRow
 
 __all__ = ["LoggedRow", "ResultRow", "SqliteStore"]
 
@@ -39,37 +39,6 @@ _TERMINAL = tuple(
 )
 #: statuses in which finished requests may still be logged (in-flight requests finish after a cancel)
 _LOGGING = (BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value)
-
-_BATCH_COLUMNS = (
-    "id",
-    "owner",
-    "endpoint",
-    "model",
-    "input_file_id",
-    "completion_window",
-    "status",
-    "output_file_id",
-    "error_file_id",
-    "created_at",
-    "in_progress_at",
-    "expires_at",
-    "finalizing_at",
-    "completed_at",
-    "failed_at",
-    "expired_at",
-    "cancelling_at",
-    "cancelled_at",
-    "total",
-    "completed",
-    "failed",
-    "input_tokens",
-    "cached_tokens",
-    "output_tokens",
-    "errors",
-    "metadata",
-    "output_ttl",
-    "enqueued_tokens",
-)
 
 
 #: log this many bytes of results, then wake the background checkpointer
@@ -189,7 +158,7 @@ class SqliteStore:
 
     # -- batches ----------------------------------------------------------------------------------------
     def create_batch(self, row: dict[str, Any]) -> None:
-        cols = [c for c in _BATCH_COLUMNS if c in row]
+        cols = [c for c in BATCH_COLUMNS if c in row]
         self.db.execute(
             f"INSERT INTO batches ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})",
             {c: _db_value(row[c]) for c in cols},
