@@ -23,6 +23,20 @@ from coldbatch.protocol import limits as L
 from coldbatch.validation import iter_lines
 
 
+def precheck(
+    row: dict[str, Any], file_found: bool, engine_name: str, endpoints: Collection[str]
+) -> list[dict[str, Any]]:
+    """The batch errors found before a line is read (OpenAI's wording): a file that is gone or another key's, an
+    endpoint the engine does not serve. Empty when the file can be validated."""
+    if not file_found:
+        message = f"Cannot find file {row['input_file_id']}, or you do not have access to it."
+        return [{"code": "invalid_request", "line": None, "param": "file_id", "message": message}]
+    if row["endpoint"] not in endpoints:
+        message = f"This server's engine ({engine_name}) does not serve {row['endpoint']}."
+        return [{"code": "invalid_url", "line": None, "param": "endpoint", "message": message}]
+    return []
+
+
 @dataclass(frozen=True)
 class Checked:
     ok: bool

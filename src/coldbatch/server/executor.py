@@ -230,31 +230,10 @@ class Executor:
 
     async def _validate(self, row: dict[str, Any]) -> None:
         f = self.store.get_file(row["input_file_id"], row["owner"])
-        if f is None or not self.blobs.exists(f["id"]):
-            self._fail(
-                row,
-                [
-                    {
-                        "code": "invalid_request",
-                        "line": None,
-                        "param": "file_id",
-                        "message": f"Cannot find file {row['input_file_id']}, or you do not have access to it.",
-                    }
-                ],
-            )
-            return
-        if row["endpoint"] not in self.engine.info.endpoints:
-            self._fail(
-                row,
-                [
-                    {
-                        "code": "invalid_url",
-                        "line": None,
-                        "param": "endpoint",
-                        "message": f"This server's engine ({self.engine.info.name}) does not serve {row['endpoint']}.",
-                    }
-                ],
-            )
+        found = f is not None and self.blobs.exists(f["id"])
+        errors = checking.precheck(row, found, self.engine.info.name, self.engine.info.endpoints)
+        if errors or f is None:
+            self._fail(row, errors)
             return
         args = (
             str(self.blobs.local_path(f["id"])),
