@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coldbatch.builder.spec import RequestSpec
+from coldbatch.core.exit_status import exit_code
 from coldbatch.errors import InputError, ProviderError, UsageError
 from coldbatch.hotpath.client import SyncClient
 from coldbatch.providers import kinds as K
@@ -48,13 +49,11 @@ class JobReport:
     failed: int
     cost_usd: float | None
     mode: str | None
-    exit_status: int  #: the CLI's exit code for it (cli/exitcodes.py): 0 every row answered, 4 some not, ...
+    exit_status: int  #: the CLI's exit code for it (core/exit_status.py): 0 every row answered, 4 some not, ...
     details: Mapping[str, Any]
 
     @classmethod
     def of(cls, report: Mapping[str, Any]) -> JobReport:
-        from coldbatch.cli import exitcodes  # one rule for the CLI's exit code and this field
-
         return cls(
             job_id=str(report["job"]),
             output=Path(report["output"]),
@@ -63,7 +62,7 @@ class JobReport:
             failed=int(report["failed"]),
             cost_usd=report.get("cost_usd"),
             mode=report.get("mode"),
-            exit_status=exitcodes.exit_code(dict(report)),
+            exit_status=exit_code(report),  # one rule for the CLI's exit code and this field
             details=dict(report),
         )
 

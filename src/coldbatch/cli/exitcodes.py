@@ -11,7 +11,8 @@ them) used to exit 0, like a job whose every row was answered (issue 16).
     5  the job finished and OUTPUT was written, but no row has an answer
 
 `--fail-on-errors N` or `N%` lets a few unanswered rows pass: 4 only when more rows than that are
-unanswered (5 still when none is answered).
+unanswered (5 still when none is answered). The rule for 0/4/5 is `core/exit_status.py`, shared with
+`coldbatch.JobReport.exit_status`; this module adds the flag's type, the help text and the explanation line.
 """
 
 from __future__ import annotations
@@ -20,9 +21,18 @@ from typing import Any
 
 import click
 
-ALL_ANSWERED = 0
-SOME_UNANSWERED = 4
-NONE_ANSWERED = 5
+from coldbatch.core.exit_status import ALL_ANSWERED, NONE_ANSWERED, SOME_UNANSWERED, exit_code, unanswered
+
+__all__ = [
+    "ALL_ANSWERED",
+    "HELP",
+    "NONE_ANSWERED",
+    "SOME_UNANSWERED",
+    "Threshold",
+    "exit_code",
+    "explain",
+    "unanswered",
+]
 
 HELP = (
     "Exit codes: 0 every row answered; 1 input refused; 2 usage error or the target cannot serve the job "
@@ -48,23 +58,6 @@ class Threshold(click.ParamType):
         if number < 0 or (share and number > 100) or (not share and number != int(number)):
             self.fail(f"{value!r}: give a whole number of rows >= 0, or a percentage from 0% to 100%", param, ctx)
         return number, share
-
-
-def unanswered(report: dict[str, Any]) -> int:
-    """Rows with no answer: failed, rejected before sending, or never run (a cancelled job)."""
-    return int(report["rows"]) - int(report["succeeded"])
-
-
-def exit_code(report: dict[str, Any] | None, threshold: tuple[float, bool] = (0, False)) -> int:
-    """The code for a finished job's report (None: another process drives the job; nothing to judge)."""
-    if report is None:
-        return ALL_ANSWERED
-    rows, missing = int(report["rows"]), unanswered(report)
-    if rows and missing == rows:
-        return NONE_ANSWERED
-    limit, share = threshold
-    allowed = rows * limit / 100 if share else limit
-    return SOME_UNANSWERED if missing > allowed else ALL_ANSWERED
 
 
 def explain(report: dict[str, Any] | None, code: int) -> str | None:
