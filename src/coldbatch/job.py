@@ -24,6 +24,7 @@ from coldbatch.builder.spec import RequestSpec
 from coldbatch.core.exit_status import exit_code
 from coldbatch.errors import InputError, ProviderError, UsageError
 from coldbatch.hotpath.client import SyncClient
+from coldbatch.providers import choose
 from coldbatch.providers import kinds as K
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
@@ -197,7 +198,6 @@ def drive(
 async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[str, Any]:
     """The drive itself, inside the job's lock: its provider open for exactly as long as it runs."""
     from coldbatch.cli import preflight  # the target check: one rule for both modes
-    from coldbatch.cli import providers as PV
 
     with _provider(opts, how.base_url, how.api_key, how.engine) as provider:
         runner = Runner(lg, provider, job_id, H.home(), on_event=how.on_event)
@@ -214,7 +214,7 @@ async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[st
             if fresh:
                 how.confirm(runner, est)
             return await runner.run()
-        except PV.API_ERRORS as exc:
+        except choose.api_errors() as exc:  # evaluated when matched: the SDKs imported by then
             raise ProviderError(
                 f"the Batch API at {provider.name} failed: {type(exc).__name__}: {exc}. "
                 f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job."
@@ -342,14 +342,13 @@ def run_job(
     server with `engine`) or the sync API (mode auto/sync) → OUTPUT. `options` are RunOptions fields
     (max_cost, poll_interval, max_attempts, deadline as unix time, ...). Raises what the CLI reports."""
     from coldbatch.cli import preflight
-    from coldbatch.cli import providers as PV
 
     input_path, output = Path(input_path), Path(output)
     output_kind(output)
     if not input_path.is_file():
         raise InputError(f"{input_path}: no such file")
     given = RunOptions(spec=spec.describe(), **options)
-    kind, limits, mode = PV.resolve(
+    kind, limits, mode = choose.resolve(
         options.pop("provider_kind", None), base_url, spec, _limits(given), mode, deadline=given.deadline is not None
     )
     opts = replace(given, limits=asdict(limits), provider_kind=kind, mode=mode, provider=base_url or "embedded")

@@ -11,12 +11,12 @@ import orjson
 import pytest
 
 from coldbatch.builder.spec import RequestSpec
-from coldbatch.cli.providers import resolve, sample_body
 from coldbatch.errors import UsageError
 from coldbatch.protocol import limits as L
 from coldbatch.providers import kinds as K
 from coldbatch.providers import translate as T
 from coldbatch.providers.anthropic_batches import _openai_line, unit_prefix
+from coldbatch.providers.choose import resolve, sample_body
 from coldbatch.providers.gemini_batches import _openai_line as gemini_line
 from coldbatch.providers.gemini_batches import tag_name, tag_of
 from coldbatch.runner.outcomes import read_output

@@ -12,6 +12,7 @@ from coldbatch.cli import providers as PV
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import estimate as run_estimate
 from coldbatch.protocol import limits as L
+from coldbatch.providers import choose
 from coldbatch.runner import home as H
 from coldbatch.runner.cache import ResultCache
 
@@ -58,7 +59,7 @@ def estimate(
     builds = any(opts.get(k) for k in ("model", "prompt", "input_column"))
     spec = options.spec_from(opts) if builds else None  # --prompt without --model: a UsageError, not a JSON one
     if spec is not None and provider:  # a job this provider cannot answer is refused here too
-        PV.resolve(provider, None, spec, L.Limits())
+        choose.resolve(provider, None, spec, L.Limits())
     cache = None
     if use_cache:
         path = H.home() / "cache.sqlite3"

@@ -18,6 +18,7 @@ from coldbatch.cli.progress import ProgressDisplay
 from coldbatch.cli.report import print_report, show_estimate
 from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL
 from coldbatch.errors import UsageError
+from coldbatch.providers import choose
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner.deadline import parse_deadline
@@ -301,7 +302,7 @@ def run(
     else:
         spec = options.spec_from(preflight.default_model(opts, base_url, engine, api_key))
     preflight.check_output_columns(input_path, options.input_format(opts), spec, output_prefix, companion)
-    kind, limits, mode = PV.resolve(
+    kind, limits, mode = choose.resolve(
         provider, base_url, spec, options.limits_from(opts), mode, deadline=deadline is not None
     )
     run_opts = RunOptions(

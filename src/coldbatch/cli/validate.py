@@ -11,6 +11,7 @@ import click
 from coldbatch.cli import options, render
 from coldbatch.cli import providers as PV
 from coldbatch.protocol import limits as L
+from coldbatch.providers import choose
 from coldbatch.providers import kinds as K
 from coldbatch.validation import expand_paths, validate_file
 
@@ -52,7 +53,7 @@ def validate(
         for p in expand_paths(list(files))
     ]
     for r in reports:
-        extra = PV.translation_errors(Path(str(r.file)), kind, max_errors) if r.file else []
+        extra = choose.translation_errors(Path(str(r.file)), kind, max_errors) if r.file else []
         r.errors.extend(extra[: max(0, max_errors - len(r.errors))])
         r.total_errors += len(extra)
     bad = [r for r in reports if not r.ok]
