@@ -98,22 +98,9 @@ class EchoEngine:
     def _answer(self, endpoint: str, body: dict[str, Any], prompt_tokens: int) -> Result:
         if endpoint not in ENDPOINTS:
             return error_result(400, f"The echo engine does not serve {endpoint}.", param="url")
-        crash = body.get("echo_crash")
-        if crash is not None:
-            return _crash(crash)
-        fail = body.get("echo_fail")
-        if isinstance(fail, int) and not isinstance(fail, bool) and 400 <= fail <= 599:
-            return error_result(
-                fail,
-                f"echo engine: failure requested by the request body (echo_fail={fail})",
-                type_="server_error" if fail >= 500 else "invalid_request_error",
-                param="echo_fail",
-                code="echo_fail",
-            )
-        if self.failure_rate and self._rng.random() < self.failure_rate:
-            return error_result(
-                500, "echo engine: injected failure (failure_rate)", type_="server_error", code="engine_error"
-            )
+        failure = self._failure(body)
+        if failure is not None:
+            return failure
         model = str(body.get("model") or "echo")
         if endpoint == L.EMBEDDINGS:
             return self._embedding(body, model, prompt_tokens)
@@ -139,69 +126,28 @@ class EchoEngine:
             "completion_tokens": completion,
             "total_tokens": prompt_tokens + completion,
         }
-        created = int(time.time())
-        if endpoint == L.CHAT:
-            return Result(
-                200,
-                {
-                    "id": seq_id("chatcmpl-"),
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text, "refusal": None},
-                            "logprobs": None,
-                            "finish_reason": finish,
-                        }
-                    ],
-                    "usage": usage,
-                    "system_fingerprint": "echo",
-                },
-                usage,
+        shape = _chat_body if endpoint == L.CHAT else _completions_body if endpoint == L.COMPLETIONS else _response_body
+        return Result(200, shape(model, text, finish, usage), usage)
+
+    def _failure(self, body: dict[str, Any]) -> Result | None:
+        """The failure this request asks for (`echo_crash`, `echo_fail`) or draws (`failure_rate`); None: answer it."""
+        crash = body.get("echo_crash")
+        if crash is not None:
+            return _crash(crash)
+        fail = body.get("echo_fail")
+        if isinstance(fail, int) and not isinstance(fail, bool) and 400 <= fail <= 599:
+            return error_result(
+                fail,
+                f"echo engine: failure requested by the request body (echo_fail={fail})",
+                type_="server_error" if fail >= 500 else "invalid_request_error",
+                param="echo_fail",
+                code="echo_fail",
             )
-        if endpoint == L.COMPLETIONS:
-            return Result(
-                200,
-                {
-                    "id": seq_id("cmpl-"),
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-                    "usage": usage,
-                },
-                usage,
+        if self.failure_rate and self._rng.random() < self.failure_rate:
+            return error_result(
+                500, "echo engine: injected failure (failure_rate)", type_="server_error", code="engine_error"
             )
-        resp_usage = {
-            "input_tokens": prompt_tokens,
-            "output_tokens": completion,
-            "total_tokens": prompt_tokens + completion,
-            "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens_details": {"reasoning_tokens": 0},
-        }
-        incomplete = {"reason": "max_output_tokens"} if finish == "length" else None
-        return Result(
-            200,
-            {
-                "id": seq_id("resp_"),
-                "object": "response",
-                "created_at": created,
-                "model": model,
-                "status": "incomplete" if incomplete else "completed",
-                "incomplete_details": incomplete,
-                "output": [
-                    {
-                        "type": "message",
-                        "role": "assistant",
-                        "content": [{"type": "output_text", "text": text, "annotations": []}],
-                    }
-                ],
-                "usage": resp_usage,
-            },
-            usage,
-        )
+        return None
 
     def _embedding(self, body: dict[str, Any], model: str, prompt_tokens: int) -> Result:
         inp = body.get("input")
@@ -259,6 +205,64 @@ def _last_user_text(body: dict[str, Any]) -> str:
             if isinstance(c, list):
                 return " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
     return ""
+
+
+def _chat_body(model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": seq_id("chatcmpl-"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+        ],
+        "usage": usage,
+        "system_fingerprint": "echo",
+    }
+
+
+def _completions_body(model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": seq_id("cmpl-"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+        "usage": usage,
+    }
+
+
+def _response_body(model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
+    """A Responses API `response` (its own usage names; `usage` stays the chat-style one the server accounts)."""
+    prompt_tokens, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    incomplete = {"reason": "max_output_tokens"} if finish == "length" else None
+    return {
+        "id": seq_id("resp_"),
+        "object": "response",
+        "created_at": int(time.time()),
+        "model": model,
+        "status": "incomplete" if incomplete else "completed",
+        "incomplete_details": incomplete,
+        "output": [
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "usage": {
+            "input_tokens": prompt_tokens,
+            "output_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
 
 
 def _answer_text(body: dict[str, Any]) -> str:
