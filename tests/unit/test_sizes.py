@@ -24,11 +24,8 @@ DEBT: dict[str, int] = {
     "cli/serve.py:serve": 90,  # mostly the click parameter list
     "engines/llamacpp.py": 844,
     "engines/llamacpp.py:__init__": 61,
-    "runner/orchestrator.py": 855,
-    "runner/orchestrator.py:finish": 71,
     "runner/output.py:write_output": 78,
     "server/dialects/responses.py:from_chat": 78,
-    "server/executor.py": 581,
     "store/sqlite.py": 551,
     "testing/upstream.py:create_upstream": 90,
 }

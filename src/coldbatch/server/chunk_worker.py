@@ -22,7 +22,8 @@ import orjson
 
 from coldbatch import hotpath
 from coldbatch.engines.base import Engine, Result
-from coldbatch.server.executor import ExecutorConfig, _result_row
+from coldbatch.server.executor import ExecutorConfig
+from coldbatch.server.result_log import result_row
 from coldbatch.server.scaleout import LEASE_SECONDS, process_name
 from coldbatch.server.scheduler import COLD, Slots
 from coldbatch.store.lines import blob_lines
@@ -159,7 +160,7 @@ class ChunkWorker:
                     return
                 async with shared, self.slots.slot(COLD):  # (lanes are shared by the chunks in progress)
                     results = await self._call(endpoint, [body for _, _, body in group])
-                pending.extend(_result_row(line, cid, res) for (line, cid, _), res in zip(group, results, strict=True))
+                pending.extend(result_row(line, cid, res) for (line, cid, _), res in zip(group, results, strict=True))
                 self.requests_done += len(group)
                 if len(pending) >= self.config.group_size or time.monotonic() - last[0] >= self.config.flush_seconds:
                     await flush()

@@ -8,47 +8,39 @@ the `custom_id`), under keys derived from the batch id, and registered in the sa
 final status: a crash while finalizing just rebuilds the same bytes under the same keys. The log of a
 terminal batch is purged after that transaction, not in it, and `recover()` (run once at start)
 finishes whatever a crash interrupted: those purges, and orphan blobs.
+
+This module drives batches; what scale-out shares with it lives beside it (the log's row and result-file
+format in `result_log.py`, the enqueued-token quota in `admission.py`), and what a full disk does to a
+running batch in `diskroom.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from coldbatch import hotpath
 from coldbatch.core.status import BatchStatus as S
 from coldbatch.engines.base import BACKGROUND, Engine, Result, cpu_turn
-from coldbatch.estimate import tokens as T
-from coldbatch.estimate.accounting import prompt_texts
-from coldbatch.jsonl import read_requests, request_lines
-from coldbatch.protocol.batches import FILE_TTL, seq_id
-from coldbatch.protocol.lines import RequestLine, encode_never_ran, encode_response
-from coldbatch.server import checking, tracing
+from coldbatch.jsonl import request_lines
+from coldbatch.protocol.lines import RequestLine
+from coldbatch.server import admission, checking, result_log, tracing
+from coldbatch.server.diskroom import DiskRoom
 from coldbatch.server.scheduler import COLD, Slots
 from coldbatch.store.blobs import remove_orphans
 from coldbatch.store.interfaces import BlobStore, ServerStore
 from coldbatch.store.records import ResultRow
-from coldbatch.store.space import free_bytes, is_disk_full
+from coldbatch.store.space import is_disk_full
 
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 1000
-#: kept free on the data disk as a file, given up only to record that a batch failed for want of space
-#: (on a full disk even that small write would fail)
-RESERVE_BYTES = 2 << 20
-EXPIRED = {
-    "code": "batch_expired",
-    "message": "This request could not be executed before the completion window expired.",
-}
-CANCELLED = {"code": "batch_cancelled", "message": "This request was cancelled before it could be executed."}
 _Item = tuple[int, str, dict[str, Any]]  # one request to run: line number, custom_id, body
 
 
@@ -105,44 +97,16 @@ class Executor:
         self._no_pool = False  # no worker process can be started here: validate on a thread
         self._waiting: dict[str, asyncio.Event] = {}  # batches waiting for their turn: a notify wakes them
         self._started = time.time()  # wall clock, compared with blob mtimes by recover()
-        self.disk_full_since: float | None = None  #: monotonic time of the first write the full disk refused
+        self.disk = DiskRoom(
+            blobs.local_root,
+            full_seconds=self.config.disk_full_seconds,
+            retry_max_seconds=self.config.disk_retry_max_seconds,
+        )
         self.tracing: tracing.Tracing = tracing.NOOP  #: spans per batch and request (server/tracing.py)
 
     def storage(self) -> dict[str, Any]:
-        """For /health: whether writes are being refused for want of space, since when, and what is free."""
-        full = self.disk_full_since
-        return {
-            "status": "full" if full is not None else "ok",
-            "free_bytes": free_bytes(self.blobs.local_root),
-            "full_for_seconds": round(time.monotonic() - full, 1) if full is not None else None,
-        }
-
-    def _disk_full(self, what: str) -> None:
-        if self.disk_full_since is None:
-            self.disk_full_since = time.monotonic()
-            logger.error(
-                "disk full (%s free): %s; waiting for space, retrying with back-off",
-                f"{free_bytes(self.blobs.local_root):,} bytes",
-                what,
-            )
-
-    def _disk_ok(self) -> None:
-        if self.disk_full_since is not None:
-            logger.warning("disk space is back after %.1f s: resuming", time.monotonic() - self.disk_full_since)
-            self.disk_full_since = None
-            self._keep_reserve()
-
-    @property
-    def _reserve(self) -> Path:
-        return self.blobs.local_root.parent / "disk-reserve"
-
-    def _keep_reserve(self) -> None:
-        """Best effort: (re)create the reserve file; a disk too full for it goes without."""
-        try:
-            if not self._reserve.exists():
-                self._reserve.write_bytes(bytes(RESERVE_BYTES))
-        except OSError:
-            self._reserve.unlink(missing_ok=True)
+        """For /health (server/diskroom.py)."""
+        return self.disk.storage()
 
     def now(self) -> int:
         return int(self.clock())
@@ -159,7 +123,7 @@ class Executor:
         with contextlib.suppress(OSError, NotImplementedError):  # (no processes: validation uses a thread)
             checking.worker_pool().submit(checking.ready)  # start the validation worker now
         try:
-            await asyncio.to_thread(self._keep_reserve)
+            await asyncio.to_thread(self.disk.keep_reserve)
             await asyncio.to_thread(self.recover)
         except Exception:
             logger.exception("recovery sweep failed; the server goes on without it")
@@ -197,7 +161,7 @@ class Executor:
                 logger.exception("batch %s: executor error; it will be retried", batch_id)
                 await asyncio.sleep(1.0)
             else:  # e.g. while writing the result files: the same work is redone once there is room
-                self._disk_full(f"batch {batch_id} could not write")
+                self.disk.refused(f"batch {batch_id} could not write")
                 await asyncio.sleep(self.config.disk_retry_max_seconds)
         finally:
             self._tasks.pop(batch_id, None)
@@ -263,38 +227,16 @@ class Executor:
         return await asyncio.to_thread(checking.check_file, *args)
 
     def _admit(self, row: dict[str, Any], file_id: str, checked: checking.Checked) -> None:
+        """In progress, or failed for the enqueued-token quota (server/admission.py)."""
         limit = self.config.enqueued_token_limit
-        tokens = self._prompt_tokens(file_id, row["endpoint"]) if limit is not None else 0
-        if limit is not None and self.store.enqueued_tokens(checked.model) + tokens > limit:
-            self._fail(
-                row,
-                [
-                    {
-                        "code": "token_limit_exceeded",
-                        "line": None,
-                        "param": None,
-                        "message": f"Enqueued token limit reached for {checked.model}. "
-                        f"Limit: {limit:,} enqueued tokens. "
-                        "Please try again once some in_progress batches have been completed.",
-                    }
-                ],
-            )
+        tokens = admission.prompt_tokens(self.blobs.local_path(file_id), row["endpoint"]) if limit is not None else 0
+        error = admission.over_quota(self.store, checked.model, tokens, limit)
+        if error is not None:
+            self._fail(row, [error])
             return
         self.store.transition(
             row["id"], S.IN_PROGRESS, self.now(), total=checked.requests, model=checked.model, enqueued_tokens=tokens
         )
-
-    def _prompt_tokens(self, file_id: str, endpoint: str) -> int:
-        counter = T.counter("o200k_base")
-        total, texts = 0, []
-        for _, req in read_requests(self.blobs.local_path(file_id)):
-            t, overhead = prompt_texts(req.body, endpoint)
-            total += overhead
-            texts.extend(t)
-            if len(texts) > 4096:
-                total += sum(counter.count_many(texts))
-                texts = []
-        return total + sum(counter.count_many(texts))
 
     # -- in_progress --------------------------------------------------------------------------------------
     def _requests(self, row: dict[str, Any], skip: set[int]) -> Iterator[_Item]:
@@ -412,7 +354,7 @@ class Executor:
                 self.tracing.requests(run.row, chunk, results, started)
                 add = run.pending.append
                 for (line, cid, _), res in zip(chunk, results, strict=True):
-                    add(_result_row(line, cid, res))
+                    add(result_log.result_row(line, cid, res))
                 due = (
                     len(run.pending) >= self.config.group_size
                     or time.monotonic() - run.last_flush >= self.config.flush_seconds
@@ -446,9 +388,9 @@ class Executor:
                 if not is_disk_full(exc):
                     raise
                 run.pending[:0] = rows  # kept, in order, for the next try
-                self._disk_full(f"batch {run.row['id']} could not log {len(rows)} results")
+                self.disk.refused(f"batch {run.row['id']} could not log {len(rows)} results")
                 return
-            self._disk_ok()
+            self.disk.took()
         fresh = self.store.get_batch(run.row["id"], None)
         if fresh is None or fresh["status"] != S.IN_PROGRESS:
             run.stop.set()
@@ -456,29 +398,19 @@ class Executor:
     async def _wait_for_room(self, run: _Run) -> None:
         """Back off (0.25 s, doubling, up to `disk_retry_max_seconds`) and retry the log until it takes the
         results; past `disk_full_seconds` without room, fail the batch with `insufficient_storage`."""
-        delay = 0.25
+        delays = self.disk.delays()
         while run.pending and not run.stop.is_set():
-            since = self.disk_full_since if self.disk_full_since is not None else time.monotonic()
-            if time.monotonic() - since >= self.config.disk_full_seconds and self._fail_for_space(run):
+            if self.disk.patience_over() and self._fail_for_space(run):
                 return
-            await asyncio.sleep(delay)
-            delay = min(2 * delay, self.config.disk_retry_max_seconds)
+            await asyncio.sleep(next(delays))
             self._flush(run)
 
     def _fail_for_space(self, run: _Run) -> bool:
         """Fail the batch for want of space (True once recorded: that write may need room too)."""
-        minutes = self.config.disk_full_seconds / 60
-        error = {
-            "code": "insufficient_storage",
-            "line": None,
-            "param": None,
-            "message": f"The server ran out of disk space and could not store this batch's results for {minutes:g} "
-            "minutes; the batch was stopped. Create it again once the server has room.",
-        }
-        self._reserve.unlink(missing_ok=True)  # room for this one write
+        self.disk.give_up_reserve()  # room for this one write
         try:
             moved = self.store.transition(
-                run.row["id"], S.FAILED, self.now(), errors={"object": "list", "data": [error]}
+                run.row["id"], S.FAILED, self.now(), errors={"object": "list", "data": [self.disk.failure()]}
             )
         except Exception as exc:
             if not is_disk_full(exc):
@@ -497,64 +429,14 @@ class Executor:
         """Build the output and error files from the log, then register them with the final status in one
         transaction. Deterministic: run again after a crash, it writes the same bytes under the same keys."""
         bid = row["id"]
-        out_key, err_key = f"file-{bid[6:]}o", f"file-{bid[6:]}e"
-        counts = {"ok": 0, "err": 0, "never": 0}
-        seen: set[int] = set()
+        out_key, err_key = result_log.file_keys(bid)
         with self.blobs.writer(out_key) as out, self.blobs.writer(err_key) as err:
-            for _cid, line, ok, data in self.store.iter_results(bid):
-                seen.add(line)
-                (out if ok else err).write(data + b"\n")
-                counts["ok" if ok else "err"] += 1
-            if final in (S.EXPIRED, S.CANCELLED) and row["in_progress_at"] is not None:
-                reason = EXPIRED if final == S.EXPIRED else CANCELLED
-                for _, cid, _ in self._requests(row, seen):
-                    err.write(encode_never_ran(_never_run_id(bid, cid), cid, reason) + b"\n")
-                    counts["never"] += 1
-        now = self.now()
-        ttl = row["output_ttl"] or FILE_TTL
-        files, fields = [], {"failed": counts["err"] + counts["never"], "completed": counts["ok"]}
-        for key, kind, n in ((out_key, "output", counts["ok"]), (err_key, "error", counts["err"] + counts["never"])):
-            if n:
-                files.append(
-                    {
-                        "id": key,
-                        "owner": row["owner"],
-                        "filename": f"batch_{bid[6:]}_{kind}.jsonl",
-                        "purpose": "batch_output",
-                        "bytes": self.blobs.size(key),
-                        "created_at": now,
-                        "expires_at": now + ttl,
-                    }
-                )
-                fields[f"{kind}_file_id"] = key
-            else:
-                self.blobs.delete(key)
-        if self.store.transition(bid, final, now, files=files, **fields):
-            self._disk_ok()
+            counts = result_log.write_log(
+                self.store, row, final, out, err, lambda seen: (cid for _, cid, _ in self._requests(row, seen))
+            )
+        if result_log.publish(self.store, self.blobs, row, final, counts, self.now()):
+            self.disk.took()
             self.tracing.batch_ended(
                 row, final.value, {"completed": counts["ok"], "failed": counts["err"], "never_run": counts["never"]}
             )
             self.store.purge_results(bid)
-        else:
-            logger.warning("batch %s: could not move to %s (status changed meanwhile)", bid, final)
-
-
-def _result_row(line: int, cid: str, res: Result) -> ResultRow:
-    data = encode_response(seq_id("batch_req_"), cid, seq_id("req_"), res.status_code, res.body)
-    if not res.ok:
-        return cid, line, False, data, 0, 0, 0
-    u = res.usage
-    return (
-        cid,
-        line,
-        True,
-        data,
-        u.get("prompt_tokens", 0),
-        (u.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-        u.get("completion_tokens", 0),
-    )
-
-
-def _never_run_id(batch_id: str, custom_id: str) -> str:
-    """The `batch_req_…` id of a request that never ran: derived, so a rebuilt error file is identical."""
-    return "batch_req_" + hashlib.blake2b(f"{batch_id}\n{custom_id}".encode(), digest_size=12).hexdigest()

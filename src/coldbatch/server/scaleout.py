@@ -30,15 +30,11 @@ import orjson
 
 from coldbatch.core.status import BatchStatus as S
 from coldbatch.engines.base import Engine
-from coldbatch.estimate import tokens as T
-from coldbatch.estimate.accounting import prompt_texts
-from coldbatch.protocol.batches import FILE_TTL
-from coldbatch.server import checking
-from coldbatch.server.executor import CANCELLED, EXPIRED, MAX_REPORTED_ERRORS, ExecutorConfig, _never_run_id
+from coldbatch.server import admission, checking, result_log
+from coldbatch.server.executor import MAX_REPORTED_ERRORS, ExecutorConfig
 from coldbatch.store.blobs import remove_orphans
 from coldbatch.store.lines import blob_lines, split_chunks
 from coldbatch.store.postgres import PgStore
-from coldbatch.validation import iter_lines
 
 logger = logging.getLogger(__name__)
 
@@ -228,31 +224,15 @@ class Coordinator:
 
     def _over_quota(self, row: dict[str, Any], model: str | None, path: Path) -> int | None:
         """The batch's prompt tokens (0 without a quota), or None once failed for the enqueued-token quota
-        (the same rule and message as the single-process executor; the check is per coordinator, so two
+        (server/admission.py, as the single-process executor; the check is per coordinator, so two
         batches admitted at the same instant on two servers may both pass it)."""
         limit = self.config.enqueued_token_limit
         if limit is None:
             return 0
-        counter, total, texts = T.counter("o200k_base"), 0, []
-        for line in iter_lines(path):
-            if line.strip():
-                t, overhead = prompt_texts(orjson.loads(line).get("body") or {}, row["endpoint"])
-                total += overhead
-                texts.extend(t)
-        total += sum(counter.count_many(texts))
-        if self.store.enqueued_tokens(model) + total > limit:
-            self._fail(
-                row,
-                [
-                    {
-                        "code": "token_limit_exceeded",
-                        "line": None,
-                        "param": None,
-                        "message": f"Enqueued token limit reached for {model}. Limit: {limit:,} enqueued tokens. "
-                        "Please try again once some in_progress batches have been completed.",
-                    }
-                ],
-            )
+        total = admission.prompt_tokens(path, row["endpoint"])
+        error = admission.over_quota(self.store, model, total, limit)
+        if error is not None:
+            self._fail(row, [error])
             return None
         return total
 
@@ -265,35 +245,19 @@ class Coordinator:
         """Stream the log into the output and error files, then register them with the final status in one
         transaction. Deterministic: run again after a crash, it writes the same bytes under the same keys."""
         bid = row["id"]
-        out_key, err_key = f"file-{bid[6:]}o", f"file-{bid[6:]}e"
-        counts = {"ok": 0, "err": 0, "never": 0}
+        out_key, err_key = result_log.file_keys(bid)
         with (
             self._keeping_lease(bid),
             self.blobs.writer(out_key) as out,
             self.blobs.writer(err_key) as err,
         ):
-            seen: set[int] = set()
-            for _cid, line, ok, data in self.store.iter_results(bid):
-                seen.add(line)
-                (out if ok else err).write(data + b"\n")
-                counts["ok" if ok else "err"] += 1
-            if final in (S.EXPIRED, S.CANCELLED) and row["in_progress_at"] is not None:
-                reason = EXPIRED if final == S.EXPIRED else CANCELLED
-                for cid in self._never_run(row, seen):
-                    err.write(
-                        orjson.dumps(
-                            {"id": _never_run_id(bid, cid), "custom_id": cid, "response": None, "error": reason}
-                        )
-                        + b"\n"
-                    )
-                    counts["never"] += 1
-            seen.clear()
+            counts = result_log.write_log(self.store, row, final, out, err, lambda seen: self._never_run(row, seen))
             now = self.store.get_batch(bid, None)
             if now is None or S(now["status"]) in (S.COMPLETED, S.FAILED, S.EXPIRED, S.CANCELLED):
                 # another coordinator finished it meanwhile (this one lost its lease): its objects stand; ours,
                 # read from a log that may be purged by now, are aborted instead of published over them
                 raise _Superseded(bid)
-        self._publish(row, final, out_key, err_key, counts)
+        result_log.publish(self.store, self.blobs, row, final, counts, self.now())
 
     @contextlib.contextmanager
     def _keeping_lease(self, batch_id: str) -> Iterator[None]:
@@ -318,29 +282,6 @@ class Coordinator:
         for n, _, line in blob_lines(self.blobs, row["input_file_id"]):
             if n not in seen and line and not line.isspace():
                 yield orjson.loads(line)["custom_id"]
-
-    def _publish(self, row: dict[str, Any], final: S, out_key: str, err_key: str, counts: dict[str, int]) -> None:
-        bid, now = row["id"], self.now()
-        ttl = row["output_ttl"] or FILE_TTL
-        files, fields = [], {"failed": counts["err"] + counts["never"], "completed": counts["ok"]}
-        for key, kind, n in ((out_key, "output", counts["ok"]), (err_key, "error", counts["err"] + counts["never"])):
-            if n:
-                files.append(
-                    {
-                        "id": key,
-                        "owner": row["owner"],
-                        "filename": f"batch_{bid[6:]}_{kind}.jsonl",
-                        "purpose": "batch_output",
-                        "bytes": self.blobs.size(key),
-                        "created_at": now,
-                        "expires_at": now + ttl,
-                    }
-                )
-                fields[f"{kind}_file_id"] = key
-            else:
-                self.blobs.delete(key)
-        if not self.store.transition(bid, final, now, files=files, **fields):
-            logger.warning("batch %s: could not move to %s (status changed meanwhile)", bid, final)
 
 
 class _Superseded(Exception):
