@@ -51,6 +51,41 @@ def test_token_counts_equal_quicktok_and_tiktoken(text: str) -> None:
     assert ours == len(O200K.encode_ordinary(text)) == len(tiktoken.get_encoding("o200k_base").encode_ordinary(text))
 
 
+TWEETS = Path(__file__).resolve().parents[3] / "shared" / "data" / "airline-tweets" / "Tweets.csv"
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+def test_a_small_job_counts_exactly_from_its_part_of_the_table(encoding: str) -> None:
+    """The SubsetCounter (a few thousand texts: no full table loaded) gives tiktoken's counts, on real tweets
+    (emoji, mentions, URLs) and on texts made to hit the rare paths; past SUBSET_TEXTS it hands over."""
+    import csv
+
+    with TWEETS.open(newline="", encoding="utf-8") as fh:
+        texts = [r["text"] for _, r in zip(range(3000), csv.DictReader(fh), strict=False)]
+    texts += ["", "  \n\n ", "😀👩‍👩‍👧", "ünïcödé", "1234567890" * 3, "a\u2028b", "x\ud800y", " " * 300, "ab" * 200]
+    small = T.SubsetCounter(encoding)
+    got = small.count_many(texts[:1000]) + small.count_many(texts[1000:])  # writes tiktoken's cache file too
+    full = tiktoken.get_encoding(encoding)
+    assert got == [len(full.encode_ordinary(t)) for t in texts]
+    assert small._encoding is not None and len(small._ranks) < 50_000  # a part, not the whole table
+    assert (small.name, small.exact) == (encoding, True)
+    more = ["café au lait"] * (T.SUBSET_TEXTS - len(texts) + 1)
+    assert small.count_many(more) == [len(full.encode_ordinary(more[0]))] * len(more)
+
+
+@settings(max_examples=100)
+@given(st.lists(st.text(max_size=60), max_size=5))
+def test_subset_counts_equal_tiktoken(texts: list[str]) -> None:
+    got = T.SubsetCounter("o200k_base").count_many(texts)
+    assert got == [len(tiktoken.get_encoding("o200k_base").encode_ordinary(t)) for t in texts]
+
+
+def test_split_patterns_are_tiktokens() -> None:
+    from tiktoken_ext import openai_public
+
+    assert {n: getattr(openai_public, n)()["pat_str"] for n in ("o200k_base", "cl100k_base")} == T.PATTERNS
+
+
 def test_cl100k_counts_too() -> None:
     texts = ["hello world", "The quick brown fox.", ""]
     want = [len(quicktok.get_encoding("cl100k_base").encode(t)) for t in texts]

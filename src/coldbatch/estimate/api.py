@@ -192,8 +192,8 @@ class Accumulator:
             price = self.table.lookup(model)
             by_enc.setdefault(price.encoding if price else "o200k_base", []).append(i)
         for enc, idxs in by_enc.items():
-            counter = T.counter(enc)
             flat = [t for i in idxs for t in self._pending[i][4]]
+            counter = T.counter(enc, texts=len(flat))  # a small job's estimate loads no full table
             counts = iter(counter.count_many(flat))
             for i in idxs:
                 where, cid, model, overhead, texts, _, out, _ = self._pending[i]
