@@ -16,12 +16,10 @@ from typing import Any
 
 from psycopg_pool import ConnectionPool
 
-from coldbatch.core.status import TERMINAL as _TERMINAL_STATUSES
+from coldbatch.store import shared_sql
+from coldbatch.store.records import LoggedRow, ResultRow
+from coldbatch.store.shared_sql import TERMINAL
 
-#: custom_id, line, ok, JSON output line, input tokens, cached input tokens, output tokens
-ResultRow = tuple[str, int, bool, bytes, int, int, int]
-LoggedRow = tuple[str, int, bool, bytes]
-TERMINAL = tuple(sorted(s.value for s in _TERMINAL_STATUSES))
 _LOGGING = ["in_progress", "cancelling"]
 _NOW = "extract(epoch from clock_timestamp())"
 
@@ -83,20 +81,7 @@ class QueueMixin:
                 if r[1] in new and r[1] not in seen:
                     seen.add(r[1])
                     fresh.append(r)
-            ok_n = sum(1 for r in fresh if r[2])
-            conn.execute(
-                "UPDATE batches SET completed = completed + %s, failed = failed + %s, input_tokens ="
-                " input_tokens + %s, cached_tokens = cached_tokens + %s, output_tokens = output_tokens"
-                " + %s WHERE id = %s",
-                (
-                    ok_n,
-                    len(fresh) - ok_n,
-                    sum(r[4] for r in fresh),
-                    sum(r[5] for r in fresh),
-                    sum(r[6] for r in fresh),
-                    batch_id,
-                ),
-            )
+            conn.execute(*shared_sql.advance_counts("%s", batch_id, fresh))
         return len(fresh)
 
     def done_lines(self, batch_id: str, first: int = 0, last: int = 1 << 31) -> set[int]:

@@ -16,20 +16,17 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from coldbatch.core.status import TIMESTAMP_FIELD, BatchStatus, allowed_from
-from coldbatch.store.pg_queue import TERMINAL, QueueMixin
+from coldbatch.store import shared_sql
+from coldbatch.store.pg_queue import QueueMixin
 from coldbatch.store.records import BATCH_COLUMNS
+from coldbatch.store.shared_sql import TERMINAL
 
-_INSERT_FILE = (
-    "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, status) VALUES "
-    "(%(id)s, %(owner)s, %(filename)s, %(purpose)s, %(bytes)s, %(created_at)s, %(expires_at)s, "
-    "'processed')"
-)
+_INSERT_FILE = shared_sql.insert_file("%({})s")
 #: any constant: the key of the advisory lock that serializes migrations of processes starting together
 _MIGRATION_LOCK = 0x636F6C64
 
@@ -129,19 +126,8 @@ class PgStore(QueueMixin):
     def list_files(
         self, owner: str, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> tuple[list[dict[str, Any]], bool]:
-        desc = order == "desc"
-        sql = "SELECT * FROM files WHERE owner = %s AND deleted = 0"
-        args: list[Any] = [owner]
-        if purpose:
-            sql += " AND purpose = %s"
-            args.append(purpose)
-        if after:
-            sql += f" AND seq {'<' if desc else '>'} COALESCE((SELECT seq FROM files WHERE id = %s), %s)"
-            args += [after, -1 if desc else 1 << 62]
-        sql += f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT %s"
-        args.append(limit + 1)
-        rows = self._all(sql, args)
-        return rows[:limit], len(rows) > limit
+        query, args = shared_sql.files_page("%s", owner, purpose=purpose, after=after, limit=limit, order=order)
+        return shared_sql.split_page(self._all(query, args), limit)
 
     def delete_file(self, file_id: str, owner: str) -> bool:
         return (
@@ -165,8 +151,7 @@ class PgStore(QueueMixin):
         cols = [c for c in BATCH_COLUMNS if c in row]
         with self.pool.connection() as conn, conn.transaction():
             conn.execute(
-                f"INSERT INTO batches ({', '.join(cols)}) VALUES ({', '.join(f'%({c})s' for c in cols)})",
-                {c: _db_value(row[c]) for c in cols},
+                shared_sql.insert_row("batches", cols, "%({})s"), {c: shared_sql.db_value(row[c]) for c in cols}
             )
             _event(conn, row["id"], None, row["status"], row["created_at"])
 
@@ -187,15 +172,8 @@ class PgStore(QueueMixin):
         return bool(n == 1)
 
     def list_batches(self, owner: str, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
-        sql = "SELECT * FROM batches WHERE owner = %s"
-        args: list[Any] = [owner]
-        if after:
-            sql += " AND seq < COALESCE((SELECT seq FROM batches WHERE id = %s AND owner = %s), -1)"
-            args += [after, owner]
-        sql += " ORDER BY seq DESC LIMIT %s"
-        args.append(limit + 1)
-        rows = self._all(sql, args)
-        return rows[:limit], len(rows) > limit
+        query, args = shared_sql.batches_page("%s", owner, after=after, limit=limit)
+        return shared_sql.split_page(self._all(query, args), limit)
 
     def unfinished_batches(self) -> list[dict[str, Any]]:
         return self._all("SELECT * FROM batches WHERE NOT (status = ANY(%s)) ORDER BY seq", (list(TERMINAL),))
@@ -224,7 +202,7 @@ class PgStore(QueueMixin):
                 return False
             conn.execute(
                 f"UPDATE batches SET {', '.join(f'{k} = %s' for k in sets)} WHERE id = %s",
-                [*(_db_value(v) for v in sets.values()), batch_id],
+                [*(shared_sql.db_value(v) for v in sets.values()), batch_id],
             )
             for f in files:
                 conn.execute(_INSERT_FILE + " ON CONFLICT (id) DO UPDATE SET bytes = EXCLUDED.bytes, deleted = 0", f)
@@ -251,16 +229,16 @@ class PgStore(QueueMixin):
     def batch_page(
         self, owner: str | None, *, offset: int, limit: int, status: str | None = None
     ) -> list[dict[str, Any]]:
-        where, args = _owner_filter(owner, status)
+        where, args = shared_sql.owner_filter("%s", owner, status)
         return self._all(f"SELECT * FROM batches{where} ORDER BY seq DESC LIMIT %s OFFSET %s", [*args, limit, offset])
 
     def file_page(self, owner: str | None, *, offset: int, limit: int) -> list[dict[str, Any]]:
-        where, args = _owner_filter(owner, None)
+        where, args = shared_sql.owner_filter("%s", owner, None)
         where += " AND deleted = 0" if where else " WHERE deleted = 0"
         return self._all(f"SELECT * FROM files{where} ORDER BY seq DESC LIMIT %s OFFSET %s", [*args, limit, offset])
 
     def batch_status_counts(self, owner: str | None) -> dict[str, int]:
-        where, args = _owner_filter(owner, None)
+        where, args = shared_sql.owner_filter("%s", owner, None)
         return {
             r["status"]: int(r["n"])
             for r in self._all(f"SELECT status, COUNT(*) AS n FROM batches{where} GROUP BY status", args)
@@ -333,18 +311,3 @@ def _event(conn: psycopg.Connection[Any], batch_id: str, frm: str | None, to: st
         "INSERT INTO batch_events (batch_id, from_status, to_status, at) VALUES (%s, %s, %s, %s)",
         (batch_id, frm, to, at),
     )
-
-
-def _owner_filter(owner: str | None, status: str | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    if owner is not None:
-        clauses.append("owner = %s")
-        args.append(owner)
-    if status is not None:
-        clauses.append("status = %s")
-        args.append(status)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-
-def _db_value(v: Any) -> Any:
-    return orjson.dumps(v).decode() if isinstance(v, dict | list) else v

@@ -24,8 +24,10 @@ from typing import Any
 import orjson
 
 from coldbatch.core.status import TIMESTAMP_FIELD, BatchStatus, allowed_from
-from coldbatch.store import sqlite_db
+from coldbatch.store import shared_sql, sqlite_db
 from coldbatch.store.records import BATCH_COLUMNS, LoggedRow, ResultRow
+from coldbatch.store.shared_sql import TERMINAL as _TERMINAL
+from coldbatch.store.sqlite_reports import SqliteReports
 
 __all__ = ["LoggedRow", "ResultRow", "SqliteStore"]
 
@@ -34,9 +36,6 @@ logger = logging.getLogger(__name__)
 #: the server schema's migrations (`store/sqlite_db.py` applies them)
 MIGRATIONS = "coldbatch.store.migrations"
 
-_TERMINAL = tuple(
-    s.value for s in (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED)
-)
 #: statuses in which finished requests may still be logged (in-flight requests finish after a cancel)
 _LOGGING = (BatchStatus.IN_PROGRESS.value, BatchStatus.CANCELLING.value)
 
@@ -47,8 +46,9 @@ CHECKPOINT_EVERY_BYTES = 4 << 20
 AUTOCHECKPOINT_PAGES = 16384
 
 
-class SqliteStore:
-    """One SQLite file; one connection per thread (made on first use).
+class SqliteStore(SqliteReports):
+    """One SQLite file; one connection per thread (made on first use). The dashboard's and /metrics'
+    read-only queries are in `store/sqlite_reports.py`.
 
     WAL checkpoints (copying the log into the database file, with fsyncs) would otherwise run inside
     whichever COMMIT crosses SQLite's 1,000-page threshold, and that is usually the event loop's, logging
@@ -67,6 +67,7 @@ class SqliteStore:
 
     @property
     def db(self) -> sqlite3.Connection:
+        """This thread's connection."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite_db.connect(self.path, autocheckpoint=AUTOCHECKPOINT_PAGES)
@@ -107,11 +108,7 @@ class SqliteStore:
 
     # -- files ------------------------------------------------------------------------------------------
     def create_file(self, row: dict[str, Any]) -> None:
-        self.db.execute(
-            "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, status) "
-            "VALUES (:id, :owner, :filename, :purpose, :bytes, :created_at, :expires_at, 'processed')",
-            row,
-        )
+        self.db.execute(shared_sql.insert_file(":{}"), row)
 
     def get_file(self, file_id: str, owner: str | None) -> dict[str, Any] | None:
         sql = "SELECT * FROM files WHERE id = ? AND deleted = 0"
@@ -125,19 +122,8 @@ class SqliteStore:
     def list_files(
         self, owner: str, *, purpose: str | None, after: str | None, limit: int, order: str
     ) -> tuple[list[dict[str, Any]], bool]:
-        desc = order == "desc"
-        sql = "SELECT * FROM files WHERE owner = ? AND deleted = 0"
-        args: list[Any] = [owner]
-        if purpose:
-            sql += " AND purpose = ?"
-            args.append(purpose)
-        if after:
-            sql += f" AND seq {'<' if desc else '>'} COALESCE((SELECT seq FROM files WHERE id = ?), ?)"
-            args += [after, -1 if desc else 1 << 62]
-        sql += f" ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT ?"
-        args.append(limit + 1)
-        rows = [dict(r) for r in self.db.execute(sql, args)]
-        return rows[:limit], len(rows) > limit
+        query, args = shared_sql.files_page("?", owner, purpose=purpose, after=after, limit=limit, order=order)
+        return shared_sql.split_page([dict(r) for r in self.db.execute(query, args)], limit)
 
     def delete_file(self, file_id: str, owner: str) -> bool:
         cur = self.db.execute(
@@ -159,10 +145,7 @@ class SqliteStore:
     # -- batches ----------------------------------------------------------------------------------------
     def create_batch(self, row: dict[str, Any]) -> None:
         cols = [c for c in BATCH_COLUMNS if c in row]
-        self.db.execute(
-            f"INSERT INTO batches ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})",
-            {c: _db_value(row[c]) for c in cols},
-        )
+        self.db.execute(shared_sql.insert_row("batches", cols, ":{}"), {c: shared_sql.db_value(row[c]) for c in cols})
         self._event(row["id"], None, row["status"], row["created_at"], None)
 
     def get_batch(self, batch_id: str, owner: str | None) -> dict[str, Any] | None:
@@ -175,15 +158,8 @@ class SqliteStore:
         return dict(row) if row else None
 
     def list_batches(self, owner: str, *, after: str | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
-        sql = "SELECT * FROM batches WHERE owner = ?"
-        args: list[Any] = [owner]
-        if after:
-            sql += " AND seq < COALESCE((SELECT seq FROM batches WHERE id = ? AND owner = ?), -1)"
-            args += [after, owner]
-        sql += " ORDER BY seq DESC LIMIT ?"
-        args.append(limit + 1)
-        rows = [dict(r) for r in self.db.execute(sql, args)]
-        return rows[:limit], len(rows) > limit
+        query, args = shared_sql.batches_page("?", owner, after=after, limit=limit)
+        return shared_sql.split_page([dict(r) for r in self.db.execute(query, args)], limit)
 
     def delete_batch(self, batch_id: str, owner: str) -> bool:
         """Forget a terminal batch and its events (Anthropic's DELETE /v1/messages/batches/{id}); False when the
@@ -223,17 +199,12 @@ class SqliteStore:
             cur = db.execute(
                 f"UPDATE batches SET {', '.join(f'{k} = ?' for k in sets)} "
                 f"WHERE id = ? AND status IN ({', '.join('?' * len(frm))})",
-                [*(_db_value(v) for v in sets.values()), batch_id, *frm],
+                [*(shared_sql.db_value(v) for v in sets.values()), batch_id, *frm],
             )
             ok = cur.rowcount == 1
             if ok:
                 for f in files:
-                    db.execute(
-                        "INSERT OR REPLACE INTO files (id, owner, filename, purpose, bytes, created_at, "
-                        "expires_at, status) VALUES (:id, :owner, :filename, :purpose, :bytes, :created_at, "
-                        ":expires_at, 'processed')",
-                        f,
-                    )
+                    db.execute(shared_sql.insert_file(":{}", "INSERT OR REPLACE"), f)
                 self._event(batch_id, row[0] if row else None, to.value, now, None)
             db.execute("COMMIT")
         except BaseException:
@@ -261,90 +232,6 @@ class SqliteStore:
             )
         ]
 
-    # -- dashboard and metrics (read only) ---------------------------------------------------------------
-    def batch_page(
-        self, owner: str | None, *, offset: int, limit: int, status: str | None = None
-    ) -> list[dict[str, Any]]:
-        """One page of batches, newest first (`owner` None: every owner). Uses the (owner, seq) index, so
-        a page costs the same with 10 batches or 10,000."""
-        where, args = _owner_filter(owner, status)
-        return [
-            dict(r)
-            for r in self.db.execute(
-                f"SELECT * FROM batches{where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]
-            )
-        ]
-
-    def file_page(self, owner: str | None, *, offset: int, limit: int) -> list[dict[str, Any]]:
-        """One page of live files, newest first (`owner` None: every owner)."""
-        where, args = _owner_filter(owner, None)
-        where += " AND deleted = 0" if where else " WHERE deleted = 0"
-        return [
-            dict(r)
-            for r in self.db.execute(
-                f"SELECT * FROM files{where} ORDER BY seq DESC LIMIT ? OFFSET ?", [*args, limit, offset]
-            )
-        ]
-
-    def batch_status_counts(self, owner: str | None) -> dict[str, int]:
-        where, args = _owner_filter(owner, None)
-        return {
-            r[0]: r[1] for r in self.db.execute(f"SELECT status, COUNT(*) FROM batches{where} GROUP BY status", args)
-        }
-
-    def failed_results(self, batch_id: str, limit: int) -> list[LoggedRow]:
-        """The first `limit` logged failures of an unfinished batch, in input order (its log is purged once
-        it is terminal)."""
-        return [
-            (r[0], r[1], False, r[2])
-            for r in self.db.execute(
-                "SELECT custom_id, line, data FROM results WHERE batch_id = ? AND ok = 0 ORDER BY line LIMIT ?",
-                (batch_id, limit),
-            )
-        ]
-
-    def batch_totals(
-        self, buckets: Sequence[float], *, after: int = 0, upto: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Per (endpoint, model, status) of the batches with `after` < seq <= `upto`: batches, request counts,
-        tokens, and for terminal batches the cumulative count of durations (created → terminal) at most each
-        of `buckets` seconds and their sum. For /metrics: every figure is what the batches' own rows say."""
-        ended = "COALESCE(completed_at, failed_at, expired_at, cancelled_at) - created_at"
-        le = "".join(f", SUM(CASE WHEN d <= {float(b)!r} THEN 1 ELSE 0 END) AS le{i}" for i, b in enumerate(buckets))
-        rows = self.db.execute(
-            "SELECT endpoint, COALESCE(model, '') AS model, status, COUNT(*) AS batches, SUM(completed) AS completed,"
-            " SUM(failed) AS failed, SUM(input_tokens) AS input_tokens, SUM(cached_tokens) AS cached_tokens,"
-            f" SUM(output_tokens) AS output_tokens, COUNT(d) AS ended, COALESCE(SUM(d), 0) AS duration{le}"
-            f" FROM (SELECT *, CASE WHEN status IN ({', '.join('?' * len(_TERMINAL))}) THEN {ended} END AS d"
-            " FROM batches WHERE seq > ? AND seq <= ?) GROUP BY endpoint, model, status",
-            [*_TERMINAL, after, (1 << 62) if upto is None else upto],
-        )
-        return [dict(r) for r in rows]
-
-    def settled_seq(self) -> int:
-        """The largest seq such that every batch up to it is terminal (its row no longer changes)."""
-        live = [s.value for s in BatchStatus if s.value not in _TERMINAL]
-        row = self.db.execute(
-            f"SELECT (SELECT MIN(seq) FROM batches WHERE status IN ({', '.join('?' * len(live))})) - 1,"
-            " (SELECT COALESCE(MAX(seq), 0) FROM batches)",
-            live,
-        ).fetchone()
-        return int(row[0] if row[0] is not None else row[1])
-
-    def upload_totals(self, after: int = 0) -> tuple[list[tuple[str, int, int]], int]:
-        """(purpose, files, bytes) of the files uploaded after seq `after` (deleted ones included; result
-        files not), and the largest seq counted (a file row's size never changes)."""
-        upto = int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM files").fetchone()[0])
-        rows = [
-            (r[0], r[1], r[2])
-            for r in self.db.execute(
-                "SELECT purpose, COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE purpose != 'batch_output'"
-                " AND seq > ? AND seq <= ? GROUP BY purpose",
-                (after, upto),
-            )
-        ]
-        return rows, upto
-
     # -- results ----------------------------------------------------------------------------------------
     def record_results(self, batch_id: str, rows: Sequence[ResultRow]) -> int:
         """Log finished requests and advance the counts and token usage, atomically; returns how many rows
@@ -362,19 +249,7 @@ class SqliteStore:
                 "INSERT INTO results VALUES (?, ?, ?, ?, ?)",
                 [(batch_id, cid, line, ok, data) for cid, line, ok, data, *_ in fresh],
             )
-            ok_n = sum(1 for r in fresh if r[2])
-            db.execute(
-                "UPDATE batches SET completed = completed + ?, failed = failed + ?, input_tokens = input_tokens"
-                " + ?, cached_tokens = cached_tokens + ?, output_tokens = output_tokens + ? WHERE id = ?",
-                (
-                    ok_n,
-                    len(fresh) - ok_n,
-                    sum(r[4] for r in fresh),
-                    sum(r[5] for r in fresh),
-                    sum(r[6] for r in fresh),
-                    batch_id,
-                ),
-            )
+            db.execute(*shared_sql.advance_counts("?", batch_id, fresh))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -503,18 +378,3 @@ def _not_logged(db: sqlite3.Connection, batch_id: str, rows: Sequence[ResultRow]
             logged.add(r[1])
             fresh.append(r)
     return fresh
-
-
-def _owner_filter(owner: str | None, status: str | None) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    if owner is not None:
-        clauses.append("owner = ?")
-        args.append(owner)
-    if status is not None:
-        clauses.append("status = ?")
-        args.append(status)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-
-def _db_value(v: Any) -> Any:
-    return orjson.dumps(v).decode() if isinstance(v, dict | list) else v
