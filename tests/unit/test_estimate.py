@@ -73,7 +73,7 @@ def test_a_small_job_counts_exactly_from_its_part_of_the_table(encoding: str) ->
     assert small.count_many(more) == [len(full.encode_ordinary(more[0]))] * len(more)
 
 
-@settings(max_examples=100)
+@settings(max_examples=30, deadline=None)  # each example scans the 200,000-entry table once (~0.2 s)
 @given(st.lists(st.text(max_size=60), max_size=5))
 def test_subset_counts_equal_tiktoken(texts: list[str]) -> None:
     got = T.SubsetCounter("o200k_base").count_many(texts)
