@@ -31,7 +31,7 @@ from coldbatch.runner import home as H
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
 from coldbatch.runner.output import output_kind
-from coldbatch.runner.sync_mode import SyncRunner, route
+from coldbatch.runner.sync_mode import route
 
 #: what a caller is told along the way (the CLI: a line on stderr); the library default says nothing
 Notice = Callable[[str], None]
@@ -200,7 +200,9 @@ async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[st
     from coldbatch.cli import preflight  # the target check: one rule for both modes
 
     with _provider(opts, how.base_url, how.api_key, how.engine) as provider:
-        runner = Runner(lg, provider, job_id, H.home(), on_event=how.on_event)
+        runner = Runner(
+            lg, provider, job_id, H.home(), on_event=how.on_event, sync_client=_sync_clients(provider, how.api_key)
+        )
         try:
             if how.cancel:
                 await runner.cancel()
@@ -210,7 +212,7 @@ async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[st
                 await _companion(lg, provider, EX.child_id(job_id), how)
             est = runner.prepare()
             fresh = not how.cancel and lg.job(job_id)["status"] == "prepared"  # type: ignore[index]
-            runner, est = _pick_runner(lg, runner, est, fresh, how)
+            runner, est = _routed(lg, runner, est, fresh, how)
             if fresh:
                 how.confirm(runner, est)
             return await runner.run()
@@ -220,8 +222,6 @@ async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[st
                 f"Nothing sent is lost: `coldbatch resume {job_id}` continues the job."
             ) from exc
         finally:
-            if isinstance(runner, SyncRunner):
-                await runner.client.aclose()
             await provider.aclose()
 
 
@@ -232,14 +232,12 @@ async def _companion(lg: Ledger, provider: Any, job_id: str, how: _Drive) -> Non
     if job is None or job["status"] in ("done", "cancelled"):
         return
     how.notice(f"examples: embedding them first (job {job_id})")
-    runner = Runner(lg, provider, job_id, H.home(), on_event=how.on_event)
+    runner = Runner(
+        lg, provider, job_id, H.home(), on_event=how.on_event, sync_client=_sync_clients(provider, how.api_key)
+    )
     est = runner.prepare()
-    runner, est = _pick_runner(lg, runner, est, lg.job(job_id)["status"] == "prepared", how)  # type: ignore[index]
-    try:
-        await runner.run()
-    finally:
-        if isinstance(runner, SyncRunner):
-            await runner.client.aclose()
+    runner, est = _routed(lg, runner, est, lg.job(job_id)["status"] == "prepared", how)  # type: ignore[index]
+    await runner.run()
     summary = lg.summary(job_id)
     if not summary["succeeded"]:  # e.g. a provider without /v1/embeddings: say so before the rows are sent
         raise UsageError(
@@ -248,31 +246,21 @@ async def _companion(lg: Ledger, provider: Any, job_id: str, how: _Drive) -> Non
         )
 
 
-def _pick_runner(
-    lg: Ledger, runner: Runner, est: dict[str, Any], fresh: bool, how: _Drive
-) -> tuple[Runner, dict[str, Any]]:
-    """Resolve mode auto on a fresh job; sync mode gets a SyncRunner; a deadline arms the sync rescue."""
+def _routed(lg: Ledger, runner: Runner, est: dict[str, Any], fresh: bool, how: _Drive) -> tuple[Runner, dict[str, Any]]:
+    """Resolve mode auto on a fresh job (the runner then picks its mode strategy from the options, once,
+    when it runs: sync mode and a --deadline rescue open their client through `_sync_clients`)."""
     if fresh and runner.opts.mode == "auto":
         runner, est = _route(lg, runner, est, how.notice)
-    if runner.opts.mode == "sync":
-        sync = SyncRunner(
-            runner.ledger,
-            runner.provider,
-            runner.job_id,
-            runner.root,
-            on_event=runner.emit,
-            client=_sync_client(runner, how.api_key),
-        )
-        return sync, est
-    if runner.opts.deadline is not None:
-        batch_runner = runner
-        runner.make_sync_client = lambda: _sync_client(batch_runner, how.api_key)
     return runner, est
 
 
-def _sync_client(runner: Runner, api_key: str | None) -> SyncClient:
+def _sync_clients(provider: Any, api_key: str | None) -> Callable[[RunOptions], SyncClient]:
+    """What the runner opens a sync client with, for the job's options, when its mode needs one."""
+    return lambda o: _sync_client(o, provider, api_key)
+
+
+def _sync_client(o: RunOptions, provider: Any, api_key: str | None) -> SyncClient:
     """Sync calls go to sync_base_url, else the provider's own /v1/<endpoint> (the embedded server's hot path)."""
-    o, provider = runner.opts, runner.provider
     from coldbatch.providers.openai_compat import OpenAIProvider  # the one adapter with a sync API here
 
     assert isinstance(provider, OpenAIProvider)
@@ -300,7 +288,8 @@ def _route(lg: Ledger, runner: Runner, est: dict[str, Any], notice: Notice) -> t
     opts = RunOptions(**{**asdict(runner.opts), "mode": choice["mode"]})
     est = {**est, "route": choice}
     lg.set_job(runner.job_id, options=asdict(opts), estimate=est)
-    return Runner(lg, runner.provider, runner.job_id, runner.root, on_event=runner.emit), est
+    ctx = runner.ctx
+    return Runner(lg, ctx.provider, ctx.job_id, ctx.root, on_event=ctx.emit, sync_client=runner.sync_client), est
 
 
 def create_job(

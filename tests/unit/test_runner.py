@@ -14,10 +14,13 @@ import pytest
 from _fake_provider import Crash, FakeProvider
 
 from coldbatch.builder.spec import RequestSpec
+from coldbatch.errors import BudgetExceeded
 from coldbatch.job import JobLock as _JobLock
 from coldbatch.protocol.limits import Limits
+from coldbatch.runner import collect as C
 from coldbatch.runner import ledger as LG
 from coldbatch.runner import orchestrator as O
+from coldbatch.runner.context import RunContext
 from coldbatch.runner.orchestrator import Runner, RunOptions
 
 
@@ -215,7 +218,7 @@ def test_max_enqueued_tokens_holds_back_units_over_the_quota(tmp_path: Path) -> 
     runner.prepare()
     units = job.units()
     assert all(u["tokens"] > 0 for u in units), "each unit knows its prompt tokens"
-    asyncio.run(runner._step(units))
+    asyncio.run(runner.step(units))
     assert [u["state"] for u in job.units()] == ["uploaded", "planned", "planned"]  # one at a time
     job.ledger.set_job(
         job.id,
@@ -225,7 +228,7 @@ def test_max_enqueued_tokens_holds_back_units_over_the_quota(tmp_path: Path) -> 
         },
     )
     runner = job.runner(p)
-    asyncio.run(runner._step(job.ledger.units(job.id, LG.OPEN_STATES)))
+    asyncio.run(runner.step(job.ledger.units(job.id, LG.OPEN_STATES)))
     assert [u["state"] for u in job.units()] == ["created", "uploaded", "planned"]
 
 
@@ -263,16 +266,16 @@ def test_a_crash_between_collection_and_cleanup_leaves_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job, p = Job(tmp_path), FakeProvider()
-    real = Runner._clean_remote
+    real = C.clean_remote
     calls = [0]
 
-    async def clean(self: Runner, u: dict[str, Any], b: dict[str, Any]) -> None:
+    async def clean(ctx: RunContext, u: dict[str, Any], b: dict[str, Any]) -> None:
         calls[0] += 1
         if calls[0] == 2:
             raise Crash("died after collecting unit 2")
-        await real(self, u, b)
+        await real(ctx, u, b)
 
-    monkeypatch.setattr(Runner, "_clean_remote", clean)
+    monkeypatch.setattr(C, "clean_remote", clean)
     with pytest.raises(Crash):
         job.run(p)
     assert p.files, "unit 2's files are still on the provider"
@@ -332,7 +335,7 @@ def _submit(job: Job, p: FakeProvider) -> None:
     runner = job.runner(p)
     runner.prepare()
     for _ in range(4):
-        asyncio.run(runner._step(job.ledger.units(job.id, LG.OPEN_STATES)))
+        asyncio.run(runner.step(job.ledger.units(job.id, LG.OPEN_STATES)))
     assert {u["state"] for u in job.units()} == {"created"}
 
 
@@ -373,12 +376,12 @@ def test_the_budget_is_checked_on_the_estimate(tmp_path: Path) -> None:
     job = Job(tmp_path, max_cost=1e-9, provider="https://api.example.test/v1")  # a paid target
     runner = job.runner(FakeProvider())
     est = runner.prepare()
-    with pytest.raises(O.BudgetExceeded, match="nothing was sent"):
+    with pytest.raises(BudgetExceeded, match="nothing was sent"):
         runner.check_budget(est)
     runner.opts.max_cost = 100.0
     runner.check_budget(est)
     runner.opts.max_cost = 1.0
-    with pytest.raises(O.BudgetExceeded, match="price"):
+    with pytest.raises(BudgetExceeded, match="price"):
         runner.check_budget({"totals": {"batch_cost_usd": None}})
     runner.opts.provider = "embedded"  # a model on this machine costs nothing (issue 16): no budget to exceed
     runner.opts.max_cost = 1e-9

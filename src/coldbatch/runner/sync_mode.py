@@ -1,6 +1,6 @@
 """Sync mode (`coldbatch run --mode sync`) and the router that picks a job's mode (`--mode auto`).
 
-`SyncRunner` sends the job's prepared request lines (the round-1 units `Runner.prepare` planned: the
+`SyncMode` sends the job's prepared request lines (the round-1 units `prepare.prepare` planned: the
 deduplicated `send/` files, or the shards) one by one to the provider's synchronous endpoint through
 `hotpath.SyncClient` (RPM/TPM pacing, learned limits, Retry-After, backoff with jitter, bounded
 attempts), instead of uploading them as batches.
@@ -11,7 +11,7 @@ the answers not yet committed; `resume` skips every custom_id that already has a
 failed) and sends only the rest. Answers are classified like batch results (`outcomes.classify`);
 a failure still transient after the client's own retries is final (`failed`, with its code). When
 every line has been sent, the units are marked collected (batch mode never sends them) and OUTPUT and
-the report are written by `Runner.finish`, exactly as for a batch job.
+the report are written by `report.finish`, exactly as for a batch job.
 """
 
 from __future__ import annotations
@@ -19,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from coldbatch.hotpath.client import Item, SyncClient
 from coldbatch.protocol.lines import OutputLine, Result
 from coldbatch.runner import ledger as LG
 from coldbatch.runner import structured
-from coldbatch.runner.orchestrator import CANCELLED, Runner
+from coldbatch.runner.collect import remember
+from coldbatch.runner.context import CANCELLED, RunContext, RunState
+from coldbatch.runner.estimate_view import EstimateView
 from coldbatch.runner.outcomes import answered, classify
+from coldbatch.runner.report import finish, progress
 from coldbatch.runner.requests import unit_requests
 
 #: `--mode auto` sends at most this many requests (after dedup and cache) synchronously, more as batches.
@@ -39,9 +42,7 @@ MODES = ("auto", "sync", "batch")
 
 def route(est: dict[str, Any], threshold: int = SYNC_THRESHOLD) -> dict[str, Any]:
     """Sync or batch for a prepared job, and why (stored in the job's estimate and report)."""
-    totals = est.get("totals") or {}
-    plan = est.get("plan") or {}
-    n = int(plan.get("requests_to_send", totals.get("requests_to_send", totals.get("requests", 0))) or 0)
+    n = EstimateView.of(est).requests_to_send
     if n <= threshold:
         mode = "sync"
         reason = (
@@ -70,32 +71,47 @@ def outcome_of(
     return o
 
 
-class SyncRunner(Runner):
-    """A `Runner` whose round 1 goes through a `SyncClient`; see the module docstring."""
+class SyncMode:
+    """The job's round 1 goes through a `SyncClient` (opened by `make_client`, closed when the run ends);
+    see the module docstring. A value object: the state of one run lives in a `_SyncRun`."""
 
-    def __init__(
-        self, *args: Any, client: SyncClient, flush_every: float = 0.2, flush_size: int = 200, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.client = client
+    def __init__(self, make_client: Callable[[], SyncClient], flush_every: float = 0.2, flush_size: int = 200) -> None:
+        self.make_client, self.flush_every, self.flush_size = make_client, flush_every, flush_size
+
+    async def run(self, ctx: RunContext, st: RunState) -> dict[str, Any]:
+        started = time.time()
+        client = self.make_client()
+        try:
+            go = _SyncRun(ctx, st, self.flush_every, self.flush_size)
+            await go.send(client)
+        finally:
+            await client.aclose()
+        return await finish(ctx, started)
+
+
+class _SyncRun:
+    """One run of sync mode: answers arrive, are committed in groups, and a cancel stops the sending."""
+
+    def __init__(self, ctx: RunContext, st: RunState, flush_every: float, flush_size: int) -> None:
+        self.ctx, self.st = ctx, st
         self.flush_every, self.flush_size = flush_every, flush_size
         self._pending: list[LG.Outcome] = []
         self._stop = False
         self.sent = 0
 
-    async def run(self) -> dict[str, Any]:
-        started = time.time()
-        job = self.ledger.job(self.job_id)
-        if job is not None and job["status"] not in CANCELLED:
-            self.ledger.set_job(self.job_id, status="running")
+    async def send(self, client: SyncClient) -> None:
+        """Send every unanswered request of the round-1 units, then mark the units (sent, or cancelled)."""
+        ctx = self.ctx
+        if ctx.status() not in CANCELLED:
+            ctx.ledger.set_job(ctx.job_id, status="running")
         else:
             self._stop = True
-        units = [u for u in self.ledger.units(self.job_id, [LG.PLANNED]) if u["round"] == 1]
-        endpoint = self.opts.spec["endpoint"]
-        labels = structured.label_field(self.opts.request_spec().answer_schema)
+        units = [u for u in ctx.ledger.units(ctx.job_id, [LG.PLANNED]) if u["round"] == 1]
+        endpoint = ctx.opts.spec["endpoint"]
+        labels = structured.label_field(ctx.opts.request_spec().answer_schema)
         ticker = asyncio.create_task(self._tick())
         try:
-            await self.client.run_many(
+            await client.run_many(
                 self._items(units, endpoint), lambda cid, res: self._arrived(outcome_of(cid, endpoint, res, labels))
             )
         finally:
@@ -105,13 +121,12 @@ class SyncRunner(Runner):
             self._flush()
         for u in units:  # everything is answered (or the job was cancelled): batch mode must never send these
             if self._stop:
-                self.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission", remote_cleaned=1)
+                ctx.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission", remote_cleaned=1)
             else:
-                self.ledger.move_unit(u["id"], LG.COLLECTED, remote_cleaned=1, detail="sent in sync mode")
-        return await self.finish(started)
+                ctx.ledger.move_unit(u["id"], LG.COLLECTED, remote_cleaned=1, detail="sent in sync mode")
 
     def _items(self, units: list[dict[str, Any]], endpoint: str) -> Iterator[Item]:
-        seen = self.ledger.answered_ids(self.job_id)
+        seen = self.ctx.ledger.answered_ids(self.ctx.job_id)
         for _, req in unit_requests(units):
             if self._stop:
                 return
@@ -134,11 +149,11 @@ class SyncRunner(Runner):
 
     def _flush(self) -> None:
         """Commit the answers that arrived (one transaction), cache them, and notice a cancel."""
+        ctx = self.ctx
         if self._pending:
             batch, self._pending = self._pending, []
-            self.ledger.record_results(self.job_id, batch)
-            self._remember(batch)
-            self.emit("progress", self.progress())
-        job = self.ledger.job(self.job_id)
-        if job is not None and job["status"] in CANCELLED:
+            ctx.ledger.record_results(ctx.job_id, batch)
+            remember(ctx, batch)
+            ctx.emit("progress", progress(ctx, self.st))
+        if ctx.status() in CANCELLED:
             self._stop = True
