@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 
 from coldbatch import hotpath
-from coldbatch.engines.base import Engine, Result
+from coldbatch.engines.base import Engine
+from coldbatch.server import engine_calls
 from coldbatch.server.executor import ExecutorConfig
 from coldbatch.server.result_log import result_row
 from coldbatch.server.scaleout import LEASE_SECONDS, process_name
@@ -137,8 +138,7 @@ class ChunkWorker:
 
     async def _execute(self, row: dict[str, Any], items: list[_Item], stop: asyncio.Event) -> None:
         endpoint = row["endpoint"]
-        size = 32 if hasattr(self.engine, "complete_many") and self.engine.info.concurrency(endpoint) >= 32 else 1
-        lanes = max(1, self.engine.info.concurrency(endpoint) // size)
+        size, lanes = engine_calls.group_size(self.engine, endpoint), engine_calls.lanes(self.engine, endpoint)
         shared = self._lanes.setdefault(endpoint, asyncio.Semaphore(lanes))
         pending: list[Any] = []
         last = [time.monotonic()]
@@ -159,7 +159,7 @@ class ChunkWorker:
                     stop.set()
                     return
                 async with shared, self.slots.slot(COLD):  # (lanes are shared by the chunks in progress)
-                    results = await self._call(endpoint, [body for _, _, body in group])
+                    results = await engine_calls.complete(self.engine, endpoint, [body for _, _, body in group])
                 pending.extend(result_row(line, cid, res) for (line, cid, _), res in zip(group, results, strict=True))
                 self.requests_done += len(group)
                 if len(pending) >= self.config.group_size or time.monotonic() - last[0] >= self.config.flush_seconds:
@@ -169,9 +169,3 @@ class ChunkWorker:
             await asyncio.gather(*(lane() for _ in range(lanes)))
         finally:
             await flush()
-
-    async def _call(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Result]:
-        many = getattr(self.engine, "complete_many", None)
-        if many is not None and len(bodies) > 1:
-            return list(await many(endpoint, bodies))
-        return [await self.engine.complete(endpoint, b) for b in bodies]

@@ -27,10 +27,10 @@ from typing import Any
 
 from coldbatch import hotpath
 from coldbatch.core.status import BatchStatus as S
-from coldbatch.engines.base import BACKGROUND, Engine, Result, cpu_turn
+from coldbatch.engines.base import BACKGROUND, Engine, cpu_turn
 from coldbatch.jsonl import request_lines
 from coldbatch.protocol.lines import RequestLine
-from coldbatch.server import admission, checking, result_log, tracing
+from coldbatch.server import admission, checking, engine_calls, result_log, tracing
 from coldbatch.server.diskroom import DiskRoom
 from coldbatch.server.scheduler import COLD, Slots
 from coldbatch.store.blobs import remove_orphans
@@ -69,10 +69,6 @@ class _Run:
     last_flush: float = field(default_factory=time.monotonic)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     queued: int = 0  #: requests handed to the lanes in this pass
-
-
-def _chunk_size(engine: Engine, endpoint: str) -> int:
-    return 32 if hasattr(engine, "complete_many") and engine.info.concurrency(endpoint) >= 32 else 1
 
 
 class Executor:
@@ -293,8 +289,8 @@ class Executor:
     async def _execute(self, row: dict[str, Any]) -> None:
         run = self._runs[row["id"]] = _Run(row)
         done = await asyncio.to_thread(self.store.done_lines, row["id"])
-        size = _chunk_size(self.engine, row["endpoint"])
-        lanes = max(1, self.engine.info.concurrency(row["endpoint"]) // size)
+        size = engine_calls.group_size(self.engine, row["endpoint"])
+        lanes = engine_calls.lanes(self.engine, row["endpoint"])
         queue: asyncio.Queue[list[_Item] | None] = asyncio.Queue(maxsize=2 * lanes)
         workers = [asyncio.create_task(self._lane(run, queue)) for _ in range(lanes)]
         try:
@@ -349,7 +345,7 @@ class Executor:
                 continue  # queued work past the completion window is left for the expired error file
             started = time.time_ns()
             async with self.slots.slot(COLD):
-                results = await self._call(endpoint, [body for _, _, body in chunk])
+                results = await engine_calls.complete(self.engine, endpoint, [body for _, _, body in chunk])
             async with cpu_turn():  # one lane's results per loop turn: polls are served in between
                 self.tracing.requests(run.row, chunk, results, started)
                 add = run.pending.append
@@ -367,12 +363,6 @@ class Executor:
             # taken without suspending either: yield, so HTTP requests (polls, hot calls) are served
             # between chunks instead of after the whole batch (measured: 1 s per status poll under load).
             await asyncio.sleep(0)
-
-    async def _call(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[Result]:
-        many = getattr(self.engine, "complete_many", None)
-        if many is not None and len(bodies) > 1:
-            return list(await many(endpoint, bodies))
-        return [await self.engine.complete(endpoint, b) for b in bodies]
 
     def _flush(self, run: _Run) -> None:
         """Log the finished requests in one transaction, then look at the status: a cancel (or a batch that
