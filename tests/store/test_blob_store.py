@@ -3,8 +3,11 @@ stream, keys are server-minted ids only, and deleting is idempotent."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from coldbatch.store.blobs import LocalBlobStore
 from coldbatch.store.interfaces import BlobStore
 
 CHUNK = b"0123456789abcdef" * 4096  # 64 KiB
@@ -83,3 +86,22 @@ def test_ranges_chunks_and_the_local_side(blob_store: BlobStore) -> None:
     assert b"".join(blocks) == data and max(map(len, blocks)) <= 1 << 19 and len(blocks) == 3
     assert blob_store.local_root.is_dir()
     assert blob_store.local_path("file-r").stat().st_size == len(data)
+
+
+# -- the folder store's own: what a crash leaves on disk -----------------------------------------------------
+def test_a_failed_folder_write_leaves_no_part_file(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path / "files")
+    with pytest.raises(RuntimeError), blobs.writer("file-a") as fh:
+        fh.write(b"half a blob")
+        raise RuntimeError("crash")
+    assert not list((tmp_path / "files" / "tmp").iterdir())
+
+
+def test_clear_tmp_removes_the_parts_a_killed_process_left(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path / "files")
+    (tmp_path / "files" / "tmp" / "file-b.123.0.part").write_bytes(b"partial")
+    blobs.clear_tmp()
+    assert not list((tmp_path / "files" / "tmp").iterdir())
+    assert not blobs.exists("file-b")
+    with pytest.raises(ValueError, match="bad blob key"):
+        blobs.path("../etc/passwd")

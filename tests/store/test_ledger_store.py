@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from coldbatch.core.unit_state import JOB_TRANSITIONS, UNIT_TRANSITIONS, JobStatus, UnitState
+from coldbatch.core.unit_state import JOB_TRANSITIONS, OPEN_UNIT_STATES, UNIT_TRANSITIONS, JobStatus, UnitState
 from coldbatch.store.interfaces import LedgerStore
 from coldbatch.store.records import Outcome
 
@@ -94,8 +94,9 @@ def test_units_start_planned_and_move_through_their_states(ledger: LedgerStore) 
     ledger.mark_cleaned(u["id"])
     u = ledger.units("j1", ["created"])[0]
     assert (u["batch_status"], u["remote_cleaned"], u["state"]) == ("in_progress", 1, "created")
-    open_ids = [x["id"] for x in ledger.units("j1", [s for s in U if UNIT_TRANSITIONS[s]])]
+    open_ids = [x["id"] for x in ledger.units("j1", OPEN_UNIT_STATES)]  # the runner's "still open" query
     assert open_ids == [units[0]["id"], units[1]["id"]]
+    assert set(OPEN_UNIT_STATES) == {s for s in U if UNIT_TRANSITIONS[s]}
     assert ledger.max_round("j1") == 1 and ledger.max_round("other") == 0
     assert ledger.unit_events(units[0]["id"]) == [
         (None, "planned"),
@@ -219,6 +220,19 @@ def test_collecting_a_unit_twice_counts_nothing_twice(ledger: LedgerStore) -> No
     assert ledger.results_for("j1", ["a"])["a"]["prompt_tokens"] == 3
 
 
+def test_collect_can_mark_the_unit_failed(ledger: LedgerStore) -> None:
+    """A batch that failed for good: its error lines are collected and the unit ends `failed`, not collected."""
+    ledger.add_units("j1", [_unit()])
+    u = ledger.units("j1")[0]
+    counts = ledger.collect(
+        u, [Outcome("a", "failed", None, "invalid_file", "no")], state=U.FAILED, batch_status="failed"
+    )
+    assert counts == {"ok": 0, "retry": 0, "failed": 1}
+    unit = ledger.units("j1")[0]
+    assert (unit["state"], unit["batch_status"]) == ("failed", "failed")
+    assert ledger.results_for("j1", ["a"])["a"]["error_code"] == "invalid_file"
+
+
 def test_a_failed_collect_changes_nothing(ledger: LedgerStore) -> None:
     ledger.add_units("j1", [_unit()])
     u = ledger.units("j1")[0]
@@ -254,6 +268,8 @@ def test_give_up_and_the_summary(ledger: LedgerStore) -> None:
     )
     assert ledger.summary("j1")["pending_retry"] == 1
     ledger.give_up("j1", ledger.retry_ids("j1"))
+    assert ledger.retry_ids("j1") == set()
+    assert ledger.results_for("j1", ["b"])["b"]["error_message"] == "boom again", "given up: the last error stays"
     assert ledger.summary("j1") == {
         "results": 4,
         "succeeded": 2,
@@ -267,6 +283,17 @@ def test_give_up_and_the_summary(ledger: LedgerStore) -> None:
     }
     assert ledger.summary("other")["results"] == 0
     assert sorted(r["custom_id"] for r in ledger.iter_results("j1")) == ["a", "b", "c", "d"]
+
+
+def test_results_for_more_ids_than_one_query_takes(ledger: LedgerStore) -> None:
+    """1,234 ids: more than one statement's worth (the SQLite ledger asks in parts of 500 ids; SQLite once
+    bound at most 999 parameters per statement)."""
+    ledger.add_units("j1", [_unit()])
+    ids = [f"r{i}" for i in range(1234)]
+    ledger.collect(ledger.units("j1")[0], [Outcome(i, "ok", i) for i in ids])
+    got = ledger.results_for("j1", [*ids, "missing"])
+    assert len(got) == 1234 and got["r1000"]["content"] == "r1000"
+    assert sum(1 for _ in ledger.iter_results("j1")) == 1234
 
 
 def test_sync_results_cached_answers_and_question_keys(ledger: LedgerStore) -> None:
