@@ -18,12 +18,11 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.core.exit_status import exit_code
 from coldbatch.errors import InputError, ProviderError, UsageError
-from coldbatch.hotpath.client import SyncClient
 from coldbatch.providers import choose
 from coldbatch.providers import kinds as K
 from coldbatch.runner import examples as EX
@@ -32,6 +31,9 @@ from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
 from coldbatch.runner.output import output_kind
 from coldbatch.runner.sync_mode import route
+
+if TYPE_CHECKING:
+    from coldbatch.hotpath.client import SyncClient
 
 #: what a caller is told along the way (the CLI: a line on stderr); the library default says nothing
 Notice = Callable[[str], None]
@@ -261,6 +263,7 @@ def _sync_clients(provider: Any, api_key: str | None) -> Callable[[RunOptions], 
 
 def _sync_client(o: RunOptions, provider: Any, api_key: str | None) -> SyncClient:
     """Sync calls go to sync_base_url, else the provider's own /v1/<endpoint> (the embedded server's hot path)."""
+    from coldbatch.hotpath.client import SyncClient  # httpx: only a run that sends sync requests loads it
     from coldbatch.providers.openai_compat import OpenAIProvider  # the one adapter with a sync API here
 
     assert isinstance(provider, OpenAIProvider)

@@ -20,9 +20,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coldbatch.hotpath.client import Item, SyncClient
 from coldbatch.protocol.lines import OutputLine, Result
 from coldbatch.runner import ledger as LG
 from coldbatch.runner import structured
@@ -32,6 +31,9 @@ from coldbatch.runner.estimate_view import EstimateView
 from coldbatch.runner.outcomes import answered, classify
 from coldbatch.runner.report import finish, progress
 from coldbatch.runner.requests import unit_requests
+
+if TYPE_CHECKING:  # the client (httpx) loads when a sync run makes one, not when a batch run imports this
+    from coldbatch.hotpath.client import Item, SyncClient
 
 #: `--mode auto` sends at most this many requests (after dedup and cache) synchronously, more as batches.
 #: Below it, a batch's latency (minutes to hours) buys little: its 50 % discount on a job this small is cents,
