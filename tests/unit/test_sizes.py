@@ -22,8 +22,6 @@ DEBT: dict[str, int] = {
     "cli/estimate.py:estimate": 95,  # mostly the click parameter list
     "cli/jobs.py:run": 83,  # mostly the click parameter list
     "cli/serve.py:serve": 90,  # mostly the click parameter list
-    "engines/llamacpp.py": 844,
-    "engines/llamacpp.py:__init__": 61,
     "runner/output.py:write_output": 78,
     "server/dialects/responses.py:from_chat": 78,
     "testing/upstream.py:create_upstream": 90,
