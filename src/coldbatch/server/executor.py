@@ -31,6 +31,7 @@ from coldbatch.engines.base import BACKGROUND, Engine, cpu_turn
 from coldbatch.jsonl import request_lines
 from coldbatch.protocol.lines import RequestLine
 from coldbatch.server import admission, checking, engine_calls, result_log, tracing
+from coldbatch.server.batch_tasks import BatchTasks, nap
 from coldbatch.server.diskroom import DiskRoom
 from coldbatch.server.scheduler import COLD, Slots
 from coldbatch.store.blobs import remove_orphans
@@ -86,8 +87,8 @@ class Executor:
         self.config = config or ExecutorConfig()
         self.clock = clock
         self._wake = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._runs: dict[str, _Run] = {}
+        self._tasks = BatchTasks(self.drive, self._drive_failed, on_end=lambda bid: self._runs.pop(bid, None))
         self._turns = asyncio.Semaphore(max(1, self.config.running_batches))  # executions, FIFO
         self._validations = asyncio.Semaphore(1)  # validations, one at a time in creation order
         self._no_pool = False  # no worker process can be started here: validate on a thread
@@ -124,13 +125,8 @@ class Executor:
         except Exception:
             logger.exception("recovery sweep failed; the server goes on without it")
         while True:
-            for row in self.store.unfinished_batches():
-                bid = row["id"]
-                if bid not in self._tasks:
-                    self._tasks[bid] = asyncio.create_task(self._drive_safely(bid), name=f"batch {bid}")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+            self._tasks.start(self.store.unfinished_batches())
+            await nap(self._wake, self.config.poll_seconds)
 
     def recover(self) -> None:
         """Finish what a crash interrupted (call once, before batches are driven): delete the results log of
@@ -143,25 +139,16 @@ class Executor:
         remove_orphans(self.store, self.blobs, published_before=self._started - 0.1)
 
     async def aclose(self) -> None:
-        for t in self._tasks.values():
-            t.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._tasks.close()
 
-    async def _drive_safely(self, batch_id: str) -> None:
-        try:
-            await self.drive(batch_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not is_disk_full(exc):
-                logger.exception("batch %s: executor error; it will be retried", batch_id)
-                await asyncio.sleep(1.0)
-            else:  # e.g. while writing the result files: the same work is redone once there is room
-                self.disk.refused(f"batch {batch_id} could not write")
-                await asyncio.sleep(self.config.disk_retry_max_seconds)
-        finally:
-            self._tasks.pop(batch_id, None)
-            self._runs.pop(batch_id, None)
+    async def _drive_failed(self, batch_id: str, exc: Exception) -> None:
+        """A drive raised: back off, then the next pass drives the batch again from what the store says."""
+        if not is_disk_full(exc):
+            logger.error("batch %s: executor error; it will be retried", batch_id, exc_info=exc)
+            await asyncio.sleep(1.0)
+        else:  # e.g. while writing the result files: the same work is redone once there is room
+            self.disk.refused(f"batch {batch_id} could not write")
+            await asyncio.sleep(self.config.disk_retry_max_seconds)
 
     async def drive(self, batch_id: str) -> None:
         """Move one batch forward until it is terminal (or its task is cancelled)."""

@@ -31,6 +31,7 @@ import orjson
 from coldbatch.core.status import BatchStatus as S
 from coldbatch.engines.base import Engine
 from coldbatch.server import admission, checking, result_log
+from coldbatch.server.batch_tasks import BatchTasks, nap
 from coldbatch.server.executor import MAX_REPORTED_ERRORS, ExecutorConfig
 from coldbatch.store.blobs import remove_orphans
 from coldbatch.store.lines import blob_lines, split_chunks
@@ -82,7 +83,7 @@ class Coordinator:
         self.orphan_grace = orphan_grace
         self.me = process_name("serve")
         self._wake = asyncio.Event()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks = BatchTasks(self.drive, self._drive_failed)
         self.worker: Any = None  #: an in-process ChunkWorker, woken with the coordinator
         self.tracing: Any = None
 
@@ -108,13 +109,8 @@ class Coordinator:
                     await asyncio.to_thread(self.sweep)
                 except Exception:
                     logger.exception("sweep failed; retried later")
-            for row in await asyncio.to_thread(self.store.unfinished_batches):
-                bid = row["id"]
-                if bid not in self._tasks:
-                    self._tasks[bid] = asyncio.create_task(self._drive_safely(bid), name=f"batch {bid}")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+            self._tasks.start(await asyncio.to_thread(self.store.unfinished_batches))
+            await nap(self._wake, self.config.poll_seconds)
 
     def sweep(self, orphan_grace: float | None = None) -> None:
         """Purge logs of long-settled batches; delete blobs no file row owns (older than a grace period: a
@@ -127,20 +123,12 @@ class Coordinator:
             self.blobs.clear_tmp(older_than=grace)
 
     async def aclose(self) -> None:
-        for t in self._tasks.values():
-            t.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await self._tasks.close()
 
-    async def _drive_safely(self, batch_id: str) -> None:
-        try:
-            await self.drive(batch_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("batch %s: coordinator error; it will be retried", batch_id)
-            await asyncio.sleep(1.0)
-        finally:
-            self._tasks.pop(batch_id, None)
+    async def _drive_failed(self, batch_id: str, exc: Exception) -> None:
+        """A drive raised: back off; the next pass of the main loop tries the batch again."""
+        logger.error("batch %s: coordinator error; it will be retried", batch_id, exc_info=exc)
+        await asyncio.sleep(1.0)
 
     async def drive(self, batch_id: str) -> None:
         """Move one batch forward while this process holds its lease; return when it is terminal or
@@ -160,9 +148,7 @@ class Coordinator:
             elif status in (S.IN_PROGRESS, S.CANCELLING) and await asyncio.to_thread(self._settle, row):
                 continue
             else:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.poll_seconds)
+                await nap(self._wake, self.config.poll_seconds)
 
     def _settle(self, row: dict[str, Any]) -> bool:
         """Finalize a running batch that is done, expired or cancelled once no worker holds a live lease on
