@@ -18,7 +18,6 @@ from typing import Any, Literal
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from coldbatch.dataset import csvfile
 from coldbatch.errors import InputError, UsageError
@@ -220,6 +219,8 @@ def open_dataset(
         if kind in ("csv", "tsv"):
             ds = _open_csv(p, "\t" if kind == "tsv" else ",", only, names)
         elif kind == "parquet":
+            import pyarrow.parquet as pq  # only a Parquet input pays for the Parquet reader (~10 MB)
+
             pf = pq.ParquetFile(p)
             names = list(pf.schema_arrow.names)
             ds = Dataset(str(p), names, pf.iter_batches(batch_size=65_536, columns=_kept(names, only)))

@@ -25,7 +25,6 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from coldbatch import _gc
 from coldbatch.builder.build import Builder
@@ -129,6 +128,8 @@ class _Writer:
             self._w.write_table(table)
         elif self.kind == "parquet":
             if self._w is None:
+                import pyarrow.parquet as pq  # only a Parquet OUTPUT pays for the writer (~10 MB, 0.05 s)
+
                 self._w = pq.ParquetWriter(self.tmp, table.schema)
             self._w.write_table(table)
         else:
