@@ -155,41 +155,8 @@ def from_chat(res: Result, body: dict[str, Any]) -> Result:
     if not res.ok:
         return res
     choice = (res.body.get("choices") or [{}])[0]
-    msg = choice.get("message") or {}
-    output: list[dict[str, Any]] = []
-    if msg.get("content") is not None or not msg.get("tool_calls"):
-        text = {"type": "output_text", "text": msg.get("content") or "", "annotations": []}
-        lp = (choice.get("logprobs") or {}).get("content")
-        if lp is not None:
-            text["logprobs"] = [
-                {
-                    "token": t["token"],
-                    "bytes": t.get("bytes") or [],
-                    "logprob": t["logprob"],
-                    "top_logprobs": [
-                        {"token": a["token"], "bytes": a.get("bytes") or [], "logprob": a["logprob"]}
-                        for a in t.get("top_logprobs") or []
-                    ],
-                }
-                for t in lp
-            ]
-        output.append(
-            {"id": seq_id("msg_"), "type": "message", "role": "assistant", "status": "completed", "content": [text]}
-        )
-    for call in msg.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        output.append(
-            {
-                "id": seq_id("fc_"),
-                "type": "function_call",
-                "call_id": call.get("id"),
-                "name": fn.get("name"),
-                "arguments": fn.get("arguments") or "{}",
-                "status": "completed",
-            }
-        )
+    output = _output_items(choice)
     u = res.usage
-    prompt, completion = u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
     cut = choice.get("finish_reason") == "length"
     now = int(time.time())
     return Result(
@@ -215,16 +182,63 @@ def from_chat(res: Result, body: dict[str, Any]) -> Result:
             "top_logprobs": body.get("top_logprobs"),
             "text": body.get("text") or {"format": {"type": "text"}},
             "previous_response_id": None,
-            "usage": {
-                "input_tokens": prompt,
-                "input_tokens_details": {
-                    "cached_tokens": (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
-                    "cache_write_tokens": 0,
-                },
-                "output_tokens": completion,
-                "output_tokens_details": {"reasoning_tokens": 0},
-                "total_tokens": prompt + completion,
-            },
+            "usage": _usage(u),
         },
         u,
     )
+
+
+def _output_items(choice: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat choice as Responses output items: its text as one `message` (unless it is only tool calls),
+    then one `function_call` per tool call."""
+    msg = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    if msg.get("content") is not None or not msg.get("tool_calls"):
+        text = {"type": "output_text", "text": msg.get("content") or "", "annotations": []}
+        lp = (choice.get("logprobs") or {}).get("content")
+        if lp is not None:
+            text["logprobs"] = [_logprob(t) for t in lp]
+        output.append(
+            {"id": seq_id("msg_"), "type": "message", "role": "assistant", "status": "completed", "content": [text]}
+        )
+    for call in msg.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        output.append(
+            {
+                "id": seq_id("fc_"),
+                "type": "function_call",
+                "call_id": call.get("id"),
+                "name": fn.get("name"),
+                "arguments": fn.get("arguments") or "{}",
+                "status": "completed",
+            }
+        )
+    return output
+
+
+def _logprob(t: dict[str, Any]) -> dict[str, Any]:
+    """One chat `logprobs.content` entry as an `output_text` logprob (bytes always a list)."""
+    return {
+        "token": t["token"],
+        "bytes": t.get("bytes") or [],
+        "logprob": t["logprob"],
+        "top_logprobs": [
+            {"token": a["token"], "bytes": a.get("bytes") or [], "logprob": a["logprob"]}
+            for a in t.get("top_logprobs") or []
+        ],
+    }
+
+
+def _usage(u: dict[str, Any]) -> dict[str, Any]:
+    """Chat usage (prompt/completion tokens) in the Responses API's input/output names."""
+    prompt, completion = u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {
+            "cached_tokens": (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+            "cache_write_tokens": 0,
+        },
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + completion,
+    }
