@@ -194,7 +194,7 @@ def _output_items(choice: dict[str, Any]) -> list[dict[str, Any]]:
     msg = choice.get("message") or {}
     output: list[dict[str, Any]] = []
     if msg.get("content") is not None or not msg.get("tool_calls"):
-        text = {"type": "output_text", "text": msg.get("content") or "", "annotations": []}
+        text: dict[str, Any] = {"type": "output_text", "text": msg.get("content") or "", "annotations": []}
         lp = (choice.get("logprobs") or {}).get("content")
         if lp is not None:
             text["logprobs"] = [_logprob(t) for t in lp]
