@@ -23,7 +23,6 @@ DEBT: dict[str, int] = {
     "cli/jobs.py:run": 83,  # mostly the click parameter list
     "cli/serve.py:serve": 90,  # mostly the click parameter list
     "runner/output.py:write_output": 78,
-    "testing/upstream.py:create_upstream": 90,
 }
 
 

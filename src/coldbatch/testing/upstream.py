@@ -147,57 +147,8 @@ def create_upstream(
         key = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
         cost = request_cost(endpoint, body, counter)
         now = state.clock()
-        if cost > state.tpm:
-            state.count(key, "refused")
-            return _error(
-                400,
-                f"Request too large: {cost} tokens, limit {state.tpm} per window.",
-                "invalid_request_error",
-                "request_too_large",
-                state.headers(now),
-            )
-        wait_r, wait_t = state.requests.wait(now, 1, state.rpm), state.tokens.wait(now, cost, state.tpm)
-        if wait_r > 0 or wait_t > 0:
-            state.count(key, "rate_limited")
-            wait, kind = max((wait_r, "requests"), (wait_t, "tokens"))
-            limit = state.rpm if kind == "requests" else state.tpm
-            headers = {
-                **state.headers(now),
-                "retry-after": str(math.ceil(wait)),
-                "retry-after-ms": f"{wait * 1000:.0f}",
-            }
-            return _error(
-                429,
-                f"Rate limit reached for {kind} (limit {limit} per {state.window:g}s). "
-                f"Please try again in {wait:.3f}s.",
-                kind,
-                "rate_limit_exceeded",
-                headers,
-            )
-        return await _admitted(endpoint, body, key, cost, now)
-
-    async def _admitted(endpoint: str, body: dict[str, Any], key: str, cost: int, now: float) -> Response:
-        state.requests.add(now, 1)
-        state.tokens.add(now, cost)
-        state.counts["admitted"] += 1
-        state.first_admitted = now if state.first_admitted is None else state.first_admitted
-        state.last_admitted = now
-        headers = state.headers(now)
-        draw = state.rng.random()
-        if draw < state.error_rate:
-            state.count(key, "error")
-            return _error(
-                500,
-                "The server had an error while processing your request. Sorry about that!",
-                "server_error",
-                None,
-                headers,
-            )
-        late = draw < state.error_rate + state.timeout_rate
-        await asyncio.sleep(state.hang if late else state.latency)
-        result = await echo.complete(endpoint, body)
-        state.count(key, "late" if late else "ok" if result.ok else "refused")
-        return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+        refusal = _over_limit(state, key, cost, now)
+        return refusal if refusal is not None else await _admitted(state, echo, endpoint, body, key, cost, now)
 
     async def stats(request: Request) -> Response:
         return JSONResponse(state.snapshot())
@@ -206,6 +157,64 @@ def create_upstream(
     app = Starlette(routes=routes)
     app.state.upstream = state
     return app
+
+
+def _over_limit(state: UpstreamState, key: str, cost: int, now: float) -> Response | None:
+    """The 400 (larger than the whole token limit) or 429 (the window is full) this request gets; None: admit it."""
+    if cost > state.tpm:
+        state.count(key, "refused")
+        return _error(
+            400,
+            f"Request too large: {cost} tokens, limit {state.tpm} per window.",
+            "invalid_request_error",
+            "request_too_large",
+            state.headers(now),
+        )
+    wait_r, wait_t = state.requests.wait(now, 1, state.rpm), state.tokens.wait(now, cost, state.tpm)
+    if wait_r > 0 or wait_t > 0:
+        state.count(key, "rate_limited")
+        wait, kind = max((wait_r, "requests"), (wait_t, "tokens"))
+        limit = state.rpm if kind == "requests" else state.tpm
+        headers = {
+            **state.headers(now),
+            "retry-after": str(math.ceil(wait)),
+            "retry-after-ms": f"{wait * 1000:.0f}",
+        }
+        return _error(
+            429,
+            f"Rate limit reached for {kind} (limit {limit} per {state.window:g}s). Please try again in {wait:.3f}s.",
+            kind,
+            "rate_limit_exceeded",
+            headers,
+        )
+    return None
+
+
+async def _admitted(
+    state: UpstreamState, echo: EchoEngine, endpoint: str, body: dict[str, Any], key: str, cost: int, now: float
+) -> Response:
+    """Count an admitted request in the windows, then fail it, hang it or answer it as drawn."""
+    state.requests.add(now, 1)
+    state.tokens.add(now, cost)
+    state.counts["admitted"] += 1
+    state.first_admitted = now if state.first_admitted is None else state.first_admitted
+    state.last_admitted = now
+    headers = state.headers(now)
+    draw = state.rng.random()
+    if draw < state.error_rate:
+        state.count(key, "error")
+        return _error(
+            500,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+            headers,
+        )
+    late = draw < state.error_rate + state.timeout_rate
+    await asyncio.sleep(state.hang if late else state.latency)
+    result = await echo.complete(endpoint, body)
+    state.count(key, "late" if late else "ok" if result.ok else "refused")
+    return JSONResponse(result.body, status_code=result.status_code, headers=headers)
 
 
 class UpstreamServer:
