@@ -28,6 +28,7 @@ from coldbatch.errors import ApiError
 from coldbatch.server import anthropic_api, dashboard, dialects, routes, tracing
 from coldbatch.server.app_types import ServerSettings, Services
 from coldbatch.server.executor import Executor
+from coldbatch.server.fastreads import FastReads
 from coldbatch.server.scheduler import Slots
 from coldbatch.store.blobs import LocalBlobStore
 from coldbatch.store.space import is_disk_full
@@ -186,5 +187,6 @@ def create_app(settings: ServerSettings, engine: Engine) -> Starlette:
         lifespan=lifespan,
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _server_error},
     )
+    app.add_middleware(FastReads)  # the polls, without the framework (inside: the request id still applies)
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -39,16 +39,19 @@ def services(request: Request) -> Services:
 
 def caller(request: Request) -> str:
     """The owner id of the calling key ("local" when the server has no keys)."""
-    svc = services(request)
-    if not svc.owners:
-        return "local"
-    auth = request.headers.get("authorization", "")
-    # `x-api-key` is how Anthropic's API (and older anthropic SDKs) send the key; the same keys serve both
-    key = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "").strip()
-    owner = svc.owners.get(hashlib.sha256(key.encode()).hexdigest()) if key else None
+    owner = owner_of(services(request), request.headers.get("authorization", ""), request.headers.get("x-api-key", ""))
     if owner is None:
         raise ApiError(401, "Incorrect API key provided.", type_="invalid_request_error", code="invalid_api_key")
     return owner
+
+
+def owner_of(svc: Services, authorization: str, api_key: str) -> str | None:
+    """The owner of the key in these headers; "local" when the server has no keys; None for a bad key."""
+    if not svc.owners:
+        return "local"
+    # `x-api-key` is how Anthropic's API (and older anthropic SDKs) send the key; the same keys serve both
+    key = authorization[7:].strip() if authorization.lower().startswith("bearer ") else api_key.strip()
+    return svc.owners.get(hashlib.sha256(key.encode()).hexdigest()) if key else None
 
 
 async def json_body(request: Request, limit: int = MAX_JSON_BYTES) -> Any:
