@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(eq=False)
 class Job:
+    """One chat request handed to the decoder: checked, tokenized, and the future its answer settles."""
+
     params: Params
     prompt: list[int]
     prefix: int  #: the first `prefix` prompt tokens are a canonical, reusable prefix (see Decoder)
@@ -60,6 +62,8 @@ class Job:
 
 @dataclass(eq=False)
 class Samplers:
+    """The native samplers of one job, freed when it ends."""
+
     chain: Any  #: llama_sampler chain (temperature, top_p, seed); None: greedy by argmax
     grammar: Any  #: llama_sampler for the grammar, or None
 
