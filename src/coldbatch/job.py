@@ -199,7 +199,7 @@ def drive(
 
 async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[str, Any]:
     """The drive itself, inside the job's lock: its provider open for exactly as long as it runs."""
-    from coldbatch.cli import preflight  # the target check: one rule for both modes
+    from coldbatch.runner import preflight  # the target check, one rule for both modes (imports openai)
 
     with _provider(opts, how.base_url, how.api_key, how.engine) as provider:
         runner = Runner(
@@ -209,7 +209,7 @@ async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[st
             if how.cancel:
                 await runner.cancel()
             else:
-                await preflight.check_target(lg, provider, opts, job_id)
+                await preflight.check_target(lg, provider, opts, job_id, how.notice)
             if opts.examples and not how.cancel:
                 await _companion(lg, provider, EX.child_id(job_id), how)
             est = runner.prepare()
@@ -333,7 +333,7 @@ def run_job(
     """Run a whole job: rows of INPUT → requests of `spec` → the Batch API at `base_url` (default: the embedded
     server with `engine`) or the sync API (mode auto/sync) → OUTPUT. `options` are RunOptions fields
     (max_cost, poll_interval, max_attempts, deadline as unix time, ...). Raises what the CLI reports."""
-    from coldbatch.cli import preflight
+    from coldbatch.runner import preflight  # imports the openai SDK: not on `import coldbatch`
 
     input_path, output = Path(input_path), Path(output)
     output_kind(output)

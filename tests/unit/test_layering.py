@@ -100,3 +100,60 @@ def test_the_runner_does_not_know_the_server() -> None:
                 above = [n for n in imported(node) if n.startswith(("coldbatch.server", "coldbatch.engines"))]
                 found += [f"{path.name}: {n}" for n in above]
     assert found == []
+
+
+def absolute_imports(node: ast.Import | ast.ImportFrom, package: str) -> list[str]:
+    """The modules an import names, relative ones resolved against `package` (the importing module's),
+    with each `from X import name` also as `X.name` (it may be a submodule: `from coldbatch import cli`)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    if node.level:
+        parts = package.split(".")
+        base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+    return [base, *(f"{base}.{a.name}" for a in node.names)]
+
+
+def cli_imports(tree: ast.AST, package: str = "coldbatch") -> list[str]:
+    """Each import of the CLI package (`coldbatch.cli`, `coldbatch.cli.*`, `from coldbatch import cli`), lazy
+    ones inside functions included: a library module that needs the CLI's logic needs it moved below."""
+    return [
+        f"line {node.lineno}: imports {name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for name in absolute_imports(node, package)
+        if name == "coldbatch.cli" or name.startswith("coldbatch.cli.")
+    ]
+
+
+def test_only_the_cli_imports_the_cli() -> None:
+    """The CLI imports the library, never the reverse (issue 11): the job API, the runner and the server are
+    used from Python without click, and a rule the CLI and `coldbatch.run_job` share lives below both."""
+    found = [
+        f"{path.relative_to(PACKAGE).as_posix()}: {hit}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(PACKAGE).parts[0] not in ("cli", "__main__.py")
+        for hit in cli_imports(
+            ast.parse(path.read_text(encoding="utf-8"), filename=str(path)),
+            ".".join(("coldbatch", *path.relative_to(PACKAGE).parts[:-1])),
+        )
+    ]
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    ("source", "caught"),
+    [
+        ("from coldbatch.cli import exitcodes", True),
+        ("def f():\n    from coldbatch.cli import preflight", True),
+        ("import coldbatch.cli.providers as PV", True),
+        ("from coldbatch import cli", True),
+        ("from . import cli", True),
+        ("from .cli.jobs import run", True),
+        ("from coldbatch import client_helpers", False),
+        ("from .core import status", False),
+        ("from coldbatch.core.exit_status import exit_code", False),
+    ],
+)
+def test_the_cli_rule_catches_imports_of_the_cli_only(source: str, caught: bool) -> None:
+    assert bool(cli_imports(ast.parse(source))) is caught

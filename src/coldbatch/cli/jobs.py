@@ -21,6 +21,7 @@ from coldbatch.errors import UsageError
 from coldbatch.providers import choose
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
+from coldbatch.runner import preflight as RP
 from coldbatch.runner.deadline import parse_deadline
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
@@ -301,7 +302,7 @@ def run(
         spec, *companion = _examples_job(job_id, input_path, opts, base_url)  # type: ignore[assignment]
     else:
         spec = options.spec_from(preflight.default_model(opts, base_url, engine, api_key))
-    preflight.check_output_columns(input_path, options.input_format(opts), spec, output_prefix, companion)
+    RP.check_output_columns(input_path, options.input_format(opts), spec, output_prefix, companion)
     kind, limits, mode = choose.resolve(
         provider, base_url, spec, options.limits_from(opts), mode, deadline=deadline is not None
     )
