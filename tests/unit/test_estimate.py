@@ -71,6 +71,9 @@ def test_a_small_job_counts_exactly_from_its_part_of_the_table(encoding: str) ->
     assert (small.name, small.exact) == (encoding, True)
     more = ["café au lait"] * (T.SUBSET_TEXTS - len(texts) + 1)
     assert small.count_many(more) == [len(full.encode_ordinary(more[0]))] * len(more)
+    long = T.SubsetCounter(encoding)  # one long document: the full table's Rust split is the faster one
+    assert long.count_many(["word " * (T.SUBSET_CHARS // 5 + 1)]) == [len(full.encode_ordinary("word " * 200_001))]
+    assert long._encoding is None
 
 
 @settings(max_examples=30, deadline=None)  # each example scans the 200,000-entry table once (~0.2 s)

@@ -149,6 +149,7 @@ PATTERNS = {
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
 SUBSET_TEXTS = 8_000  #: up to this many texts, picking their part of the table beats loading all of it
+SUBSET_CHARS = 1_000_000  #: and this many characters: the regex split in Python costs ~0.5 µs a character
 _LONGEST = 256  #: bytes; o200k's longest token is 128, and a longer piece makes the pick quadratic
 
 
@@ -159,18 +160,22 @@ class SubsetCounter:
     BPE only ever looks up the rank of a substring of one regex piece, so a tiktoken Encoding built from
     just those vocabulary entries (with their true ranks) encodes these texts exactly as the full one does.
     The entries are picked from tiktoken's verified cache file in one scan, without decoding the 200,000
-    others. Texts beyond SUBSET_TEXTS in all, or a piece over _LONGEST bytes, hand over to the full table."""
+    others. Texts beyond SUBSET_TEXTS or SUBSET_CHARS in all, or a piece over _LONGEST bytes, hand over to the
+    full table (its Rust split and encoder win on long texts)."""
 
     name: str
     exact: bool = True
     _ranks: dict[bytes, int] = field(default_factory=dict)
     _pieces: set[str] = field(default_factory=set)
     _texts: int = 0
+    _chars: int = 0
     _encoding: Any = None
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
         self._texts += len(texts)
-        new = self._new_pieces(texts) if self._texts <= SUBSET_TEXTS else None
+        self._chars += sum(map(len, texts))
+        small = self._texts <= SUBSET_TEXTS and self._chars <= SUBSET_CHARS
+        new = self._new_pieces(texts) if small else None
         if new is None:
             return counter(self.name).count_many(texts)
         if new or self._encoding is None:
