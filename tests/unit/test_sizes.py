@@ -22,7 +22,6 @@ DEBT: dict[str, int] = {
     "cli/estimate.py:estimate": 95,  # mostly the click parameter list
     "cli/jobs.py:run": 83,  # mostly the click parameter list
     "cli/serve.py:serve": 90,  # mostly the click parameter list
-    "runner/output.py:write_output": 78,
 }
 
 

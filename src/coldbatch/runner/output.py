@@ -252,28 +252,8 @@ def write_output(
             ids = built.ids or []
             results = ledger.results_for(job_id, ids, keyed=keyed)
             by_row = dict(zip(built.rows.tolist(), ids, strict=True))
-            cols: dict[str, list[Any]] = {c: [] for c in ADDED}
-            for i in range(batch.num_rows):
-                row = start + i + 1
-                cid = by_row.get(row)
-                res = results.get(cid) if cid else None
-                _fill(cols, cid, res, rejects.get(row), labels)
-                if classified is not None and res is not None:
-                    _relabel(cols, res, classified)
-                if res is not None:
-                    by_state["ok" if res["state"] == "ok" else "failed"] += 1
-                    by_state["from_cache"] += res["attempts"] == 0 and res["state"] == "ok"
-            table = pa.Table.from_batches([batch])
-            for c in ADDED:
-                if c in LABEL_ONLY and not labels:
-                    continue
-                if c == "response" and spec.endpoint == L.EMBEDDINGS and classified is None:  # the vector, typed
-                    table = table.append_column(prefix + vectors.COLUMN, vectors.embedding_column(cols[c], kind))
-                    continue
-                table = table.append_column(prefix + c, column(cols[c], _TYPES[c]))
-            if spec.schema is not None:
-                table = _append_schema_columns(table, spec.schema, cols["response"], cols["error"], prefix)
-            writer.write(table)
+            cols = _answer_columns(start, batch.num_rows, by_row, results, rejects, labels, classified, by_state)
+            writer.write(_output_table(batch, cols, spec, labels, classified is not None, kind, prefix))
             rows += batch.num_rows
         if check is not None:
             check.finish()
@@ -287,6 +267,56 @@ def write_output(
         "failed": by_state["failed"],
         "from_cache": by_state["from_cache"],
     }
+
+
+def _answer_columns(
+    start: int,
+    n: int,
+    by_row: dict[int, str],
+    results: dict[str, Any],
+    rejects: dict[int | None, Any],
+    labels: tuple[str, ...],
+    classified: Classified | None,
+    by_state: dict[str, int],
+) -> dict[str, list[Any]]:
+    """The added columns' values for `n` rows from row `start` + 1, each row's result found by its custom_id
+    (`by_row`); counts each row's outcome into `by_state`."""
+    cols: dict[str, list[Any]] = {c: [] for c in ADDED}
+    for i in range(n):
+        row = start + i + 1
+        cid = by_row.get(row)
+        res = results.get(cid) if cid else None
+        _fill(cols, cid, res, rejects.get(row), labels)
+        if classified is not None and res is not None:
+            _relabel(cols, res, classified)
+        if res is not None:
+            by_state["ok" if res["state"] == "ok" else "failed"] += 1
+            by_state["from_cache"] += res["attempts"] == 0 and res["state"] == "ok"
+    return cols
+
+
+def _output_table(
+    batch: pa.RecordBatch,
+    cols: dict[str, list[Any]],
+    spec: RequestSpec,
+    labels: tuple[str, ...],
+    classified: bool,
+    kind: str,
+    prefix: str,
+) -> pa.Table:
+    """The input rows with the added columns (the label ones only for a label job; an embedding job's vector
+    as a typed column, unless its examples classified it; a --schema job's properties, one column each)."""
+    table = pa.Table.from_batches([batch])
+    for c in ADDED:
+        if c in LABEL_ONLY and not labels:
+            continue
+        if c == "response" and spec.endpoint == L.EMBEDDINGS and not classified:  # the vector, typed
+            table = table.append_column(prefix + vectors.COLUMN, vectors.embedding_column(cols[c], kind))
+            continue
+        table = table.append_column(prefix + c, column(cols[c], _TYPES[c]))
+    if spec.schema is not None:
+        table = _append_schema_columns(table, spec.schema, cols["response"], cols["error"], prefix)
+    return table
 
 
 _TYPES = {
