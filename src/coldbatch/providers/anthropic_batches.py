@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import anthropic
 import orjson
 
 from coldbatch.providers import translate as T
-from coldbatch.providers.base import ProviderError, Retryable
+from coldbatch.providers.base import ProviderError, send_once
 from coldbatch.validation import iter_lines
 
 #: failures after which a POST may or may not have taken effect (or surely did not, and may succeed later)
@@ -72,11 +72,8 @@ def _epoch(value: Any) -> int:
     return int(value.timestamp()) if isinstance(value, datetime) else int(value or 0)
 
 
-async def _once(call: Awaitable[Any], what: str) -> Any:
-    try:
-        return await call
-    except _TRANSIENT as exc:
-        raise Retryable(f"{what}: {type(exc).__name__}: {exc}") from exc
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT)
 
 
 class AnthropicProvider:
@@ -142,9 +139,10 @@ class AnthropicProvider:
         path = Path(file_id.removeprefix(LOCAL))
         prefix = unit_prefix(metadata)
         reqs = self._requests(path, prefix)
-        b = await _once(
+        b = await send_once(
             self._post.messages.batches.create(requests=reqs),  # type: ignore[arg-type]
             f"batch create for {path.name}",
+            _transient,
         )
         self._remember(b.id, path, prefix, metadata)
         return self._normal(b.model_dump())

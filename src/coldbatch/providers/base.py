@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,6 +15,20 @@ class Retryable(ProviderError):
     The provider does NOT retry these calls itself: a retried POST can create a second file or batch (and a second
     bill). The runner first looks for the object by its tag, and only sends the call again when it is not there.
     """
+
+
+async def send_once(call: Awaitable[Any], what: str, transient: Callable[[BaseException], bool]) -> Any:
+    """Await one non-idempotent call (upload, batch create) exactly once, the same way for every SDK.
+
+    A failure that `transient` says may or may not have reached the provider becomes `Retryable` naming `what`
+    (the runner then looks for the object before sending the call again); any other failure is raised as it is.
+    """
+    try:
+        return await call
+    except Exception as exc:
+        if transient(exc):
+            raise Retryable(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise
 
 
 class BatchProvider(Protocol):

@@ -17,7 +17,7 @@ sent without SDK retries (`Retryable` instead; see OpenAIProvider); reads are re
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from google.genai import errors as gerrors
 from google.genai import types as gtypes
 
 from coldbatch.providers import translate as T
-from coldbatch.providers.base import ProviderError, Retryable
+from coldbatch.providers.base import ProviderError, send_once
 from coldbatch.validation import iter_lines
 
 _STATUS = {
@@ -70,15 +70,6 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, gerrors.APIError) and (code in (408, 409, 429) or code >= 500)
 
 
-async def _once(call: Awaitable[Any], what: str) -> Any:
-    try:
-        return await call
-    except (gerrors.APIError, httpx.TransportError) as exc:
-        if _transient(exc):
-            raise Retryable(f"{what}: {type(exc).__name__}: {exc}") from exc
-        raise
-
-
 class GeminiProvider:
     """See the module docstring. `base_url`: the API root (default Google's); a local stand-in in tests."""
 
@@ -116,11 +107,12 @@ class GeminiProvider:
                     raise T.Untranslatable(f"{path}:{n}: {exc}") from exc
                 out.write(orjson.dumps({"key": rec["custom_id"], "request": req}) + b"\n")
         try:
-            f = await _once(
+            f = await send_once(
                 self._post.files.upload(
                     file=str(tmp), config={"display_name": f"{filename}#{model}", "mime_type": "jsonl"}
                 ),
                 f"upload of {filename}",
+                _transient,
             )
         finally:
             tmp.unlink(missing_ok=True)
@@ -156,9 +148,10 @@ class GeminiProvider:
         if not endpoint.endswith("/chat/completions"):
             raise ProviderError(f"Gemini batch mode is driven here for chat requests only, not {endpoint}")
         model = self._file(await self.client.files.get(name=file_id))["model"]
-        b = await _once(
+        b = await send_once(
             self._post.batches.create(model=model, src=file_id, config={"display_name": tag_name(metadata)}),
             f"batch create for {file_id}",
+            _transient,
         )
         return self._normal(b)
 

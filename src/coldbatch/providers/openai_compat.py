@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import openai
 
-from coldbatch.providers.base import ProviderError, Retryable
+from coldbatch.providers.base import ProviderError, Retryable, send_once
 
 __all__ = ["OpenAIProvider", "ProviderError", "Retryable"]
 
@@ -29,11 +29,8 @@ AZURE_API_VERSION = "2024-10-21"
 _TRANSIENT = (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError, openai.ConflictError)
 
 
-async def _once(call: Awaitable[Any], what: str) -> Any:
-    try:
-        return await call
-    except _TRANSIENT as exc:
-        raise Retryable(f"{what}: {type(exc).__name__}: {exc}") from exc
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, _TRANSIENT)
 
 
 class OpenAIProvider:
@@ -63,9 +60,10 @@ class OpenAIProvider:
 
     async def upload(self, path: Path, filename: str) -> dict[str, Any]:
         with path.open("rb") as fh:
-            f = await _once(
+            f = await send_once(
                 self._post.files.create(file=(filename, fh, "application/jsonl"), purpose="batch"),
                 f"upload of {filename}",
+                _transient,
             )
         return dict(f.model_dump())
 
@@ -81,7 +79,7 @@ class OpenAIProvider:
     async def create_batch(
         self, file_id: str, endpoint: str, metadata: dict[str, str], completion_window: str
     ) -> dict[str, Any]:
-        b = await _once(
+        b = await send_once(
             self._post.batches.create(
                 input_file_id=file_id,
                 endpoint=endpoint,  # type: ignore[arg-type]
@@ -89,6 +87,7 @@ class OpenAIProvider:
                 metadata=metadata,
             ),
             f"batch create for {file_id}",
+            _transient,
         )
         return dict(b.model_dump())
 
