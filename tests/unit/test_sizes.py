@@ -19,8 +19,6 @@ MODULE_LINES, FUNCTION_LINES = 500, 60
 #: after the first tree-wide `ruff format` (it wraps what had been packed onto long lines: more lines, same code;
 #: the six entries it added were under 60/500 lines before it only in that packed form)
 DEBT: dict[str, int] = {
-    "cli/estimate.py:estimate": 95,  # mostly the click parameter list
-    "cli/jobs.py:run": 83,  # mostly the click parameter list
     "cli/serve.py:serve": 90,  # mostly the click parameter list
 }
 

@@ -77,51 +77,32 @@ def estimate(
     if as_json:
         render.emit_json(data)
         return
-    rows = [
-        [
-            m["model"],
-            f"{m['requests']:,}",
-            f"{m['distinct_requests']:,}",
-            f"{m['cache_hits']:,}",
-            f"{m['requests_to_send']:,}",
-            f"{m['input_tokens']:,}",
-            f"{m['output_tokens']:,}",
-            render.usd(m["sync_cost_usd"]),
-            render.usd(m["batch_cost_usd"]),
-            render.usd(m["final_cost_usd"]),
-        ]
-        for m in data["models"]
-    ]
+    _show(data)
+
+
+#: the table's columns: header, and the key of a model's (or the totals') figures it shows
+_COLUMNS = (
+    ("requests", "requests"),
+    ("distinct", "distinct_requests"),
+    ("cached", "cache_hits"),
+    ("to send", "requests_to_send"),
+    ("input tok", "input_tokens"),
+    ("output tok (max)", "output_tokens"),
+)
+_COSTS = (("sync", "sync_cost_usd"), ("batch", "batch_cost_usd"), ("after dedup+cache", "final_cost_usd"))
+
+
+def _row(label: str, m: dict[str, Any]) -> list[str]:
+    """One line of the table: counts with thousands separators, costs in dollars."""
+    return [label, *(f"{m[key]:,}" for _, key in _COLUMNS), *(render.usd(m[key]) for _, key in _COSTS)]
+
+
+def _show(data: dict[str, Any]) -> None:
+    """The estimate as a table per model plus totals, then the saving, context overflows and warnings."""
+    rows = [_row(m["model"], m) for m in data["models"]]
     t = data["totals"]
-    rows.append(
-        [
-            "total",
-            f"{t['requests']:,}",
-            f"{t['distinct_requests']:,}",
-            f"{t['cache_hits']:,}",
-            f"{t['requests_to_send']:,}",
-            f"{t['input_tokens']:,}",
-            f"{t['output_tokens']:,}",
-            render.usd(t["sync_cost_usd"]),
-            render.usd(t["batch_cost_usd"]),
-            render.usd(t["final_cost_usd"]),
-        ]
-    )
-    render.table(
-        rows,
-        [
-            "model",
-            "requests",
-            "distinct",
-            "cached",
-            "to send",
-            "input tok",
-            "output tok (max)",
-            "sync",
-            "batch",
-            "after dedup+cache",
-        ],
-    )
+    rows.append(_row("total", t))
+    render.table(rows, ["model", *(h for h, _ in _COLUMNS), *(h for h, _ in _COSTS)])
     if t["saving_pct"] is not None:
         click.echo(
             f"saving vs sync: {render.usd(t['saving_usd'])} ({t['saving_pct']}%; batch price alone "

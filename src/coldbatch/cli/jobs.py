@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -258,89 +258,99 @@ Examples:
     help="--examples: the embedding model (default: the embedded engine's own, "
     f"{DEFAULT_EMBEDDING_MODEL}; with --base-url, {EX.DEFAULT_EMBEDDING_MODEL}).",
 )
-def run(
-    input_path: Path,
-    output: Path,
-    base_url: str | None,
-    api_key: str | None,
-    engine: str,
-    name: str | None,
-    max_cost: float | None,
-    yes: bool,
-    poll_interval: float,
-    max_attempts: int,
-    max_in_flight: int,
-    max_enqueued_tokens: int | None,
-    completion_window: str,
-    keep_remote_files: bool,
-    dedup: bool | None,
-    use_cache: bool | None,
-    cache_only: bool,
-    cache_max_entries: int | None,
-    cache_max_age_days: float | None,
-    mode: str,
-    sync_threshold: int,
-    rpm: float | None,
-    tpm: float | None,
-    request_timeout: float,
-    concurrency: int,
-    rate_window: float,
-    deadline: str | None,
-    sync_base_url: str | None,
-    sync_api_key: str | None,
-    output_prefix: str,
-    provider: str | None,
-    fail_on_errors: tuple[float, bool],
-    **opts: Any,
-) -> None:
+def run(input_path: Path, output: Path, **kw: Any) -> None:
     """Run a whole job: prepare, estimate, then send it as batches (submit, poll, collect, retry) or request by
     request (--mode sync; auto picks), and write OUTPUT."""
+    f, opts = options.split_flags(RunFlags, kw)
     output_kind(output)
-    job_id = new_job_id(name)
+    job_id = new_job_id(f.name)
     companion: tuple[RequestSpec, dict[str, Any]] | None = None
     if opts.get("examples_path") is not None:
-        spec, *companion = _examples_job(job_id, input_path, opts, base_url)  # type: ignore[assignment]
+        spec, *companion = _examples_job(job_id, input_path, opts, f.base_url)  # type: ignore[assignment]
     else:
-        spec = options.spec_from(preflight.default_model(opts, base_url, engine, api_key))
-    RP.check_output_columns(input_path, options.input_format(opts), spec, output_prefix, companion)
+        spec = options.spec_from(preflight.default_model(opts, f.base_url, f.engine, f.api_key))
+    RP.check_output_columns(input_path, options.input_format(opts), spec, f.output_prefix, companion)
     kind, limits, mode = choose.resolve(
-        provider, base_url, spec, options.limits_from(opts), mode, deadline=deadline is not None
+        f.provider, f.base_url, spec, options.limits_from(opts), f.mode, deadline=f.deadline is not None
     )
-    run_opts = RunOptions(
+    run_opts = f.run_options(
         spec=spec.describe(),
         limits=asdict(limits),
         provider_kind=kind,
         fmt=options.input_format(opts),
-        max_cost=max_cost,
-        max_attempts=max_attempts,
-        max_in_flight=max_in_flight,
-        max_enqueued_tokens=max_enqueued_tokens,
-        completion_window=completion_window,
-        keep_remote_files=keep_remote_files,
-        poll_interval=poll_interval,
-        provider=base_url or "embedded",
-        dedup=dedup,
-        cache=use_cache,
-        cache_only=cache_only,
-        cache_max_entries=cache_max_entries,
-        cache_max_age_days=cache_max_age_days,
         mode=mode,
-        rpm=rpm,
-        tpm=tpm,
-        rate_window=rate_window,
-        request_timeout=request_timeout,
-        concurrency=concurrency,
-        sync_threshold=sync_threshold,
-        deadline=parse_deadline(deadline) if deadline else None,
-        sync_base_url=sync_base_url,
         examples=companion[1] if companion else None,
-        output_prefix=output_prefix,
     )
-    if sync_api_key:
-        os.environ["COLDBATCH_SYNC_API_KEY"] = sync_api_key  # not stored in the ledger; resume reads it again
+    if f.sync_api_key:
+        os.environ["COLDBATCH_SYNC_API_KEY"] = f.sync_api_key  # not stored in the ledger; resume reads it again
     J.create_job(job_id, input_path, output, run_opts, companion)
     click.echo(f"job {job_id} (resume with: coldbatch resume {job_id})", err=True)
-    _finish(_drive(job_id, base_url=base_url, api_key=api_key, engine=engine, yes=yes), fail_on_errors)
+    _finish(_drive(job_id, base_url=f.base_url, api_key=f.api_key, engine=f.engine, yes=f.yes), f.fail_on_errors)
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """`coldbatch run`'s own flags, typed once (click passes them by keyword; the request and limit options
+    stay a dict for `options.spec_from` / `limits_from`)."""
+
+    base_url: str | None
+    api_key: str | None
+    engine: str
+    name: str | None
+    max_cost: float | None
+    yes: bool
+    poll_interval: float
+    max_attempts: int
+    max_in_flight: int
+    max_enqueued_tokens: int | None
+    completion_window: str
+    keep_remote_files: bool
+    dedup: bool | None
+    use_cache: bool | None
+    cache_only: bool
+    cache_max_entries: int | None
+    cache_max_age_days: float | None
+    mode: str
+    sync_threshold: int
+    rpm: float | None
+    tpm: float | None
+    request_timeout: float
+    concurrency: int
+    rate_window: float
+    deadline: str | None
+    sync_base_url: str | None
+    sync_api_key: str | None
+    output_prefix: str
+    provider: str | None
+    fail_on_errors: tuple[float, bool]
+
+    def run_options(self, **resolved: Any) -> RunOptions:
+        """The job's stored options: these flags plus what `run` resolved (spec, limits, kind, mode, ...)."""
+        return RunOptions(
+            max_cost=self.max_cost,
+            max_attempts=self.max_attempts,
+            max_in_flight=self.max_in_flight,
+            max_enqueued_tokens=self.max_enqueued_tokens,
+            completion_window=self.completion_window,
+            keep_remote_files=self.keep_remote_files,
+            poll_interval=self.poll_interval,
+            provider=self.base_url or "embedded",
+            dedup=self.dedup,
+            cache=self.use_cache,
+            cache_only=self.cache_only,
+            cache_max_entries=self.cache_max_entries,
+            cache_max_age_days=self.cache_max_age_days,
+            rpm=self.rpm,
+            tpm=self.tpm,
+            rate_window=self.rate_window,
+            request_timeout=self.request_timeout,
+            concurrency=self.concurrency,
+            sync_threshold=self.sync_threshold,
+            deadline=parse_deadline(self.deadline) if self.deadline else None,
+            sync_base_url=self.sync_base_url,
+            output_prefix=self.output_prefix,
+            **resolved,
+        )
 
 
 def _is_local(job_id: str) -> bool:
