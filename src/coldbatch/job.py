@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.core.exit_status import exit_code
+from coldbatch.core.unit_state import JobStatus
 from coldbatch.errors import InputError, ProviderError, UsageError
 from coldbatch.providers import choose
 from coldbatch.providers import kinds as K
@@ -144,7 +145,7 @@ def _held_elsewhere(lg: Ledger, lock: JobLock, job_id: str, cancel: bool, notice
                 f"Job {job_id} is being run by another process (pid {holder}); wait for it, or "
                 f"stop it and run `coldbatch resume {job_id}`."
             )
-        lg.set_job(job_id, status="cancelling")
+        lg.set_job(job_id, status=JobStatus.CANCELLING)
     finally:
         lg.close()
     notice(f"job {job_id} is running in process {holder}: asked it to cancel its batches and finish.")
