@@ -262,4 +262,6 @@ def serve(
     # step); with a finalize thread busy beside it, each re-take waits out the switch interval (5 ms by
     # default). A shorter interval keeps the loop's SQLite writes from queueing behind that thread.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    uvicorn.run(create_app(settings, eng), host=host, port=port, log_level="warning")
+    from coldbatch.server.wire import http_protocol  # one send per response (server/wire.py)
+
+    uvicorn.run(create_app(settings, eng), host=host, port=port, log_level="warning", http=http_protocol())

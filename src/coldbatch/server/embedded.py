@@ -36,9 +36,13 @@ class EmbeddedServer:
     def __enter__(self) -> EmbeddedServer:
         import uvicorn
 
+        from coldbatch.server import wire
+
         engine = pool.open_engine(self.engine_name, **self.engine_options)  # native engines: in worker processes
         app = create_app(ServerSettings(data_dir=self.data_dir, allow_short_windows=True), engine)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", http=wire.http_protocol()
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="coldbatch-embedded", daemon=True)
         self._thread.start()
