@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Collection
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from coldbatch.engines.base import Engine
@@ -14,8 +14,9 @@ from coldbatch.errors import ConfigError
 GROUP = "coldbatch.engines"
 
 
-def available(only: Collection[str] | None = None) -> dict[str, Callable[..., Engine]]:
-    found: dict[str, Callable[..., Engine]] = {}
+def available(only: Collection[str] | None = None) -> dict[str, EntryPoint]:
+    """The engines that may load, by name, as entry points (not loaded yet)."""
+    found: dict[str, EntryPoint] = {}
     for ep in entry_points(group=GROUP):
         if only is None or ep.name in only or ep.value.startswith("coldbatch."):
             found[ep.name] = ep  # loaded lazily: a missing extra only matters when chosen
@@ -27,9 +28,9 @@ def load(name: str, only: Collection[str] | None = None) -> Callable[..., Engine
     eps = available(only)
     if name not in eps:
         raise ConfigError(f"Unknown engine {name!r}; available: {', '.join(sorted(eps)) or 'none'}")
-    factory: Any = eps[name]
     try:
-        return factory.load()  # type: ignore[no-any-return]
+        factory: Callable[..., Engine] = eps[name].load()
+        return factory
     except ImportError as exc:
         raise ConfigError(
             f"The {name!r} engine cannot be loaded ({exc}); install its extra, e.g. pip install 'coldbatch[local]'"
