@@ -14,6 +14,7 @@ from coldbatch import job as J
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.cli import exitcodes, options, preflight
 from coldbatch.cli import providers as PV
+from coldbatch.cli.flags import split_flags
 from coldbatch.cli.progress import ProgressDisplay
 from coldbatch.cli.report import print_report, show_estimate
 from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL
@@ -261,7 +262,7 @@ Examples:
 def run(input_path: Path, output: Path, **kw: Any) -> None:
     """Run a whole job: prepare, estimate, then send it as batches (submit, poll, collect, retry) or request by
     request (--mode sync; auto picks), and write OUTPUT."""
-    f, opts = options.split_flags(RunFlags, kw)
+    f, opts = split_flags(RunFlags, kw)
     output_kind(output)
     job_id = new_job_id(f.name)
     companion: tuple[RequestSpec, dict[str, Any]] | None = None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import orjson
@@ -16,7 +15,6 @@ from coldbatch.errors import UsageError
 from coldbatch.protocol import limits as L
 
 F = Callable[..., Any]
-T = TypeVar("T")
 
 _REQUEST_OPTIONS: list[Callable[[F], F]] = [
     click.option("--model", "-m", help="Model for every request (one model per shard)."),
@@ -153,11 +151,3 @@ def limits_from(opts: dict[str, Any]) -> L.Limits:
     return L.Limits(
         max_requests=opts["max_requests"], max_bytes=opts["max_bytes"], max_line_bytes=opts["max_line_bytes"]
     )
-
-
-def split_flags(cls: type[T], kw: dict[str, Any]) -> tuple[T, dict[str, Any]]:
-    """A command's own flags as its frozen dataclass `cls`, and the rest of click's keyword arguments (the
-    shared groups above, read by `spec_from` / `limits_from`). Why: a signature listing every flag made
-    `run` and `serve` too long to read on one screen (issue 11); the dataclass types each flag once."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in kw.items() if k in names}), {k: v for k, v in kw.items() if k not in names}
