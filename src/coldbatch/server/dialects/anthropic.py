@@ -193,7 +193,8 @@ def from_chat(res: Result, body: dict[str, Any]) -> Result:
             }
         )
     u = res.usage
-    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    details: Any = u.get("prompt_tokens_details") or {}  # a nested object, though Result types usage as counts
+    cached = details.get("cached_tokens") or 0
     usage = {
         "input_tokens": u.get("prompt_tokens", 0) - cached,
         "output_tokens": u.get("completion_tokens", 0),
@@ -270,7 +271,7 @@ def result_line(line: dict[str, Any]) -> dict[str, Any]:
     """One line of a batch's output or error file as a `MessageBatchIndividualResponse`."""
     response, error = line.get("response"), line.get("error") or {}
     if response is None:
-        kind = {"batch_cancelled": "canceled", "batch_expired": "expired"}.get(error.get("code"))
+        kind = {"batch_cancelled": "canceled", "batch_expired": "expired"}.get(error.get("code") or "")
         result: dict[str, Any] = (
             {"type": kind}
             if kind
