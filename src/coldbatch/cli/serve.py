@@ -7,12 +7,16 @@ import ipaddress
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
 
+from coldbatch.cli.flags import split_flags
 from coldbatch.engines import pool
+from coldbatch.engines.base import Engine
 from coldbatch.errors import UsageError
 from coldbatch.server.app import create_app
 from coldbatch.server.app_types import ServerSettings
@@ -173,95 +177,124 @@ def _keys(cli_keys: tuple[str, ...], key_file: Path | None) -> list[str]:
     help="With --store: blobs no file owns and abandoned multipart uploads older than this are removed "
     "(younger ones may be another process's upload in flight).",
 )
-def serve(
-    host: str,
-    port: int,
-    data_dir: Path,
-    engine: str,
-    model_path: Path | None,
-    api_keys: tuple[str, ...],
-    api_key_file: Path | None,
-    max_upload_bytes: int,
-    allow_short_windows: bool,
-    enqueued_token_limit: int | None,
-    echo_latency: float,
-    echo_failure_rate: float,
-    upstream: str | None,
-    upstream_key: str | None,
-    rpm: int | None,
-    tpm: int | None,
-    engine_workers: int | None,
-    engine_options: tuple[str, ...],
-    running_batches: int,
-    store_url: str | None,
-    blobs_url: str | None,
-    execute: bool,
-    lease_seconds: float,
-    chunk_lines: int,
-    orphan_grace_seconds: float,
-) -> None:
+def serve(**kw: Any) -> None:
     """Serve an OpenAI-compatible /v1/files + /v1/batches API (plus sync /v1/chat/completions)."""
     import uvicorn
 
-    keys = _keys(api_keys, api_key_file)
-    if not keys and not _is_loopback(host):
-        raise UsageError(
-            f"Refusing to bind {host} without an API key: anyone could read every batch. "
-            "Pass --api-key (or bind 127.0.0.1)."
-        )
-    if blobs_url and not store_url:
-        raise UsageError(
-            "--blobs needs --store postgresql://…: several processes share files only through a shared database"
-        )
-    if store_url:  # fail now, naming the database or the bucket, not at the first request
-        from coldbatch.cli.worker import open_backends
-
-        for opened in open_backends(store_url, blobs_url, data_dir):
-            with contextlib.suppress(Exception):
-                opened.close()
-    options: dict[str, object] = {}
-    if engine == "echo":
-        options = {"latency": echo_latency, "failure_rate": echo_failure_rate}
-    elif engine == "relay":
-        if not upstream:
-            raise UsageError(
-                "The relay engine needs --upstream URL (an OpenAI-compatible API, e.g. http://host:8080/v1)."
-            )
-        options = {"upstream": upstream, "api_key": upstream_key, "rpm": rpm, "tpm": tpm}
-    elif model_path is not None:
-        options = {"model_path": str(model_path)}
-    options.update(parse_engine_options(engine_options))
+    f, _ = split_flags(ServeFlags, kw)
+    keys = _keys(f.api_keys, f.api_key_file)
+    _refuse_unsafe(f, keys)
     plugins = os.environ.get("COLDBATCH_PLUGINS")
-    eng = pool.open_engine(engine, workers=engine_workers, only=plugins.split(",") if plugins else None, **options)
-    settings = ServerSettings(
-        data_dir=data_dir,
-        api_keys=keys,
-        max_upload_bytes=max_upload_bytes,
-        allow_short_windows=allow_short_windows,
-        executor=ExecutorConfig(enqueued_token_limit=enqueued_token_limit, running_batches=running_batches),
-        store_url=store_url,
-        blobs_url=blobs_url,
-        execute=execute,
-        lease_seconds=lease_seconds,
-        orphan_grace_seconds=orphan_grace_seconds,
-        chunk_lines=chunk_lines,
+    eng = pool.open_engine(
+        f.engine, workers=f.engine_workers, only=plugins.split(",") if plugins else None, **_engine_options(f)
     )
-    label = f"{eng.info.name} (TEST FIXTURE, not a model)" if eng.info.fixture else eng.info.name
-    if isinstance(eng, pool.WorkerPool):
-        label += f", {eng.workers} worker process{'es' if eng.workers > 1 else ''}"
-    where = f"data in {data_dir.resolve()}"
-    if store_url:
-        from coldbatch.store.postgres import redact
-
-        where = f"store {redact(store_url)}, files in {blobs_url or data_dir.resolve()}"
-    click.echo(f"coldbatch serve: engine {label}, {where}, http://{host}:{port}/v1", err=True)
-    click.echo(f"dashboard http://{host}:{port}/ui/, Prometheus metrics http://{host}:{port}/metrics", err=True)
-    if not keys:
-        click.echo("No API key configured: bound to loopback only, every caller shares one namespace.", err=True)
+    settings = f.settings(keys)
+    _announce(f, eng, keys)
     # The event loop re-takes the GIL once per row of each results commit (sqlite3 releases it around every
     # step); with a finalize thread busy beside it, each re-take waits out the switch interval (5 ms by
     # default). A shorter interval keeps the loop's SQLite writes from queueing behind that thread.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     from coldbatch.server.wire import http_protocol  # one send per response (server/wire.py)
 
-    uvicorn.run(create_app(settings, eng), host=host, port=port, log_level="warning", http=http_protocol())
+    uvicorn.run(create_app(settings, eng), host=f.host, port=f.port, log_level="warning", http=http_protocol())
+
+
+@dataclass(frozen=True)
+class ServeFlags:
+    """`coldbatch serve`'s flags, typed once (click passes them by keyword; see cli/flags.py)."""
+
+    host: str
+    port: int
+    data_dir: Path
+    engine: str
+    model_path: Path | None
+    api_keys: tuple[str, ...]
+    api_key_file: Path | None
+    max_upload_bytes: int
+    allow_short_windows: bool
+    enqueued_token_limit: int | None
+    echo_latency: float
+    echo_failure_rate: float
+    upstream: str | None
+    upstream_key: str | None
+    rpm: int | None
+    tpm: int | None
+    engine_workers: int | None
+    engine_options: tuple[str, ...]
+    running_batches: int
+    store_url: str | None
+    blobs_url: str | None
+    execute: bool
+    lease_seconds: float
+    chunk_lines: int
+    orphan_grace_seconds: float
+
+    def settings(self, keys: list[str]) -> ServerSettings:
+        """What the app is built from (server/app_types.py): the flags the server itself reads."""
+        return ServerSettings(
+            data_dir=self.data_dir,
+            api_keys=keys,
+            max_upload_bytes=self.max_upload_bytes,
+            allow_short_windows=self.allow_short_windows,
+            executor=ExecutorConfig(
+                enqueued_token_limit=self.enqueued_token_limit, running_batches=self.running_batches
+            ),
+            store_url=self.store_url,
+            blobs_url=self.blobs_url,
+            execute=self.execute,
+            lease_seconds=self.lease_seconds,
+            orphan_grace_seconds=self.orphan_grace_seconds,
+            chunk_lines=self.chunk_lines,
+        )
+
+
+def _refuse_unsafe(f: ServeFlags, keys: list[str]) -> None:
+    """Refuse, before any engine starts, a server anyone could read, and backends that cannot be reached."""
+    if not keys and not _is_loopback(f.host):
+        raise UsageError(
+            f"Refusing to bind {f.host} without an API key: anyone could read every batch. "
+            "Pass --api-key (or bind 127.0.0.1)."
+        )
+    if f.blobs_url and not f.store_url:
+        raise UsageError(
+            "--blobs needs --store postgresql://…: several processes share files only through a shared database"
+        )
+    if f.store_url:  # fail now, naming the database or the bucket, not at the first request
+        from coldbatch.cli.worker import open_backends
+
+        for opened in open_backends(f.store_url, f.blobs_url, f.data_dir):
+            with contextlib.suppress(Exception):
+                opened.close()
+
+
+def _engine_options(f: ServeFlags) -> dict[str, object]:
+    """The engine's constructor options: its own flags (echo, relay, llama-cpp), then --engine-option."""
+    options: dict[str, object] = {}
+    if f.engine == "echo":
+        options = {"latency": f.echo_latency, "failure_rate": f.echo_failure_rate}
+    elif f.engine == "relay":
+        if not f.upstream:
+            raise UsageError(
+                "The relay engine needs --upstream URL (an OpenAI-compatible API, e.g. http://host:8080/v1)."
+            )
+        options = {"upstream": f.upstream, "api_key": f.upstream_key, "rpm": f.rpm, "tpm": f.tpm}
+    elif f.model_path is not None:
+        options = {"model_path": str(f.model_path)}
+    options.update(parse_engine_options(f.engine_options))
+    return options
+
+
+def _announce(f: ServeFlags, eng: Engine, keys: list[str]) -> None:
+    """What runs where, on stderr: the engine, where data lives, the API, dashboard and metrics URLs."""
+    label = f"{eng.info.name} (TEST FIXTURE, not a model)" if eng.info.fixture else eng.info.name
+    if isinstance(eng, pool.WorkerPool):
+        label += f", {eng.workers} worker process{'es' if eng.workers > 1 else ''}"
+    where = f"data in {f.data_dir.resolve()}"
+    if f.store_url:
+        from coldbatch.store.postgres import redact
+
+        where = f"store {redact(f.store_url)}, files in {f.blobs_url or f.data_dir.resolve()}"
+    click.echo(f"coldbatch serve: engine {label}, {where}, http://{f.host}:{f.port}/v1", err=True)
+    click.echo(f"dashboard http://{f.host}:{f.port}/ui/, Prometheus metrics http://{f.host}:{f.port}/metrics", err=True)
+    if not keys:
+        click.echo("No API key configured: bound to loopback only, every caller shares one namespace.", err=True)
