@@ -9,6 +9,8 @@
   server is a test failure, never a silent skip.
 
 Each test gets its own PostgreSQL schema and its own bucket, so tests never see each other's rows.
+Under pytest-xdist (scripts/test) each worker is its own session and starts its own servers, on its own free
+ports and in its own temp data dir, only once one of its tests needs them: nothing is shared between workers.
 """
 
 from __future__ import annotations
