@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from coldbatch import job as J
+from coldbatch._alloc import small_input_pool
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.cli import exitcodes, options, preflight
 from coldbatch.cli import providers as PV
@@ -262,6 +263,7 @@ Examples:
 def run(input_path: Path, output: Path, **kw: Any) -> None:
     """Run a whole job: prepare, estimate, then send it as batches (submit, poll, collect, retry) or request by
     request (--mode sync; auto picks), and write OUTPUT."""
+    small_input_pool(input_path)
     f, opts = split_flags(RunFlags, kw)
     output_kind(output)
     job_id = new_job_id(f.name)
