@@ -59,16 +59,21 @@ def _pool_after(code: str, env: dict[str, str] | None = None) -> str:
     return out.stdout.decode().splitlines()[-1]
 
 
+def _cli(*args: str) -> str:
+    """Code that runs one coldbatch command in-process (its exit status does not matter here)."""
+    head = "from click.testing import CliRunner\nfrom coldbatch.cli import main\n"
+    return f"{head}CliRunner().invoke(main, {list(args)!r})"
+
+
 def test_a_small_run_allocates_arrow_buffers_from_the_system_pool(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """mimalloc kept ~15 MB more of a 1,000-row run's peak; a large input keeps it (prepare's speed)."""
-    small = tmp_path / "small.csv"
+    small, home = tmp_path / "small.csv", {"COLDBATCH_HOME": str(tmp_path / "home")}
     small.write_text("text\nhello\nworld\n")
-    run = (
-        "from click.testing import CliRunner\nfrom coldbatch.cli import main\n"
-        f"CliRunner().invoke(main, ['run', {str(small)!r}, '--out', {str(tmp_path / 'out.csv')!r}, '--model', 'm',"
-        " '--prompt', '{text}', '--base-url', 'http://127.0.0.1:9/v1', '--api-key', 'k', '--yes'])"
-    )
-    assert _pool_after(run, {"COLDBATCH_HOME": str(tmp_path / "home")}) == "system"
+    job = ["--model", "m", "--prompt", "{text}"]
+    run = _cli("run", str(small), "--out", str(tmp_path / "out.csv"), *job, "--base-url", "http://127.0.0.1:9/v1",
+               "--api-key", "k", "--yes")  # fmt: skip
+    assert _pool_after(run, home) == "system"
+    assert _pool_after(_cli("prepare", str(small), "-o", str(tmp_path / "shards"), *job), home) == "system"
     large = tmp_path / "large.csv"
     with large.open("wb") as fh:
         fh.truncate(5 << 20)  # over SMALL_INPUT_BYTES (sparse: no 5 MB written)

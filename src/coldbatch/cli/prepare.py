@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from coldbatch._alloc import small_input_pool
 from coldbatch.builder.api import prepare as run_prepare
 from coldbatch.cli import options, render
 from coldbatch.cli import providers as PV
@@ -31,6 +32,7 @@ def prepare(input_path: Path, out: Path, as_json: bool, provider: str | None, **
 
     Shards are OpenAI batch lines for every provider, cut within --provider's limits; `run` translates
     them for Anthropic and Gemini as it submits (a body they cannot express is refused here)."""
+    small_input_pool(input_path)
     spec = options.spec_from(opts)
     _, limits, _ = choose.resolve(provider, None, spec, options.limits_from(opts))
     result = run_prepare(input_path, out, spec, limits=limits, fmt=options.input_format(opts))
