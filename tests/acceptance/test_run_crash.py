@@ -322,6 +322,7 @@ def _check_server(srv: EchoServer, job: str, home: Path) -> dict[str, int]:
     return {"units": len(units), "batches": len(batches), "rounds": rounds}
 
 
+@pytest.mark.alone  # timing under kill -9s: run after the parallel part, by itself (scripts/test)
 def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_output(tmp_path: Path, dataset: Path) -> None:
     t_start = time.monotonic()
     reference, startup = _reference(tmp_path, dataset)

@@ -74,6 +74,7 @@ def test_relay_concurrency_is_an_engine_option() -> None:
         pool.open_engine("relay", workers=0, upstream="http://127.0.0.1:9/v1", concurency=8)
 
 
+@pytest.mark.alone  # measures pacing against a limit: run after the parallel part, by itself (scripts/test)
 def test_relay_settles_under_the_upstreams_limit_and_climbs_back_when_it_rises() -> None:
     """Phase 1: the upstream takes 4 at once; the relay (at most 32) must back off so that refusals become rare
     (a fixed 32 kept having most attempts refused). Phase 2: the upstream takes 16; the relay must climb back

@@ -175,6 +175,7 @@ def _draw_delay(rng: random.Random) -> float:
     return rng.uniform(0.5, 1.5)
 
 
+@pytest.mark.alone  # timing under kill -9s: run after the parallel part, by itself (scripts/test)
 def test_kill_and_restart_until_done(tmp_path: Path) -> None:
     started = time.monotonic()
     rng = random.Random(SEED)
