@@ -4,6 +4,7 @@ byte, and everything that is not a plain successful poll still goes to the ordin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,11 @@ def test_a_poll_is_the_framework_answer_byte_for_byte(server: Server, client: op
         input_file_id=f.id, endpoint=CHAT, completion_window="24h", metadata={"note": 'café ☕ "q" \\ \n'}
     )
     waiting = client.batches.create(input_file_id=f.id, endpoint=CHAT, completion_window="24h")
-    client.batches.cancel(waiting.id)
+    with contextlib.suppress(openai.ConflictError):  # it may have failed validation (line b) already
+        client.batches.cancel(waiting.id)
     http = server.http()
     for _ in range(200):
-        if {client.batches.retrieve(b).status for b in (done.id, waiting.id)} <= {"completed", "cancelled"}:
+        if {client.batches.retrieve(b).status for b in (done.id, waiting.id)} <= {"completed", "cancelled", "failed"}:
             break
         time.sleep(0.05)
     store = stored(server)
