@@ -583,6 +583,7 @@ def test_12_expiry(serve: ServeFactory) -> None:
         client.batches.cancel(b.id)
 
 
+@pytest.mark.alone  # how far the second batch got when the first completed is timing: run by itself (scripts/test)
 def test_12_batches_run_in_turn_and_a_waiting_batch_cancels_or_expires_at_once(serve: ServeFactory) -> None:
     """One batch executes at a time (oldest first): the first finishes while later ones have not started,
     so a client can collect it early. A batch waiting its turn still expires on time, and cancels at once."""

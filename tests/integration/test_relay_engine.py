@@ -122,7 +122,12 @@ def test_a_batch_runs_against_the_upstream_with_per_line_errors_in_the_error_fil
         if fail is None:
             continue
         response = err[x["custom_id"]]["response"]
-        assert response["status_code"] == fail and response["body"]["error"]["code"] == "echo_fail"
+        if fail == 503 and response["status_code"] == 500:
+            # its last attempt drew one of the upstream's injected 500s instead (error_rate: which request
+            # draws which number depends on arrival order, so on timing): still the last attempt's answer
+            assert response["body"]["error"]["type"] == "server_error" and seen["error"] >= 1
+        else:
+            assert response["status_code"] == fail and response["body"]["error"]["code"] == "echo_fail"
         if fail == 400:
             assert seen["refused"] == 1  # not retried (earlier attempts may have met an injected 500)
         else:
