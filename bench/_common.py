@@ -6,7 +6,10 @@ import contextlib
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -47,3 +50,25 @@ def vm_hwm(pid: int) -> int | None:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return None
+
+
+def start_echo_server(
+    data_dir: Path, port: int, latency: float, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`coldbatch serve --engine echo` (a test fixture, not a model) on 127.0.0.1:`port`, its output in `log`;
+    returned once /health answers. Exits the benchmark if it dies or is not up in 30 s."""
+    cmd = [sys.executable, "-m", "coldbatch", "serve", "--engine", "echo", "--echo-latency", str(latency)]
+    cmd += ["--data-dir", str(data_dir), "--port", str(port)]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}; see {log}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit(f"server did not come up in 30 s; see {log}")
+        time.sleep(0.05)

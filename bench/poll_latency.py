@@ -30,14 +30,13 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import orjson
-from _common import free_port
+from _common import free_port, start_echo_server
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
@@ -128,32 +127,8 @@ def server_env(args: argparse.Namespace, work: Path) -> dict[str, str]:
 
 
 def start_server(data: Path, port: int, latency: float, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "coldbatch",
-        "serve",
-        "--engine",
-        "echo",
-        "--echo-latency",
-        str(latency),
-        "--data-dir",
-        str(data),
-        "--port",
-        str(port),
-    ]
     data.mkdir(parents=True)
-    with (data / "server.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not start")
+    return start_echo_server(data, port, latency, data / "server.log", env)
 
 
 def batch_input(rows: int) -> bytes:

@@ -35,9 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import psutil
-from _common import GEN_FEEDBACK, free_port, vm_hwm
+from _common import GEN_FEEDBACK, free_port, start_echo_server, vm_hwm
 from openai import OpenAI
 
 GOAL_RPS = 20_000
@@ -117,33 +116,8 @@ class RssSampler(threading.Thread):
 
 @contextlib.contextmanager
 def server(data_dir: Path, port: int, latency: float, log: Path):  # type: ignore[no-untyped-def]
-    cmd = [
-        sys.executable,
-        "-m",
-        "coldbatch",
-        "serve",
-        "--engine",
-        "echo",
-        "--echo-latency",
-        str(latency),
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-    ]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    proc = start_echo_server(data_dir, port, latency, log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode}; see {log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server did not come up in 30 s; see {log}")
-            time.sleep(0.05)
         yield proc
     finally:
         if proc.poll() is None:
