@@ -12,44 +12,24 @@ import re
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
-from coldbatch.builder.build import Built
-from coldbatch.core.shard import ShardPlanner
+from coldbatch.core.shard import ShardInfo, ShardPlanner
 from coldbatch.errors import InputError
+
+if TYPE_CHECKING:
+    from coldbatch.builder.build import Built
+
+__all__ = ["MANIFEST", "REJECTS", "ShardInfo", "ShardWriter", "publish", "staging_folder", "write_json"]
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "coldbatch.manifest/1"
 REJECTS = "rejects.jsonl"
 _OWN_FILES = re.compile(r"manifest\.json|rejects\.jsonl|shard-\d{5,}\.jsonl|\.DS_Store")  # what a re-run may replace
-
-
-@dataclass
-class ShardInfo:
-    path: str
-    model: str
-    requests: int = 0
-    bytes: int = 0
-    first_row: int = 0
-    last_row: int = 0
-    sha256: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "model": self.model,
-            "requests": self.requests,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-            "first_row": self.first_row,
-            "last_row": self.last_row,
-        }
 
 
 class ShardWriter:
@@ -69,6 +49,8 @@ class ShardWriter:
         self._inflight: deque[Future[None]] = deque()
 
     def add(self, built: Built, model: str) -> None:
+        import numpy as np  # the columnar path's; the small-input path writes through core.shard.LineShards
+
         arr = built.lines
         n = len(arr)
         if n == 0:

@@ -15,13 +15,13 @@ this module records the mapping and writes the distinct requests.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
+from coldbatch.core.shard import LineShards
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import Accumulator, Estimate, Pending, accumulate, request_lines
 from coldbatch.protocol.limits import Limits
@@ -47,51 +47,36 @@ class PlanStats:
         }
 
 
-@dataclass
 class _SendWriter:
-    folder: Path
-    limits: Limits
-    units: list[dict[str, Any]] = field(default_factory=list)
-    _fh: IO[bytes] | None = None
-    _hash: Any = None
-    _cur: dict[str, Any] | None = None
+    """The send files (`send-NNNNN.jsonl`), cut by the one shard rule (`core.shard.LineShards`), and each
+    file's prompt tokens (for the enqueued-token quota)."""
+
+    def __init__(self, folder: Path, limits: Limits) -> None:
+        self.folder = folder
+        self.files = LineShards(folder, "send-{:05d}.jsonl", limits.max_requests, limits.max_bytes)
+        self.tokens: list[int] = []
 
     def add(self, line: bytes, model: str, tokens: int) -> None:
-        data = line + b"\n"
-        cur = self._cur
-        if (
-            cur is None
-            or cur["requests"] >= self.limits.max_requests
-            or cur["bytes"] + len(data) > self.limits.max_bytes
-            or cur["model"] != model
-        ):
-            self.close()
-            path = self.folder / f"send-{len(self.units) + 1:05d}.jsonl"
-            self._cur = cur = {
-                "round": 1,
-                "shard": len(self.units) + 1,
-                "path": str(path),
-                "requests": 0,
-                "bytes": 0,
-                "sha256": "",
-                "model": model,
-                "tokens": 0,
-            }
-            self.units.append(cur)
-            self._fh = path.open("wb")
-            self._hash = hashlib.sha256()
-        assert self._fh is not None
-        self._fh.write(data)
-        self._hash.update(data)
-        cur["requests"] += 1
-        cur["bytes"] += len(data)
-        cur["tokens"] += tokens
+        self.files.add(line + b"\n", model)
+        if len(self.tokens) < len(self.files.shards):
+            self.tokens.append(0)
+        self.tokens[-1] += tokens
 
-    def close(self) -> None:
-        if self._fh is not None and self._cur is not None:
-            self._fh.close()
-            self._cur["sha256"] = self._hash.hexdigest()
-            self._fh = None
+    def close(self) -> list[dict[str, Any]]:
+        """The ledger units of the files written (round 1)."""
+        return [
+            {
+                "round": 1,
+                "shard": n,
+                "path": str(self.folder / s.path),
+                "requests": s.requests,
+                "bytes": s.bytes,
+                "sha256": s.sha256,
+                "model": s.model,
+                "tokens": tokens,
+            }
+            for n, (s, tokens) in enumerate(zip(self.files.close(), self.tokens, strict=True), 1)
+        ]
 
 
 def plan_sends(
@@ -143,6 +128,8 @@ def plan_sends(
             stats.not_cached += len(unanswered)
 
     acc.sink = sink
-    est = accumulate(acc, request_lines(shard_paths))
-    writer.close()
-    return writer.units, stats, est
+    try:
+        est = accumulate(acc, request_lines(shard_paths))
+    finally:
+        units = writer.close()
+    return units, stats, est

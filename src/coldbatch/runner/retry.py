@@ -7,11 +7,11 @@ holds already. A cancelled or rescued job gets no new round: its transient failu
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from coldbatch.core.shard import LineShards
 from coldbatch.protocol.limits import Limits
 from coldbatch.runner.context import WINDING_DOWN, RunContext
 from coldbatch.runner.prepare import tokens_of
@@ -45,49 +45,27 @@ def plan_retry_round(ctx: RunContext) -> bool:
     return True
 
 
-class _RoundFiles:
-    """The files of one retry round, cut within the job's limits (requests, bytes, one model per file)."""
-
-    def __init__(self, folder: Path, rnd: int, lim: Limits) -> None:
-        self.folder, self.rnd, self.lim = folder, rnd, lim
-        self.units: list[dict[str, Any]] = []
-        self.out: IO[bytes] | None = None
-        self.cur: dict[str, Any] = {}
-        self.h = hashlib.sha256()
-
-    def add(self, data: bytes, model: str) -> None:
-        cur = self.cur
-        if (
-            self.out is None
-            or cur["requests"] >= self.lim.max_requests
-            or cur["bytes"] + len(data) > self.lim.max_bytes
-            or model != cur["model"]
-        ):
-            self._open(model)
-        assert self.out is not None
-        self.out.write(data)
-        self.h.update(data)
-        self.cur["requests"] += 1
-        self.cur["bytes"] += len(data)
-
-    def _open(self, model: str) -> None:
-        self.close()
-        path = self.folder / f"round-{self.rnd}-{len(self.units) + 1:05d}.jsonl"
-        self.out, self.h = path.open("wb"), hashlib.sha256()
-        self.cur = {"round": self.rnd, "shard": len(self.units) + 1, "path": str(path), "requests": 0, "bytes": 0}
-        self.cur["model"] = model
-
-    def close(self) -> None:
-        if self.out is not None:
-            self.out.close()
-            self.out = None
-            self.units.append({**self.cur, "sha256": self.h.hexdigest()})
+def _round_units(folder: Path, rnd: int, files: LineShards) -> list[dict[str, Any]]:
+    """The ledger units of one round's files (`round-R-NNNNN.jsonl`)."""
+    return [
+        {
+            "round": rnd,
+            "shard": n,
+            "path": str(folder / s.path),
+            "requests": s.requests,
+            "bytes": s.bytes,
+            "model": s.model,
+            "sha256": s.sha256,
+        }
+        for n, s in enumerate(files.close(), 1)
+    ]
 
 
 def _write_retry_files(ctx: RunContext, folder: Path, ids: set[str], rnd: int) -> list[dict[str, Any]]:
     """The rows to retry, in input order, cut into files within the job's limits (requests, bytes, one model).
     Each row found is taken out of `ids`: what is left was in no shard."""
-    files = _RoundFiles(folder, rnd, Limits(**ctx.opts.limits))
+    lim = Limits(**ctx.opts.limits)
+    files = LineShards(folder, f"round-{rnd}-{{:05d}}.jsonl", lim.max_requests, lim.max_bytes)
     try:
         for line, req in job_requests(ctx.ledger, ctx.job_id):
             if req.custom_id not in ids:
@@ -96,4 +74,4 @@ def _write_retry_files(ctx: RunContext, folder: Path, ids: set[str], rnd: int) -
             ids.discard(req.custom_id)  # a row is retried once per round, even if its id repeats
     finally:
         files.close()
-    return files.units
+    return _round_units(folder, rnd, files)
