@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from coldbatch.cli import main
+from coldbatch.cli import entry
 
-main()
+entry()

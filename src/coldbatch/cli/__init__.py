@@ -6,9 +6,12 @@ This package is the only code that prints. Exit codes: 0 success, 1 invalid inpu
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
+import os
 import sys
+import threading
 from typing import Any
 
 import click
@@ -76,3 +79,41 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def entry() -> None:
+    """The console script and `python -m coldbatch`: run one command, then end the process at once.
+
+    A normal exit tears the interpreter down object by object: 0.3 s of a 3 s `coldbatch run` goes to
+    freeing the openai SDK's ~500 pydantic models and the columnar stack, after the job is done. When the
+    command has returned and only the main thread is left, everything a clean exit still owes is in
+    `atexit` (logging, multiprocessing's children, OpenTelemetry's flush) and in the standard streams; both
+    are run and flushed, then the process ends. Every file the commands write is closed by its own code
+    (shards, OUTPUT, the ledger's commits), so nothing is cut short. If another thread is still alive, the
+    normal exit joins it first. Tests call `main` itself, which never ends the process.
+    """
+    try:
+        main()
+        code: int | str | None = 0
+    except SystemExit as exc:
+        code = exc.code
+    if threading.active_count() > 1:
+        sys.exit(code)
+    status = _exit_status(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`coldbatch jobs | head`): nothing left to say
+            status = status or 1
+    os._exit(status)
+
+
+def _exit_status(code: int | str | None) -> int:
+    """What `sys.exit(code)` would end with: None is 0, a message is printed and ends with 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
