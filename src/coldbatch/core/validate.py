@@ -365,6 +365,10 @@ class FileValidator:
                 "body.input",
             )
 
+    def custom_ids(self) -> list[str]:
+        """The custom_ids seen so far: what a caller validating one file in parts compares across parts."""
+        return list(self._seen)
+
     def finish(self, size: int | None = None) -> Report:
         """Apply the whole-file rules and return the report.
 

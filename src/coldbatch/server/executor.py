@@ -118,7 +118,7 @@ class Executor:
 
     async def run_forever(self) -> None:
         with contextlib.suppress(OSError, NotImplementedError):  # (no processes: validation uses a thread)
-            checking.worker_pool().submit(checking.ready)  # start the validation worker now
+            checking.warm()  # start the validation workers now
         try:
             await asyncio.to_thread(self.disk.keep_reserve)
             await asyncio.to_thread(self.recover)
@@ -200,7 +200,7 @@ class Executor:
         if not self._no_pool:
             try:
                 pool = checking.worker_pool()
-                return await asyncio.get_running_loop().run_in_executor(pool, checking.check_file, *args)
+                return await checking.check(pool, *args)
             except BrokenProcessPool:
                 logger.warning("the validation worker died; the next validation starts a new one")
                 checking.discard(pool)

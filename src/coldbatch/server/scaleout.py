@@ -100,7 +100,7 @@ class Coordinator:
 
     async def run_forever(self) -> None:
         with contextlib.suppress(OSError, NotImplementedError):
-            checking.worker_pool().submit(checking.ready)
+            checking.warm()
         last_sweep = 0.0
         while True:
             if time.monotonic() - last_sweep > self.lease:
@@ -182,7 +182,7 @@ class Coordinator:
             args = (str(path), f["filename"], row["endpoint"], self.engine.info.models, MAX_REPORTED_ERRORS)
             try:
                 pool = checking.worker_pool()
-                checked = await asyncio.get_running_loop().run_in_executor(pool, checking.check_file, *args)
+                checked = await checking.check(pool, *args)
             except Exception as exc:  # no process (or it died): validate here
                 logger.warning("validating on a thread (%s)", exc)
                 checked = await asyncio.to_thread(checking.check_file, *args)
