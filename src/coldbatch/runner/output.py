@@ -7,17 +7,13 @@ coldbatch adds `custom_id`, `response`, `label` and `confidence` (with --labels;
 `error`, `attempts`, `prompt_tokens` and `completion_tokens`. An embeddings job gets `embedding` (the
 vector; see vectors.py) in place of `response`; a --schema job one column per top-level property.
 
-These names never depend on the input's columns (scripts read them): `prefix` (`--output-prefix`) renames
-them all alike, and an input column with the same name as one of them is refused before anything is sent
-(`check_columns`), naming the columns and the flag. Earlier versions prefixed them with `cb_` only when the
-input happened to have one of the names, which broke a scoring script (issue 16).
+The names, their checks, OUTPUT's format and the label parsing live in output_spec.py (no columnar imports);
+a small CSV/TSV/JSONL job's OUTPUT is written by output_rows.py instead, byte for byte the same file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,49 +25,29 @@ import pyarrow.csv as pacsv
 from coldbatch import _gc
 from coldbatch.builder.build import Builder
 from coldbatch.builder.spec import RequestSpec
-from coldbatch.dataset.read import detect_format, open_dataset
-from coldbatch.errors import InputError, UsageError
+from coldbatch.dataset.read import open_dataset
+from coldbatch.errors import InputError
 from coldbatch.protocol import limits as L
 from coldbatch.runner import structured, vectors
 from coldbatch.runner.columns import column
+from coldbatch.runner.output_spec import (
+    ADDED,
+    LABEL_ONLY,
+    Classified,
+    added_columns,
+    check_columns,
+    output_kind,
+    parse_label,
+    part_path,
+)
+from coldbatch.runner.output_spec import publish as publish_file
 from coldbatch.store.interfaces import LedgerStore
+
+__all__ = ["ADDED", "LABEL_ONLY", "Classified", "added_columns", "check_columns", "output_kind", "write_output"]
 
 #: rows joined per step: each carries a result dict from the ledger (4,096 instead of the reader's 16,384
 #: cut the peak RSS of a 200k-row OUTPUT from 268 MB to 207 MB at the same speed)
 OUTPUT_GROUP_ROWS = 4096
-ADDED = ("custom_id", "response", "label", "confidence", "error", "attempts", "prompt_tokens", "completion_tokens")
-LABEL_ONLY = ("label", "confidence")  #: added only to a --labels job's OUTPUT
-
-
-def added_columns(
-    spec: RequestSpec, labels: tuple[str, ...] = (), prefix: str = "", classified: bool = False
-) -> list[str]:
-    """The names of the columns OUTPUT adds to the input's, in order (see the module docstring)."""
-    names = []
-    for c in ADDED:
-        if c in LABEL_ONLY and not (labels or spec.labels):
-            continue
-        embedding = c == "response" and spec.endpoint == L.EMBEDDINGS and not classified
-        names.append(prefix + (vectors.COLUMN if embedding else c))
-    names += [prefix + name for name in (spec.schema or {}).get("properties", {})]
-    return names
-
-
-def check_columns(input_columns: list[str], added: list[str], where: str) -> None:
-    """Refuse a clash between the input's columns and OUTPUT's added ones (a stated rule, not a silent rename)."""
-    clash = [c for c in added if c in input_columns]
-    if clash:
-        raise UsageError(
-            f"{where}: the input already has column(s) {', '.join(clash)}, which OUTPUT adds; pass "
-            f"--output-prefix (e.g. --output-prefix cb_ names them {', '.join('cb_' + c for c in clash[:3])}, ...) "
-            f"or rename the input's column(s)"
-        )
-    dupes = sorted({c for c in added if added.count(c) > 1})
-    if dupes:
-        raise UsageError(
-            f"{where}: OUTPUT would have column(s) {', '.join(dupes)} twice (a --schema property "
-            "named like an added column); pass --output-prefix"
-        )
 
 
 def input_columns(input_path: Path, fmt: str | None) -> list[str]:
@@ -79,44 +55,10 @@ def input_columns(input_path: Path, fmt: str | None) -> list[str]:
     return open_dataset(input_path, fmt).columns
 
 
-def parse_label(content: str | None, labels: tuple[str, ...]) -> str | None:
-    if not content or not labels:
-        return None
-    try:
-        value = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        value = content.strip()
-    if isinstance(value, dict):
-        value = value.get("label")
-    return value if isinstance(value, str) and value in labels else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _sweep_parts(path: Path) -> None:
-    """Remove the temporary files of earlier writers of `path` that died (a crash while writing OUTPUT)."""
-    prefix = f".{path.name}."
-    for p in path.parent.iterdir():
-        if p.name.startswith(prefix) and p.name.endswith(".part"):
-            pid = p.name[len(prefix) : -len(".part")]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                p.unlink(missing_ok=True)
-
-
 class _Writer:
     def __init__(self, path: Path, kind: str) -> None:
         self.path, self.kind = path, kind
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _sweep_parts(path)
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+        self.tmp = part_path(path)
         self._w: Any = None
         self._fh: Any = None
 
@@ -144,23 +86,7 @@ class _Writer:
             self._w.close()
         if self._fh is not None:
             self._fh.close()
-        if not publish:
-            self.tmp.unlink(missing_ok=True)
-            return
-        if not self.tmp.exists():
-            self.tmp.touch()
-        self.tmp.replace(self.path)
-
-
-def output_kind(out: Path) -> str:
-    """OUTPUT's format, from its extension (checked before a job starts: not after it was paid for)."""
-    try:
-        kind: str = detect_format(out)
-    except UsageError:
-        kind = ""
-    if kind not in ("csv", "tsv", "jsonl", "parquet"):
-        raise UsageError(f"--out {out}: use a .csv, .tsv, .jsonl or .parquet name")
-    return kind
+        publish_file(self.tmp, self.path, publish)
 
 
 class _SameRequests:
@@ -353,14 +279,6 @@ def _fill(
     cols["attempts"].append(res["attempts"])
     cols["prompt_tokens"].append(res["prompt_tokens"])
     cols["completion_tokens"].append(res["completion_tokens"])
-
-
-@dataclass(frozen=True)
-class Classified:
-    """Labels given by a classifier rather than by the answers themselves (runner/examples.py)."""
-
-    labels: tuple[str, ...]
-    answers: dict[str, tuple[str, float]]  #: question key (the custom_id sent) -> (label, confidence)
 
 
 def _relabel(cols: dict[str, list[Any]], res: dict[str, Any], classified: Classified) -> None:
