@@ -12,24 +12,92 @@ import re
 import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from coldbatch.core.shard import ShardInfo, ShardPlanner
+from coldbatch.core.shard import ShardPlanner
 from coldbatch.errors import InputError
 
 if TYPE_CHECKING:
     from coldbatch.builder.build import Built
 
-__all__ = ["MANIFEST", "REJECTS", "ShardInfo", "ShardWriter", "publish", "staging_folder", "write_json"]
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "coldbatch.manifest/1"
 REJECTS = "rejects.jsonl"
 _OWN_FILES = re.compile(r"manifest\.json|rejects\.jsonl|shard-\d{5,}\.jsonl|\.DS_Store")  # what a re-run may replace
+
+
+@dataclass(slots=True)
+class ShardInfo:
+    """One written file: its name in the folder, model, size, hash and the rows (or lines) it holds."""
+
+    path: str
+    model: str
+    requests: int = 0
+    bytes: int = 0
+    first_row: int = 0
+    last_row: int = 0
+    sha256: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "model": self.model,
+            "requests": self.requests,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "first_row": self.first_row,
+            "last_row": self.last_row,
+        }
+
+
+class LineShards:
+    """Write lines one at a time into `folder/pattern.format(n)` files (n from 1), cut by `ShardPlanner.place`.
+
+    Each file's sha256 is taken as it is written, so nothing is read back. `close()` (also on error)
+    closes the open file; `shards` then describes every file written.
+    """
+
+    def __init__(self, folder: Path, pattern: str, max_requests: int, max_bytes: int) -> None:
+        self.folder, self.pattern = folder, pattern
+        self.planner = ShardPlanner(max_requests, max_bytes)
+        self.shards: list[ShardInfo] = []
+        self._fh: IO[bytes] | None = None
+        self._hash: Any = None
+
+    def add(self, data: bytes, model: str, row: int = 0) -> ShardInfo:
+        """Append `data` (one line, newline included); returns the file it went into. `row`: the line's
+        row number, kept as the file's first/last row."""
+        if self.planner.place(len(data), model):
+            self._finish()
+            info = ShardInfo(self.pattern.format(len(self.shards) + 1), model, first_row=row)
+            self.shards.append(info)
+            self._fh = (self.folder / info.path).open("wb")
+            self._hash = hashlib.sha256()
+        assert self._fh is not None
+        self._fh.write(data)
+        self._hash.update(data)
+        info = self.shards[-1]
+        info.requests += 1
+        info.bytes += len(data)
+        info.last_row = row
+        return info
+
+    def _finish(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            self.shards[-1].sha256 = self._hash.hexdigest()
+
+    def close(self) -> list[ShardInfo]:
+        """Close the open file (its hash is final); the files written, in order."""
+        self._finish()
+        return self.shards
 
 
 class ShardWriter:

@@ -10,7 +10,7 @@ import click
 import orjson
 
 from coldbatch.builder.spec import RequestSpec
-from coldbatch.dataset.read import headerless_format
+from coldbatch.dataset.rows import headerless_format
 from coldbatch.errors import UsageError
 from coldbatch.protocol import limits as L
 

@@ -21,35 +21,19 @@ merged hundreds of lines of a sentence file into a few giant "fields", silently 
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from coldbatch.core.text import printable
-from coldbatch.errors import InputError
+from coldbatch.dataset.rows import column_count_error, read_header
+from coldbatch.dataset.rows import py_rows as _py_rows
+
+__all__ = ["BLOCK_BYTES", "csv_batches", "read_header"]
 
 BLOCK_BYTES = 1 << 19  # the CSV reader reads ahead several blocks: bigger blocks cost RSS, not speed
-_EOF = "\x00coldbatch:end-of-file\x00"  # fed after the last line: inside a field, a quote was never closed
-
-with contextlib.suppress(OverflowError):
-    csv.field_size_limit(sys.maxsize)  # a long field is the builder's to judge (--max-line-bytes), not csv's
-
-
-def read_header(p: Path, delimiter: str, quoting: bool = True) -> tuple[list[str], int]:
-    """The header's column names and the byte offset of the first data row."""
-    with contextlib.closing(_py_rows(p, delimiter, 0, quoting)) as rows:
-        first = next(rows, None)
-    if first is None or not first[0]:
-        raise InputError(f"{p}: the file is empty (no header row)")
-    names = [cell.encode("latin-1").decode("utf-8", errors="replace") for cell in first[0]]
-    if names[0].startswith("\ufeff"):
-        names[0] = names[0][1:]
-    return names, first[1]
 
 
 def csv_batches(
@@ -156,11 +140,7 @@ def _long_row(
         for n, (row, end) in enumerate(rows):
             if n >= skip:
                 if len(row) != len(header):
-                    raise InputError(
-                        f"{p}: malformed {'CSV' if quoting else 'TSV'}: data row "
-                        f"{first_row + n - skip}: Expected "
-                        f"{len(header)} columns, got {len(row)}: {printable(delimiter.join(row))}"
-                    )
+                    raise column_count_error(p, delimiter, quoting, first_row + n - skip, len(header), row)
                 for values, i in zip(cols, index, strict=True):
                     values.append(row[i].encode("latin-1"))
                 stretch += end - prev
@@ -171,42 +151,3 @@ def _long_row(
             end = None
     arrays = [pa.array(v, pa.binary()) for v in cols]  # what Arrow gives: batches are concatenated
     return pa.RecordBatch.from_arrays(arrays, names=kept), end
-
-
-def _py_rows(p: Path, delimiter: str, start: int, quoting: bool = True) -> Iterator[tuple[list[str], int]]:
-    """(fields as Latin-1 text, so every byte survives; byte offset after the row) from `start` on.
-
-    Raises InputError, with the line where it opened, at a quoted field still open at the end of the file.
-    """
-    consumed, lines = start, 0
-    with p.open("rb") as raw:
-        raw.seek(start)
-        text = io.TextIOWrapper(raw, encoding="latin-1", newline="")
-
-        def feed() -> Iterator[str]:
-            nonlocal consumed, lines
-            for line in text:
-                consumed += len(line)  # Latin-1: one character per byte
-                lines += 1
-                yield line
-            yield _EOF
-
-        quote = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
-        for row in csv.reader(feed(), delimiter=delimiter, quoting=quote):
-            if not row:
-                continue  # an empty line, skipped like Arrow does
-            if row[-1].endswith(_EOF):
-                if row == [_EOF]:
-                    return
-                raise _open_quote(p, start, lines, row[-1][: -len(_EOF)])
-            yield row, consumed
-
-
-def _open_quote(p: Path, start: int, lines: int, field: str) -> InputError:
-    with p.open("rb") as f:
-        first_line = f.read(start).count(b"\n") + 1
-    opened = first_line + lines - 1 - field[:-1].count("\n")
-    return InputError(
-        f"{p}:{opened}: a quoted field opens on line {opened} and is never closed (it runs to "
-        f"the end of the file); close the quote, or double a quote that is part of the text"
-    )

@@ -13,38 +13,31 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from coldbatch.dataset import csvfile
+from coldbatch.dataset.rows import (
+    FORMATS,
+    Format,
+    Problem,
+    csv_layout,
+    detect_format,
+    headerless_format,
+    jsonl_columns,
+    jsonl_rows,
+    split_format,
+)
 from coldbatch.errors import InputError, UsageError
 
-Format = Literal["csv", "tsv", "jsonl", "parquet"]
-FORMATS: tuple[Format, ...] = ("csv", "tsv", "jsonl", "parquet")
-_BY_SUFFIX: dict[str, Format] = {
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".tab": "tsv",
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "jsonl",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-}
+__all__ = ["FORMATS", "Dataset", "Format", "Problem", "detect_format", "from_table", "headerless_format"]
+__all__ += ["open_dataset", "split_format"]
+
 GROUP_ROWS = 16_384  # rows handed on at once: per-batch overhead is small, and two batches in flight stay small
 JSONL_ROWS = 50_000
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """A cell that needed repair; `row` is 1-based (header excluded)."""
-
-    row: int
-    column: str
-    message: str
 
 
 @dataclass(slots=True)
@@ -162,38 +155,6 @@ def _regroup(source: Any, rows: int) -> Iterator[pa.RecordBatch]:
         yield pa.concat_batches(pending) if len(pending) > 1 else pending[0]
 
 
-def split_format(fmt: str | None) -> tuple[str | None, list[str] | None]:
-    """`fmt` may name the columns of a CSV/TSV file without a header line: `"tsv:sentence,label"`, or
-    `"csv:"` for `column1, column2, ...` (as many as the first line has). Returns (format, names or None when
-    the file has a header). Kept in one string because the format travels through every reader's `fmt`."""
-    if fmt is None or ":" not in fmt:
-        return fmt, None
-    kind, _, names = fmt.partition(":")
-    return kind or None, [n.strip() for n in names.split(",")] if names.strip() else []
-
-
-def headerless_format(fmt: str | None, columns: str | None, no_header: bool) -> str | None:
-    """The `fmt` string for `--format`, `--columns a,b` and `--no-header` (see `split_format`)."""
-    if columns is None and not no_header:
-        return fmt
-    names = [c.strip() for c in columns.split(",")] if columns else []
-    if any(not n for n in names) or len(set(names)) != len(names):
-        raise UsageError(f"--columns {columns!r}: give distinct, non-empty names separated by commas")
-    return f"{fmt or ''}:{','.join(names)}"
-
-
-def detect_format(path: Path, forced: str | None = None) -> Format:
-    forced = split_format(forced)[0]
-    if forced:
-        if forced not in FORMATS:
-            raise UsageError(f"Unknown --format {forced!r}; choose one of {', '.join(FORMATS)}")
-        return forced  # type: ignore[return-value]
-    fmt = _BY_SUFFIX.get(path.suffix.lower())
-    if fmt is None:
-        raise UsageError(f"Cannot tell the format of {path} from its extension; pass --format ({', '.join(FORMATS)})")
-    return fmt
-
-
 def open_dataset(
     path: str | Path,
     fmt: str | None = None,
@@ -248,80 +209,31 @@ def from_table(table: Any, name: str = "<table>") -> Dataset:
 
 
 def _open_csv(p: Path, delimiter: str, only: Sequence[str] | None = None, names: list[str] | None = None) -> Dataset:
-    """A CSV (quotes as in RFC 4180) or a TSV (quotes are text). `names`: the file has no header line, its
-    columns are these (an empty list: column1..N, N from the first line)."""
+    """A CSV (quotes as in RFC 4180) or a TSV (quotes are text); `names`: see `rows.csv_layout`."""
+    header, start = csv_layout(p, delimiter, names)
     quoting = delimiter != "\t"
-    header, start = csvfile.read_header(p, delimiter, quoting)
-    if names is not None:
-        with p.open("rb") as fh:
-            start = 3 if fh.read(3) == b"\xef\xbb\xbf" else 0  # the first data row starts after a BOM
-        if names and len(names) != len(header):
-            raise InputError(f"{p}:1: --columns names {len(names)} column(s), the first line has {len(header)}")
-        header = names or [f"column{i}" for i in range(1, len(header) + 1)]
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise InputError(f"{p}: header repeats column name(s) {', '.join(dupes)}")
     return Dataset(str(p), header, csvfile.csv_batches(p, delimiter, header, start, _kept(header, only), quoting))
 
 
 def _open_jsonl(p: Path) -> Dataset:
-    columns: list[str] = []
-    with p.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if raw.strip():
-                columns = list(_parse_json_row(raw, p, lineno)[0].keys())
-                break
+    columns = jsonl_columns(p)
     ds = Dataset(str(p), columns, None)
     ds._source = _jsonl_batches(p, columns, ds.problems)
     return ds
 
 
-def _parse_json_row(raw: bytes, p: Path, lineno: int) -> tuple[dict[str, Any], str | None]:
-    """The row's object, and a note when its bytes were not UTF-8 and had to be repaired."""
-    if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]  # a UTF-8 byte order mark, as some editors write
-    note = None
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        note = f"not valid UTF-8 at byte {exc.start} of line {lineno}; replaced with U+FFFD"
-        raw = raw.decode("utf-8", errors="replace").encode()
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InputError(f"{p}:{lineno}: not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise InputError(f"{p}:{lineno}: each line must be a JSON object")
-    return obj, note
-
-
 def _jsonl_batches(p: Path, columns: list[str], problems: list[Problem]) -> Iterator[pa.RecordBatch]:
     cols: list[list[str | None]] = [[] for _ in columns]
-    rows = pending = 0
-    with p.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            obj, note = _parse_json_row(raw, p, lineno)
-            rows += 1
-            for name, values, cell in zip(columns, cols, _cells(obj, columns, p, lineno), strict=True):
-                values.append(cell)
-                if note is not None and cell is not None and "\ufffd" in cell:
-                    problems.append(Problem(rows, name, note))
-            pending += 1
-            if pending >= JSONL_ROWS and columns:
-                yield _jsonl_batch(columns, cols)
-                cols, pending = [[] for _ in columns], 0
+    pending = 0
+    for cells in jsonl_rows(p, columns, problems):
+        for values, cell in zip(cols, cells, strict=True):
+            values.append(cell)
+        pending += 1
+        if pending >= JSONL_ROWS and columns:
+            yield _jsonl_batch(columns, cols)
+            cols, pending = [[] for _ in columns], 0
     if pending and columns:  # rows that are all `{}` have nothing to hand on
         yield _jsonl_batch(columns, cols)
-
-
-def _cells(obj: dict[str, Any], columns: list[str], p: Path, lineno: int) -> list[str | None]:
-    """One row's values in column order, as text (nested values as JSON); raises on an unknown field."""
-    for k in obj:
-        if k not in columns:
-            raise InputError(f"{p}:{lineno}: field {k!r} is not in the first row's fields ({', '.join(columns)})")
-    return [v if v is None or isinstance(v, str) else orjson.dumps(v).decode() for v in map(obj.get, columns)]
 
 
 def _jsonl_batch(columns: list[str], cols: list[list[str | None]]) -> pa.RecordBatch:

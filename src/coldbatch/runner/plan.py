@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from coldbatch.core.shard import LineShards
+from coldbatch.builder.write import LineShards
 from coldbatch.estimate import prices as P
 from coldbatch.estimate.api import Accumulator, Estimate, Pending, accumulate, request_lines
 from coldbatch.protocol.limits import Limits
@@ -48,7 +48,7 @@ class PlanStats:
 
 
 class _SendWriter:
-    """The send files (`send-NNNNN.jsonl`), cut by the one shard rule (`core.shard.LineShards`), and each
+    """The send files (`send-NNNNN.jsonl`), cut by the one shard rule (`builder.write.LineShards`), and each
     file's prompt tokens (for the enqueued-token quota)."""
 
     def __init__(self, folder: Path, limits: Limits) -> None:

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from coldbatch.core.shard import LineShards
+from coldbatch.builder.write import LineShards
 from coldbatch.protocol.limits import Limits
 from coldbatch.runner.context import WINDING_DOWN, RunContext
 from coldbatch.runner.prepare import tokens_of
