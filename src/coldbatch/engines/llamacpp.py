@@ -33,7 +33,6 @@ import asyncio
 import importlib.util
 import logging
 import os
-import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -43,19 +42,18 @@ from coldbatch.engines import embedding
 from coldbatch.engines.base import EngineInfo, Result, error_result
 from coldbatch.engines.llama_chat import Params, parse
 from coldbatch.engines.llama_decoder import Decoder, Job
+from coldbatch.engines.names import DEFAULT_GGUF, model_id
 from coldbatch.errors import ConfigError, EngineClosed
 
 logger = logging.getLogger(__name__)
 
 ENDPOINT: Final = "/v1/chat/completions"
-DEFAULT_GGUF: Final = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MISSING_EXTRA: Final = "the llama-cpp engine needs the [local] extra: pip install 'coldbatch[local]'"
 #: Used when a GGUF carries no chat template (ChatML, what SmolLM2 and many small models use).
 CHATML: Final = (
     "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-_QUANT_SUFFIX: Final = re.compile(r"[.-](?:I?Q\d[\w]*|F16|F32|BF16)$", re.IGNORECASE)
 
 
 def default_model_path() -> Path:
@@ -72,12 +70,6 @@ def default_model_path() -> Path:
         if path.is_file():
             return path
     raise ConfigError(f"the default model {DEFAULT_GGUF} was not found: {MISSING_EXTRA} (or pass model_path)")
-
-
-def model_id(path: Path) -> str:
-    """`SmolLM2-135M-Instruct.Q4_1.gguf` -> `SmolLM2-135M-Instruct`."""
-    stem = path.name.removesuffix(".gguf")
-    return _QUANT_SUFFIX.sub("", stem) or stem
 
 
 # ---------------------------------------------------------------------------------------------------
