@@ -30,7 +30,7 @@ from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
-from coldbatch.runner.output import output_kind
+from coldbatch.runner.output_spec import output_kind
 from coldbatch.runner.sync_mode import route
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from coldbatch.cli import providers as PV
 from coldbatch.cli.flags import split_flags
 from coldbatch.cli.progress import ProgressDisplay
 from coldbatch.cli.report import print_report, show_estimate
-from coldbatch.engines.embedding import DEFAULT_EMBEDDING_MODEL
+from coldbatch.engines.names import DEFAULT_EMBEDDING_MODEL
 from coldbatch.errors import UsageError
 from coldbatch.providers import choose
 from coldbatch.runner import examples as EX
@@ -27,7 +27,7 @@ from coldbatch.runner import preflight as RP
 from coldbatch.runner.deadline import parse_deadline
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
-from coldbatch.runner.output import output_kind
+from coldbatch.runner.output_spec import output_kind
 from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD
 
 

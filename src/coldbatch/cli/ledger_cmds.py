@@ -12,7 +12,7 @@ from coldbatch.cli.report import status_lines
 from coldbatch.errors import InputError
 from coldbatch.runner import home as H
 from coldbatch.runner.ledger import Ledger
-from coldbatch.runner.output import output_kind
+from coldbatch.runner.output_spec import output_kind
 
 
 def _root() -> Path:

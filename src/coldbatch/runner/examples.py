@@ -21,19 +21,21 @@ import csv
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
 from coldbatch.builder.spec import RequestSpec
-from coldbatch.core import classify
 from coldbatch.core import template as tpl
-from coldbatch.dataset.read import open_dataset
 from coldbatch.errors import InputError, UsageError
 from coldbatch.protocol import limits as L
-from coldbatch.runner.output import Classified
+from coldbatch.runner.output_spec import Classified
 from coldbatch.store.interfaces import LedgerStore
+
+if TYPE_CHECKING:  # numpy, the classifier and the Arrow reader load when an --examples job uses them, not
+    import numpy as np  # when a plain run imports this module for its names (issue 11, client weight)
+
+    from coldbatch.core import classify
 
 DEFAULT_LABEL_COLUMN = "label"
 #: the embedding model asked for when the user names none: the embedded engine serves its own whatever the
@@ -85,6 +87,8 @@ def _line(fmt: str | None, row: int) -> str:
 
 def read(path: Path, spec: RequestSpec, label_column: str, fmt: str | None = None) -> list[dict[str, str]]:
     """The examples of `path`, rendered: {"text", "label", "source_line", "id"}; errors name file, line and field."""
+    from coldbatch.dataset.read import open_dataset
+
     ds = open_dataset(path, fmt)
     template = spec.template
     tpl.check_columns(template, ds.columns, file=str(path), option="--prompt (for --examples)")
@@ -145,6 +149,8 @@ def drop_overlap(examples: list[dict[str, str]], input_path: Path, spec: Request
 def _rendered_rows(input_path: Path, spec: RequestSpec, fmt: str | None) -> Iterator[tuple[int, str, str | None]]:
     template = spec.template
     columns = [*template.columns, *([spec.id_column] if spec.id_column else [])]
+    from coldbatch.dataset.read import open_dataset
+
     ds = open_dataset(input_path, fmt, only=columns)
     for start, batch in ds.batches():
         for i, row in enumerate(batch.to_pylist()):
@@ -180,6 +186,8 @@ class Classifier:
 def vector(content: str | None) -> np.ndarray | None:
     """An embeddings answer as the ledger holds it (a JSON list of floats, or base64 float32 text when the
     request asked for that encoding); None if it is not one vector."""
+    import numpy as np
+
     try:
         value = orjson.loads(content) if content else None
     except orjson.JSONDecodeError:
@@ -198,6 +206,10 @@ def train(vectors: list[np.ndarray], labels: list[str], label_set: tuple[str, ..
     """Fit the classifier on the examples' vectors."""
     if len({len(v) for v in vectors}) != 1:
         raise InputError("the examples' embeddings have different lengths: was the embedding model changed?")
+    import numpy as np
+
+    from coldbatch.core import classify
+
     y = np.array([label_set.index(label) for label in labels])
     return Classifier(label_set, classify.fit(np.stack(vectors), y, len(label_set)))
 
@@ -232,6 +244,10 @@ def label_all(
 ) -> dict[str, tuple[str, float]]:
     """(label, confidence) per question key: the most probable label after adapting the label priors to
     these rows (each question weighted by how many rows asked it). Vectors are read `chunk` at a time."""
+    import numpy as np
+
+    from coldbatch.core import classify
+
     keys: list[str] = []
     parts: list[np.ndarray] = []
     batch: list[np.ndarray] = []
