@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,8 @@ from coldbatch.providers import kinds as K
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner.ledger import Ledger
-from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
+from coldbatch.runner.options import RunOptions, new_job_id
+from coldbatch.runner.orchestrator import Runner
 from coldbatch.runner.output_spec import output_kind
 from coldbatch.runner.sync_mode import route
 
@@ -78,6 +79,11 @@ def _quiet(_: str) -> None:
 def _budget_only(runner: Runner, est: dict[str, Any]) -> None:
     """The library's default Confirm: calling run_job is the consent; only max_cost can refuse."""
     runner.check_budget(est)
+
+
+def _status(lg: Ledger, job_id: str) -> JobStatus | None:
+    job = lg.job(job_id)
+    return None if job is None else job.status
 
 
 def ledger() -> Ledger:
@@ -186,13 +192,13 @@ def drive(
     if not lock.acquire():
         _held_elsewhere(lg, lock, job_id, cancel, notice)
         return None
-    if cancel and job["status"] in ("done", "cancelled"):
+    if cancel and job.status in (JobStatus.DONE, JobStatus.CANCELLED):
         lock.release()
         lg.close()
-        raise UsageError(f"Job {job_id} has already finished ({job['status']}); nothing to cancel.")
+        raise UsageError(f"Job {job_id} has already finished ({job.status}); nothing to cancel.")
     how = _Drive(base_url, api_key, engine, cancel, confirm, notice, on_event)
     try:
-        return asyncio.run(_go(lg, job_id, RunOptions(**job["options"]), how))
+        return asyncio.run(_go(lg, job_id, RunOptions.from_json(job.options, job_id), how))
     finally:
         lg.close()
         lock.release()
@@ -214,7 +220,7 @@ async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[st
             if opts.examples and not how.cancel:
                 await _companion(lg, provider, EX.child_id(job_id), how)
             est = runner.prepare()
-            fresh = not how.cancel and lg.job(job_id)["status"] == "prepared"  # type: ignore[index]
+            fresh = not how.cancel and _status(lg, job_id) == JobStatus.PREPARED
             runner, est = _routed(lg, runner, est, fresh, how)
             if fresh:
                 how.confirm(runner, est)
@@ -232,14 +238,14 @@ async def _companion(lg: Ledger, provider: Any, job_id: str, how: _Drive) -> Non
     """Run an --examples job's companion (the examples' embeddings) to its end first; no question asked (a few
     hundred embeddings), and nothing to do once it is done."""
     job = lg.job(job_id)
-    if job is None or job["status"] in ("done", "cancelled"):
+    if job is None or job.status in (JobStatus.DONE, JobStatus.CANCELLED):
         return
     how.notice(f"examples: embedding them first (job {job_id})")
     runner = Runner(
         lg, provider, job_id, H.home(), on_event=how.on_event, sync_client=_sync_clients(provider, how.api_key)
     )
     est = runner.prepare()
-    runner, est = _routed(lg, runner, est, lg.job(job_id)["status"] == "prepared", how)  # type: ignore[index]
+    runner, est = _routed(lg, runner, est, _status(lg, job_id) == JobStatus.PREPARED, how)
     await runner.run()
     summary = lg.summary(job_id)
     if not summary["succeeded"]:  # e.g. a provider without /v1/embeddings: say so before the rows are sent
@@ -289,9 +295,9 @@ def _route(lg: Ledger, runner: Runner, est: dict[str, Any], notice: Notice) -> t
     continues in that mode); returns a runner that sees it, and the estimate with the choice."""
     choice = route(est, runner.opts.sync_threshold)
     notice(f"mode: {choice['mode']} ({choice['reason']})")
-    opts = RunOptions(**{**asdict(runner.opts), "mode": choice["mode"]})
+    opts = replace(runner.opts, mode=choice["mode"])
     est = {**est, "route": choice}
-    lg.set_job(runner.job_id, options=asdict(opts), estimate=est)
+    lg.set_job(runner.job_id, options=opts.to_json(), estimate=est)
     ctx = runner.ctx
     return Runner(lg, ctx.provider, ctx.job_id, ctx.root, on_event=ctx.emit, sync_client=runner.sync_client), est
 
@@ -306,14 +312,14 @@ def create_job(
     """Write a new job (and an --examples job's companion) into the ledger, ready to be driven."""
     lg = ledger()
     try:
-        lg.create_job(job_id, str(input_path.resolve()), str(output.resolve()), asdict(opts))
+        lg.create_job(job_id, str(input_path.resolve()), str(output.resolve()), opts.to_json())
         if companion:
             ex_spec, ex = companion
             lg.create_job(
                 EX.child_id(job_id),
                 ex["file"],
                 str(Path(ex["file"]).with_suffix(".embedded.csv")),
-                asdict(replace(opts, spec=ex_spec.describe(), examples=None)),
+                replace(opts, spec=ex_spec.describe(), examples=None).to_json(),
             )
     finally:
         lg.close()
@@ -342,9 +348,9 @@ def run_job(
         raise InputError(f"{input_path}: no such file")
     given = RunOptions(spec=spec.describe(), **options)
     kind, limits, mode = choose.resolve(
-        options.pop("provider_kind", None), base_url, spec, _limits(given), mode, deadline=given.deadline is not None
+        options.pop("provider_kind", None), base_url, spec, given.limits, mode, deadline=given.deadline is not None
     )
-    opts = replace(given, limits=asdict(limits), provider_kind=kind, mode=mode, provider=base_url or "embedded")
+    opts = replace(given, limits=limits, provider_kind=kind, mode=mode, provider=base_url or "embedded")
     preflight.check_output_columns(input_path, opts.fmt, spec, opts.output_prefix, None)  # before anything is sent
     job_id = new_job_id(name)
     create_job(job_id, input_path, output, opts)
@@ -366,12 +372,6 @@ def cancel_job(
     the job (it was asked to cancel)."""
     report = drive(job_id, base_url=base_url, api_key=api_key, engine=engine, cancel=True)
     return None if report is None else JobReport.of(report)
-
-
-def _limits(opts: RunOptions) -> Any:
-    from coldbatch.protocol.limits import Limits
-
-    return Limits(**opts.limits)
 
 
 def _report(report: dict[str, Any] | None) -> JobReport:

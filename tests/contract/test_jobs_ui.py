@@ -82,13 +82,13 @@ def make_ledger(home: Path) -> Path:
     )
     assert led.set_job(JOB, status="running")
     u1, u2 = led.units(JOB)
-    _submitted(led, u1["id"], "batch_aaa")
+    _submitted(led, u1.id, "batch_aaa")
     led.collect(
         u1,
         [Outcome(f"row-{i}", "ok", "positive", prompt_tokens=15, completion_tokens=1) for i in range(3)]
         + [Outcome("row-5", "retry", error_code="server_error")],
     )
-    _submitted(led, u2["id"], "batch_bbb")
+    _submitted(led, u2.id, "batch_bbb")
     led.collect(u2, [Outcome("row-5", "failed", error_code="invalid_output")])
     led.set_job(
         JOB,

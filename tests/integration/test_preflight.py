@@ -17,7 +17,7 @@ from coldbatch.core.unit_state import JobStatus
 from coldbatch.errors import UsageError
 from coldbatch.providers.openai_compat import OpenAIProvider
 from coldbatch.runner.ledger import Ledger
-from coldbatch.runner.orchestrator import RunOptions
+from coldbatch.runner.options import RunOptions
 from coldbatch.runner.preflight import check_target
 
 SEEN: list[str] = []
@@ -84,7 +84,7 @@ def test_a_target_without_a_model_list_passes_with_a_note_for_the_caller(tmp_pat
         assert len(said) == 1 and said[0].startswith("note: ") and "does not list its models" in said[0]
         assert "'any-model' is not checked" in said[0]
         job = ledger.job("j1")
-        assert job is not None and job["status"] == JobStatus.PREPARING
+        assert job is not None and job.status == JobStatus.PREPARING
     finally:
         ledger.close()
     assert not [s for s in SEEN if s.startswith("POST")]
@@ -96,8 +96,8 @@ def test_a_model_the_target_does_not_list_fails_the_job_before_anything_is_sent(
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     try:
         job = ledger.job("j1")
-        assert job is not None and job["status"] == JobStatus.FAILED
-        assert "does not serve it" in job["report"]["error"]
+        assert job is not None and job.status == JobStatus.FAILED
+        assert "does not serve it" in job.report["error"]
         assert ledger.job_events("j1") == [(None, "preparing"), ("preparing", "failed")]
     finally:
         ledger.close()

@@ -28,7 +28,8 @@ from coldbatch.engines.echo import EchoEngine
 from coldbatch.protocol.limits import Limits
 from coldbatch.providers.openai_compat import OpenAIProvider
 from coldbatch.runner.ledger import Ledger
-from coldbatch.runner.orchestrator import Runner, RunOptions
+from coldbatch.runner.options import RunOptions
+from coldbatch.runner.orchestrator import Runner
 from coldbatch.server.app import create_app
 from coldbatch.server.app_types import ServerSettings
 from coldbatch.server.executor import ExecutorConfig
@@ -143,6 +144,6 @@ def test_a_lost_answer_to_a_paid_call_never_makes_a_second_object(
         batches = [b for b in client.batches.list(limit=100) if (b.metadata or {}).get("coldbatch_job") == "j"]
         uploads = [f for f in client.files.list() if f.purpose == "batch"]
     assert len(units) == 3
-    assert sorted(b.id for b in batches) == sorted(u["batch_id"] for u in units), "one batch per unit"
-    assert sorted(f.filename for f in uploads) == sorted(f"j.u{u['id']}.jsonl" for u in units), "one upload each"
+    assert sorted(b.id for b in batches) == sorted(u.batch_id for u in units), "one batch per unit"
+    assert sorted(f.filename for f in uploads) == sorted(f"j.u{u.id}.jsonl" for u in units), "one upload each"
     assert app.seen.count(("POST", path)) == 3, "each paid call was sent exactly once"

@@ -49,19 +49,19 @@ def test_a_job_round_trips_its_json_fields(ledger: LedgerStore) -> None:
     assert isinstance(ledger, LedgerStore)
     assert ledger.path is None or ledger.path.is_file(), "a ledger on disk says where (error messages name it)"
     job = ledger.job("j1")
-    assert job is not None and job["status"] == "preparing" and job["options"]["max_attempts"] == 3
+    assert job is not None and job.status == "preparing" and job.options["max_attempts"] == 3
     assert ledger.set_job("j1", status="prepared", estimate={"totals": {"batch_cost_usd": 0.5}})
     job = ledger.job("j1")
-    assert job is not None and job["status"] == "prepared" and job["estimate"]["totals"]["batch_cost_usd"] == 0.5
-    assert job["report"] is None
+    assert job is not None and job.status == "prepared" and job.estimate["totals"]["batch_cost_usd"] == 0.5
+    assert job.report is None
     assert ledger.job("nope") is None
-    assert [j["id"] for j in ledger.jobs()] == ["j1"]
+    assert [j.id for j in ledger.jobs()] == ["j1"]
 
 
 def test_job_statuses_follow_the_table_and_leave_events(ledger: LedgerStore) -> None:
     assert not ledger.set_job("j1", status="done", report={"rows": 1}), "preparing → done skips the run"
     job = ledger.job("j1")
-    assert job is not None and job["status"] == "preparing" and job["report"] is None, "refused: nothing written"
+    assert job is not None and job.status == "preparing" and job.report is None, "refused: nothing written"
     assert ledger.move_job("j1", J.PREPARED) and ledger.move_job("j1", J.RUNNING)
     assert ledger.move_job("j1", J.RUNNING), "a resumed run re-enters running"
     assert ledger.move_job("j1", J.CANCELLING) and not ledger.move_job("j1", J.DONE)
@@ -86,19 +86,19 @@ def test_set_job_refuses_a_field_the_job_does_not_have(ledger: LedgerStore) -> N
 def test_units_start_planned_and_move_through_their_states(ledger: LedgerStore) -> None:
     ledger.add_units("j1", [_unit(shard=1), _unit(shard=2, tokens=7)])
     units = ledger.units("j1")
-    assert [(u["state"], u["try"], u["tokens"]) for u in units] == [("planned", 1, 0), ("planned", 1, 7)]
-    _to_created(ledger, units[0]["id"])
+    assert [(u.state, u.try_, u.tokens) for u in units] == [("planned", 1, 0), ("planned", 1, 7)]
+    _to_created(ledger, units[0].id)
     u = ledger.units("j1", [U.CREATED])[0]
-    assert (u["id"], u["intent_at"], u["file_id"], u["batch_id"]) == (units[0]["id"], 6, "file-1", "batch_1")
-    ledger.set_batch_status(u["id"], "in_progress")
-    ledger.mark_cleaned(u["id"])
+    assert (u.id, u.intent_at, u.file_id, u.batch_id) == (units[0].id, 6, "file-1", "batch_1")
+    ledger.set_batch_status(u.id, "in_progress")
+    ledger.mark_cleaned(u.id)
     u = ledger.units("j1", ["created"])[0]
-    assert (u["batch_status"], u["remote_cleaned"], u["state"]) == ("in_progress", 1, "created")
-    open_ids = [x["id"] for x in ledger.units("j1", OPEN_UNIT_STATES)]  # the runner's "still open" query
-    assert open_ids == [units[0]["id"], units[1]["id"]]
+    assert (u.batch_status, u.remote_cleaned, u.state) == ("in_progress", 1, "created")
+    open_ids = [x.id for x in ledger.units("j1", OPEN_UNIT_STATES)]  # the runner's "still open" query
+    assert open_ids == [units[0].id, units[1].id]
     assert set(OPEN_UNIT_STATES) == {s for s in U if UNIT_TRANSITIONS[s]}
     assert ledger.max_round("j1") == 1 and ledger.max_round("other") == 0
-    assert ledger.unit_events(units[0]["id"]) == [
+    assert ledger.unit_events(units[0].id) == [
         (None, "planned"),
         ("planned", "uploading"),
         ("uploading", "uploaded"),
@@ -123,43 +123,43 @@ def test_a_move_the_table_forbids_is_refused_and_writes_nothing(
     ledger: LedgerStore, path: tuple[U, ...], to: U
 ) -> None:
     ledger.add_units("j1", [_unit()])
-    uid = ledger.units("j1")[0]["id"]
+    uid = ledger.units("j1")[0].id
     for step in path:
         assert ledger.move_unit(uid, step)
     before, events = ledger.units("j1")[0], ledger.unit_events(uid)
     assert not ledger.move_unit(uid, to, batch_id="batch_x")
-    assert ledger.units("j1")[0]["state"] == before["state"] and ledger.units("j1")[0]["batch_id"] is None
+    assert ledger.units("j1")[0].state == before.state and ledger.units("j1")[0].batch_id is None
     assert ledger.unit_events(uid) == events
 
 
 def test_two_actors_moving_one_unit_cannot_both_win(ledger: LedgerStore) -> None:
     """`coldbatch cancel` fails a planned unit while the runner announces its upload: one of them wins."""
     ledger.add_units("j1", [_unit()])
-    uid = ledger.units("j1")[0]["id"]
+    uid = ledger.units("j1")[0].id
     assert ledger.move_unit(uid, U.FAILED, detail="cancelled before submission")
     assert not ledger.move_unit(uid, U.UPLOADING, intent_at=1)
-    assert ledger.units("j1")[0]["detail"] == "cancelled before submission"
+    assert ledger.units("j1")[0].detail == "cancelled before submission"
 
 
 def test_a_requeued_unit_goes_back_to_uploaded_with_its_next_try(ledger: LedgerStore) -> None:
     ledger.add_units("j1", [_unit()])
-    uid = ledger.units("j1")[0]["id"]
+    uid = ledger.units("j1")[0].id
     _to_created(ledger, uid)
     assert ledger.move_unit(uid, U.UPLOADED, batch_id=None, batch_status=None, **{"try": 2})
     u = ledger.units("j1")[0]
-    assert (u["state"], u["try"], u["batch_id"], u["file_id"]) == ("uploaded", 2, None, "file-1")
+    assert (u.state, u.try_, u.batch_id, u.file_id) == ("uploaded", 2, None, "file-1")
 
 
 def test_move_unit_refuses_a_column_the_unit_does_not_have(ledger: LedgerStore) -> None:
     ledger.add_units("j1", [_unit()])
     with pytest.raises(ValueError, match="no unit field"):
-        ledger.move_unit(ledger.units("j1")[0]["id"], U.UPLOADING, state="collected")
+        ledger.move_unit(ledger.units("j1")[0].id, U.UPLOADING, state="collected")
 
 
 def test_adding_a_unit_twice_is_a_no_op(ledger: LedgerStore) -> None:
     ledger.add_units("j1", [_unit(2, 1), _unit(2, 2)])
     ledger.add_units("j1", [_unit(2, 1), _unit(2, 2), _unit(2, 3)])
-    assert [(u["round"], u["shard"]) for u in ledger.units("j1")] == [(2, 1), (2, 2), (2, 3)]
+    assert [(u.round, u.shard) for u in ledger.units("j1")] == [(2, 1), (2, 2), (2, 3)]
 
 
 def test_adding_units_is_all_or_nothing(ledger: LedgerStore) -> None:
@@ -172,7 +172,7 @@ def test_adding_units_is_all_or_nothing(ledger: LedgerStore) -> None:
 def test_collect_upserts_results_and_marks_the_unit_in_one_step(ledger: LedgerStore) -> None:
     ledger.add_units("j1", [_unit(1, 1), _unit(2, 1)])
     u1, u2 = ledger.units("j1")
-    _to_created(ledger, u1["id"])
+    _to_created(ledger, u1.id)
     counts = ledger.collect(
         u1,
         [
@@ -184,7 +184,7 @@ def test_collect_upserts_results_and_marks_the_unit_in_one_step(ledger: LedgerSt
     )
     assert counts == {"ok": 1, "retry": 1, "failed": 1}
     unit = ledger.units("j1")[0]
-    assert unit["state"] == "collected" and unit["output_file_id"] == "f-o"
+    assert unit.state == "collected" and unit.output_file_id == "f-o"
     assert ledger.retry_ids("j1") == {"b"} and ledger.answered_ids("j1") == {"a", "c"}
     ledger.collect(
         u2,
@@ -229,7 +229,7 @@ def test_collect_can_mark_the_unit_failed(ledger: LedgerStore) -> None:
     )
     assert counts == {"ok": 0, "retry": 0, "failed": 1}
     unit = ledger.units("j1")[0]
-    assert (unit["state"], unit["batch_status"]) == ("failed", "failed")
+    assert (unit.state, unit.batch_status) == ("failed", "failed")
     assert ledger.results_for("j1", ["a"])["a"]["error_code"] == "invalid_file"
 
 
@@ -243,8 +243,8 @@ def test_a_failed_collect_changes_nothing(ledger: LedgerStore) -> None:
 
     with pytest.raises(RuntimeError):
         ledger.collect(u, outcomes())
-    assert ledger.units("j1")[0]["state"] == "planned" and ledger.results_for("j1", ["a"]) == {}
-    assert ledger.unit_events(u["id"]) == [(None, "planned")]
+    assert ledger.units("j1")[0].state == "planned" and ledger.results_for("j1", ["a"]) == {}
+    assert ledger.unit_events(u.id) == [(None, "planned")]
 
 
 def test_give_up_and_the_summary(ledger: LedgerStore) -> None:

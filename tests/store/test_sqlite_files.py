@@ -73,12 +73,12 @@ def test_a_ledger_from_before_migrations_opens_and_takes_new_writes(tmp_path: Pa
     _old_ledger(path, with_confidence)
     ledger = Ledger(path)
     job = ledger.job("j")
-    assert job is not None and job["status"] == "running" and job["options"] == {"mode": "batch"}
+    assert job is not None and job.status == "running" and job.options == {"mode": "batch"}
     assert ledger.results_for("j", ["a"])["a"]["content"] == "yes"
     unit = ledger.units("j", [UnitState.CREATED])[0]
     assert ledger.collect(unit, [Outcome("b", "ok", "no", confidence=0.75)]) == {"ok": 1, "retry": 0, "failed": 0}
     assert ledger.results_for("j", ["b"])["b"]["confidence"] == 0.75
-    assert ledger.unit_events(unit["id"]) == [("created", "collected")]
+    assert ledger.unit_events(unit.id) == [("created", "collected")]
     assert ledger.set_job("j", status="done") and ledger.job_events("j") == [("running", "done")]
     ledger.close()
     again = Ledger(path)  # opening again applies nothing twice

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,10 @@ from coldbatch.job import JobLock as _JobLock
 from coldbatch.protocol.limits import Limits
 from coldbatch.runner import collect as C
 from coldbatch.runner import ledger as LG
-from coldbatch.runner import orchestrator as O
 from coldbatch.runner.context import RunContext
-from coldbatch.runner.orchestrator import Runner, RunOptions
+from coldbatch.runner.options import RunOptions
+from coldbatch.runner.orchestrator import Runner
+from coldbatch.runner.prepare import check_budget
 
 
 async def _no_sleep(_: float) -> None:
@@ -64,7 +65,7 @@ class Job:
         opts.setdefault("dedup", False)  # these tests exercise the unit mechanics with row-level custom_ids
         ro = RunOptions(
             spec=spec.describe(),
-            limits=asdict(Limits(max_requests=max_requests, max_line_bytes=max_line_bytes)),
+            limits=Limits(max_requests=max_requests, max_line_bytes=max_line_bytes),
             poll_interval=0.0,
             **opts,
         )
@@ -91,7 +92,7 @@ class Job:
 
 
 def _one_batch_per_try(p: FakeProvider, job: Job) -> None:
-    assert sorted(p.tags()) == sorted((str(u["id"]), str(t)) for u in job.units() for t in range(1, u["try"] + 1))
+    assert sorted(p.tags()) == sorted((str(u.id), str(t)) for u in job.units() for t in range(1, u.try_ + 1))
 
 
 # -- the plain path, and retries by error class ---------------------------------------------------------------
@@ -99,12 +100,12 @@ def test_a_job_runs_to_the_end_and_cleans_up_the_provider(tmp_path: Path) -> Non
     job, p = Job(tmp_path), FakeProvider()
     report = job.run(p)
     assert report["succeeded"] == 25 and report["failed"] == 0 and report["rounds"] == 1
-    assert [u["requests"] for u in job.units()] == [10, 10, 5]
+    assert [u.requests for u in job.units()] == [10, 10, 5]
     assert [r["id"] for r in job.output()] == [f"k{i}" for i in range(1, 26)]
     assert all(r["response"] == f"answer to {r['id']}" for r in job.output())
     assert p.files == {} and p.calls["upload"] == 3 and p.calls["create_batch"] == 3
     assert report["prompt_tokens"] == 250 and report["cached_tokens"] == 100
-    assert job.ledger.job(job.id)["status"] == "done"  # type: ignore[index]
+    assert job.ledger.job(job.id).status == "done"
 
 
 def test_each_error_class_is_handled_as_such_in_one_batch(tmp_path: Path) -> None:
@@ -133,7 +134,7 @@ def test_each_error_class_is_handled_as_such_in_one_batch(tmp_path: Path) -> Non
     assert report["failed_by_code"] == {"invalid_prompt": 5} and report["rounds"] == 2
     rows = {r["id"]: r for r in job.output()}
     assert rows["k5"]["error"] == "invalid_prompt: the prompt is not allowed" and rows["k5"]["response"] == ""
-    assert [u["requests"] for u in job.units() if u["round"] == 2] == [10, 5]
+    assert [u.requests for u in job.units() if u.round == 2] == [10, 5]
     _one_batch_per_try(p, job)
 
 
@@ -152,9 +153,9 @@ def test_a_retry_round_is_cut_to_the_job_limits(tmp_path: Path) -> None:
     job = Job(tmp_path, max_requests=10)
     p = FakeProvider(lambda cid, body, n: (500, "engine_error", "x") if n == 1 else ("ok", "fine"))
     job.run(p)
-    second = [u for u in job.units() if u["round"] == 2]
-    assert [u["requests"] for u in second] == [10, 10, 5]
-    assert [u["shard"] for u in second] == [1, 2, 3]
+    second = [u for u in job.units() if u.round == 2]
+    assert [u.requests for u in second] == [10, 10, 5]
+    assert [u.shard for u in second] == [1, 2, 3]
     assert all(r["state"] == "ok" and r["attempts"] == 2 for r in job.results().values())
 
 
@@ -180,7 +181,7 @@ def test_a_failed_batch_reports_every_row_with_the_reason_and_deletes_its_input(
     job, p = Job(tmp_path, rows=12), FakeProvider()
     p.fate = lambda b: "failed:invalid_json_line" if b["metadata"]["coldbatch_unit"] == "1" else "completed"
     report = job.run(p)
-    assert [u["state"] for u in job.units()] == ["failed", "collected"]
+    assert [u.state for u in job.units()] == ["failed", "collected"]
     assert report["failed_by_code"] == {"invalid_json_line": 10} and report["succeeded"] == 2
     assert job.output()[0]["error"] == "invalid_json_line: batch failed: invalid_json_line"
     assert p.files == {}, "the failed batch's input file must be deleted too"
@@ -197,7 +198,7 @@ def test_token_limit_exceeded_sends_the_same_file_again_as_a_new_try(tmp_path: P
 
     p.fate = fate
     job.run(p)
-    assert tries == ["1", "2", "3"] and job.units()[0]["try"] == 3
+    assert tries == ["1", "2", "3"] and job.units()[0].try_ == 3
     assert p.calls["upload"] == 1, "the file is uploaded once and reused"
     _one_batch_per_try(p, job)
     assert all(r["state"] == "ok" and r["attempts"] == 1 for r in job.results().values())
@@ -208,7 +209,7 @@ def test_token_limit_exceeded_forever_ends_in_reported_rows_not_an_endless_loop(
     p.fate = lambda b: "failed:token_limit_exceeded"
     report = job.run(p)
     assert report["failed_by_code"] == {"token_limit_exceeded": 3}
-    assert job.units()[0]["try"] == O.MAX_REQUEUES
+    assert job.units()[0].try_ == C.MAX_REQUEUES
 
 
 def test_max_enqueued_tokens_holds_back_units_over_the_quota(tmp_path: Path) -> None:
@@ -217,19 +218,19 @@ def test_max_enqueued_tokens_holds_back_units_over_the_quota(tmp_path: Path) -> 
     runner = job.runner(p)
     runner.prepare()
     units = job.units()
-    assert all(u["tokens"] > 0 for u in units), "each unit knows its prompt tokens"
+    assert all(u.tokens > 0 for u in units), "each unit knows its prompt tokens"
     asyncio.run(runner.step(units))
-    assert [u["state"] for u in job.units()] == ["uploaded", "planned", "planned"]  # one at a time
+    assert [u.state for u in job.units()] == ["uploaded", "planned", "planned"]  # one at a time
     job.ledger.set_job(
         job.id,
         options={
-            **job.ledger.job(job.id)["options"],  # type: ignore[index]
-            "max_enqueued_tokens": units[0]["tokens"] + units[1]["tokens"],
+            **job.ledger.job(job.id).options,
+            "max_enqueued_tokens": units[0].tokens + units[1].tokens,
         },
     )
     runner = job.runner(p)
     asyncio.run(runner.step(job.ledger.units(job.id, LG.OPEN_STATES)))
-    assert [u["state"] for u in job.units()] == ["created", "uploaded", "planned"]
+    assert [u.state for u in job.units()] == ["created", "uploaded", "planned"]
 
 
 # -- crash windows ------------------------------------------------------------------------------------------
@@ -240,7 +241,7 @@ def test_a_crash_around_a_paid_call_never_sends_it_twice(tmp_path: Path, method:
     p.hooks[method] = [when]  # the first unit's call dies, before or after it took effect
     with pytest.raises(Crash):
         job.run(p)
-    crashed = [u for u in job.units() if u["state"] in ("uploading", "creating")]
+    crashed = [u for u in job.units() if u.state in ("uploading", "creating")]
     assert len(crashed) == 1
     job.run(p)  # the resume: a new Runner, no intents of its own
     _one_batch_per_try(p, job)
@@ -307,7 +308,7 @@ def test_a_crash_after_writing_the_retry_files_plans_the_round_once(
         job.run(p)
     assert (job.root / "jobs" / job.id / "retries").is_dir()
     job.run(p)
-    assert [(u["round"], u["shard"]) for u in job.units()] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert [(u.round, u.shard) for u in job.units()] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
     assert all(p.executed[c] == 2 for c in job.results())
 
 
@@ -336,7 +337,7 @@ def _submit(job: Job, p: FakeProvider) -> None:
     runner.prepare()
     for _ in range(4):
         asyncio.run(runner.step(job.ledger.units(job.id, LG.OPEN_STATES)))
-    assert {u["state"] for u in job.units()} == {"created"}
+    assert {u.state for u in job.units()} == {"created"}
 
 
 def test_cancel_then_resume_keeps_the_job_cancelled(tmp_path: Path) -> None:
@@ -345,7 +346,7 @@ def test_cancel_then_resume_keeps_the_job_cancelled(tmp_path: Path) -> None:
     _submit(job, p)
     asyncio.run(job.runner(p).cancel())
     report = asyncio.run(job.runner(p, _sleep_limit(20)).run())  # e.g. `coldbatch resume` after the cancel
-    assert job.ledger.job(job.id)["status"] == "cancelled"  # type: ignore[index]
+    assert job.ledger.job(job.id).status == "cancelled"
     assert len(p.batches) == 3, "nothing is sent again after a cancel"
     assert report["failed_by_code"] == {"batch_cancelled": 25}
     assert all(r["error"].startswith("batch_cancelled") for r in job.output())
@@ -358,7 +359,7 @@ def test_a_cancel_asked_by_another_process_cancels_the_running_batches(tmp_path:
     job.ledger.set_job(job.id, status="cancelling")  # what `coldbatch cancel` does while `run` holds the job
     asyncio.run(job.runner(p, _sleep_limit(20)).run())
     assert sorted(p.cancel_calls) == sorted(p.batches)
-    assert job.ledger.job(job.id)["status"] == "cancelled"  # type: ignore[index]
+    assert job.ledger.job(job.id).status == "cancelled"
     assert p.files == {}
 
 
@@ -378,15 +379,13 @@ def test_the_budget_is_checked_on_the_estimate(tmp_path: Path) -> None:
     est = runner.prepare()
     with pytest.raises(BudgetExceeded, match="nothing was sent"):
         runner.check_budget(est)
-    runner.opts.max_cost = 100.0
-    runner.check_budget(est)
-    runner.opts.max_cost = 1.0
+    opts = runner.opts  # frozen: each variation is a changed copy
+    check_budget(replace(opts, max_cost=100.0), est)
     with pytest.raises(BudgetExceeded, match="price"):
-        runner.check_budget({"totals": {"batch_cost_usd": None}})
-    runner.opts.provider = "embedded"  # a model on this machine costs nothing (issue 16): no budget to exceed
-    runner.opts.max_cost = 1e-9
-    runner.check_budget(est)
-    runner.check_budget({"totals": {"batch_cost_usd": None}})
+        check_budget(replace(opts, max_cost=1.0), {"totals": {"batch_cost_usd": None}})
+    local = replace(opts, provider="embedded")  # a model on this machine costs nothing (issue 16): no budget
+    check_budget(local, est)
+    check_budget(local, {"totals": {"batch_cost_usd": None}})
 
 
 def test_run_refuses_an_output_format_it_could_not_write_before_anything_starts(tmp_path: Path) -> None:
@@ -434,10 +433,10 @@ def test_resume_refuses_a_job_another_process_drives_and_cancel_asks_it_to_stop(
     try:
         res = CliRunner().invoke(main, ["resume", "busy", "--yes"])
         assert res.exit_code == 2 and "being run by another process" in res.stderr
-        assert lg.job("busy")["status"] == "running"  # type: ignore[index]
+        assert lg.job("busy").status == "running"
         res = CliRunner().invoke(main, ["cancel", "busy"])
         assert res.exit_code == 0 and "asked it to cancel" in res.stderr
-        assert lg.job("busy")["status"] == "cancelling"  # type: ignore[index]
+        assert lg.job("busy").status == "cancelling"
     finally:
         held.release()
         lg.close()
@@ -447,7 +446,7 @@ def test_resume_refuses_a_job_another_process_drives_and_cancel_asks_it_to_stop(
 def test_output_refuses_an_input_edited_since_the_job_prepared_it(tmp_path: Path) -> None:
     """Answers are joined by recomputing each row's custom_id; an edited input would shift them."""
     from coldbatch.errors import InputError
-    from coldbatch.runner.orchestrator import write_job_output
+    from coldbatch.runner.report import write_job_output
 
     job, p = Job(tmp_path, rows=6), FakeProvider()
     job.run(p)
@@ -506,9 +505,7 @@ def test_cache_answers_a_rerun_without_sending(tmp_path: Path) -> None:
     first = Job(tmp_path, rows=5, dedup=True)
     r1 = first.run(FakeProvider())
     assert r1["requests_sent"] == 5
-    first.ledger.create_job(
-        "job-2", str(first.input), str(tmp_path / "out2.csv"), first.ledger.job(first.id)["options"]
-    )
+    first.ledger.create_job("job-2", str(first.input), str(tmp_path / "out2.csv"), first.ledger.job(first.id).options)
     p2 = FakeProvider()
     r2 = asyncio.run(_run(Runner(first.ledger, p2, "job-2", first.root, sleep=_no_sleep)))
     assert r2["requests_sent"] == 0 and r2["answered_from_cache"] == 5
@@ -528,7 +525,7 @@ def test_polling_backs_off_only_while_no_batch_moves(tmp_path: Path, moving: boo
     """While a batch's finished count grows, polls stay at --poll-interval (its results, and the provider's
     next batch, would otherwise wait out a long backoff); a batch that does not move is polled less and less."""
     job, p = Job(tmp_path, rows=5), FakeProvider()
-    options = job.ledger.job(job.id)["options"]  # type: ignore[index]
+    options = job.ledger.job(job.id).options
     job.ledger.set_job(job.id, options={**options, "poll_interval": 2.0})
     p.fate = lambda b: "running"
     polls = [0]

@@ -9,8 +9,11 @@ import pytest
 
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.errors import UsageError
+from coldbatch.runner.batch_mode import BatchMode
 from coldbatch.runner.estimate_view import EstimateView
-from coldbatch.runner.orchestrator import BatchMode, RunOptions, SyncMode, choose_mode
+from coldbatch.runner.options import RunOptions
+from coldbatch.runner.orchestrator import choose_mode
+from coldbatch.runner.sync_mode import SyncMode
 
 
 def _opts(**kw: Any) -> RunOptions:

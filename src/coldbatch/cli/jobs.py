@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from coldbatch.runner import home as H
 from coldbatch.runner import preflight as RP
 from coldbatch.runner.deadline import parse_deadline
 from coldbatch.runner.ledger import Ledger
-from coldbatch.runner.orchestrator import Runner, RunOptions, new_job_id
+from coldbatch.runner.options import RunOptions, new_job_id
+from coldbatch.runner.orchestrator import Runner
 from coldbatch.runner.output_spec import output_kind
 from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD
 
@@ -278,7 +279,7 @@ def run(input_path: Path, output: Path, **kw: Any) -> None:
     )
     run_opts = f.run_options(
         spec=spec.describe(),
-        limits=asdict(limits),
+        limits=limits,
         provider_kind=kind,
         fmt=options.input_format(opts),
         mode=mode,
@@ -363,7 +364,7 @@ def _is_local(job_id: str) -> bool:
         job = ledger.job(job_id)
     finally:
         ledger.close()
-    return job is not None and job["options"].get("provider") == "embedded"
+    return job is not None and job.options.get("provider") == "embedded"
 
 
 def _finish(report: dict[str, Any] | None, threshold: tuple[float, bool]) -> None:

@@ -8,11 +8,14 @@ estimate's tokenizer stands in for the model's own (the estimate's warnings say 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from coldbatch.cli import render
+
+if TYPE_CHECKING:
+    from coldbatch.store.records import JobRecord
 
 LOCAL_COST = "$0 (the embedded server runs the model on this machine: no per-token price, no saving to compute)"
 
@@ -105,7 +108,7 @@ def print_report(r: dict[str, Any] | None, *, local: bool = False) -> None:
         )
 
 
-def status_lines(job: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+def status_lines(job: JobRecord, summary: dict[str, Any]) -> list[str]:
     """`coldbatch status`'s results as sentences (the ledger's dict is `--json`'s)."""
     lines = [
         f"requests answered: {summary['succeeded']:,} ok, {summary['failed']:,} failed, "
@@ -122,12 +125,12 @@ def status_lines(job: dict[str, Any], summary: dict[str, Any]) -> list[str]:
         f"tokens: {summary['prompt_tokens']:,} prompt ({summary['cached_tokens']:,} cached), "
         f"{summary['completion_tokens']:,} completion; {summary['retried_rows']:,} request(s) retried"
     )
-    rep = job.get("report") or {}
+    rep = job.report or {}
     if rep.get("error"):
         lines.append(f"the job failed: {rep['error']}")
     elif "rows" in rep:
         lines.append(
-            f"OUTPUT {rep.get('output', job['output_path'])}: {rep['rows']:,} rows, {rep['succeeded']:,} "
+            f"OUTPUT {rep.get('output', job.output_path)}: {rep['rows']:,} rows, {rep['succeeded']:,} "
             f"answered, {rep['rows'] - rep['succeeded']:,} not (its `error` column says why)"
         )
     return lines

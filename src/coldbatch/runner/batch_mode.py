@@ -61,13 +61,13 @@ class BatchMode:
                 interval = _next_interval(ctx, st, interval)
         return await finish(ctx, started)
 
-    async def _maybe_rescue(self, ctx: RunContext, st: RunState, units: list[dict[str, Any]]) -> bool:
+    async def _maybe_rescue(self, ctx: RunContext, st: RunState, units: list[LG.UnitRecord]) -> bool:
         """With --deadline: start the sync rescue when the batches will be late (see deadline.py)."""
         if ctx.opts.deadline is None or self.rescue_client is None or ctx.status() != "running":
             return False
-        started = min((u["intent_at"] or time.time() for u in ctx.ledger.units(ctx.job_id)), default=time.time())
-        remaining = sum(u["requests"] - st.counts.get(u["id"], 0) for u in units)
-        done = sum(st.counts.values()) + sum(u["requests"] for u in ctx.ledger.units(ctx.job_id, [LG.COLLECTED]))
+        started = min((u.intent_at or time.time() for u in ctx.ledger.units(ctx.job_id)), default=time.time())
+        remaining = sum(u.requests - st.counts.get(u.id, 0) for u in units)
+        done = sum(st.counts.values()) + sum(u.requests for u in ctx.ledger.units(ctx.job_id, [LG.COLLECTED]))
         if not deadline.late(
             now=time.time(), deadline=ctx.opts.deadline, started=started, done=done, remaining=remaining
         ):
@@ -106,37 +106,37 @@ def _past_deadline_after_rescue(ctx: RunContext) -> bool:
     if not (ctx.status() == "rescued" and ctx.opts.deadline):
         return False
     s = ctx.ledger.summary(ctx.job_id)
-    total = sum(u["requests"] for u in ctx.ledger.units(ctx.job_id) if u["round"] == 1)
+    total = sum(u.requests for u in ctx.ledger.units(ctx.job_id) if u.round == 1)
     return time.time() >= ctx.opts.deadline or s["succeeded"] + s["failed"] >= total
 
 
-async def step(ctx: RunContext, st: RunState, units: list[dict[str, Any]]) -> bool:
+async def step(ctx: RunContext, st: RunState, units: list[LG.UnitRecord]) -> bool:
     """One pass: poll every running batch at once, then one step for each unit the caps let start; True if
     anything changed."""
     if ctx.status() in WINDING_DOWN:
         return await step_cancelling(ctx, st, units)
     progressed = False
-    in_flight = sum(1 for u in units if u["state"] != LG.PLANNED)
+    in_flight = sum(1 for u in units if u.state != LG.PLANNED)
     queued: dict[str, int] = {}  # prompt tokens in flight per model, counting units started in this pass
     for u in units:
-        if u["state"] != LG.PLANNED:
-            queued[u["model"]] = queued.get(u["model"], 0) + u["tokens"]
-    polled = await _retrieve_running(ctx, [u for u in units if u["state"] == LG.CREATED])
+        if u.state != LG.PLANNED:
+            queued[u.model] = queued.get(u.model, 0) + u.tokens
+    polled = await _retrieve_running(ctx, [u for u in units if u.state == LG.CREATED])
     for u in units:
-        if u["state"] == LG.PLANNED:
+        if u.state == LG.PLANNED:
             if in_flight >= ctx.opts.max_in_flight or not _tokens_ok(ctx, u, queued):
                 continue
             in_flight += 1
-            queued[u["model"]] = queued.get(u["model"], 0) + u["tokens"]
-        if u["id"] in polled:
-            progressed |= await C.poll(ctx, st, u, polled[u["id"]])
+            queued[u.model] = queued.get(u.model, 0) + u.tokens
+        if u.id in polled:
+            progressed |= await C.poll(ctx, st, u, polled[u.id])
         else:
             progressed |= await S.advance(ctx, st, u)
     ctx.emit("progress", progress(ctx, st))
     return progressed
 
 
-async def _retrieve_running(ctx: RunContext, running: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+async def _retrieve_running(ctx: RunContext, running: list[LG.UnitRecord]) -> dict[int, dict[str, Any]]:
     """Every running batch's status at once: one round trip per pass instead of one per batch."""
     gate = asyncio.Semaphore(POLL_CONCURRENCY)
 
@@ -144,14 +144,14 @@ async def _retrieve_running(ctx: RunContext, running: list[dict[str, Any]]) -> d
         async with gate:
             return await ctx.provider.retrieve(batch_id)
 
-    found = await asyncio.gather(*(retrieve(u["batch_id"]) for u in running))
-    return dict(zip([u["id"] for u in running], found, strict=True))
+    found = await asyncio.gather(*(retrieve(u.need_batch_id()) for u in running))
+    return dict(zip([u.id for u in running], found, strict=True))
 
 
-def _tokens_ok(ctx: RunContext, unit: dict[str, Any], queued: dict[str, int]) -> bool:
+def _tokens_ok(ctx: RunContext, unit: LG.UnitRecord, queued: dict[str, int]) -> bool:
     """--max-enqueued-tokens: a unit starts only if its model's queue has room for it (or is empty)."""
     cap = ctx.opts.max_enqueued_tokens
     if cap is None:
         return True
-    q = queued.get(unit["model"], 0)
-    return q == 0 or q + unit["tokens"] <= cap
+    q = queued.get(unit.model, 0)
+    return q == 0 or q + unit.tokens <= cap

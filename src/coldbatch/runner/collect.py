@@ -34,24 +34,24 @@ logger = logging.getLogger(__name__)
 MAX_REQUEUES = 20
 
 
-async def poll(ctx: RunContext, st: RunState, u: dict[str, Any], b: dict[str, Any] | None = None) -> bool:
+async def poll(ctx: RunContext, st: RunState, u: LG.UnitRecord, b: dict[str, Any] | None = None) -> bool:
     """Record a running unit's batch status (`b`: already retrieved) and collect it if it ended; True if it
     changed."""
     if b is None:
-        b = await ctx.provider.retrieve(u["batch_id"])
+        b = await ctx.provider.retrieve(u.need_batch_id())
     status = b["status"]
     counts = b.get("request_counts") or {}
     finished = int(counts.get("completed", 0) or 0) + int(counts.get("failed", 0) or 0)
-    st.moving |= finished > st.counts.get(u["id"], 0)
-    st.counts[u["id"]] = finished
-    if status != u["batch_status"]:
-        ctx.ledger.set_batch_status(u["id"], status)
+    st.moving |= finished > st.counts.get(u.id, 0)
+    st.counts[u.id] = finished
+    if status != u.batch_status:
+        ctx.ledger.set_batch_status(u.id, status)
         ctx.emit(
             "status",
-            {"unit": u["id"], "batch_id": u["batch_id"], "status": status, "counts": b.get("request_counts")},
+            {"unit": u.id, "batch_id": u.batch_id, "status": status, "counts": b.get("request_counts")},
         )
     if status not in TERMINAL:
-        return bool(status != u["batch_status"])
+        return bool(status != u.batch_status)
     if status == "failed":
         await failed_batch(ctx, st, u, b)
     else:
@@ -59,21 +59,21 @@ async def poll(ctx: RunContext, st: RunState, u: dict[str, Any], b: dict[str, An
     return True
 
 
-async def failed_batch(ctx: RunContext, st: RunState, u: dict[str, Any], b: dict[str, Any]) -> None:
+async def failed_batch(ctx: RunContext, st: RunState, u: LG.UnitRecord, b: dict[str, Any]) -> None:
     """A batch that failed as a whole: requeued if the provider's queue was full, else every row failed."""
     errors = ((b.get("errors") or {}).get("data")) or []
-    if any(e.get("code") == "token_limit_exceeded" for e in errors) and u["try"] < MAX_REQUEUES:
+    if any(e.get("code") == "token_limit_exceeded" for e in errors) and u.try_ < MAX_REQUEUES:
         # the provider's queue is full: send the same file again later, as a new try (a new tag); the
         # failed batch stays on the provider's list under the old try's tag, so reconciliation never adopts it
-        ctx.ledger.move_unit(u["id"], LG.UPLOADED, batch_id=None, batch_status=None, **{"try": u["try"] + 1})
-        wait = min(ctx.opts.poll_interval * 2 ** min(u["try"], 6), max(ctx.opts.max_poll_interval, 1.0))
-        st.not_before[u["id"]] = time.monotonic() + wait
-        ctx.emit("requeued", {"unit": u["id"], "reason": "token_limit_exceeded", "try": u["try"] + 1})
+        ctx.ledger.move_unit(u.id, LG.UPLOADED, batch_id=None, batch_status=None, **{"try": u.try_ + 1})
+        wait = min(ctx.opts.poll_interval * 2 ** min(u.try_, 6), max(ctx.opts.max_poll_interval, 1.0))
+        st.not_before[u.id] = time.monotonic() + wait
+        ctx.emit("requeued", {"unit": u.id, "reason": "token_limit_exceeded", "try": u.try_ + 1})
         return
     by_line = {e.get("line"): e for e in errors if e.get("line")}
     first = errors[0] if errors else {"code": "batch_failed", "message": "the batch failed"}
     outcomes = []
-    for n, line in request_lines(Path(u["path"])):
+    for n, line in request_lines(Path(u.path)):
         e = by_line.get(n, first)
         outcomes.append(LG.Outcome(custom_id_of(line), "failed", None, e.get("code"), e.get("message")))
     ctx.ledger.collect(
@@ -85,33 +85,33 @@ async def failed_batch(ctx: RunContext, st: RunState, u: dict[str, Any], b: dict
         error_file_id=b.get("error_file_id"),
         detail=orjson.dumps(errors[:20]).decode(),
     )
-    ctx.emit("failed", {"unit": u["id"], "batch_id": u["batch_id"], "errors": errors[:3]})
+    ctx.emit("failed", {"unit": u.id, "batch_id": u.batch_id, "errors": errors[:3]})
     await clean_remote(ctx, u, b)
 
 
-async def collect(ctx: RunContext, u: dict[str, Any], b: dict[str, Any]) -> None:
+async def collect(ctx: RunContext, u: LG.UnitRecord, b: dict[str, Any]) -> None:
     """Download a finished (or cancelled, or expired) batch's output and error files and record every row."""
     folder = ctx.folder / "results"
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for kind, fid in (("output", b.get("output_file_id")), ("error", b.get("error_file_id"))):
         if fid:
-            dest = folder / f"u{u['id']}.{kind}.jsonl"
+            dest = folder / f"u{u.id}.{kind}.jsonl"
             await ctx.provider.download(fid, dest)
             files.append((kind, dest))
     with _gc.paused():  # one pass over up to 50,000 results: millions of short-lived objects, no cycles
         counts = _record_collected(ctx, u, b, files)
-    ctx.emit("collected", {"unit": u["id"], "batch_id": u["batch_id"], "status": b["status"], **counts})
+    ctx.emit("collected", {"unit": u.id, "batch_id": u.batch_id, "status": b["status"], **counts})
     await clean_remote(ctx, u, b)
 
 
 def _record_collected(
-    ctx: RunContext, u: dict[str, Any], b: dict[str, Any], files: list[tuple[str, Path]]
+    ctx: RunContext, u: LG.UnitRecord, b: dict[str, Any], files: list[tuple[str, Path]]
 ) -> dict[str, int]:
     """Each of the unit's requests gets an outcome: its result line, or `missing_result` (retried) when the
     provider returned none, or `batch_cancelled` when the user cancelled the batch."""
     cancelled_by_user = ctx.status() in CANCELLED
-    expected = [custom_id_of(ln) for _, ln in request_lines(Path(u["path"]))]
+    expected = [custom_id_of(ln) for _, ln in request_lines(Path(u.path))]
     outcomes = _read_results(ctx, u, files, cancelled_by_user)
     for cid in expected:
         if cid not in outcomes:
@@ -133,7 +133,7 @@ def _record_collected(
 
 
 def _read_results(
-    ctx: RunContext, u: dict[str, Any], files: list[tuple[str, Path]], cancelled_by_user: bool
+    ctx: RunContext, u: LG.UnitRecord, files: list[tuple[str, Path]], cancelled_by_user: bool
 ) -> dict[str, LG.Outcome]:
     """The outcomes in a batch's output and error files, by custom_id, each checked against the answer schema."""
     endpoint = ctx.opts.spec["endpoint"]
@@ -148,7 +148,7 @@ def _read_results(
         )
         for o in items:
             outcomes[o.custom_id] = structured.check(
-                o, schema, attempt=u["round"], retries=ctx.opts.invalid_output_retries
+                o, schema, attempt=u.round, retries=ctx.opts.invalid_output_retries
             )
     return outcomes
 
@@ -173,12 +173,12 @@ def remember(ctx: RunContext, outcomes: Iterable[LG.Outcome]) -> None:
             cache.close()
 
 
-async def clean_remote(ctx: RunContext, u: dict[str, Any], b: dict[str, Any]) -> None:
+async def clean_remote(ctx: RunContext, u: LG.UnitRecord, b: dict[str, Any]) -> None:
     """Delete a collected unit's files on the provider (unless --keep-remote-files); never fails the job."""
     if ctx.opts.keep_remote_files:
         return
     ok = True
-    for fid in dict.fromkeys((u["file_id"], b.get("output_file_id"), b.get("error_file_id"))):
+    for fid in dict.fromkeys((u.file_id, b.get("output_file_id"), b.get("error_file_id"))):
         if fid:
             try:
                 await ctx.provider.delete_file(fid)
@@ -186,7 +186,7 @@ async def clean_remote(ctx: RunContext, u: dict[str, Any], b: dict[str, Any]) ->
                 logger.warning("could not delete remote file %s: %s", fid, exc)
                 ok = False
     if ok:
-        ctx.ledger.mark_cleaned(u["id"])
+        ctx.ledger.mark_cleaned(u.id)
 
 
 async def sweep_remote(ctx: RunContext) -> None:
@@ -194,5 +194,5 @@ async def sweep_remote(ctx: RunContext) -> None:
     if ctx.opts.keep_remote_files:
         return
     for u in ctx.ledger.units(ctx.job_id, [LG.COLLECTED, LG.FAILED]):
-        if not u["remote_cleaned"]:
-            await clean_remote(ctx, u, {"output_file_id": u["output_file_id"], "error_file_id": u["error_file_id"]})
+        if not u.remote_cleaned:
+            await clean_remote(ctx, u, {"output_file_id": u.output_file_id, "error_file_id": u.error_file_id})

@@ -52,14 +52,14 @@ class RunContext:
     def folder(self) -> Path:
         return self.root / "jobs" / self.job_id
 
-    def job(self) -> dict[str, Any]:
+    def job(self) -> LG.JobRecord:
         """The job's ledger row as it is now (another process may have cancelled it since the last look)."""
         job = self.ledger.job(self.job_id)
         assert job is not None, f"job {self.job_id} vanished from the ledger"
         return job
 
-    def status(self) -> str:
-        return str(self.job()["status"])
+    def status(self) -> LG.JobStatus:
+        return self.job().status
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -214,7 +214,7 @@ def train(vectors: list[np.ndarray], labels: list[str], label_set: tuple[str, ..
     return Classifier(label_set, classify.fit(np.stack(vectors), y, len(label_set)))
 
 
-def classified(ledger: LedgerStore, job_id: str, options: dict[str, Any]) -> Classified:
+def classified(ledger: LedgerStore, job_id: str, options: Mapping[str, Any]) -> Classified:
     """The labels of an --examples job, by question: fitted on its companion job's example vectors."""
     label_set = tuple(options["labels"])
     with Path(options["file"]).open(newline="", encoding="utf-8") as fh:

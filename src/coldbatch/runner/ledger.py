@@ -11,7 +11,7 @@ from __future__ import annotations
 from coldbatch.core.unit_state import OPEN_UNIT_STATES, JobStatus, UnitState
 from coldbatch.store.interfaces import LedgerStore
 from coldbatch.store.ledger import Ledger
-from coldbatch.store.records import Outcome
+from coldbatch.store.records import JobRecord, Outcome, UnitRecord
 
 __all__ = [
     "COLLECTED",
@@ -22,10 +22,12 @@ __all__ = [
     "PLANNED",
     "UPLOADED",
     "UPLOADING",
+    "JobRecord",
     "JobStatus",
     "Ledger",
     "LedgerStore",
     "Outcome",
+    "UnitRecord",
     "UnitState",
 ]
 

@@ -1,27 +1,33 @@
 """`RunOptions`: everything a job needs besides its input, and a new job's id.
 
-Stored in the ledger as a dict (`asdict`) when the job is created, and read back by every run of it, so a
-`resume` needs nothing but the job id. It is a plain (not frozen) dataclass because callers build and adjust
-it field by field before the job exists; during a run it sits, unchanged, in the frozen `RunContext`.
+Stored in the ledger as JSON (`to_json`) when the job is created, and read back (`from_json`) by every run of
+it, so a `resume` needs nothing but the job id: those two are the one place the options meet their stored
+form. Frozen, its JSON-shaped fields (`spec`, `examples`) read-only dicts (`core/frozen.py`): a caller that adjusts
+options before the job exists makes a changed copy (`dataclasses.replace`), and nothing can change them while a
+run reads them.
 """
 
 from __future__ import annotations
 
+import copy
 import secrets
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from coldbatch.builder.spec import RequestSpec
+from coldbatch.core.frozen import frozen
+from coldbatch.errors import InputError
 from coldbatch.protocol.limits import Limits
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class RunOptions:
     """Everything a job needs besides its input, stored in the ledger so `resume` needs nothing else."""
 
-    spec: dict[str, Any]
-    limits: dict[str, int] = field(default_factory=lambda: asdict(Limits()))
+    spec: Mapping[str, Any]  #: `RequestSpec.describe()`, read-only (`request_spec()` is the typed spec)
+    limits: Limits = field(default_factory=Limits)
     fmt: str | None = None
     max_cost: float | None = None
     max_attempts: int = 3
@@ -50,11 +56,40 @@ class RunOptions:
     sync_base_url: str | None = None  #: where sync mode and a deadline rescue send (default: the provider)
     #: --examples: the job's requests are the rows' embeddings, labelled by a classifier fitted on the examples
     #: (runner/examples.py): {"labels", "file" (the kept examples), "source", "label_column"}
-    examples: dict[str, Any] | None = None
+    examples: Mapping[str, Any] | None = None
     output_prefix: str = ""  #: before every column OUTPUT adds (--output-prefix; runner/output.py)
 
+    def __post_init__(self) -> None:
+        """Own and freeze the JSON-shaped fields (a caller's dict is copied, never shared); a `limits` given as
+        the stored dict becomes `Limits`."""
+        object.__setattr__(self, "spec", frozen(dict(self.spec)))
+        if isinstance(self.limits, Mapping):
+            object.__setattr__(self, "limits", Limits(**self.limits))
+        if self.examples is not None:
+            object.__setattr__(self, "examples", frozen(dict(self.examples)))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], job_id: str = "?") -> RunOptions:
+        """A job's options as the ledger stores them (any coldbatch since the ledger began wrote this shape)."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InputError(
+                f"job {job_id}: its stored options have field(s) {', '.join(unknown)} this coldbatch does not "
+                "know; was the job created by a newer version?"
+            )
+        return cls(**data)
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as the ledger stores them: plain JSON values, the field names as keys."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["spec"] = copy.deepcopy(dict(self.spec))
+        out["limits"] = asdict(self.limits)
+        out["examples"] = None if self.examples is None else copy.deepcopy(dict(self.examples))
+        return out
+
     def request_spec(self) -> RequestSpec:
-        d = dict(self.spec)
+        """The typed spec, built from a plain copy (the builder may extend a request body it is given)."""
+        d = copy.deepcopy(dict(self.spec))
         d["labels"] = tuple(d.get("labels") or ())
         return RequestSpec(**d)
 

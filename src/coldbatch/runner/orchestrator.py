@@ -24,29 +24,16 @@ from coldbatch.runner import batch_mode
 from coldbatch.runner import ledger as LG
 from coldbatch.runner.batch_mode import BatchMode
 from coldbatch.runner.cancel import cancel
-from coldbatch.runner.collect import MAX_REQUEUES
-from coldbatch.runner.context import CANCELLED, TERMINAL, Events, RunContext, RunState, Sleep, silent
-from coldbatch.runner.options import RunOptions, new_job_id
+from coldbatch.runner.context import Events, RunContext, RunState, Sleep, silent
+from coldbatch.runner.options import RunOptions
 from coldbatch.runner.prepare import check_budget, prepare
-from coldbatch.runner.report import progress, write_job_output
+from coldbatch.runner.report import progress
 from coldbatch.runner.sync_mode import SyncMode
 
 if TYPE_CHECKING:
     from coldbatch.hotpath.client import SyncClient
 
-__all__ = [
-    "CANCELLED",
-    "MAX_REQUEUES",
-    "TERMINAL",
-    "BatchMode",
-    "Mode",
-    "RunOptions",
-    "Runner",
-    "SyncMode",
-    "choose_mode",
-    "new_job_id",
-    "write_job_output",
-]
+__all__ = ["Mode", "Runner", "SyncClientFactory", "choose_mode"]
 
 #: opens the sync client a job's sync mode or deadline rescue sends through, for the job's options
 SyncClientFactory = Callable[[RunOptions], "SyncClient"]
@@ -88,7 +75,7 @@ class Runner:
         job = ledger.job(job_id)
         if job is None:
             raise InputError(f"No job {job_id!r} in the ledger {ledger.path}")
-        opts = RunOptions(**job["options"])
+        opts = RunOptions.from_json(job.options, job_id)
         self.ctx = RunContext(ledger, provider, job_id, root, opts, on_event or silent, prices or P.load(), sleep)
         self.state = RunState()
         self.sync_client = sync_client
@@ -112,7 +99,7 @@ class Runner:
         """Drive the job to its end in its mode (chosen here, once); returns the report."""
         return await choose_mode(self.ctx.opts, self.sync_client).run(self.ctx, self.state)
 
-    async def step(self, units: list[dict[str, Any]]) -> bool:
+    async def step(self, units: list[LG.UnitRecord]) -> bool:
         """One batch-mode pass over `units` (for tests that stop a job midway)."""
         return await batch_mode.step(self.ctx, self.state, units)
 

@@ -21,7 +21,7 @@ from coldbatch.store.interfaces import LedgerStore
 
 if TYPE_CHECKING:
     from coldbatch.builder.spec import RequestSpec
-    from coldbatch.runner.orchestrator import RunOptions
+    from coldbatch.runner.options import RunOptions
 
 
 def check_output_columns(

@@ -16,24 +16,24 @@ from coldbatch.builder.manifest import read_manifest
 from coldbatch.core.canonical import is_sampling
 from coldbatch.errors import BudgetExceeded, InputError, UsageError
 from coldbatch.estimate.api import estimate
-from coldbatch.protocol.limits import Limits
 from coldbatch.runner.cache import ResultCache
 from coldbatch.runner.context import RunContext
 from coldbatch.runner.estimate_view import EstimateView
 from coldbatch.runner.options import RunOptions
 from coldbatch.runner.plan import plan_sends
 from coldbatch.store.interfaces import CacheStore
+from coldbatch.store.records import JobRecord
 
 
 def prepare(ctx: RunContext) -> dict[str, Any]:
     """Build shards and units (idempotent), and estimate the cost. Returns the estimate."""
     job = ctx.job()
-    if job["status"] == "failed":
+    if job.status == "failed":
         raise InputError(
-            f"Job {ctx.job_id} failed before anything was sent: {(job['report'] or {}).get('error')}"
+            f"Job {ctx.job_id} failed before anything was sent: {(job.report or {}).get('error')}"
             "; fix that and start a new `coldbatch run` (resuming would fail the same way)"
         )
-    if job["status"] == "preparing":
+    if job.status == "preparing":
         shards = ctx.folder / "shards"
         manifest = read_manifest(shards) if shards.is_dir() else None
         if manifest is None:
@@ -42,7 +42,7 @@ def prepare(ctx: RunContext) -> dict[str, Any]:
         est["manifest_totals"] = manifest["totals"]
         ctx.ledger.set_job(ctx.job_id, status="prepared", estimate=est)
         ctx.emit("prepared", est)
-    return dict(ctx.job()["estimate"] or {})
+    return dict(ctx.job().estimate or {})
 
 
 def _plan_units(ctx: RunContext, manifest: dict[str, Any], shard_paths: list[Path]) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def _plan_units(ctx: RunContext, manifest: dict[str, Any], shard_paths: list[Pat
             ctx.folder / "send",
             ctx.ledger,
             ctx.job_id,
-            limits=Limits(**ctx.opts.limits),
+            limits=ctx.opts.limits,
             cache=cache,
             cache_only=ctx.opts.cache_only,
             prices=ctx.prices,
@@ -90,15 +90,15 @@ def _shard_units(ctx: RunContext, manifest: dict[str, Any], shard_paths: list[Pa
     ]
 
 
-def _build_shards(ctx: RunContext, job: dict[str, Any], shards: Path) -> dict[str, Any]:
+def _build_shards(ctx: RunContext, job: JobRecord, shards: Path) -> dict[str, Any]:
     """`prepare` the input. An input it refuses fails the job, with the reason: left `preparing`, the job
     invited a `resume` that could only fail again."""
     try:
         return prepare_input(
-            job["input_path"],
+            job.input_path,
             shards,
             ctx.opts.request_spec(),
-            limits=Limits(**ctx.opts.limits),
+            limits=ctx.opts.limits,
             fmt=ctx.opts.fmt,
         ).manifest
     except (InputError, UsageError) as exc:

@@ -14,7 +14,6 @@ from typing import Any
 
 from coldbatch.builder.manifest import read_manifest
 from coldbatch.estimate import prices as P
-from coldbatch.protocol.limits import Limits
 from coldbatch.runner import examples
 from coldbatch.runner import ledger as LG
 from coldbatch.runner.collect import sweep_remote
@@ -24,20 +23,18 @@ from coldbatch.runner.options import RunOptions
 from coldbatch.runner.output import write_output
 
 
-def write_job_output(
-    ledger: LG.LedgerStore, job: dict[str, Any], root: Path, out: Path | None = None
-) -> dict[str, int]:
+def write_job_output(ledger: LG.LedgerStore, job: LG.JobRecord, root: Path, out: Path | None = None) -> dict[str, int]:
     """(Re)write a job's OUTPUT from the ledger: joined with the same request options and limits the job
     prepared with, after checking that the input still builds exactly the requests that were sent."""
-    opts = RunOptions(**job["options"])
-    lim = Limits(**opts.limits)
-    manifest = read_manifest(root / "jobs" / job["id"] / "shards")
-    classified = examples.classified(ledger, job["id"], opts.examples) if opts.examples else None
+    opts = RunOptions.from_json(job.options, job.id)
+    lim = opts.limits
+    manifest = read_manifest(root / "jobs" / job.id / "shards")
+    classified = examples.classified(ledger, job.id, opts.examples) if opts.examples else None
     return write_output(
         ledger,
-        job["id"],
-        Path(job["input_path"]),
-        out or Path(job["output_path"]),
+        job.id,
+        Path(job.input_path),
+        out or Path(job.output_path),
         opts.request_spec(),
         fmt=opts.fmt,
         max_line_bytes=min(lim.max_line_bytes, lim.max_bytes - 1),
@@ -54,10 +51,10 @@ def progress(ctx: RunContext, st: RunState) -> dict[str, Any]:
     units = ctx.ledger.units(ctx.job_id)
     by: dict[str, int] = {}
     for u in units:
-        key = u["batch_status"] if u["state"] == LG.CREATED and u["batch_status"] else u["state"]
+        key = u.batch_status if u.state == LG.CREATED and u.batch_status else u.state
         by[key] = by.get(key, 0) + 1
-    remote = sum(st.counts.get(u["id"], 0) for u in units if u["state"] == LG.CREATED)
-    total = sum(u["requests"] for u in units if u["round"] == 1)
+    remote = sum(st.counts.get(u.id, 0) for u in units if u.state == LG.CREATED)
+    total = sum(u.requests for u in units if u.round == 1)
     return {
         "units": len(units),
         "by_state": by,
@@ -93,12 +90,12 @@ async def finish(ctx: RunContext, started: float) -> dict[str, Any]:
     written = write_job_output(ctx.ledger, job, ctx.root)
     summary = ctx.ledger.summary(ctx.job_id)
     price = ctx.prices.lookup(ctx.opts.spec["model"])
-    report = _report(ctx, job, written, summary, Costs.of(price, summary), EstimateView.of(job["estimate"]))
+    report = _report(ctx, job, written, summary, Costs.of(price, summary), EstimateView.of(job.estimate))
     report["seconds"] = round(time.time() - started, 2)
     rescued = ctx.ledger.rescued_summary(ctx.job_id)
     if rescued["requests"]:
         report["deadline_rescue"] = _rescue_section(price, rescued, written)
-    final = "cancelled" if job["status"] in CANCELLED else "done"
+    final = "cancelled" if job.status in CANCELLED else "done"
     ctx.ledger.set_job(ctx.job_id, status=final, report=report)
     ctx.emit("done", report)
     return report
@@ -106,7 +103,7 @@ async def finish(ctx: RunContext, started: float) -> dict[str, Any]:
 
 def _report(
     ctx: RunContext,
-    job: dict[str, Any],
+    job: LG.JobRecord,
     written: dict[str, int],
     summary: dict[str, Any],
     costs: Costs,
@@ -117,7 +114,7 @@ def _report(
     sync_all = est.sync_cost_usd  # every row sent one by one at sync prices: the baseline
     return {
         "job": ctx.job_id,
-        "output": str(job["output_path"]),
+        "output": str(job.output_path),
         "rows": written["rows"],
         "rejected_rows": written["rejected"],
         **summary,

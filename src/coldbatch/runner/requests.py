@@ -7,30 +7,31 @@ of some of its lines, so "the job's requests" are the round-1 units' lines.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from coldbatch.jsonl import request_lines
 from coldbatch.protocol.lines import RequestLine
+from coldbatch.store.records import UnitRecord
 
 
 class _Units(Protocol):
-    def units(self, job_id: str) -> list[dict[str, Any]]: ...
+    def units(self, job_id: str) -> list[UnitRecord]: ...
 
 
-def unit_requests(units: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, RequestLine]]:
+def unit_requests(units: Iterable[UnitRecord]) -> Iterator[tuple[bytes, RequestLine]]:
     """(raw line, parsed request) of each request of each unit's file, in unit then line order. The raw line
     (without its newline) is for callers that copy it on (a retry file) instead of re-encoding it."""
     parse = RequestLine.parse
     for u in units:
-        for _, raw in request_lines(Path(u["path"])):
+        for _, raw in request_lines(Path(u.path)):
             yield raw, parse(raw)
 
 
-def round_one(ledger: _Units, job_id: str) -> list[dict[str, Any]]:
+def round_one(ledger: _Units, job_id: str) -> list[UnitRecord]:
     """The job's round-1 units, where every one of its requests originates."""
-    return [u for u in ledger.units(job_id) if u["round"] == 1]
+    return [u for u in ledger.units(job_id) if u.round == 1]
 
 
 def job_requests(ledger: _Units, job_id: str) -> Iterator[tuple[bytes, RequestLine]]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from coldbatch.builder.write import LineShards
-from coldbatch.protocol.limits import Limits
 from coldbatch.runner.context import WINDING_DOWN, RunContext
 from coldbatch.runner.prepare import tokens_of
 from coldbatch.runner.requests import job_requests
@@ -64,7 +63,7 @@ def _round_units(folder: Path, rnd: int, files: LineShards) -> list[dict[str, An
 def _write_retry_files(ctx: RunContext, folder: Path, ids: set[str], rnd: int) -> list[dict[str, Any]]:
     """The rows to retry, in input order, cut into files within the job's limits (requests, bytes, one model).
     Each row found is taken out of `ids`: what is left was in no shard."""
-    lim = Limits(**ctx.opts.limits)
+    lim = ctx.opts.limits
     files = LineShards(folder, f"round-{rnd}-{{:05d}}.jsonl", lim.max_requests, lim.max_bytes)
     try:
         for line, req in job_requests(ctx.ledger, ctx.job_id):

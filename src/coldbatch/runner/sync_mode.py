@@ -108,7 +108,7 @@ class _SyncRun:
             ctx.ledger.set_job(ctx.job_id, status="running")
         else:
             self._stop = True
-        units = [u for u in ctx.ledger.units(ctx.job_id, [LG.PLANNED]) if u["round"] == 1]
+        units = [u for u in ctx.ledger.units(ctx.job_id, [LG.PLANNED]) if u.round == 1]
         endpoint = ctx.opts.spec["endpoint"]
         labels = structured.label_field(ctx.opts.request_spec().answer_schema)
         ticker = asyncio.create_task(self._tick())
@@ -123,11 +123,11 @@ class _SyncRun:
             self._flush()
         for u in units:  # everything is answered (or the job was cancelled): batch mode must never send these
             if self._stop:
-                ctx.ledger.move_unit(u["id"], LG.FAILED, detail="cancelled before submission", remote_cleaned=1)
+                ctx.ledger.move_unit(u.id, LG.FAILED, detail="cancelled before submission", remote_cleaned=1)
             else:
-                ctx.ledger.move_unit(u["id"], LG.COLLECTED, remote_cleaned=1, detail="sent in sync mode")
+                ctx.ledger.move_unit(u.id, LG.COLLECTED, remote_cleaned=1, detail="sent in sync mode")
 
-    def _items(self, units: list[dict[str, Any]], endpoint: str) -> Iterator[Item]:
+    def _items(self, units: list[LG.UnitRecord], endpoint: str) -> Iterator[Item]:
         seen = self.ctx.ledger.answered_ids(self.ctx.job_id)
         for _, req in unit_requests(units):
             if self._stop:

@@ -28,6 +28,7 @@ from coldbatch.errors import ApiError
 from coldbatch.server import dashboard
 from coldbatch.store.interfaces import LedgerStore
 from coldbatch.store.ledger import Ledger
+from coldbatch.store.records import UnitRecord
 
 SAMPLE_ROWS = 10
 SAMPLE_CELL_CHARS = 200
@@ -81,7 +82,7 @@ def create_jobs_app(ledger_path: Path) -> Starlette:
     async def jobs(request: Request) -> Response:
         led = ledger()
         try:
-            rows = [job_row(led, j["id"]) for j in led.jobs()]
+            rows = [job_row(led, j.id) for j in led.jobs()]
         finally:
             led.close()
         return JSONResponse({"now": time.time(), "ledger": str(ledger_path), "jobs": rows})
@@ -114,17 +115,19 @@ def create_jobs_app(ledger_path: Path) -> Starlette:
 
 def job_row(led: LedgerStore, job_id: str) -> dict[str, Any]:
     """One line of the jobs list: status, paths, and the report's headline figures once finished."""
-    j = led.job(job_id) or {}
-    report = j.get("report") or {}
+    j = led.job(job_id)
+    if j is None:
+        raise ApiError(404, f"No job named {job_id!r} in this ledger.")
+    report = j.report or {}
     summary = led.summary(job_id)
     return {
         "id": job_id,
-        "status": j.get("status"),
-        "created_at": j.get("created_at"),
-        "updated_at": j.get("updated_at"),
-        "input_path": j.get("input_path"),
-        "output_path": j.get("output_path"),
-        "model": ((j.get("options") or {}).get("spec") or {}).get("model"),
+        "status": j.status.value,
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
+        "input_path": j.input_path,
+        "output_path": j.output_path,
+        "model": (j.options.get("spec") or {}).get("model"),
         "rows": report.get("rows"),
         "succeeded": report.get("succeeded", summary["succeeded"]),
         "failed": report.get("failed", summary["failed"]),
@@ -138,18 +141,19 @@ def job_detail(led: LedgerStore, job_id: str) -> dict[str, Any]:
     j = led.job(job_id)
     if j is None:
         raise ApiError(404, f"No job named {job_id!r} in this ledger.")
-    options = j.get("options") or {}
+    options = j.options
+    whole = j.to_json()
     return {
-        "job": {k: j[k] for k in ("id", "status", "created_at", "updated_at", "input_path", "output_path")},
+        "job": {k: whole[k] for k in ("id", "status", "created_at", "updated_at", "input_path", "output_path")},
         "model": (options.get("spec") or {}).get("model"),
         "mode": options.get("mode"),
         "provider": options.get("provider"),
-        "estimate": _estimate(j.get("estimate") or {}),
-        "report": j.get("report"),
+        "estimate": _estimate(whole["estimate"] or {}),
+        "report": whole["report"],
         "summary": led.summary(job_id),
         "rows_by_state": led.row_counts(job_id) if led.keyed(job_id) else None,
         "units": [_unit(u, options.get("provider")) for u in led.units(job_id)],
-        "sample": output_sample(Path(j["output_path"])),
+        "sample": output_sample(Path(j.output_path)),
     }
 
 
@@ -162,7 +166,7 @@ def _estimate(est: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _unit(u: dict[str, Any], provider: str | None) -> dict[str, Any]:
+def _unit(unit: UnitRecord, provider: str | None) -> dict[str, Any]:
     keys = (
         "id",
         "round",
@@ -177,7 +181,8 @@ def _unit(u: dict[str, Any], provider: str | None) -> dict[str, Any]:
         "detail",
         "updated_at",
     )
-    return {**{k: u.get(k) for k in keys}, "batch_url": batch_url(provider, u.get("batch_id"))}
+    u = unit.to_json()
+    return {**{k: u[k] for k in keys}, "batch_url": batch_url(provider, unit.batch_id)}
 
 
 def batch_url(provider: str | None, batch_id: str | None) -> str | None:

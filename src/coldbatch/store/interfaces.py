@@ -17,14 +17,14 @@ Rows cross these interfaces as plain dicts (`Row`): the server serves them as JS
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
 
 from coldbatch.core.status import BatchStatus
 from coldbatch.core.unit_state import JobStatus, UnitState
-from coldbatch.store.records import Entry, LoggedRow, Outcome, ResultRow, Row
+from coldbatch.store.records import Entry, JobRecord, LoggedRow, Outcome, ResultRow, Row, UnitRecord
 
 __all__ = ["BlobStore", "CacheStore", "LedgerStore", "ServerStore"]
 
@@ -212,13 +212,15 @@ class LedgerStore(Protocol):
     def close(self) -> None: ...
 
     # -- jobs -----------------------------------------------------------------------------------------
-    def create_job(self, job_id: str, input_path: str, output_path: str, options: dict[str, Any]) -> None: ...
+    def create_job(self, job_id: str, input_path: str, output_path: str, options: Mapping[str, Any]) -> None: ...
 
-    def job(self, job_id: str) -> Row | None:
+    def job(self, job_id: str) -> JobRecord | None:
         """The job with options, estimate and report decoded (None: no such job)."""
         ...
 
-    def jobs(self) -> list[Row]: ...
+    def jobs(self) -> list[JobRecord]:
+        """Every job, newest first."""
+        ...
 
     def set_job(self, job_id: str, **fields: Any) -> bool:
         """Write options / estimate / report, and a `status` through the job table, in one step; False (and
@@ -236,7 +238,7 @@ class LedgerStore(Protocol):
         """Plan units, all or none; a (round, shard) the job has already is left alone."""
         ...
 
-    def units(self, job_id: str, states: Sequence[str] | None = None) -> list[Row]: ...
+    def units(self, job_id: str, states: Sequence[str] | None = None) -> list[UnitRecord]: ...
 
     def max_round(self, job_id: str) -> int: ...
 
@@ -257,7 +259,12 @@ class LedgerStore(Protocol):
 
     # -- results --------------------------------------------------------------------------------------
     def collect(
-        self, unit: Row, outcomes: Iterable[Outcome], *, state: UnitState = UnitState.COLLECTED, **unit_fields: Any
+        self,
+        unit: UnitRecord,
+        outcomes: Iterable[Outcome],
+        *,
+        state: UnitState = UnitState.COLLECTED,
+        **unit_fields: Any,
     ) -> dict[str, int]:
         """Upsert a unit's outcomes and move it to `state` in one step; a unit already final: all zero."""
         ...

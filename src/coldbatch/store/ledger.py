@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,7 +24,7 @@ import orjson
 
 from coldbatch.core.unit_state import JobStatus, UnitState, job_allowed_from, unit_allowed_from
 from coldbatch.store import sqlite_db
-from coldbatch.store.records import Outcome, Row, decoded_job
+from coldbatch.store.records import JobRecord, Outcome, Row, UnitRecord
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,13 @@ _UPSERT_RESULT = (
     "completion_tokens = results.completion_tokens + excluded.completion_tokens, "
     "cached_tokens = results.cached_tokens + excluded.cached_tokens WHERE results.state != 'ok'"
 )
+
+
+def json_column(v: Any) -> Any:
+    """A job column's value as stored: a mapping or list as JSON text (a read-only record mapping included)."""
+    if isinstance(v, Mapping):
+        return orjson.dumps(dict(v)).decode()
+    return orjson.dumps(v).decode() if isinstance(v, list) else v
 
 
 def _result_row(job_id: str, o: Outcome, attempts: int) -> tuple[Any, ...]:
@@ -93,29 +100,21 @@ class Ledger:
         return _Tx(self.db)
 
     # -- jobs ---------------------------------------------------------------------------------------------
-    def create_job(self, job_id: str, input_path: str, output_path: str, options: dict[str, Any]) -> None:
+    def create_job(self, job_id: str, input_path: str, output_path: str, options: Mapping[str, Any]) -> None:
         now = int(time.time())
         with self._tx():
             self.db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?)",
-                (job_id, now, JobStatus.PREPARING.value, input_path, output_path, orjson.dumps(options).decode(), now),
+                (job_id, now, JobStatus.PREPARING.value, input_path, output_path, json_column(options), now),
             )
             self.db.execute("INSERT INTO job_events VALUES (?, NULL, ?, ?)", (job_id, JobStatus.PREPARING.value, now))
 
-    def job(self, job_id: str) -> Row | None:
+    def job(self, job_id: str) -> JobRecord | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            return None
-        return decoded_job(dict(row))
+        return None if row is None else JobRecord.of(row)
 
-    def jobs(self) -> list[Row]:
-        return [
-            dict(r)
-            for r in self.db.execute(
-                "SELECT id, created_at, status, input_path, output_path, updated_at "
-                "FROM jobs ORDER BY created_at DESC, id"
-            )
-        ]
+    def jobs(self) -> list[JobRecord]:
+        return [JobRecord.of(r) for r in self.db.execute("SELECT * FROM jobs ORDER BY created_at DESC, id")]
 
     def set_job(self, job_id: str, **fields: Any) -> bool:
         """Write the job's options / estimate / report, and its status through the transition table, in one
@@ -129,7 +128,7 @@ class Ledger:
                 return False
             if fields:
                 fields["updated_at"] = int(time.time())
-                vals = [orjson.dumps(v).decode() if isinstance(v, dict | list) else v for v in fields.values()]
+                vals = [json_column(v) for v in fields.values()]
                 self.db.execute(
                     f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?", [*vals, job_id]
                 )
@@ -194,12 +193,12 @@ class Ledger:
                         "INSERT INTO unit_events VALUES (?, NULL, 'planned', ?, NULL)", (cur.lastrowid, now)
                     )
 
-    def units(self, job_id: str, states: Sequence[str] | None = None) -> list[Row]:
+    def units(self, job_id: str, states: Sequence[str] | None = None) -> list[UnitRecord]:
         sql, args = "SELECT * FROM units WHERE job_id = ?", [job_id]
         if states:
             sql += f" AND state IN ({', '.join('?' * len(states))})"
             args += [str(s) for s in states]
-        return [dict(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+        return [UnitRecord.of(r) for r in self.db.execute(sql + " ORDER BY id", args)]
 
     def max_round(self, job_id: str) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(round), 0) FROM units WHERE job_id = ?", (job_id,)).fetchone()
@@ -249,7 +248,12 @@ class Ledger:
 
     # -- results ------------------------------------------------------------------------------------------
     def collect(
-        self, unit: Row, outcomes: Iterable[Outcome], *, state: UnitState = UnitState.COLLECTED, **unit_fields: Any
+        self,
+        unit: UnitRecord,
+        outcomes: Iterable[Outcome],
+        *,
+        state: UnitState = UnitState.COLLECTED,
+        **unit_fields: Any,
     ) -> dict[str, int]:
         """Upsert a unit's outcomes and move it to `state` (collected, or failed), atomically.
 
@@ -258,12 +262,12 @@ class Ledger:
         """
         counts = {"ok": 0, "retry": 0, "failed": 0}
         with self._tx():
-            if not self._move_unit(unit["id"], UnitState(state), unit_fields):
+            if not self._move_unit(unit.id, UnitState(state), unit_fields):
                 return counts
             rows = []
             for o in outcomes:
                 counts[o.state] += 1
-                rows.append(_result_row(unit["job_id"], o, unit["round"]))
+                rows.append(_result_row(unit.job_id, o, unit.round))
             self.db.executemany(_UPSERT_RESULT, rows)
         return counts
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from coldbatch.core.unit_state import JobStatus, UnitState, job_allowed_from, unit_allowed_from
-from coldbatch.store.ledger import JOB_FIELDS, UNIT_FIELDS
-from coldbatch.store.records import Entry, Outcome, Row, decoded_job
+from coldbatch.store.ledger import JOB_FIELDS, UNIT_FIELDS, json_column
+from coldbatch.store.records import Entry, JobRecord, Outcome, Row, UnitRecord
 
 __all__ = ["MemoryCache", "MemoryLedger"]
 
@@ -53,7 +53,7 @@ class MemoryLedger:
         pass
 
     # -- jobs -----------------------------------------------------------------------------------------
-    def create_job(self, job_id: str, input_path: str, output_path: str, options: dict[str, Any]) -> None:
+    def create_job(self, job_id: str, input_path: str, output_path: str, options: Mapping[str, Any]) -> None:
         now = int(time.time())
         with self._lock:
             if job_id in self._jobs:
@@ -64,25 +64,22 @@ class MemoryLedger:
                 "status": JobStatus.PREPARING.value,
                 "input_path": input_path,
                 "output_path": output_path,
-                "options": orjson.dumps(options).decode(),
+                "options": orjson.dumps(dict(options)).decode(),
                 "estimate": None,
                 "report": None,
                 "updated_at": now,
             }
             self._job_events.append((job_id, None, JobStatus.PREPARING.value))
 
-    def job(self, job_id: str) -> Row | None:
+    def job(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._jobs.get(job_id)
-            if row is None:
-                return None
-            return decoded_job(row)
+            return None if row is None else JobRecord.of(row)
 
-    def jobs(self) -> list[Row]:
-        cols = ("id", "created_at", "status", "input_path", "output_path", "updated_at")
+    def jobs(self) -> list[JobRecord]:
         with self._lock:
             rows = sorted(self._jobs.values(), key=lambda j: (-j["created_at"], j["id"]))
-            return [{c: j[c] for c in cols} for j in rows]
+            return [JobRecord.of(j) for j in rows]
 
     def set_job(self, job_id: str, **fields: Any) -> bool:
         unknown = set(fields) - JOB_FIELDS
@@ -94,7 +91,7 @@ class MemoryLedger:
                 return False
             if fields and job_id in self._jobs:
                 self._jobs[job_id].update(
-                    {k: orjson.dumps(v).decode() if isinstance(v, dict | list) else v for k, v in fields.items()},
+                    {k: json_column(v) for k, v in fields.items()},
                     updated_at=int(time.time()),
                 )
         return True
@@ -142,11 +139,11 @@ class MemoryLedger:
                 self._units[uid] = {"id": uid, **r}
                 self._unit_events.append((uid, None, UnitState.PLANNED.value))
 
-    def units(self, job_id: str, states: Sequence[str] | None = None) -> list[Row]:
+    def units(self, job_id: str, states: Sequence[str] | None = None) -> list[UnitRecord]:
         wanted = {str(s) for s in states} if states else None
         with self._lock:
             return [
-                dict(u)
+                UnitRecord.of(u)
                 for uid, u in sorted(self._units.items())
                 if u["job_id"] == job_id and (wanted is None or u["state"] in wanted)
             ]
@@ -183,21 +180,26 @@ class MemoryLedger:
 
     # -- results --------------------------------------------------------------------------------------
     def collect(
-        self, unit: Row, outcomes: Iterable[Outcome], *, state: UnitState = UnitState.COLLECTED, **unit_fields: Any
+        self,
+        unit: UnitRecord,
+        outcomes: Iterable[Outcome],
+        *,
+        state: UnitState = UnitState.COLLECTED,
+        **unit_fields: Any,
     ) -> dict[str, int]:
         """All or nothing: the outcomes are read in full before the unit moves or any result is written."""
         counts = {"ok": 0, "retry": 0, "failed": 0}
         with self._lock:
-            u = self._units.get(unit["id"])
+            u = self._units.get(unit.id)
             if u is None or UnitState(u["state"]) not in unit_allowed_from(UnitState(state)):
                 return counts
             items = list(outcomes)
             for o in items:
                 counts[o.state] += 1
-            if not self.move_unit(unit["id"], UnitState(state), **unit_fields):
+            if not self.move_unit(unit.id, UnitState(state), **unit_fields):
                 return {"ok": 0, "retry": 0, "failed": 0}
             for o in items:
-                self._upsert(unit["job_id"], o, unit["round"])
+                self._upsert(unit.job_id, o, unit.round)
         return counts
 
     def _upsert(self, job_id: str, o: Outcome, attempts: int) -> None:
