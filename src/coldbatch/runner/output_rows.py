@@ -34,6 +34,7 @@ from coldbatch.runner import structured, vectors
 from coldbatch.runner.output_spec import (
     ADDED,
     LABEL_ONLY,
+    Classified,
     added_columns,
     check_columns,
     output_kind,
@@ -210,6 +211,41 @@ class _Layout:
             parsed = structured.columns(answer["response"], self.schema) if ok else {}
             values += [parsed.get(name) for name in self.schema.get("properties", {})]
         return values
+
+
+def write_output(
+    ledger: LedgerStore,
+    job_id: str,
+    input_path: Path,
+    out: Path,
+    spec: RequestSpec,
+    *,
+    fmt: str | None = None,
+    max_line_bytes: int = L.MAX_LINE_BYTES,
+    shards: list[dict[str, Any]] | None = None,
+    classified: Classified | None = None,
+    prefix: str = "",
+) -> dict[str, int]:
+    """Write OUTPUT (see output.write_output for the arguments): THE place that picks the writer. A small
+    input (`takes_small_path`) is joined here; anything else loads the columnar writer and goes there."""
+    if takes_small_path(input_path, out, fmt, classified is not None):
+        return write_output_rows(
+            ledger, job_id, input_path, out, spec, fmt=fmt, max_line_bytes=max_line_bytes, shards=shards, prefix=prefix
+        )
+    from coldbatch.runner import output
+
+    return output.write_output(
+        ledger,
+        job_id,
+        input_path,
+        out,
+        spec,
+        fmt=fmt,
+        max_line_bytes=max_line_bytes,
+        shards=shards,
+        classified=classified,
+        prefix=prefix,
+    )
 
 
 #: one batch of the input, built: (first row index, 0-based; the rows' values, all columns; the request
