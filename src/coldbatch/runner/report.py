@@ -20,7 +20,7 @@ from coldbatch.runner.collect import sweep_remote
 from coldbatch.runner.context import CANCELLED, RunContext, RunState
 from coldbatch.runner.estimate_view import EstimateView
 from coldbatch.runner.options import RunOptions
-from coldbatch.runner.output import write_output
+from coldbatch.runner.output_rows import write_output  # picks the writer: small inputs row by row
 
 
 def write_job_output(ledger: LG.LedgerStore, job: LG.JobRecord, root: Path, out: Path | None = None) -> dict[str, int]:
