@@ -19,7 +19,9 @@ from pathlib import Path
 
 import orjson
 
+from coldbatch.builder.small import open_source
 from coldbatch.builder.spec import RequestSpec
+from coldbatch.dataset.rows import detect_format
 from coldbatch.errors import UsageError
 from coldbatch.protocol import limits as L
 
@@ -68,6 +70,16 @@ def output_kind(out: Path) -> str:
     if kind is None:
         raise UsageError(f"--out {out}: use a .csv, .tsv, .jsonl or .parquet name")
     return kind
+
+
+def input_columns(input_path: Path, fmt: str | None) -> list[str]:
+    """The input's column names: a CSV/TSV header or a JSONL file's first fields read with the stdlib
+    (`builder.small`, the same checks and errors as the Arrow reader), a Parquet schema with pyarrow."""
+    if input_path.is_file() and detect_format(input_path, fmt) != "parquet":
+        return open_source(input_path, fmt).columns
+    from coldbatch.dataset.read import open_dataset
+
+    return open_dataset(input_path, fmt).columns
 
 
 def parse_label(content: str | None, labels: tuple[str, ...]) -> str | None:

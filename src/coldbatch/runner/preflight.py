@@ -16,7 +16,7 @@ from coldbatch.core.unit_state import JobStatus
 from coldbatch.errors import UsageError
 from coldbatch.providers.openai_compat import OpenAIProvider
 from coldbatch.runner import capability
-from coldbatch.runner.output import added_columns, check_columns, input_columns
+from coldbatch.runner.output_spec import added_columns, check_columns, input_columns
 from coldbatch.store.interfaces import LedgerStore
 
 if TYPE_CHECKING:
