@@ -15,23 +15,24 @@ import asyncio
 import contextlib
 import fcntl
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coldbatch.builder.spec import RequestSpec
-from coldbatch.core.exit_status import exit_code
 from coldbatch.core.unit_state import JobStatus
 from coldbatch.errors import InputError, ProviderError, UsageError
 from coldbatch.providers import choose
 from coldbatch.providers import kinds as K
 from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
+from coldbatch.runner.estimate_view import JobEstimate
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.options import RunOptions, new_job_id
 from coldbatch.runner.orchestrator import Runner
 from coldbatch.runner.output_spec import output_kind
+from coldbatch.runner.report import JobReport
 from coldbatch.runner.sync_mode import route
 
 if TYPE_CHECKING:
@@ -40,43 +41,14 @@ if TYPE_CHECKING:
 #: what a caller is told along the way (the CLI: a line on stderr); the library default says nothing
 Notice = Callable[[str], None]
 #: asked once before a fresh job sends anything, with its runner and estimate; raises to refuse
-Confirm = Callable[[Runner, dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class JobReport:
-    """A finished job's summary: what a user checks after a run (the full dict stays in `details`)."""
-
-    job_id: str
-    output: Path
-    rows: int
-    succeeded: int
-    failed: int
-    cost_usd: float | None
-    mode: str | None
-    exit_status: int  #: the CLI's exit code for it (core/exit_status.py): 0 every row answered, 4 some not, ...
-    details: Mapping[str, Any]
-
-    @classmethod
-    def of(cls, report: Mapping[str, Any]) -> JobReport:
-        return cls(
-            job_id=str(report["job"]),
-            output=Path(report["output"]),
-            rows=int(report["rows"]),
-            succeeded=int(report["succeeded"]),
-            failed=int(report["failed"]),
-            cost_usd=report.get("cost_usd"),
-            mode=report.get("mode"),
-            exit_status=exit_code(report),  # one rule for the CLI's exit code and this field
-            details=dict(report),
-        )
+Confirm = Callable[[Runner, JobEstimate], None]
 
 
 def _quiet(_: str) -> None:
     """The library's default Notice: a Python caller reads the report, not stderr."""
 
 
-def _budget_only(runner: Runner, est: dict[str, Any]) -> None:
+def _budget_only(runner: Runner, est: JobEstimate) -> None:
     """The library's default Confirm: calling run_job is the consent; only max_cost can refuse."""
     runner.check_budget(est)
 
@@ -180,7 +152,7 @@ def drive(
     confirm: Confirm = _budget_only,
     notice: Notice = _quiet,
     on_event: Callable[..., Any] | None = None,
-) -> dict[str, Any] | None:
+) -> JobReport | None:
     """Run (or cancel) a job to its end and return the runner's report; None when another process drives it
     (a cancel then asks that process to cancel)."""
     lg = ledger()
@@ -204,7 +176,7 @@ def drive(
         lock.release()
 
 
-async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> dict[str, Any]:
+async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> JobReport:
     """The drive itself, inside the job's lock: its provider open for exactly as long as it runs."""
     from coldbatch.runner import preflight  # the target check, one rule for both modes (imports openai)
 
@@ -255,7 +227,7 @@ async def _companion(lg: Ledger, provider: Any, job_id: str, how: _Drive) -> Non
         )
 
 
-def _routed(lg: Ledger, runner: Runner, est: dict[str, Any], fresh: bool, how: _Drive) -> tuple[Runner, dict[str, Any]]:
+def _routed(lg: Ledger, runner: Runner, est: JobEstimate, fresh: bool, how: _Drive) -> tuple[Runner, JobEstimate]:
     """Resolve mode auto on a fresh job (the runner then picks its mode strategy from the options, once,
     when it runs: sync mode and a --deadline rescue open their client through `_sync_clients`)."""
     if fresh and runner.opts.mode == "auto":
@@ -290,14 +262,14 @@ def _sync_client(o: RunOptions, provider: Any, api_key: str | None) -> SyncClien
     )
 
 
-def _route(lg: Ledger, runner: Runner, est: dict[str, Any], notice: Notice) -> tuple[Runner, dict[str, Any]]:
+def _route(lg: Ledger, runner: Runner, est: JobEstimate, notice: Notice) -> tuple[Runner, JobEstimate]:
     """Mode auto: pick sync or batch from the requests to send, say why, and store the choice (so `resume`
     continues in that mode); returns a runner that sees it, and the estimate with the choice."""
     choice = route(est, runner.opts.sync_threshold)
     notice(f"mode: {choice['mode']} ({choice['reason']})")
     opts = replace(runner.opts, mode=choice["mode"])
-    est = {**est, "route": choice}
-    lg.set_job(runner.job_id, options=opts.to_json(), estimate=est)
+    est = est.routed(choice)
+    lg.set_job(runner.job_id, options=opts.to_json(), estimate=est.to_json())
     ctx = runner.ctx
     return Runner(lg, ctx.provider, ctx.job_id, ctx.root, on_event=ctx.emit, sync_client=runner.sync_client), est
 
@@ -370,11 +342,10 @@ def cancel_job(
 ) -> JobReport | None:
     """Cancel a job's running batches, keep what finished and write OUTPUT; None when another process drives
     the job (it was asked to cancel)."""
-    report = drive(job_id, base_url=base_url, api_key=api_key, engine=engine, cancel=True)
-    return None if report is None else JobReport.of(report)
+    return drive(job_id, base_url=base_url, api_key=api_key, engine=engine, cancel=True)
 
 
-def _report(report: dict[str, Any] | None) -> JobReport:
+def _report(report: JobReport | None) -> JobReport:
     if report is None:  # only a cancel returns None; a run or resume held elsewhere raised UsageError
         raise UsageError("the job is driven by another process")
-    return JobReport.of(report)
+    return report

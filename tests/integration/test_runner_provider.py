@@ -124,7 +124,7 @@ def _run(tmp: Path, base_url: str) -> tuple[Ledger, dict[str, Any]]:
         try:
             runner = Runner(ledger, provider, job, tmp / "home", sleep=_no_sleep)
             runner.prepare()
-            return await runner.run()
+            return (await runner.run()).to_json()
         finally:
             await provider.aclose()
 

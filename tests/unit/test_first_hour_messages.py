@@ -16,6 +16,7 @@ from coldbatch.cli import exitcodes, main
 from coldbatch.cli.progress import ProgressDisplay
 from coldbatch.cli.report import print_report, show_estimate
 from coldbatch.estimate.api import estimate
+from coldbatch.runner.estimate_view import JobEstimate
 
 
 def test_label_and_schema_jobs_are_deterministic_unless_told_otherwise() -> None:
@@ -66,7 +67,7 @@ def test_a_local_model_costs_nothing_and_no_saving_is_printed(capsys: object) ->
     runner = CliRunner()
     with runner.isolation() as (out, err, *_):
         print_report(REPORT, local=True)
-        show_estimate({"totals": {"requests": 10, "saving_pct": -1.0}, "warnings": []}, local=True)
+        show_estimate(JobEstimate.of({"totals": {"requests": 10, "saving_pct": -1.0}, "warnings": []}), local=True)
     text = out.getvalue().decode() + err.getvalue().decode()
     assert "$0 (the embedded server runs the model on this machine" in text
     assert "saving" not in text.replace("no saving to compute", "")

@@ -20,6 +20,7 @@ from coldbatch.protocol.limits import Limits
 from coldbatch.runner import collect as C
 from coldbatch.runner import ledger as LG
 from coldbatch.runner.context import RunContext
+from coldbatch.runner.estimate_view import JobEstimate
 from coldbatch.runner.options import RunOptions
 from coldbatch.runner.orchestrator import Runner
 from coldbatch.runner.prepare import check_budget
@@ -78,7 +79,7 @@ class Job:
     def run(self, provider: FakeProvider, sleep: Any = _no_sleep) -> dict[str, Any]:
         r = self.runner(provider, sleep)
         r.prepare()
-        return asyncio.run(r.run())
+        return asyncio.run(r.run()).to_json()  # the report as stored and printed
 
     def units(self) -> list[dict[str, Any]]:
         return self.ledger.units(self.id)
@@ -345,7 +346,7 @@ def test_cancel_then_resume_keeps_the_job_cancelled(tmp_path: Path) -> None:
     p.fate = lambda b: "running"
     _submit(job, p)
     asyncio.run(job.runner(p).cancel())
-    report = asyncio.run(job.runner(p, _sleep_limit(20)).run())  # e.g. `coldbatch resume` after the cancel
+    report = asyncio.run(job.runner(p, _sleep_limit(20)).run()).details  # e.g. `coldbatch resume` after the cancel
     assert job.ledger.job(job.id).status == "cancelled"
     assert len(p.batches) == 3, "nothing is sent again after a cancel"
     assert report["failed_by_code"] == {"batch_cancelled": 25}
@@ -380,12 +381,13 @@ def test_the_budget_is_checked_on_the_estimate(tmp_path: Path) -> None:
     with pytest.raises(BudgetExceeded, match="nothing was sent"):
         runner.check_budget(est)
     opts = runner.opts  # frozen: each variation is a changed copy
+    unpriced = JobEstimate.of({"totals": {"batch_cost_usd": None}})
     check_budget(replace(opts, max_cost=100.0), est)
     with pytest.raises(BudgetExceeded, match="price"):
-        check_budget(replace(opts, max_cost=1.0), {"totals": {"batch_cost_usd": None}})
+        check_budget(replace(opts, max_cost=1.0), unpriced)
     local = replace(opts, provider="embedded")  # a model on this machine costs nothing (issue 16): no budget
     check_budget(local, est)
-    check_budget(local, {"totals": {"batch_cost_usd": None}})
+    check_budget(local, unpriced)
 
 
 def test_run_refuses_an_output_format_it_could_not_write_before_anything_starts(tmp_path: Path) -> None:
@@ -517,7 +519,7 @@ def test_cache_answers_a_rerun_without_sending(tmp_path: Path) -> None:
 
 async def _run(runner: Runner) -> dict[str, Any]:
     runner.prepare()
-    return await runner.run()
+    return (await runner.run()).to_json()
 
 
 @pytest.mark.parametrize("moving", [True, False])

@@ -10,7 +10,7 @@ import pytest
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.errors import UsageError
 from coldbatch.runner.batch_mode import BatchMode
-from coldbatch.runner.estimate_view import EstimateView
+from coldbatch.runner.estimate_view import JobEstimate
 from coldbatch.runner.options import RunOptions
 from coldbatch.runner.orchestrator import choose_mode
 from coldbatch.runner.sync_mode import SyncMode
@@ -42,11 +42,11 @@ def test_the_mode_follows_the_options_and_only_a_deadline_arms_the_rescue() -> N
 
 
 def test_the_estimate_view_keeps_a_known_unknown_apart_from_a_missing_figure() -> None:
-    old = EstimateView.of({"totals": {"batch_cost_usd": 2.0, "input_tokens": 10, "requests": 7}})
+    old = JobEstimate.of({"totals": {"batch_cost_usd": 2.0, "input_tokens": 10, "requests": 7}})
     assert (old.cost_to_send_usd, old.input_tokens_to_send, old.requests_to_send) == (2.0, 10, 7)
     assert old.planned_to_send is None and old.route is None
-    unknown = EstimateView.of({"totals": {"final_cost_usd": None, "batch_cost_usd": 2.0}})
+    unknown = JobEstimate.of({"totals": {"final_cost_usd": None, "batch_cost_usd": 2.0}})
     assert unknown.cost_to_send_usd is None, "a price the estimate could not know is not the full batch's"
-    planned = EstimateView.of({"totals": {"requests": 9}, "plan": {"requests_to_send": 3, "cache_hits": 6}})
+    planned = JobEstimate.of({"totals": {"requests": 9}, "plan": {"requests_to_send": 3, "cache_hits": 6}})
     assert (planned.requests_to_send, planned.planned_to_send, planned.cache_hits) == (3, 3, 6)
-    assert EstimateView.of(None).requests_to_send == 0
+    assert JobEstimate.of(None).requests_to_send == 0

@@ -25,10 +25,12 @@ from coldbatch.runner import examples as EX
 from coldbatch.runner import home as H
 from coldbatch.runner import preflight as RP
 from coldbatch.runner.deadline import parse_deadline
+from coldbatch.runner.estimate_view import JobEstimate
 from coldbatch.runner.ledger import Ledger
 from coldbatch.runner.options import RunOptions, new_job_id
 from coldbatch.runner.orchestrator import Runner
 from coldbatch.runner.output_spec import output_kind
+from coldbatch.runner.report import JobReport
 from coldbatch.runner.sync_mode import MODES, SYNC_THRESHOLD
 
 
@@ -42,7 +44,7 @@ def _ledger() -> Ledger:
 
 def _drive(
     job_id: str, *, base_url: str | None, api_key: str | None, engine: str, yes: bool, cancel: bool = False
-) -> dict[str, Any] | None:
+) -> JobReport | None:
     """`coldbatch.job.drive` with the CLI's progress display, stderr notices and confirmation question."""
     display = ProgressDisplay()
     try:
@@ -99,7 +101,7 @@ def _examples_job(
     return EX.embedding_spec(label_spec, model), EX.embedding_spec(label_spec, model, examples=True), info
 
 
-def _confirm(runner: Runner, est: dict[str, Any], yes: bool) -> None:
+def _confirm(runner: Runner, est: JobEstimate, yes: bool) -> None:
     show_estimate(est, local=runner.opts.provider == "embedded")
     runner.check_budget(est)
     ask = "Send these requests now (sync)?" if runner.opts.mode == "sync" else "Submit these batches?"
@@ -367,10 +369,11 @@ def _is_local(job_id: str) -> bool:
     return job is not None and job.options.get("provider") == "embedded"
 
 
-def _finish(report: dict[str, Any] | None, threshold: tuple[float, bool]) -> None:
+def _finish(job_report: JobReport | None, threshold: tuple[float, bool]) -> None:
     """Print the report, then exit with the documented code (cli/exitcodes.py): 0 only when every row was
     answered (or no more rows than --fail-on-errors allows were not)."""
-    print_report(report, local=report is not None and _is_local(report["job"]))
+    report = None if job_report is None else job_report.to_json()  # printed as stored, key by key
+    print_report(report, local=job_report is not None and _is_local(job_report.job_id))
     code = exitcodes.exit_code(report, threshold)
     why = exitcodes.explain(report, code)
     if why:

@@ -15,38 +15,33 @@ import click
 from coldbatch.cli import render
 
 if TYPE_CHECKING:
+    from coldbatch.runner.estimate_view import JobEstimate
     from coldbatch.store.records import JobRecord
 
 LOCAL_COST = "$0 (the embedded server runs the model on this machine: no per-token price, no saving to compute)"
 
 
-def approximate(est: dict[str, Any]) -> bool:
-    """Whether the estimate's token counts are approximate (a stand-in or a 4-bytes-a-token tokenizer)."""
-    return any("approximate" in w for w in est.get("warnings") or [])
-
-
-def show_estimate(est: dict[str, Any], *, local: bool = False) -> None:
+def show_estimate(est: JobEstimate, *, local: bool = False) -> None:
     """The estimate before a job sends anything (on stderr: stdout carries the report)."""
-    t = est.get("totals") or {}
-    plan = est.get("plan") or {}
-    tokens = t.get("input_tokens_to_send", t.get("input_tokens", 0))
+    n, approx = est.requests, est.approximate
+    distinct = n if est.distinct_requests is None else est.distinct_requests
+    to_send = n if est.planned_to_send is None else est.planned_to_send
     click.echo(
-        f"{t.get('requests', 0):,} requests ({plan.get('distinct_requests', t.get('requests', 0)):,} distinct, "
-        f"{plan.get('cache_hits', 0):,} answered from the cache, {plan.get('requests_to_send', t.get('requests', 0)):,}"
-        f" to send), {'~' if approximate(est) else ''}{tokens:,} prompt tokens to send"
-        + (" (approximate)" if approximate(est) else ""),
+        f"{n:,} requests ({distinct:,} distinct, {est.cache_hits or 0:,} answered from the cache, {to_send:,}"
+        f" to send), {'~' if approx else ''}{est.input_tokens_to_send or 0:,} prompt tokens to send"
+        + (" (approximate)" if approx else ""),
         err=True,
     )
     if local:
         click.echo(f"cost: {LOCAL_COST}", err=True)
     else:
         click.echo(
-            f"cost: every row at sync prices {render.usd(t.get('sync_cost_usd'))}, at batch prices "
-            f"{render.usd(t.get('batch_cost_usd'))}, after dedup and cache {render.usd(t.get('final_cost_usd'))}"
-            + (f" (saving {t['saving_pct']}%)" if t.get("saving_pct") is not None else ""),
+            f"cost: every row at sync prices {render.usd(est.sync_cost_usd)}, at batch prices "
+            f"{render.usd(est.batch_cost_usd)}, after dedup and cache {render.usd(est.final_cost_usd)}"
+            + (f" (saving {est.saving_pct}%)" if est.saving_pct is not None else ""),
             err=True,
         )
-    for w in est.get("warnings") or []:
+    for w in est.warnings:
         if local and w.startswith("no price for model"):
             continue  # nothing is paid on this machine, whatever the model is called
         w = w.replace("(pass --prices FILE)", "(`coldbatch estimate --prices FILE` prices it)")  # run has none

@@ -21,7 +21,7 @@ from coldbatch.runner import ledger as LG
 from coldbatch.runner import submit as S
 from coldbatch.runner.cancel import step_cancelling
 from coldbatch.runner.context import WINDING_DOWN, RunContext, RunState
-from coldbatch.runner.report import finish, progress
+from coldbatch.runner.report import JobReport, finish, progress
 from coldbatch.runner.retry import plan_retry_round
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class BatchMode:
 
     rescue_client: Callable[[], SyncClient] | None = None
 
-    async def run(self, ctx: RunContext, st: RunState) -> dict[str, Any]:
+    async def run(self, ctx: RunContext, st: RunState) -> JobReport:
         """Submit, poll, collect and retry until done; then write OUTPUT. Returns the report."""
         started = time.time()
         if ctx.status() not in WINDING_DOWN:  # these survive a crash and a resume

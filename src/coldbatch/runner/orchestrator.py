@@ -25,9 +25,10 @@ from coldbatch.runner import ledger as LG
 from coldbatch.runner.batch_mode import BatchMode
 from coldbatch.runner.cancel import cancel
 from coldbatch.runner.context import Events, RunContext, RunState, Sleep, silent
+from coldbatch.runner.estimate_view import JobEstimate
 from coldbatch.runner.options import RunOptions
 from coldbatch.runner.prepare import check_budget, prepare
-from coldbatch.runner.report import progress
+from coldbatch.runner.report import JobReport, progress
 from coldbatch.runner.sync_mode import SyncMode
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ SyncClientFactory = Callable[[RunOptions], "SyncClient"]
 class Mode(Protocol):
     """How a job's rows are sent: drives the job to its end and returns its report (`report.finish`)."""
 
-    async def run(self, ctx: RunContext, st: RunState) -> dict[str, Any]: ...
+    async def run(self, ctx: RunContext, st: RunState) -> JobReport: ...
 
 
 def choose_mode(opts: RunOptions, sync_client: SyncClientFactory | None) -> Mode:
@@ -88,14 +89,14 @@ class Runner:
     def job_id(self) -> str:
         return self.ctx.job_id
 
-    def prepare(self) -> dict[str, Any]:
+    def prepare(self) -> JobEstimate:
         """Build shards and units (idempotent), and estimate the cost. Returns the estimate."""
         return prepare(self.ctx)
 
-    def check_budget(self, est: dict[str, Any]) -> None:
+    def check_budget(self, est: JobEstimate) -> None:
         check_budget(self.ctx.opts, est)
 
-    async def run(self) -> dict[str, Any]:
+    async def run(self) -> JobReport:
         """Drive the job to its end in its mode (chosen here, once); returns the report."""
         return await choose_mode(self.ctx.opts, self.sync_client).run(self.ctx, self.state)
 

@@ -18,14 +18,14 @@ from coldbatch.errors import BudgetExceeded, InputError, UsageError
 from coldbatch.estimate.api import estimate
 from coldbatch.runner.cache import ResultCache
 from coldbatch.runner.context import RunContext
-from coldbatch.runner.estimate_view import EstimateView
+from coldbatch.runner.estimate_view import JobEstimate
 from coldbatch.runner.options import RunOptions
 from coldbatch.runner.plan import plan_sends
 from coldbatch.store.interfaces import CacheStore
 from coldbatch.store.records import JobRecord
 
 
-def prepare(ctx: RunContext) -> dict[str, Any]:
+def prepare(ctx: RunContext) -> JobEstimate:
     """Build shards and units (idempotent), and estimate the cost. Returns the estimate."""
     job = ctx.job()
     if job.status == "failed":
@@ -42,7 +42,7 @@ def prepare(ctx: RunContext) -> dict[str, Any]:
         est["manifest_totals"] = manifest["totals"]
         ctx.ledger.set_job(ctx.job_id, status="prepared", estimate=est)
         ctx.emit("prepared", est)
-    return dict(ctx.job().estimate or {})
+    return JobEstimate.of(ctx.job().estimate)
 
 
 def _plan_units(ctx: RunContext, manifest: dict[str, Any], shard_paths: list[Path]) -> dict[str, Any]:
@@ -130,14 +130,13 @@ def tokens_of(ctx: RunContext, path: Path) -> int:
     return int(estimate([path], prices=ctx.prices).to_json()["totals"].get("input_tokens") or 0)
 
 
-def check_budget(opts: RunOptions, est: dict[str, Any]) -> None:
+def check_budget(opts: RunOptions, est: JobEstimate) -> None:
     """Refuse, before anything is sent, a job whose estimated cost exceeds --max-cost or cannot be known."""
     cap = opts.max_cost
     if opts.provider == "embedded":
         return  # the embedded server runs on this machine: nothing is paid per token, whatever the model
-    view = EstimateView.of(est)
-    cost = view.cost_to_send_usd  # what will actually be sent
-    s, b = view.sync_cost_usd, view.batch_cost_usd
+    cost = est.cost_to_send_usd  # what will actually be sent
+    s, b = est.sync_cost_usd, est.batch_cost_usd
     if opts.mode == "sync" and cost is not None and s and b:  # sync prices: scale by their ratio
         cost = cost * s / b
     if cap is not None and cost is None:

@@ -2,23 +2,28 @@
 
 `finish` is the one end of a run, batch or sync: it sweeps what the provider still holds, (re)writes OUTPUT
 from the ledger alone (so `coldbatch collect` can do the same later), prices what was used and stores the
-report with the job's final status. The report stays the JSON dict the CLI prints and the ledger keeps.
+report with the job's final status. The report is stored as JSON (the dict the CLI prints) and handed out
+as a frozen `JobReport`: the headline figures typed, the whole report in `details`.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from coldbatch.builder.manifest import read_manifest
+from coldbatch.core.exit_status import exit_code
+from coldbatch.core.frozen import frozen
 from coldbatch.estimate import prices as P
 from coldbatch.runner import examples
 from coldbatch.runner import ledger as LG
 from coldbatch.runner.collect import sweep_remote
 from coldbatch.runner.context import CANCELLED, RunContext, RunState
-from coldbatch.runner.estimate_view import EstimateView
+from coldbatch.runner.estimate_view import JobEstimate
 from coldbatch.runner.options import RunOptions
 from coldbatch.runner.output_rows import write_output  # picks the writer: small inputs row by row
 
@@ -83,14 +88,48 @@ class Costs:
         )
 
 
-async def finish(ctx: RunContext, started: float) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class JobReport:
+    """A finished job's summary: what a user checks after a run (the whole stored report in `details`)."""
+
+    job_id: str
+    output: Path
+    rows: int
+    succeeded: int
+    failed: int
+    cost_usd: float | None
+    mode: str | None
+    exit_status: int  #: the CLI's exit code for it (core/exit_status.py): 0 every row answered, 4 some not, ...
+    details: Mapping[str, Any]  #: the report as stored (read-only JSON): tokens, costs, rounds, route, ...
+
+    @classmethod
+    def of(cls, report: Mapping[str, Any]) -> JobReport:
+        """The one reading of a stored report."""
+        return cls(
+            job_id=str(report["job"]),
+            output=Path(report["output"]),
+            rows=int(report["rows"]),
+            succeeded=int(report["succeeded"]),
+            failed=int(report["failed"]),
+            cost_usd=report.get("cost_usd"),
+            mode=report.get("mode"),
+            exit_status=exit_code(report),  # one rule for the CLI's exit code and this field
+            details=frozen(dict(report)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as the ledger stores it and `coldbatch run` prints it (a plain copy of `details`)."""
+        return copy.deepcopy(dict(self.details))
+
+
+async def finish(ctx: RunContext, started: float) -> JobReport:
     """Sweep the provider, write OUTPUT, store the report and the job's final status; returns the report."""
     await sweep_remote(ctx)
     job = ctx.job()
     written = write_job_output(ctx.ledger, job, ctx.root)
     summary = ctx.ledger.summary(ctx.job_id)
     price = ctx.prices.lookup(ctx.opts.spec["model"])
-    report = _report(ctx, job, written, summary, Costs.of(price, summary), EstimateView.of(job.estimate))
+    report = _report(ctx, job, written, summary, Costs.of(price, summary), JobEstimate.of(job.estimate))
     report["seconds"] = round(time.time() - started, 2)
     rescued = ctx.ledger.rescued_summary(ctx.job_id)
     if rescued["requests"]:
@@ -98,7 +137,7 @@ async def finish(ctx: RunContext, started: float) -> dict[str, Any]:
     final = "cancelled" if job.status in CANCELLED else "done"
     ctx.ledger.set_job(ctx.job_id, status=final, report=report)
     ctx.emit("done", report)
-    return report
+    return JobReport.of(report)
 
 
 def _report(
@@ -107,7 +146,7 @@ def _report(
     written: dict[str, int],
     summary: dict[str, Any],
     costs: Costs,
-    est: EstimateView,
+    est: JobEstimate,
 ) -> dict[str, Any]:
     """The report's figures, in the order the CLI prints them."""
     paid = costs.sync_usd if ctx.opts.mode == "sync" else costs.batch_usd  # sync mode pays sync prices

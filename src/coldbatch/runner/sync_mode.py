@@ -27,9 +27,9 @@ from coldbatch.runner import ledger as LG
 from coldbatch.runner import structured
 from coldbatch.runner.collect import remember
 from coldbatch.runner.context import CANCELLED, RunContext, RunState
-from coldbatch.runner.estimate_view import EstimateView
+from coldbatch.runner.estimate_view import JobEstimate
 from coldbatch.runner.outcomes import answered, classify
-from coldbatch.runner.report import finish, progress
+from coldbatch.runner.report import JobReport, finish, progress
 from coldbatch.runner.requests import unit_requests
 
 if TYPE_CHECKING:  # the client (httpx) loads when a sync run makes one, not when a batch run imports this
@@ -42,9 +42,9 @@ SYNC_THRESHOLD = 1000
 MODES = ("auto", "sync", "batch")
 
 
-def route(est: dict[str, Any], threshold: int = SYNC_THRESHOLD) -> dict[str, Any]:
+def route(est: JobEstimate, threshold: int = SYNC_THRESHOLD) -> dict[str, Any]:
     """Sync or batch for a prepared job, and why (stored in the job's estimate and report)."""
-    n = EstimateView.of(est).requests_to_send
+    n = est.requests_to_send
     if n <= threshold:
         mode = "sync"
         reason = (
@@ -80,7 +80,7 @@ class SyncMode:
     def __init__(self, make_client: Callable[[], SyncClient], flush_every: float = 0.2, flush_size: int = 200) -> None:
         self.make_client, self.flush_every, self.flush_size = make_client, flush_every, flush_size
 
-    async def run(self, ctx: RunContext, st: RunState) -> dict[str, Any]:
+    async def run(self, ctx: RunContext, st: RunState) -> JobReport:
         started = time.time()
         client = self.make_client()
         try:
