@@ -108,17 +108,28 @@ class SmallBuilt:
     renamed: int
 
 
-def build_into(src: SmallSource, spec: RequestSpec, lim: Limits, tmp: Path) -> SmallBuilt | None:
-    """Write `src`'s shards and rejects into `tmp`; None when the columnar path must do it (see the module doc).
+@dataclass
+class Requests:
+    """A small input's requests, not written yet: what `builder.build.Builder` gives for the same rows."""
+
+    kept: list[str]  #: the columns read, in file order
+    rows: list[list[str | None]]  #: every data row's cells of `kept`
+    lines: list[tuple[int, str, bytes]]  #: (row number, custom_id after renames, request line with its newline)
+    rejects: list[LineError]  #: in row order
+    renamed: int  #: rows sent under `id~n` (`--on-duplicate-id suffix`)
+
+
+def requests(src: SmallSource, spec: RequestSpec, max_line_bytes: int, used: list[str]) -> Requests | None:
+    """Read `src` (the `used` columns) and render its request lines; None when the columnar path must decide
+    (see the module doc). OUTPUT's join calls this with every column to find each row's custom_id again.
 
     Raises:
         InputError: a malformed row, or repeated ids under `on_duplicate_id="error"` (as `builder.api` words it).
     """
-    from coldbatch.builder.api import used_columns
-
-    kept, rows = read_rows(src, used_columns(spec))
+    kept, rows = read_rows(src, used)
     rejects: list[LineError] = []
     ok = _requests(src, spec, kept, rows, rejects)
+    renamed = 0
     if spec.id_column:
         ids = [cid for _, cid, _ in ok]
         repeated = len(set(ids)) != len(ids)
@@ -127,14 +138,32 @@ def build_into(src: SmallSource, spec: RequestSpec, lim: Limits, tmp: Path) -> S
         renamed = _rename_repeats(ok) if repeated and spec.on_duplicate_id == "suffix" else 0
         if repeated and spec.on_duplicate_id == "error":
             _raise_repeats(src, spec, ok)
-    else:
-        renamed = 0
     if len(rows) > ONE_BATCH_ROWS and src.format != "jsonl" and src.problems:
         return None
-    shards = _write_lines(spec, lim, tmp, ok, rejects, src.name)
-    if rejects:
-        write.write_rejects(tmp / write.REJECTS, rejects)
-    return SmallBuilt(shards, len(rows), len(rejects), renamed)
+    lines = _render(spec, max_line_bytes, ok, rejects, src.name)
+    return Requests(kept, rows, lines, sorted(rejects, key=lambda r: r.line or 0), renamed)
+
+
+def build_into(src: SmallSource, spec: RequestSpec, lim: Limits, tmp: Path) -> SmallBuilt | None:
+    """Write `src`'s shards and rejects into `tmp`; None when the columnar path must do it (see the module doc).
+
+    Raises:
+        InputError: as `requests`.
+    """
+    from coldbatch.builder.api import used_columns
+
+    got = requests(src, spec, min(lim.max_line_bytes, lim.max_bytes - 1), used_columns(spec))
+    if got is None:
+        return None
+    files = write.LineShards(tmp, "shard-{:05d}.jsonl", lim.max_requests, lim.max_bytes)
+    try:
+        for n, _, line in got.lines:
+            files.add(line, spec.model, n)
+    finally:
+        files.close()
+    if got.rejects:
+        write.write_rejects(tmp / write.REJECTS, got.rejects)
+    return SmallBuilt(files.shards, len(got.rows), len(got.rejects), got.renamed)
 
 
 def _requests(
@@ -204,24 +233,19 @@ def _raise_repeats(src: SmallSource, spec: RequestSpec, ok: list[list[Any]]) -> 
     raise InputError(repeats_message(src.name, spec, pairs[:50], len(pairs), ids))
 
 
-def _write_lines(
-    spec: RequestSpec, lim: Limits, tmp: Path, ok: list[list[Any]], rejects: list[LineError], name: str
-) -> list[write.ShardInfo]:
-    """Render each request line (`RequestSpec.frame()` around orjson's escaping: byte for byte what polars'
-    `json_encode` gives, checked for every code point by a test) and write it; a line over the limit is
-    rejected."""
+def _render(
+    spec: RequestSpec, max_line: int, ok: list[list[Any]], rejects: list[LineError], name: str
+) -> list[tuple[int, str, bytes]]:
+    """Each request line: `RequestSpec.frame()` around orjson's escaping (byte for byte what polars'
+    `json_encode` gives, checked for every code point); a line over `max_line` bytes is rejected."""
     prefix, middle, suffix = (s.encode() for s in spec.frame())
     end = suffix + b"\n"
-    max_line = min(lim.max_line_bytes, lim.max_bytes - 1)
-    files = write.LineShards(tmp, "shard-{:05d}.jsonl", lim.max_requests, lim.max_bytes)
     dumps = orjson.dumps
-    try:
-        for n, cid, content in ok:
-            line = b"".join((prefix, dumps(cid), middle, dumps(content), end))
-            if len(line) - 1 > max_line:
-                rejects.append(LineError(n, "line_too_large", f"the request is over {max_line:,} bytes", None, name))
-                continue
-            files.add(line, spec.model, n)
-    finally:
-        files.close()
-    return files.shards
+    out: list[tuple[int, str, bytes]] = []
+    for n, cid, content in ok:
+        line = b"".join((prefix, dumps(cid), middle, dumps(content), end))
+        if len(line) - 1 > max_line:
+            rejects.append(LineError(n, "line_too_large", f"the request is over {max_line:,} bytes", None, name))
+        else:
+            out.append((n, cid, line))
+    return out
