@@ -56,6 +56,21 @@ def test_a_job_round_trips_its_json_fields(ledger: LedgerStore) -> None:
     assert job.report is None
     assert ledger.job("nope") is None
     assert [j.id for j in ledger.jobs()] == ["j1"]
+    assert ledger.job_status("j1") == J.PREPARED and ledger.job_status("nope") is None
+
+
+def test_records_are_frozen_and_their_json_read_only(ledger: LedgerStore) -> None:
+    """What the ledger hands out cannot be changed in place (a change that looked stored and was not)."""
+    ledger.add_units("j1", [_unit(1, 1)])
+    job, unit = ledger.job("j1"), ledger.units("j1")[0]
+    assert job is not None
+    with pytest.raises(AttributeError):
+        job.status = J.DONE  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        unit.batch_id = "b"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="read-only"):
+        job.options["max_attempts"] = 1  # type: ignore[index]
+    assert {**job.options, "max_attempts": 1}["max_attempts"] == 1, "a copy is a plain dict, to store anew"
 
 
 def test_job_statuses_follow_the_table_and_leave_events(ledger: LedgerStore) -> None:

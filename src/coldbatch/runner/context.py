@@ -59,7 +59,10 @@ class RunContext:
         return job
 
     def status(self) -> LG.JobStatus:
-        return self.job().status
+        """The job's status as it is now (checked between steps: a cancel may have come from elsewhere)."""
+        status = self.ledger.job_status(self.job_id)
+        assert status is not None, f"job {self.job_id} vanished from the ledger"
+        return status
 
 
 @dataclass

@@ -218,6 +218,11 @@ class LedgerStore(Protocol):
         """The job with options, estimate and report decoded (None: no such job)."""
         ...
 
+    def job_status(self, job_id: str) -> JobStatus | None:
+        """The job's status alone (None: no such job): what a running job checks between steps, without
+        decoding its options, estimate and report."""
+        ...
+
     def jobs(self) -> list[JobRecord]:
         """Every job, newest first."""
         ...

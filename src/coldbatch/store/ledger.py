@@ -24,7 +24,7 @@ import orjson
 
 from coldbatch.core.unit_state import JobStatus, UnitState, job_allowed_from, unit_allowed_from
 from coldbatch.store import sqlite_db
-from coldbatch.store.records import JobRecord, Outcome, Row, UnitRecord
+from coldbatch.store.records import JobRecord, Outcome, Row, UnitRecord, job_status
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,10 @@ class Ledger:
     def job(self, job_id: str) -> JobRecord | None:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else JobRecord.of(row)
+
+    def job_status(self, job_id: str) -> JobStatus | None:
+        row = self.db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else job_status(job_id, row[0])
 
     def jobs(self) -> list[JobRecord]:
         return [JobRecord.of(r) for r in self.db.execute("SELECT * FROM jobs ORDER BY created_at DESC, id")]

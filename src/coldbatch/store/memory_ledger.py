@@ -17,7 +17,7 @@ import orjson
 
 from coldbatch.core.unit_state import JobStatus, UnitState, job_allowed_from, unit_allowed_from
 from coldbatch.store.ledger import JOB_FIELDS, UNIT_FIELDS, json_column
-from coldbatch.store.records import Entry, JobRecord, Outcome, Row, UnitRecord
+from coldbatch.store.records import Entry, JobRecord, Outcome, Row, UnitRecord, job_status
 
 __all__ = ["MemoryCache", "MemoryLedger"]
 
@@ -75,6 +75,11 @@ class MemoryLedger:
         with self._lock:
             row = self._jobs.get(job_id)
             return None if row is None else JobRecord.of(row)
+
+    def job_status(self, job_id: str) -> JobStatus | None:
+        with self._lock:
+            row = self._jobs.get(job_id)
+            return None if row is None else job_status(job_id, row["status"])
 
     def jobs(self) -> list[JobRecord]:
         with self._lock:

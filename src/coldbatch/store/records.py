@@ -57,6 +57,17 @@ def _frozen_json(text: str | bytes | None) -> Mapping[str, Any] | None:
     return FrozenDict(frozen(orjson.loads(text))) if text else None
 
 
+def job_status(job_id: str, value: str) -> JobStatus:
+    """A stored job status; one this code does not know is refused, naming the job."""
+    try:
+        return JobStatus(value)
+    except ValueError:
+        raise InputError(
+            f"job {job_id}: unknown job status {value!r} in the ledger (known: {', '.join(JobStatus)}); was it "
+            "written by a newer coldbatch?"
+        ) from None
+
+
 @dataclass(frozen=True, slots=True)
 class JobRecord:
     """A job as the ledger holds it. Its JSON columns (options, estimate, report) are decoded here, once, for
@@ -76,17 +87,10 @@ class JobRecord:
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> JobRecord:
         """The one place a stored job row becomes a record; a status this code does not know is refused."""
-        try:
-            status = JobStatus(row["status"])
-        except ValueError:
-            raise InputError(
-                f"job {row['id']}: unknown job status {row['status']!r} in the ledger (known: "
-                f"{', '.join(JobStatus)}); was it written by a newer coldbatch?"
-            ) from None
         return cls(
             id=row["id"],
             created_at=int(row["created_at"]),
-            status=status,
+            status=job_status(row["id"], row["status"]),
             input_path=row["input_path"],
             output_path=row["output_path"],
             options=_frozen_json(row["options"]) or FrozenDict(),
