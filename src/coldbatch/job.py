@@ -53,11 +53,6 @@ def _budget_only(runner: Runner, est: JobEstimate) -> None:
     runner.check_budget(est)
 
 
-def _status(lg: Ledger, job_id: str) -> JobStatus | None:
-    job = lg.job(job_id)
-    return None if job is None else job.status
-
-
 def ledger() -> Ledger:
     return Ledger(H.home() / "ledger.sqlite3")
 
@@ -192,7 +187,7 @@ async def _go(lg: Ledger, job_id: str, opts: RunOptions, how: _Drive) -> JobRepo
             if opts.examples and not how.cancel:
                 await _companion(lg, provider, EX.child_id(job_id), how)
             est = runner.prepare()
-            fresh = not how.cancel and _status(lg, job_id) == JobStatus.PREPARED
+            fresh = not how.cancel and lg.job_status(job_id) == JobStatus.PREPARED
             runner, est = _routed(lg, runner, est, fresh, how)
             if fresh:
                 how.confirm(runner, est)
@@ -217,7 +212,7 @@ async def _companion(lg: Ledger, provider: Any, job_id: str, how: _Drive) -> Non
         lg, provider, job_id, H.home(), on_event=how.on_event, sync_client=_sync_clients(provider, how.api_key)
     )
     est = runner.prepare()
-    runner, est = _routed(lg, runner, est, _status(lg, job_id) == JobStatus.PREPARED, how)
+    runner, est = _routed(lg, runner, est, lg.job_status(job_id) == JobStatus.PREPARED, how)
     await runner.run()
     summary = lg.summary(job_id)
     if not summary["succeeded"]:  # e.g. a provider without /v1/embeddings: say so before the rows are sent
