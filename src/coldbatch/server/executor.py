@@ -42,6 +42,8 @@ from coldbatch.store.space import is_disk_full
 logger = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 1000
+#: finished results a lane lets pile up behind a write in flight before it waits for that write, in groups
+BACKLOG_GROUPS = 4
 _Item = tuple[int, str, dict[str, Any]]  # one request to run: line number, custom_id, body
 
 
@@ -70,6 +72,7 @@ class _Run:
     last_flush: float = field(default_factory=time.monotonic)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     queued: int = 0  #: requests handed to the lanes in this pass
+    writing: asyncio.Lock = field(default_factory=asyncio.Lock)  #: held by the lane whose write is in flight
 
 
 class Executor:
@@ -292,8 +295,9 @@ class Executor:
         finally:
             for w in workers:
                 w.cancel()
-        self._flush(run)
-        await self._wait_for_room(run)
+        async with run.writing:
+            if not await self._flush(run):
+                await self._wait_for_room(run)
         await asyncio.to_thread(self._after_execute, row, run.queued)
 
     def _after_execute(self, row: dict[str, Any], queued: int) -> None:
@@ -342,45 +346,50 @@ class Executor:
                     len(run.pending) >= self.config.group_size
                     or time.monotonic() - run.last_flush >= self.config.flush_seconds
                 )
-                if due:
-                    self._flush(run)
-            if due and run.pending:  # the disk is full: the results stay here until they can be logged
-                await self._wait_for_room(run)
+            # One write at a time, on a thread, while the other lanes go on; a lane waits for it only when
+            # results pile up behind it (a slow or full disk), which bounds what is held here.
+            if due and (not run.writing.locked() or len(run.pending) >= BACKLOG_GROUPS * self.config.group_size):
+                async with run.writing:
+                    if not await self._flush(run):  # the disk is full: the results stay here until it has room
+                        await self._wait_for_room(run)
             # An engine that answers without waiting (echo) never suspends this task, and a queued chunk is
             # taken without suspending either: yield, so HTTP requests (polls, hot calls) are served
             # between chunks instead of after the whole batch (measured: 1 s per status poll under load).
             await asyncio.sleep(0)
 
-    def _flush(self, run: _Run) -> None:
+    async def _flush(self, run: _Run) -> bool:
         """Log the finished requests in one transaction, then look at the status: a cancel (or a batch that
-        is gone) stops the run. Synchronous on purpose: `executemany` takes the GIL back once per row, so
-        from a worker thread it would fight the event loop for the GIL (measured: slower, more CPU); the
-        write lock is only ever held briefly (small groups; the log is purged in small chunks)."""
+        is gone) stops the run. On a worker thread (the caller holds `run.writing`): the SQLite store inserts
+        a group in one statement, with the GIL released, so the write runs on the other core while the
+        lanes go on (a per-row `executemany` there fought the event loop for the GIL once per row). False: the
+        disk is full (the rows are back in `run.pending`)."""
         rows, run.pending = run.pending, []
         run.last_flush = time.monotonic()
         if rows:
             try:
-                self.store.record_results(run.row["id"], rows)
+                await asyncio.to_thread(self.store.record_results, run.row["id"], rows)
             except Exception as exc:
                 if not is_disk_full(exc):
                     raise
                 run.pending[:0] = rows  # kept, in order, for the next try
                 self.disk.refused(f"batch {run.row['id']} could not log {len(rows)} results")
-                return
+                return False
             self.disk.took()
-        fresh = self.store.get_batch(run.row["id"], None)
+        fresh = await asyncio.to_thread(self.store.get_batch, run.row["id"], None)
         if fresh is None or fresh["status"] != S.IN_PROGRESS:
             run.stop.set()
+        return True
 
     async def _wait_for_room(self, run: _Run) -> None:
         """Back off (0.25 s, doubling, up to `disk_retry_max_seconds`) and retry the log until it takes the
         results; past `disk_full_seconds` without room, fail the batch with `insufficient_storage`."""
         delays = self.disk.delays()
-        while run.pending and not run.stop.is_set():
+        while not run.stop.is_set():
             if self.disk.patience_over() and self._fail_for_space(run):
                 return
             await asyncio.sleep(next(delays))
-            self._flush(run)
+            if await self._flush(run):
+                return
 
     def _fail_for_space(self, run: _Run) -> bool:
         """Fail the batch for want of space (True once recorded: that write may need room too)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
+from itertools import islice
 from typing import IO, Any
 
 from coldbatch.core.status import BatchStatus as S
@@ -30,6 +31,8 @@ EXPIRED = {
     "message": "This request could not be executed before the completion window expired.",
 }
 CANCELLED = {"code": "batch_cancelled", "message": "This request was cancelled before it could be executed."}
+#: log rows written to the result files at a time (memory: about this many output lines)
+WRITE_GROUP = 1024
 
 
 def result_row(line: int, cid: str, res: Result) -> ResultRow:
@@ -74,10 +77,17 @@ def write_log(
     bid = row["id"]
     counts = {"ok": 0, "err": 0, "never": 0}
     seen: set[int] = set()
-    for _cid, line, ok, data in store.iter_results(bid):
-        seen.add(line)
-        (out if ok else err).write(data + b"\n")
-        counts["ok" if ok else "err"] += 1
+    rows = store.iter_results(bid)
+    while group := list(islice(rows, WRITE_GROUP)):  # one write per file and group, not one per line
+        seen.update(r[1] for r in group)
+        oks = [r[3] for r in group if r[2]]
+        errs = [r[3] for r in group if not r[2]] if len(oks) < len(group) else []
+        counts["ok"] += len(oks)
+        counts["err"] += len(errs)
+        for f, lines in ((out, oks), (err, errs)):
+            if lines:
+                lines.append(b"")  # (the last line's newline)
+                f.write(b"\n".join(lines))
     if final in (S.EXPIRED, S.CANCELLED) and row["in_progress_at"] is not None:
         reason = EXPIRED if final == S.EXPIRED else CANCELLED
         for cid in never_run(seen):
