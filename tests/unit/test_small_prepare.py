@@ -308,3 +308,25 @@ def test_the_reader_is_chosen_by_size_and_format(tmp_path: Path) -> None:
     assert api.choose_reader(big, None, spec) == "columnar"
     assert api.choose_reader(pq, None, spec) == "columnar"
     assert api.choose_reader(small, None, RequestSpec(model="m", prompt="no columns")) == "columnar"
+
+
+@settings(max_examples=80)
+@given(
+    chunks=st.lists(st.lists(st.integers(0, 40), max_size=12), max_size=8),
+    limit=st.integers(0, 30),
+)
+def test_dedup_keys_give_the_same_answers_before_and_after_moving_to_numpy(chunks: list[list[int]], limit: int) -> None:
+    """`_SeenKeys` starts as a Python set (a small job loads no numpy) and moves to `_SeenHashes` past SET_KEYS."""
+    from coldbatch.estimate.api import _SeenKeys
+
+    keys = _SeenKeys()
+    keys.SET_KEYS = limit  # type: ignore[misc]
+    seen: set[int] = set()
+    for chunk in chunks:
+        texts = [f"k:{v * 0x9E3779B97F4A7C15 % (1 << 64):016x}rest" for v in chunk]
+        want = []
+        for i, v in enumerate(chunk):
+            if v not in seen:
+                seen.add(v)
+                want.append(i)
+        assert keys.firsts(texts) == want

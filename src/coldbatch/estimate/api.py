@@ -15,15 +15,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from coldbatch import _gc
 from coldbatch.builder.api import check_columns
-from coldbatch.builder.build import Builder, _SeenHashes
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.core.canonical import request_key
-from coldbatch.dataset.read import open_dataset
 from coldbatch.errors import InputError
 from coldbatch.estimate import prices as P
 from coldbatch.estimate import tokens as T
@@ -122,6 +119,45 @@ def _money(value: Decimal | None) -> float | None:
     return None if value is None else float(round(value, 6))
 
 
+class _SeenKeys:
+    """The questions seen so far, as 64-bit key prefixes (~1e-7 chance of a false repeat at 2.4 M).
+
+    A Python set while there are few (a small job's dedup loads no numpy), moved into `builder.build`'s
+    `_SeenHashes` (8 bytes a key instead of ~70) once it would pass `SET_KEYS`: the same answers either way.
+    """
+
+    SET_KEYS = 100_000
+
+    def __init__(self) -> None:
+        self.small: set[int] | None = set()
+        self.big: Any = None
+
+    def firsts(self, keys: list[str]) -> list[int]:
+        """Indices (in order) of the keys not seen before, each key's first one; they count as seen now."""
+        k64 = [int(k[2:18], 16) for k in keys]
+        seen = self.small
+        if seen is not None and len(seen) + len(k64) <= self.SET_KEYS:
+            first = []
+            for i, k in enumerate(k64):
+                if k not in seen:
+                    seen.add(k)
+                    first.append(i)
+            return first
+        import numpy as np
+
+        if self.big is None:
+            from coldbatch.builder.build import _SeenHashes
+
+            self.big = _SeenHashes()
+            if seen:
+                self.big.add(np.array(sorted(seen), dtype=np.uint64))
+            self.small = None
+        uniq, idx = np.unique(np.array(k64, dtype=np.uint64), return_index=True)
+        new = ~self.big.contains(uniq)
+        self.big.add(uniq[new])
+        return sorted(idx[new].tolist())
+
+
 class Accumulator:
     def __init__(
         self, table: P.PriceTable, expected_output: int | None, *, dedup: bool = False, cache: Any = None
@@ -130,7 +166,7 @@ class Accumulator:
         self.expected_output = expected_output
         self.dedup = dedup
         self.cache = cache
-        self._seen = _SeenHashes()
+        self._seen = _SeenKeys()
         self.result = Estimate(price_table=table.version)
         self._pending: list[Pending] = []
         self._windows: dict[str, int] = {}
@@ -168,11 +204,7 @@ class Accumulator:
             fate = [1] * len(keys)
             first = list(range(len(keys)))
         else:
-            k64 = np.array([int(k[2:18], 16) for k in keys], dtype=np.uint64)
-            uniq, idx = np.unique(k64, return_index=True)
-            new = ~self._seen.contains(uniq)
-            self._seen.add(uniq[new])
-            first = sorted(idx[new].tolist())
+            first = self._seen.firsts(keys)
             fate = [0] * len(keys)
             for i in first:
                 fate[i] = 1
@@ -279,6 +311,9 @@ def request_lines(paths: list[Path]) -> Iterator[tuple[str, bytes]]:
 
 
 def _dataset_lines(path: Path, spec: RequestSpec, fmt: str | None) -> Iterator[tuple[str, bytes]]:
+    from coldbatch.builder.build import Builder
+    from coldbatch.dataset.read import open_dataset
+
     ds = open_dataset(path, fmt)
     check_columns(ds, spec)
     builder = Builder(spec, file=ds.name, max_line_bytes=L.MAX_LINE_BYTES)
