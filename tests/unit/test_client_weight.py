@@ -5,11 +5,16 @@ a log or CI, where the progress display prints plain lines."""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "acceptance"))
+from _runner_support import TWEETS, echo_server, env_for, read_csv
 
 #: loaded only by the jobs that need them: sync mode (httpx), schema answers (jsonschema), Parquet files,
 #: a terminal's live progress bar (rich), a job of more than a few thousand texts (tiktoken's full table)
@@ -82,3 +87,42 @@ def test_a_small_run_allocates_arrow_buffers_from_the_system_pool(tmp_path) -> N
     assert _pool_after(pick.format(str(small))) == "system"
     assert _pool_after(pick.format(str(small)), {"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == "mimalloc"
     assert _pool_after(pick.format(str(tmp_path / "missing.csv"))) == "mimalloc"
+
+
+def _tweets(dst: Path, n: int) -> Path:
+    """The first `n` airline tweets (a synthetic stand-in where ../shared is not there), as a CSV file."""
+    if TWEETS.exists():
+        with TWEETS.open(newline="", encoding="utf-8") as fh:
+            rows = [row for _, row in zip(range(n + 1), csv.reader(fh), strict=False)]
+    else:
+        rows = [["tweet_id", "text"], *([str(i), f'tweet {i}, "quoted"\nand wrapped'] for i in range(n))]
+    with dst.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+    return dst
+
+
+#: the columnar stack: a small job (a CSV/TSV/JSONL input of at most _alloc.SMALL_INPUT_BYTES) needs none of it
+COLUMNAR = ("numpy", "polars", "pyarrow")
+
+
+def test_a_small_batch_run_loads_no_columnar_library(tmp_path: Path) -> None:
+    """`coldbatch run --mode batch` on 200 tweets against a local echo server, start to OUTPUT, in a fresh
+    interpreter: what sys.modules holds when the command is done (the console script's atexit hooks run)."""
+    data, out, home = _tweets(tmp_path / "tweets.csv", 200), tmp_path / "out.csv", tmp_path / "home"
+    with echo_server(tmp_path / "srv") as srv:
+        argv = ["coldbatch", "run", str(data), "--out", str(out), "-m", "gpt-4o-mini", "-p", "Tweet: {text}"]
+        argv += ["--mode", "batch", "--base-url", srv.base_url, "--api-key", "k", "--yes", "--poll-interval", "0.2"]
+        probe = (
+            "import atexit, sys\n"
+            f"atexit.register(lambda: print('LOADED', sorted(m for m in {COLUMNAR!r} if m in sys.modules)))\n"
+            f"sys.argv = {argv!r}\n"
+            "from coldbatch.cli import entry\n"
+            "entry()\n"
+        )
+        res = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, env=env_for(home), timeout=300
+        )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(read_csv(out)) == 200 and all(r["response"] for r in read_csv(out))
+    loaded = [line for line in res.stdout.splitlines() if line.startswith("LOADED ")]
+    assert loaded == ["LOADED []"], res.stdout[-2000:]

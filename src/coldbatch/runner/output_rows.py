@@ -27,6 +27,7 @@ from typing import IO, Any
 import orjson
 
 from coldbatch import _alloc
+from coldbatch.builder import small
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.errors import InputError
 from coldbatch.protocol import limits as L
@@ -75,11 +76,11 @@ class _SameLines:
             "then run `coldbatch collect JOB` (the answers are kept in the ledger)."
         )
 
-    def feed(self, lines: Sequence[str]) -> None:
+    def feed(self, lines: Sequence[bytes]) -> None:
         for line in lines:
             if self.i >= len(self.want):
                 raise self._changed("it now makes more requests")
-            self.h.update(line.encode())
+            self.h.update(line)
             self.n += 1
             if self.n == self.want[self.i][0]:
                 if self.h.hexdigest() != self.want[self.i][1]:
@@ -229,9 +230,11 @@ def write_output(
     """Write OUTPUT (see output.write_output for the arguments): THE place that picks the writer. A small
     input (`takes_small_path`) is joined here; anything else loads the columnar writer and goes there."""
     if takes_small_path(input_path, out, fmt, classified is not None):
-        return write_output_rows(
+        written = write_output_rows(
             ledger, job_id, input_path, out, spec, fmt=fmt, max_line_bytes=max_line_bytes, shards=shards, prefix=prefix
         )
+        if written is not None:
+            return written
     from coldbatch.runner import output
 
     return output.write_output(
@@ -250,7 +253,9 @@ def write_output(
 
 #: one batch of the input, built: (first row index, 0-based; the rows' values, all columns; the request
 #: lines built from them; those lines' 1-based row numbers; their custom_ids; the rows rejected, by row)
-Built = tuple[int, list[list[Any]], list[str], list[int], list[str], dict[int, Any]]
+Built = tuple[int, list[list[Any]], list[bytes], list[int], list[str], dict[int, Any]]
+#: rows joined per step (output.py's OUTPUT_GROUP_ROWS): each holds its results from the ledger meanwhile
+GROUP_ROWS = 4096
 
 
 def write_output_rows(
@@ -264,10 +269,14 @@ def write_output_rows(
     max_line_bytes: int = L.MAX_LINE_BYTES,
     shards: list[dict[str, Any]] | None = None,
     prefix: str = "",
-) -> dict[str, int]:
-    """output.write_output for a small input (`takes_small_path`): the same OUTPUT file, the same counts."""
+) -> dict[str, int] | None:
+    """output.write_output for a small input (`takes_small_path`): the same OUTPUT file, the same counts;
+    None (nothing written) when the stdlib builder leaves this input to the columnar path."""
     kind = output_kind(out)
-    columns, batches = built_batches(input_path, fmt, spec, max_line_bytes)
+    built = built_batches(input_path, fmt, spec, max_line_bytes)
+    if built is None:
+        return None
+    columns, batches = built
     added = added_columns(spec, spec.labels, prefix)
     check_columns(columns, added, str(input_path))
     layout = _Layout(spec, kind, len(columns))
@@ -303,20 +312,25 @@ def write_output_rows(
 
 def built_batches(
     input_path: Path, fmt: str | None, spec: RequestSpec, max_line_bytes: int
-) -> tuple[list[str], Iterator[Built]]:
-    """The input's columns, and its rows batch by batch with the requests `prepare` built from them."""
-    from coldbatch.builder.build import Builder
-    from coldbatch.dataset.read import open_dataset
+) -> tuple[list[str], Iterator[Built]] | None:
+    """The input's columns, and its rows `GROUP_ROWS` at a time with the requests `prepare` built from them
+    (`builder.small.requests`, the stdlib builder, over every column); None when that builder leaves the
+    input to the columnar path (its module doc says when)."""
+    src = small.open_source(input_path, fmt)
+    got = small.requests(src, spec, max_line_bytes, src.columns)
+    if got is None:
+        return None
+    return got.kept, _in_groups(got)
 
-    ds = open_dataset(input_path, fmt, group_rows=4096)
-    builder = Builder(spec, file=ds.name, max_line_bytes=max_line_bytes)
 
-    def gen() -> Iterator[Built]:
-        for start, batch in ds.batches():
-            n_before = len(builder.rejects)
-            b = builder.build(start, batch, keep_ids=True)
-            rows = [list(r.values()) for r in batch.to_pylist()]
-            rejects = {r.line: r for r in builder.rejects[n_before:]}
-            yield start, rows, b.lines.to_pylist(), b.rows.tolist(), b.ids or [], rejects
-
-    return ds.columns, gen()
+def _in_groups(got: small.Requests) -> Iterator[Built]:
+    rejects = {r.line: r for r in got.rejects}
+    lines, j = got.lines, 0
+    for start in range(0, len(got.rows), GROUP_ROWS):
+        end = min(start + GROUP_ROWS, len(got.rows))
+        k = j
+        while k < len(lines) and lines[k][0] <= end:
+            k += 1
+        part, j = lines[j:k], k
+        mine = {n: rejects[n] for n in range(start + 1, end + 1) if n in rejects}
+        yield start, got.rows[start:end], [x[2] for x in part], [x[0] for x in part], [x[1] for x in part], mine
