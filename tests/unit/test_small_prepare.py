@@ -171,6 +171,7 @@ BAD = {
     "jsonl unknown field": ("in.jsonl", b'{"id": "1", "text": "a"}\n{"id": "2", "txt": "b"}\n', None),
     "jsonl not an object": ("in.jsonl", b'{"id": "1", "text": "a"}\n[1]\n', None),
     "headerless jsonl": ("in.jsonl", b'{"id": "1", "text": "a"}\n', "jsonl:"),
+    "headerless repeated ids": ("in.csv", b"a,x\na,y\nb,z\n", "csv:id,text"),  # the columnar re-read kept the names
 }
 
 

@@ -177,7 +177,7 @@ def _ids_of(ds: Dataset, spec: RequestSpec, wanted: set[int]) -> dict[int, str]:
     from coldbatch.dataset.read import open_dataset
 
     ids: dict[int, str] = {}
-    again = open_dataset(ds.name, ds.format) if ds.format is not None else None
+    again = open_dataset(ds.name, ds.opened_as or ds.format) if ds.format is not None else None
     if again is not None and spec.id_column and wanted:
         for start, batch in again.batches():
             if start + batch.num_rows < min(wanted):

@@ -54,6 +54,8 @@ class Dataset:
     views: bool = False
     #: rows per batch handed on (OUTPUT uses fewer: each of its rows carries a result dict too)
     group_rows: int | None = None  # None: GROUP_ROWS
+    #: the `fmt` it was opened with (with --columns/--no-header names), to open the same file again
+    opened_as: str | None = None
 
     def batches(self) -> Iterator[tuple[int, pa.RecordBatch]]:
         """Yield (first row index, 0-based; batch of string columns).
@@ -189,7 +191,7 @@ def open_dataset(
             ds = _open_jsonl(p)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{p}: cannot read as {kind}: {exc}") from exc
-    ds.format, ds.views, ds.group_rows = kind, views, group_rows
+    ds.format, ds.views, ds.group_rows, ds.opened_as = kind, views, group_rows, fmt
     return ds
 
 
