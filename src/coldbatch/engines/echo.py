@@ -186,10 +186,13 @@ def _crash(how: object) -> Result:
     raise AssertionError("unreachable: the process is dead")
 
 
+_CAP_KEYS = ("max_completion_tokens", "max_tokens")
+_RESPONSES_CAP_KEYS = ("max_output_tokens",)
+
+
 def _max_tokens(body: dict[str, Any], endpoint: str) -> int | None:
     """The request's cap on answer tokens (each endpoint names it its own way); None when it has none."""
-    keys = ("max_output_tokens",) if endpoint == L.RESPONSES else ("max_completion_tokens", "max_tokens")
-    for key in keys:
+    for key in _RESPONSES_CAP_KEYS if endpoint == L.RESPONSES else _CAP_KEYS:
         value = body.get(key)
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
@@ -197,9 +200,11 @@ def _max_tokens(body: dict[str, Any], endpoint: str) -> int | None:
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
-    for key in ("prompt", "input"):
-        if isinstance(body.get(key), str):
-            return str(body[key])
+    prompt, inp = body.get("prompt"), body.get("input")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(inp, str):
+        return inp
     for m in reversed(body.get("messages") or []):
         if isinstance(m, dict) and m.get("role") == "user":
             c = m.get("content")
@@ -271,6 +276,8 @@ def _response_body(model: str, text: str, finish: str, usage: dict[str, int]) ->
 def _answer_text(body: dict[str, Any]) -> str:
     text = _last_user_text(body)
     rf = body.get("response_format")
+    if rf is None:  # (most requests: a plain answer)
+        return text
     if isinstance(rf, dict) and rf.get("type") == "json_schema":
         props = ((rf.get("json_schema") or {}).get("schema") or {}).get("properties") or {}
         for name, prop in props.items():
