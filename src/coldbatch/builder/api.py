@@ -15,9 +15,9 @@ from coldbatch._alloc import SMALL_INPUT_BYTES
 from coldbatch.builder import small, write
 from coldbatch.builder.spec import RequestSpec
 from coldbatch.core import template as tpl
-from coldbatch.core.shard import LineTooLarge, ShardPlanner
+from coldbatch.core.shard import ShardPlanner
 from coldbatch.dataset.rows import Problem, detect_format
-from coldbatch.errors import InputError, UsageError
+from coldbatch.errors import InputError, LineTooLarge, UsageError
 from coldbatch.protocol.limits import Limits
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import contextlib
 import csv
 import io
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -130,7 +130,7 @@ def utf8_cell(raw: str, row: int, column: str, problems: list[Problem]) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-def py_rows(p: Path, delimiter: str, start: int, quoting: bool = True) -> Iterator[tuple[list[str], int]]:
+def py_rows(p: Path, delimiter: str, start: int, quoting: bool = True) -> Generator[tuple[list[str], int], None, None]:
     """(fields as Latin-1 text, so every byte survives; byte offset after the row) from `start` on.
 
     Raises InputError, with the line where it opened, at a quoted field still open at the end of the file.
@@ -148,8 +148,12 @@ def py_rows(p: Path, delimiter: str, start: int, quoting: bool = True) -> Iterat
                 yield line
             yield _EOF
 
-        quote = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
-        for row in csv.reader(feed(), delimiter=delimiter, quoting=quote):
+        reader = (
+            csv.reader(feed(), delimiter=delimiter, quoting=csv.QUOTE_MINIMAL)
+            if quoting
+            else csv.reader(feed(), delimiter=delimiter, quoting=csv.QUOTE_NONE)
+        )
+        for row in reader:
             if not row:
                 continue  # an empty line, skipped like Arrow does
             if row[-1].endswith(_EOF):
