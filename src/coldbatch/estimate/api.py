@@ -30,8 +30,8 @@ from coldbatch.validation import expand_paths, iter_lines
 
 CHUNK = 8192
 #: one request waiting in a chunk: where, custom_id, model, token overhead, texts, request key, output
-#: tokens (None: unbounded), the parsed request
-Pending = tuple[str, str, str, int, list[str], str, int | None, dict[str, Any]]
+#: tokens (None: unbounded), the parsed request, the line as read (the send plan reuses its bytes)
+Pending = tuple[str, str, str, int, list[str], str, int | None, dict[str, Any], bytes]
 
 
 @dataclass
@@ -174,7 +174,8 @@ class Accumulator:
         #: (`runner.plan`) rides on this pass instead of parsing and hashing every line a second time
         self.sink: Callable[[list[Pending], list[int], list[int], dict[str, Any]], None] | None = None
 
-    def add(self, where: str, line: bytes) -> None:
+    def add(self, where: str, line: bytes, prompt: int | None = None) -> None:
+        """Take one request line; `prompt`: its prompt tokens when counted already (`estimate.ahead`)."""
         try:
             req = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -186,13 +187,16 @@ class Accumulator:
                 "--model and --prompt/--input-column to estimate a dataset"
             )
         model = str(body.get("model", "?"))
-        texts, overhead = prompt_texts(body, str(req.get("url", L.CHAT)))
+        if prompt is None:
+            texts, overhead = prompt_texts(body, str(req.get("url", L.CHAT)))
+        else:
+            texts, overhead = [], prompt
         out = self.expected_output
         if out is None:
             mt = body.get("max_completion_tokens", body.get("max_tokens"))
             out = int(mt) if isinstance(mt, int) else (0 if req.get("url") == L.EMBEDDINGS else None)
         key = request_key(str(req.get("url", L.CHAT)), body) if self.dedup or self.cache is not None else ""
-        self._pending.append((where, str(req.get("custom_id")), model, overhead, texts, key, out, req))
+        self._pending.append((where, str(req.get("custom_id")), model, overhead, texts, key, out, req, line))
         if len(self._pending) >= CHUNK:
             self.flush()
 
@@ -226,9 +230,9 @@ class Accumulator:
         for enc, idxs in by_enc.items():
             flat = [t for i in idxs for t in self._pending[i][4]]
             counter = T.counter(enc, texts=len(flat))  # a small job's estimate loads no full table
-            counts = iter(counter.count_many(flat))
+            counts = iter(counter.count_many(flat) if flat else ())
             for i in idxs:
-                where, cid, model, overhead, texts, _, out, _ = self._pending[i]
+                where, cid, model, overhead, texts, _, out, _, _ = self._pending[i]
                 prompts[i] = overhead + sum(next(counts) for _ in texts)
                 self._record(where, cid, model, prompts[i], out, counter, fate[i])
         if self.sink is not None and self._pending:

@@ -21,9 +21,11 @@ from typing import Any
 
 import orjson
 
+from coldbatch import _gc
 from coldbatch.builder.write import LineShards
 from coldbatch.estimate import prices as P
-from coldbatch.estimate.api import Accumulator, Estimate, Pending, accumulate, request_lines
+from coldbatch.estimate.ahead import counted_lines
+from coldbatch.estimate.api import Accumulator, Estimate, Pending
 from coldbatch.protocol.limits import Limits
 from coldbatch.runner import ledger as LG
 from coldbatch.store.interfaces import CacheStore
@@ -79,6 +81,19 @@ class _SendWriter:
         ]
 
 
+def _send_line(p: Pending, key: str) -> bytes:
+    """The request line sent for a question: the row's line under the question's key. A line that starts with its
+    custom_id (as every line coldbatch prepares does) keeps its bytes after it: re-encoding the parsed request
+    gave the same bytes at ~1 µs a line (measured: 8 % of the 2.4 M-row plan pass). Any other layout is
+    re-encoded."""
+    req, line = p[7], p[8]
+    head = b'{"custom_id":' + orjson.dumps(p[1]) + b","
+    if isinstance(req.get("custom_id"), str) and line.startswith(head) and line.endswith(b"}"):
+        return b'{"custom_id":"' + key.encode() + b'",' + line[len(head) :]
+    req["custom_id"] = key
+    return orjson.dumps(req)
+
+
 def plan_sends(
     shard_paths: list[Path],
     folder: Path,
@@ -114,22 +129,25 @@ def plan_sends(
             stats.distinct += 1
             if f == 2:
                 continue
-            key, req = p[5], p[7]
+            key = p[5]
             if cache_only:
                 unanswered.append(
                     LG.Outcome(key, "failed", None, "not_cached", "--cache-only: no cached answer for this request")
                 )
                 continue
-            req["custom_id"] = key
-            writer.add(orjson.dumps(req), p[2], tokens)
+            writer.add(_send_line(p, key), p[2], tokens)
             stats.to_send += 1
         if unanswered:
             ledger.record_cached(job_id, unanswered)
             stats.not_cached += len(unanswered)
 
     acc.sink = sink
+    add = acc.add
     try:
-        est = accumulate(acc, request_lines(shard_paths))
+        with _gc.paused():
+            for where, line, prompt in counted_lines(shard_paths, acc.table):
+                add(where, line, prompt)
+            est = acc.finish()
     finally:
         units = writer.close()
     return units, stats, est

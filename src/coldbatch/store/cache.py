@@ -79,6 +79,10 @@ class ResultCache:
             )
             for e in entries
         ]
+        # Keys are random hashes: in key order each B-tree page is touched once, and with room for the pages one
+        # batch dirties (32 MB, freed with the connection) none is spilled and read back mid-transaction.
+        rows.sort(key=lambda r: r[0])
+        self.db.execute("PRAGMA cache_size=-32768")
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
