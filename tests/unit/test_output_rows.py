@@ -228,3 +228,38 @@ def test_an_input_the_stdlib_builder_leaves_alone_is_written_by_the_columnar_pat
     assert output_rows.write_output(lg, "j", inp, tmp_path / "o.csv", spec)["rows"] == n
     output.write_output(lg, "j", inp, tmp_path / "columnar.csv", spec)
     assert (tmp_path / "o.csv").read_bytes() == (tmp_path / "columnar.csv").read_bytes()
+
+
+INPUTS = {  # file name, bytes, --format: what the readers make of awkward files
+    "bom-and-bad-utf8": ("in.csv", b'\xef\xbb\xbfid,text\r\nk1,caf\xe9\r\nk2,"a\xff""b"\r\n\r\nk3, x \r\n', None),
+    "tsv-quotes-are-text": ("in.tsv", b'id\ttext\nk1\t"quoted" text\nk2\ta "b\n', None),
+    "jsonl-values": (
+        "in.jsonl",
+        b'{"id": "k1", "text": "t", "n": 1.0, "o": {"a": [1, null]}}\n\n'
+        b'{"id": "k2", "text": null, "n": 10000000000000000000, "o": true}\n{"id": "k3", "text": "x"}\n',
+        None,
+    ),
+    "headerless": ("in.txt", b"k1,hello\nk2,\nk3,world\n", "csv:id,text"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INPUTS))
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_awkward_input_files_join_to_the_columnar_writers_file(tmp_path: Path, case: str, kind: str) -> None:
+    """A byte order mark, bytes that are not UTF-8, CRLF and blank lines, TSV quotes, JSON numbers, objects and
+    nulls, a file without a header line: the input's cells reach OUTPUT exactly as the columnar reader reads them."""
+    name, data, fmt = INPUTS[case]
+    inp = tmp_path / name
+    inp.write_bytes(data)
+    spec = RequestSpec(model="m", prompt="Say {text}", id_column="id")
+    lg = Ledger(tmp_path / "ledger.sqlite3")
+    lg.create_job("j", str(inp), str(tmp_path / "out.csv"), {})
+    unit = {"round": 1, "shard": 1, "path": "/x", "requests": 1, "bytes": 1, "sha256": "0" * 64, "model": "m"}
+    lg.add_units("j", [unit])
+    lg.collect(lg.units("j")[0], [Outcome("k1", "ok", "an answer", prompt_tokens=3, completion_tokens=2)])
+    a, b = tmp_path / f"a.{kind}", tmp_path / f"b.{kind}"
+    assert output_rows.takes_small_path(inp, b, fmt, False)
+    counts = output.write_output(lg, "j", inp, a, spec, fmt=fmt)
+    assert output_rows.write_output_rows(lg, "j", inp, b, spec, fmt=fmt) == counts
+    assert counts["succeeded"] == 1
+    assert b.read_bytes() == a.read_bytes()
