@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from coldbatch.core.canonical import request_key
 from coldbatch.errors import InputError
 from coldbatch.estimate import ahead
 from coldbatch.estimate import prices as P
@@ -51,15 +52,20 @@ def test_helper_counts_equal_the_main_pass(tmp_path: Path, monkeypatch: pytest.M
     paths = _files(tmp_path)
     monkeypatch.setattr(ahead, "MIN_BYTES", 0)  # these files are small; count them ahead all the same
     got = list(ahead.counted_lines(paths, P.load()))
-    assert [(w, ln) for w, ln, _ in got] == list(request_lines(paths))
-    assert all(n is None for _, _, n in got[:300])  # the first file: the main pass counts it
-    assert all(n is not None for _, _, n in got[300:])
+    assert [(w, ln) for w, ln, _, _ in got] == list(request_lines(paths))
+    assert all(n is None and k is None for _, _, n, k in got[:300])  # the first file: the main pass counts it
+    assert all(n is not None for _, _, n, _ in got[300:])
     own = _own_counts(paths)
-    assert [n for _, _, n in got[300:]] == own[300:]
-    acc = Accumulator(P.load(), None)
-    for where, line, n in got:
-        acc.add(where, line, n)
-    assert acc.finish().totals["input_tokens"] == sum(own)
+    assert [n for _, _, n, _ in got[300:]] == own[300:]
+    for _, line, _, key in got[300:]:
+        req = orjson.loads(line)
+        assert key == request_key(req["url"], req["body"])
+    acc = Accumulator(P.load(), None, dedup=True)
+    for where, line, n, key in got:
+        acc.add(where, line, n, key)
+    est = acc.finish().totals
+    assert est["input_tokens"] == sum(own)
+    assert est["distinct_requests"] == 1200
 
 
 def test_a_bad_line_is_reported_by_the_main_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,10 +75,10 @@ def test_a_bad_line_is_reported_by_the_main_pass(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(ahead, "MIN_BYTES", 0)
     acc = Accumulator(P.load(), None)
     with pytest.raises(InputError, match=r"shard-00002\.jsonl:302: not a batch request line"):
-        for where, line, n in ahead.counted_lines(paths, P.load()):
-            acc.add(where, line, n)
+        for where, line, n, key in ahead.counted_lines(paths, P.load()):
+            acc.add(where, line, n, key)
 
 
 def test_small_jobs_start_no_helper(tmp_path: Path) -> None:
     paths = _files(tmp_path, n=2, rows=10)
-    assert all(n is None for _, _, n in ahead.counted_lines(paths, None))
+    assert all(n is None and k is None for _, _, n, k in ahead.counted_lines(paths, None))

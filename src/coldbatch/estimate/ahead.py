@@ -16,25 +16,58 @@ from array import array
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from coldbatch.estimate import prices as P
+from coldbatch.protocol import limits as L
 
 #: below this many bytes of request files, starting a helper (~1.5 s of imports and table load) does not pay
 MIN_BYTES = 32 * 2**20
 MIN_FILES = 3
 
 
-def _count_file(path: str, table: P.PriceTable | None) -> array[int]:
-    """Prompt tokens of each request line of one file, in order (runs in the helper)."""
-    from coldbatch.estimate.api import Accumulator, request_lines
+#: per request line of a file: prompt tokens, and the request keys (all the same length) joined
+Counted = tuple["array[int]", bytes]
 
+
+def _count_file(path: str, table: P.PriceTable | None) -> Counted:
+    """Prompt tokens and request keys of each request line of one file, in order (runs in the helper): the
+    tokens as `Accumulator.flush` counts them, a chunk of lines per tokenizer call."""
+    from coldbatch.core.canonical import request_key
+    from coldbatch.estimate import tokens as T
+    from coldbatch.estimate.accounting import prompt_texts
+    from coldbatch.estimate.api import CHUNK, request_lines
+
+    table = table or P.load()
     counts: array[int] = array("q")
-    acc = Accumulator(table or P.load(), None)
-    acc.sink = lambda pending, fate, prompts, hits: counts.extend(prompts)
-    for where, line in request_lines([Path(path)]):
-        acc.add(where, line)
-    acc.flush()
-    return counts
+    keys: list[str] = []
+    chunk: list[tuple[int, list[str], str]] = []  # overhead, texts, encoding
+    for _, line in request_lines([Path(path)]):
+        req = orjson.loads(line)
+        body, url = req["body"], str(req.get("url", L.CHAT))
+        texts, overhead = prompt_texts(body, url)
+        price = table.lookup(str(body.get("model", "?")))
+        chunk.append((overhead, texts, price.encoding if price else "o200k_base"))
+        keys.append(request_key(url, body))
+        if len(chunk) >= CHUNK:
+            counts.extend(_prompts(chunk, T.counter))
+            chunk = []
+    counts.extend(_prompts(chunk, T.counter))
+    return counts, "".join(keys).encode()
+
+
+def _prompts(chunk: list[tuple[int, list[str], str]], counter: Any) -> list[int]:
+    """Each request's overhead plus its texts' tokens, one tokenizer call per encoding."""
+    out = [overhead for overhead, _, _ in chunk]
+    for enc in {e for _, _, e in chunk}:
+        idxs = [i for i, (_, _, e) in enumerate(chunk) if e == enc]
+        flat = [t for i in idxs for t in chunk[i][1]]
+        tokens = iter(counter(enc, texts=len(flat)).count_many(flat))
+        for i in idxs:
+            out[i] += sum(next(tokens) for _ in chunk[i][1])
+    return out
 
 
 def _worth_it(paths: list[Path]) -> bool:
@@ -43,33 +76,38 @@ def _worth_it(paths: list[Path]) -> bool:
     return sum(p.stat().st_size for p in paths if p.is_file()) >= MIN_BYTES
 
 
-def counted_lines(paths: list[Path], table: P.PriceTable | None) -> Iterator[tuple[str, bytes, int | None]]:
-    """(where, line, prompt tokens or None) of every request line of `paths`, as `api.request_lines` gives them;
-    None where the caller counts itself (small jobs, the first file, a file the helper failed on)."""
+def counted_lines(paths: list[Path], table: P.PriceTable | None) -> Iterator[tuple[str, bytes, int | None, str | None]]:
+    """(where, line, prompt tokens, request key) of every request line of `paths`, as `api.request_lines` gives
+    them; None, None where the caller computes them itself (small jobs, the first file, a file the helper failed
+    on)."""
     from coldbatch.estimate.api import request_lines
     from coldbatch.validation import expand_paths
 
     files = expand_paths(list(paths))
     if not _worth_it(files):
-        yield from ((where, line, None) for where, line in request_lines(files))
+        yield from ((where, line, None, None) for where, line in request_lines(files))
         return
     # spawn, not fork: the caller may run threads (an event loop, a thread pool), which fork would copy mid-use
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        ahead: list[Future[array[int]] | None] = [None] + [pool.submit(_count_file, str(p), table) for p in files[1:]]
+        ahead: list[Future[Counted] | None] = [None] + [pool.submit(_count_file, str(p), table) for p in files[1:]]
         for path, future in zip(files, ahead, strict=True):
-            counts = _result(future)
+            done = _result(future)
             lines = request_lines([path])
-            if counts is None:
-                yield from ((where, line, None) for where, line in lines)
+            if done is None:
+                yield from ((where, line, None, None) for where, line in lines)
                 continue
-            for (where, line), n in zip(lines, counts, strict=True):
-                yield where, line, n
+            counts, keys = done
+            width = len(keys) // len(counts) if counts else 0
+            if len(keys) != width * len(counts):  # request keys are all one length; anything else is a bug
+                raise AssertionError(f"{path}: request keys of uneven length from the counting helper")
+            for i, ((where, line), n) in enumerate(zip(lines, counts, strict=True)):
+                yield where, line, n, keys[i * width : (i + 1) * width].decode()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _result(future: Future[array[int]] | None) -> array[int] | None:
+def _result(future: Future[Counted] | None) -> Counted | None:
     """The helper's counts for a file, or None (the main pass counts it): not handed over, or the helper failed."""
     if future is None:
         return None

@@ -174,8 +174,9 @@ class Accumulator:
         #: (`runner.plan`) rides on this pass instead of parsing and hashing every line a second time
         self.sink: Callable[[list[Pending], list[int], list[int], dict[str, Any]], None] | None = None
 
-    def add(self, where: str, line: bytes, prompt: int | None = None) -> None:
-        """Take one request line; `prompt`: its prompt tokens when counted already (`estimate.ahead`)."""
+    def add(self, where: str, line: bytes, prompt: int | None = None, key: str | None = None) -> None:
+        """Take one request line; `prompt`, `key`: its prompt tokens and request key when computed already
+        (`estimate.ahead`)."""
         try:
             req = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -195,7 +196,10 @@ class Accumulator:
         if out is None:
             mt = body.get("max_completion_tokens", body.get("max_tokens"))
             out = int(mt) if isinstance(mt, int) else (0 if req.get("url") == L.EMBEDDINGS else None)
-        key = request_key(str(req.get("url", L.CHAT)), body) if self.dedup or self.cache is not None else ""
+        if not (self.dedup or self.cache is not None):
+            key = ""
+        elif key is None:
+            key = request_key(str(req.get("url", L.CHAT)), body)
         self._pending.append((where, str(req.get("custom_id")), model, overhead, texts, key, out, req, line))
         if len(self._pending) >= CHUNK:
             self.flush()

@@ -145,8 +145,8 @@ def plan_sends(
     add = acc.add
     try:
         with _gc.paused():
-            for where, line, prompt in counted_lines(shard_paths, acc.table):
-                add(where, line, prompt)
+            for where, line, prompt, key in counted_lines(shard_paths, acc.table):
+                add(where, line, prompt, key)
             est = acc.finish()
     finally:
         units = writer.close()
