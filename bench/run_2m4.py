@@ -42,6 +42,16 @@ def phase(ledger: Path) -> str:
     return "writing OUTPUT"
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its reaped children (a helper process) so far (/proc/PID/stat), 0
+    once it is gone: on a shared machine wall time per phase is noisy, CPU time per phase is what a change moves."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 2_400_000
     data = feedback_csv(rows)
@@ -101,6 +111,8 @@ def main() -> None:
             client = subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, text=True)
             marks: dict[str, float] = {}
             peak: dict[str, int] = {}  # client's highest sampled RSS per phase
+            cpu: dict[str, tuple[float, float]] = {}  # client, server CPU seconds when each phase began
+            last = (0.0, 0.0)
             ledger = work / "home" / "ledger.sqlite3"
             while True:
                 pid, status, usage = os.wait4(client.pid, os.WNOHANG)
@@ -108,9 +120,12 @@ def main() -> None:
                     break
                 now = phase(ledger)
                 marks.setdefault(now, time.perf_counter() - t0)
+                last = (cpu_s(client.pid) or last[0], cpu_s(server.pid))
+                cpu.setdefault(now, last)
                 peak[now] = max(peak.get(now, 0), vm_rss(client.pid) or 0)
                 time.sleep(0.25)
         total = time.perf_counter() - t0
+        end_cpu = (usage.ru_utime + usage.ru_stime, cpu_s(server.pid))
         rc = os.waitstatus_to_exitcode(status)
         out, err = (work / "client.out").read_text(), (work / "client.err").read_text()
         server_rss = (vm_hwm(server.pid) or 0) / 2**20
@@ -123,6 +138,8 @@ def main() -> None:
     order = ["starting", "preparing", "prepared", "submitting", "running batches", "writing OUTPUT", "done"]
     seen = [(p, marks[p]) for p in order if p in marks]
     phases = [(p, (seen[i + 1][1] if i + 1 < len(seen) else total) - t) for i, (p, t) in enumerate(seen)]
+    ends = [cpu[p] for p, _ in seen[1:]] + [end_cpu]
+    used = {p: (e[0] - cpu[p][0], e[1] - cpu[p][1]) for (p, _), e in zip(seen, ends, strict=True)}
     report = out.strip().splitlines()
     machine = f"{os.cpu_count()} CPUs, {platform.machine()}, Python {platform.python_version()}"
     print(
@@ -132,13 +149,17 @@ def main() -> None:
 - machine: {machine}; date {time.strftime("%Y-%m-%d")}
 - echo is a test fixture (instant answers); this measures coldbatch's own overhead, client and server.
 
-| phase (sampled from the ledger every 0.25 s) | wall time | client RSS (sampled peak) |
-|---|---:|---:|
+| phase (sampled from the ledger every 0.25 s) | wall time | client CPU | server CPU | client RSS (sampled peak) |
+|---|---:|---:|---:|---:|
 """
-        + "\n".join(f"| {p} | {d:.1f} s | {peak.get(p, 0) / 2**20:,.0f} MB |" for p, d in phases)
+        + "\n".join(
+            f"| {p} | {d:.1f} s | {used[p][0]:.1f} s | {used[p][1]:.1f} s | {peak.get(p, 0) / 2**20:,.0f} MB |"
+            for p, d in phases
+        )
         + f"""
-| **total** | **{total:.1f} s** (goal ≤ 300 s) | |
+| **total** | **{total:.1f} s** (goal ≤ 300 s) | {end_cpu[0]:.1f} s | {end_cpu[1]:.1f} s | |
 
+- load average at the end: {" ".join(f"{x:.2f}" for x in os.getloadavg())}
 - peak RSS: client {client_rss:,.0f} MB (goal ≤ 500 MB), server {server_rss:,.0f} MB
 - client report: {" / ".join(report)}
 """
