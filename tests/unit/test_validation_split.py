@@ -55,6 +55,8 @@ def test_a_clean_file_gives_the_one_piece_verdict(tmp_path: Path, pool: ProcessP
     split, whole = _both(pool, path)
     assert split == whole
     assert split.ok and split.requests == 300 and split.model == "gpt-4o-mini"
+    one_piece = asyncio.run(checking.check(pool, path, "in.jsonl", L.CHAT, None, 1000, split_bytes=0, halves=False))
+    assert one_piece == whole  # (what the executor asks for while a batch runs)
 
 
 @pytest.mark.parametrize(

@@ -140,15 +140,18 @@ async def check(
     max_errors: int,
     *,
     split_bytes: int = SPLIT_BYTES,
+    halves: bool = True,
 ) -> Checked:
-    """`check_file` on the pool's workers: in two halves at once where that pays (see the module's doc)."""
+    """`check_file` on the pool's workers: in two halves at once where that pays (see the module's doc), unless
+    `halves` is False (the caller's core is busy: a second worker would take it from a running batch)."""
     loop = asyncio.get_running_loop()
     rest = (filename, endpoint, models, max_errors)
     size = os.path.getsize(path)
-    if WORKERS > 1 and size >= split_bytes and endpoint != L.EMBEDDINGS:  # (embedding inputs: a whole-file rule)
+    # (an embeddings file goes in one piece: its input count is a whole-file rule)
+    if halves and WORKERS > 1 and size >= split_bytes and endpoint != L.EMBEDDINGS:
         mid = size // 2
-        halves = [loop.run_in_executor(pool, check_part, path, a, b, *rest) for a, b in ((0, mid), (mid, size))]
-        whole = merged(await asyncio.gather(*halves))
+        parts = [loop.run_in_executor(pool, check_part, path, a, b, *rest) for a, b in ((0, mid), (mid, size))]
+        whole = merged(await asyncio.gather(*parts))
         if whole is not None:
             return whole
     return await loop.run_in_executor(pool, check_file, path, *rest)

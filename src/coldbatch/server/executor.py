@@ -203,7 +203,8 @@ class Executor:
         if not self._no_pool:
             try:
                 pool = checking.worker_pool()
-                return await checking.check(pool, *args)
+                # in halves on two workers only while no batch executes: one that runs keeps its core
+                return await checking.check(pool, *args, halves=not self._runs)
             except BrokenProcessPool:
                 logger.warning("the validation worker died; the next validation starts a new one")
                 checking.discard(pool)
