@@ -26,6 +26,9 @@ from coldbatch.protocol import limits as L
 #: below this many bytes of request files, starting a helper (~1.5 s of imports and table load) does not pay
 MIN_BYTES = 32 * 2**20
 MIN_FILES = 3
+#: files handed to the helper beyond the one the main pass reads: each holds ~2 MB of counts and keys until the
+#: main pass reaches it (with every file queued at once, a helper far ahead held ~100 MB at 2.4 M rows)
+AHEAD = 2
 
 
 #: per request line of a file: prompt tokens, and the request keys (all the same length) joined
@@ -90,9 +93,13 @@ def counted_lines(paths: list[Path], table: P.PriceTable | None) -> Iterator[tup
     # spawn, not fork: the caller may run threads (an event loop, a thread pool), which fork would copy mid-use
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     try:
-        ahead: list[Future[Counted] | None] = [None] + [pool.submit(_count_file, str(p), table) for p in files[1:]]
-        for path, future in zip(files, ahead, strict=True):
-            done = _result(future)
+        ahead: dict[int, Future[Counted]] = {}
+        for i in range(1, min(AHEAD + 1, len(files))):
+            ahead[i] = pool.submit(_count_file, str(files[i]), table)
+        for i, path in enumerate(files):
+            if i + AHEAD + 1 < len(files):
+                ahead[i + AHEAD + 1] = pool.submit(_count_file, str(files[i + AHEAD + 1]), table)
+            done = _result(ahead.pop(i, None))
             lines = request_lines([path])
             if done is None:
                 yield from ((where, line, None, None) for where, line in lines)
@@ -101,8 +108,8 @@ def counted_lines(paths: list[Path], table: P.PriceTable | None) -> Iterator[tup
             width = len(keys) // len(counts) if counts else 0
             if len(keys) != width * len(counts):  # request keys are all one length; anything else is a bug
                 raise AssertionError(f"{path}: request keys of uneven length from the counting helper")
-            for i, ((where, line), n) in enumerate(zip(lines, counts, strict=True)):
-                yield where, line, n, keys[i * width : (i + 1) * width].decode()
+            for j, ((where, line), n) in enumerate(zip(lines, counts, strict=True)):
+                yield where, line, n, keys[j * width : (j + 1) * width].decode()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
