@@ -51,7 +51,7 @@ def _own_counts(paths: list[Path]) -> list[int]:
 def test_helper_counts_equal_the_main_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     paths = _files(tmp_path)
     monkeypatch.setattr(ahead, "MIN_BYTES", 0)  # these files are small; count them ahead all the same
-    got = list(ahead.counted_lines(paths, P.load()))
+    got = list(ahead.counted_lines(paths, P.load(), wait=True))
     assert [(w, ln) for w, ln, _, _ in got] == list(request_lines(paths))
     assert all(n is None and k is None for _, _, n, k in got[:300])  # the first file: the main pass counts it
     assert all(n is not None for _, _, n, _ in got[300:])
@@ -75,10 +75,22 @@ def test_a_bad_line_is_reported_by_the_main_pass(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(ahead, "MIN_BYTES", 0)
     acc = Accumulator(P.load(), None)
     with pytest.raises(InputError, match=r"shard-00002\.jsonl:302: not a batch request line"):
-        for where, line, n, key in ahead.counted_lines(paths, P.load()):
+        for where, line, n, key in ahead.counted_lines(paths, P.load(), wait=True):
             acc.add(where, line, n, key)
 
 
 def test_small_jobs_start_no_helper(tmp_path: Path) -> None:
     paths = _files(tmp_path, n=2, rows=10)
     assert all(n is None and k is None for _, _, n, k in ahead.counted_lines(paths, None))
+
+
+def test_the_main_pass_never_waits_and_counts_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `wait`, whichever file the helper has not finished is counted by the caller: the same totals."""
+    paths = _files(tmp_path, n=6)
+    monkeypatch.setattr(ahead, "MIN_BYTES", 0)
+    acc = Accumulator(P.load(), None, dedup=True)
+    for where, line, n, key in ahead.counted_lines(paths, P.load()):
+        acc.add(where, line, n, key)
+    est = acc.finish().totals
+    assert est["input_tokens"] == sum(_own_counts(paths))
+    assert est["distinct_requests"] == 1800

@@ -4,8 +4,10 @@ Counting tokens (parse, prompt texts, tiktoken) is a third of the 2.4 M-row send
 prepares nothing else runs: the server waits for uploads, and the second core is idle. So for a large job a
 helper process counts the files the main pass has not reached yet, with the very `Accumulator` rules the main
 pass uses, and hands back one count per request line; the main pass counts the first file itself (the helper
-starts meanwhile) and any file whose helper count failed (a bad line then fails in the main pass, with its
-usual message). Counts are the same either way; only who computes them changes.
+starts meanwhile), any file the helper has not finished when the main pass reaches it (it never waits: on a
+machine busy with other work the helper falls behind, measured 2.4 M rows at load ~2: the main pass waiting
+made it no faster than counting alone), and any file whose helper count failed (a bad line then fails in the
+main pass, with its usual message). Counts are the same either way; only who computes them changes.
 """
 
 from __future__ import annotations
@@ -79,10 +81,12 @@ def _worth_it(paths: list[Path]) -> bool:
     return sum(p.stat().st_size for p in paths if p.is_file()) >= MIN_BYTES
 
 
-def counted_lines(paths: list[Path], table: P.PriceTable | None) -> Iterator[tuple[str, bytes, int | None, str | None]]:
+def counted_lines(
+    paths: list[Path], table: P.PriceTable | None, *, wait: bool = False
+) -> Iterator[tuple[str, bytes, int | None, str | None]]:
     """(where, line, prompt tokens, request key) of every request line of `paths`, as `api.request_lines` gives
     them; None, None where the caller computes them itself (small jobs, the first file, a file the helper failed
-    on)."""
+    on; with `wait`, every file but the first is the helper's unless it failed)."""
     from coldbatch.estimate.api import request_lines
     from coldbatch.validation import expand_paths
 
@@ -99,7 +103,7 @@ def counted_lines(paths: list[Path], table: P.PriceTable | None) -> Iterator[tup
         for i, path in enumerate(files):
             if i + AHEAD + 1 < len(files):
                 ahead[i + AHEAD + 1] = pool.submit(_count_file, str(files[i + AHEAD + 1]), table)
-            done = _result(ahead.pop(i, None))
+            done = _result(ahead.pop(i, None), wait)  # a file the helper has not finished is counted here
             lines = request_lines([path])
             if done is None:
                 yield from ((where, line, None, None) for where, line in lines)
@@ -114,9 +118,13 @@ def counted_lines(paths: list[Path], table: P.PriceTable | None) -> Iterator[tup
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _result(future: Future[Counted] | None) -> Counted | None:
-    """The helper's counts for a file, or None (the main pass counts it): not handed over, or the helper failed."""
+def _result(future: Future[Counted] | None, wait: bool) -> Counted | None:
+    """The helper's counts for a file, or None (the main pass counts it): not handed over, not finished yet, or the
+    helper failed."""
     if future is None:
+        return None
+    if not wait and not future.done():  # the helper is behind (a busy machine): waiting idles the critical pass
+        future.cancel()
         return None
     try:
         return future.result()
