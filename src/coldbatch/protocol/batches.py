@@ -60,6 +60,19 @@ def completion_window_seconds(value: object, *, allow_short: bool) -> int:
     )
 
 
+def window_left(expires_at: int, clock: float) -> float:
+    """Seconds until a batch's completion window ends. Timestamps are whole seconds (`created_at` is the
+    creation time rounded down), so the window ends when the `expires_at` second has passed, not when it
+    begins: a batch is never given less than the window it asked for (a "1s" window created at x.9 s
+    would otherwise have had 0.1 s)."""
+    return expires_at + 1 - clock
+
+
+def past_window(expires_at: int, clock: float) -> bool:
+    """True once a batch's completion window is over (see `window_left`)."""
+    return window_left(expires_at, clock) <= 0
+
+
 def check_metadata(value: object) -> dict[str, str] | None:
     if value is None:
         return None

@@ -22,6 +22,7 @@ import orjson
 
 from coldbatch import hotpath
 from coldbatch.engines.base import Engine
+from coldbatch.protocol.batches import past_window
 from coldbatch.server import engine_calls
 from coldbatch.server.executor import ExecutorConfig
 from coldbatch.server.result_log import result_row
@@ -155,7 +156,7 @@ class ChunkWorker:
         async def lane() -> None:
             hotpath.PRIORITY.set(hotpath.COLD)
             for group in groups:
-                if stop.is_set() or self.clock() >= row["expires_at"]:
+                if stop.is_set() or past_window(row["expires_at"], self.clock()):
                     stop.set()
                     return
                 async with shared, self.slots.slot(COLD):  # (lanes are shared by the chunks in progress)

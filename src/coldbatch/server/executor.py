@@ -29,6 +29,7 @@ from coldbatch import hotpath
 from coldbatch.core.status import BatchStatus as S
 from coldbatch.engines.base import BACKGROUND, Engine, cpu_turn
 from coldbatch.jsonl import request_lines
+from coldbatch.protocol.batches import past_window, window_left
 from coldbatch.protocol.lines import RequestLine
 from coldbatch.server import admission, checking, engine_calls, result_log, tracing
 from coldbatch.server.batch_tasks import BatchTasks, nap
@@ -253,7 +254,9 @@ class Executor:
         wake = asyncio.ensure_future(woken.wait())
         try:
             await asyncio.wait(
-                {acquire, wake}, timeout=max(0.0, row["expires_at"] - self.clock()), return_when=asyncio.FIRST_COMPLETED
+                {acquire, wake},
+                timeout=max(0.0, window_left(row["expires_at"], self.clock())),
+                return_when=asyncio.FIRST_COMPLETED,
             )
         except BaseException:
             if acquire.done() and not acquire.cancelled():
@@ -267,7 +270,7 @@ class Executor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await acquire
         if not acquire.done() or acquire.cancelled():
-            if self.now() >= row["expires_at"]:
+            if past_window(row["expires_at"], self.clock()):
                 await asyncio.to_thread(self._after_execute, row, 0)  # expired while it waited
             return
         try:
@@ -286,7 +289,7 @@ class Executor:
         workers = [asyncio.create_task(self._lane(run, queue)) for _ in range(lanes)]
         try:
             for chunk in self._chunks(row, done, size):
-                if run.stop.is_set() or self.now() >= row["expires_at"]:
+                if run.stop.is_set() or past_window(row["expires_at"], self.clock()):
                     break
                 run.queued += len(chunk)
                 await queue.put(chunk)
@@ -306,7 +309,7 @@ class Executor:
         if fresh is None or fresh["status"] != S.IN_PROGRESS:
             return  # cancelled meanwhile: drive() finalizes it as cancelled
         logged = fresh["completed"] + fresh["failed"]
-        if logged < fresh["total"] and self.now() >= fresh["expires_at"]:
+        if logged < fresh["total"] and past_window(fresh["expires_at"], self.clock()):
             self._finalize(fresh, S.EXPIRED)
         elif logged >= fresh["total"] or queued == 0:
             if logged < fresh["total"]:
@@ -333,7 +336,7 @@ class Executor:
     async def _lane_loop(self, run: _Run, queue: asyncio.Queue[list[_Item] | None]) -> None:
         endpoint = run.row["endpoint"]
         while (chunk := await queue.get()) is not None:
-            if run.stop.is_set() or self.now() >= run.row["expires_at"]:
+            if run.stop.is_set() or past_window(run.row["expires_at"], self.clock()):
                 continue  # queued work past the completion window is left for the expired error file
             started = time.time_ns()
             async with self.slots.slot(COLD):

@@ -30,6 +30,7 @@ import orjson
 
 from coldbatch.core.status import BatchStatus as S
 from coldbatch.engines.base import Engine
+from coldbatch.protocol.batches import past_window
 from coldbatch.server import admission, checking, result_log
 from coldbatch.server.batch_tasks import BatchTasks, nap
 from coldbatch.server.executor import MAX_REPORTED_ERRORS, ExecutorConfig
@@ -161,7 +162,7 @@ class Coordinator:
             return False
         if progress.get("open", 0) == 0 or row["completed"] + row["failed"] >= row["total"]:
             return self.store.transition(row["id"], S.FINALIZING, self.now())
-        if self.now() >= row["expires_at"] and progress.get("held", 0) == 0:
+        if past_window(row["expires_at"], self.clock()) and progress.get("held", 0) == 0:
             self.finalize(row, S.EXPIRED)
             return True
         return False
