@@ -59,3 +59,22 @@ def test_a_live_thread_gets_the_normal_exit(tmp_path: Path) -> None:
     proc = _cb("--version", code=code)
     assert proc.returncode == 0
     assert out.read_text() == "done"
+
+
+def test_the_command_runs_with_the_cyclic_gc_on() -> None:
+    # entry turns the GC off only while the command's modules import (cli._resume_gc): a run of hours with the
+    # GC left off would keep every reference cycle it made. The imports' objects are frozen (not walked again).
+    code = (
+        "import gc, sys, types, click\n"
+        "from coldbatch import cli\n"
+        "@click.command()\n"
+        "def probe(): print(gc.isenabled(), gc.get_freeze_count() > 10_000)\n"
+        "mod = types.ModuleType('probe_mod'); mod.probe = probe; sys.modules['probe_mod'] = mod\n"
+        "cli.COMMANDS['probe'] = 'probe_mod:probe'\n"
+        "cli.entry()"
+    )
+    proc = _cb("probe", code=code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"]
+    plain = _cb("probe", code=code.replace("cli.entry()", "cli.main()"))  # main itself leaves the GC alone
+    assert plain.returncode == 0 and plain.stdout.split() == ["True", "False"], plain.stderr
