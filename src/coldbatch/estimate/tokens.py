@@ -175,13 +175,15 @@ class SubsetCounter:
         self._texts += len(texts)
         self._chars += sum(map(len, texts))
         small = self._texts <= SUBSET_TEXTS and self._chars <= SUBSET_CHARS
-        new = self._new_pieces(texts) if small else None
+        distinct = list(dict.fromkeys(texts))  # a system prompt or a role name: split and encoded once
+        new = self._new_pieces(distinct) if small else None
         if new is None:
             return counter(self.name).count_many(texts)
         if new or self._encoding is None:
             self._pick(new)
         encode = self._encoding.encode_ordinary
-        return [len(encode(t)) for t in texts]
+        counts = {t: len(encode(t)) for t in distinct}
+        return [counts[t] for t in texts]
 
     def _new_pieces(self, texts: Sequence[str]) -> set[str] | None:
         """The regex pieces not seen before; None when one is too long to pick from."""
