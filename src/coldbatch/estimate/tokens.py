@@ -213,33 +213,29 @@ class SubsetCounter:
         table, b64 = read_file_cached(_URLS[self.name], _SHA256[self.name]), base64.b64encode
         whole = {b64(p.encode()): p for p in pieces}
         singles = {b64(bytes([b])) for b in range(256)} if not self._ranks else set()
-        found = _entries(table, whole.keys() | singles)
+        # The file split once for both lookups (key, rank, key, rank, ...): splitting it was most of a lookup's
+        # cost, and the second lookup split it again (callgrind, estimate of 1,000 tweets: 1,076 M -> 921 M
+        # instructions). The words are held for the pick only: +16 MB at its peak (45 -> 61 MB).
+        words = table.split()
+        keys, ranks = words[::2], words[1::2]
+        del words
+        found = _entries(keys, ranks, whole.keys() | singles)
         parts: set[bytes] = set()
         for key in whole.keys() - found.keys():
             b = whole[key].encode()
             parts.update(b64(b[i:j]) for i in range(len(b)) for j in range(i + 1, min(len(b), i + 128) + 1))
-        found.update(_entries(table, parts))
+        found.update(_entries(keys, ranks, parts))
+        del keys, ranks
         self._ranks.update((base64.b64decode(k), rank) for k, rank in found.items())
         self._encoding = tiktoken.Encoding(
             f"{self.name}-subset", pat_str=PATTERNS[self.name], mergeable_ranks=self._ranks, special_tokens={}
         )
 
 
-def _entries(table: bytes, want: AbstractSet[bytes], chunk: int = 1 << 18) -> dict[bytes, int]:
-    """{base64 key: rank} of the wanted keys in a tiktoken file ("key rank" lines). The 200,000-line scan runs
-    in C (split, map, compress) and Python touches only the hits; a chunk of lines at a time, so the words
-    in memory at once are ~1 MB, not the ~20 MB of the whole file's."""
-    found: dict[bytes, int] = {}
-    start = 0
-    while start < len(table):
-        end = table.find(b"\n", start + chunk) + 1 or len(table)
-        words = table[start:end].split()  # key, rank, key, rank, ...
-        keys = words[::2]
-        found.update(
-            (keys[i], int(words[2 * i + 1])) for i in itertools.compress(range(len(keys)), map(want.__contains__, keys))
-        )
-        start = end
-    return found
+def _entries(keys: list[bytes], ranks: list[bytes], want: AbstractSet[bytes]) -> dict[bytes, int]:
+    """{base64 key: rank} of the wanted keys of a tiktoken file split into its keys and ranks. The pass runs in
+    C (map, compress) and Python touches only the hits."""
+    return {keys[i]: int(ranks[i]) for i in itertools.compress(range(len(keys)), map(want.__contains__, keys))}
 
 
 _COUNTERS: dict[str, Counter] = {}
