@@ -151,10 +151,16 @@ server `coldbatch serve --engine echo` on loopback; both clients poll every {arg
 | plain openai SDK script (baseline) | {sdk_t:.2f} s ({_walls(sdk)}) | {_cpu(sdk):.2f} s | {sdk_rss:,.0f} MB |
 | `coldbatch run --mode batch` | {cb_t:.2f} s ({_walls(cb)}) | {_cpu(cb):.2f} s | {cb_rss:,.0f} MB |
 
-- run / SDK: **{cb_t / sdk_t:.2f}×** wall, {_cpu(cb) / _cpu(sdk):.2f}× CPU (goal ≤ 1.2×); \
+- run / SDK: **{cb_t / sdk_t:.2f}×** wall, {_cpu(cb) / _cpu(sdk):.2f}× CPU (goal ≤ 1.2×); median of the \
+{args.rounds} rounds' own ratios (each round runs the two back to back, so a machine that speeds up or slows down \
+between rounds moves both): {_pair_ratio(cb, sdk, 0):.2f}× wall, {_pair_ratio(cb, sdk, 2):.2f}× CPU; \
 run peak RSS {cb_rss:,.0f} MB (goal ≤ 150 MB); start {v_t:.2f} s, {v_rss:,.0f} MB (goal ≤ 0.3 s, ≤ 150 MB)
 - both OUTPUTs hold {args.rows:,} rows: {"yes" if same else "NO"}
 """)
+
+
+def _pair_ratio(a: list[tuple[float, float, float]], b: list[tuple[float, float, float]], field: int) -> float:
+    return statistics.median(x[field] / y[field] for x, y in zip(a, b, strict=True))
 
 
 def _rows(path: Path) -> int:
