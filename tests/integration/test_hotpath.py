@@ -74,6 +74,7 @@ def run(client: SyncClient, bodies: dict[str, dict[str, Any]]) -> tuple[dict[str
     return reported, asyncio.run(go())
 
 
+@pytest.mark.alone  # measures the pace it reaches (>= 90 % of the budget): 87-89 % beside 4 workers on 2 cores
 @pytest.mark.parametrize("configured", [True, False], ids=["rpm-given", "rpm-from-headers"])
 def test_requests_are_paced_to_the_budget(upstream: Start, configured: bool) -> None:
     up = upstream(rpm=60, tpm=1_000_000)

@@ -75,6 +75,8 @@ def _recorded(home: Path) -> dict[str, str]:
         db.close()
 
 
+@pytest.mark.alone  # "nothing answered twice" needs answers to arrive within the 0.3 s timeout: the upstream runs in
+# this process, and beside 4 workers on 2 cores one of its 10 ms answers once came late, was retried, and ran twice
 def test_sync_mode_against_a_rate_limited_faulty_upstream(tmp_path: Path) -> None:
     n = 300
     data, out, home = _data(tmp_path / "in.csv", n), tmp_path / "out.csv", tmp_path / "home"
