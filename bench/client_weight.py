@@ -33,6 +33,8 @@ from pathlib import Path
 from _common import ROOT, SHARED, free_port
 from server_echo import server
 
+import coldbatch
+
 TWEETS = SHARED / "data" / "airline-tweets" / "Tweets.csv"
 
 
@@ -109,8 +111,6 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1000)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cb-client-weight-"))
-    import coldbatch
-
     compileall.compile_dir(Path(coldbatch.__file__).parent, quiet=1)  # as an installed package has them
     data = first_rows(args.rows, work / "tweets.csv")
     bare, version = [], []
