@@ -100,6 +100,8 @@ def test_tokens_are_paced_to_the_budget(upstream: Start) -> None:
     assert elapsed >= (40 - 30 * 1.0 / WINDOW - 1) / 10 * 0.95  # not a burst: at most ~a second ahead
 
 
+@pytest.mark.alone  # its 0.3 s client timeout must fire before the 0.8 s hang ends: beside 4 workers on 2 cores the
+# client (in this process, with the upstream) once took a hung request's late answer, counted `late` and not `ok`
 def test_with_20_percent_500s_and_timeouts_no_request_is_lost_or_duplicated(upstream: Start) -> None:
     up = upstream(rpm=6000, tpm=10_000_000, error_rate=0.1, timeout_rate=0.1, hang=0.8, seed=3)
     bodies = {f"k{i}": body(i) for i in range(200)}
